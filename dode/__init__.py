@@ -1,0 +1,3 @@
+"""dode: Distilled-ODE solvers for diffusion models."""
+
+__version__ = "0.1.0"
