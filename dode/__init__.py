@@ -1,3 +1,29 @@
-"""dode: Distilled-ODE solvers for diffusion models."""
+"""dode: Distilled-ODE (D-ODE) solvers for diffusion models.
+
+Public API::
+
+    from dode import sample, fit_lambdas
+    from dode.schedules import karras, refine
+    from dode.solvers import get_solver
+    from dode.denoisers import CallableDenoiser
+"""
+
+from . import denoisers, schedules, solvers
+from .dode import DODECorrection, FitInfo, LambdaFit, fit_lambdas, sample, teacher_states
+from .solvers import get_solver
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "denoisers",
+    "schedules",
+    "solvers",
+    "sample",
+    "fit_lambdas",
+    "teacher_states",
+    "get_solver",
+    "DODECorrection",
+    "LambdaFit",
+    "FitInfo",
+    "__version__",
+]

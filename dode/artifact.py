@@ -1,0 +1,140 @@
+"""A fitted D-ODE solver as a file: safetensors (σ grid, λ) + JSON metadata.
+
+The file is self-contained: solver name and options, the σ grid, λ, the teacher settings, the
+model's id and a hash of its weights, fit metrics and the package version. Loading it on
+another machine and sampling from the same seeds reproduces the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .solvers import Solver, get_solver
+
+FORMAT = "dode.fitted_solver/1"
+
+__all__ = ["FittedSolver", "weights_hash", "atomic_write"]
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 over a module's state dict (keys sorted; tensors as contiguous CPU bytes)."""
+    h = hashlib.sha256()
+    for key, val in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        t = val.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@dataclass
+class FittedSolver:
+    """A solver with its σ grid and fitted λ (``lambdas=None`` in a file is not allowed)."""
+
+    solver: dict
+    sigmas: Tensor
+    lambdas: Tensor
+    teacher: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    version: str = __version__
+
+    def __post_init__(self) -> None:
+        self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
+        self.lambdas = torch.as_tensor(self.lambdas, dtype=torch.float64).flatten()
+        solver = self.build_solver()
+        nfe = solver.nfe(len(self.sigmas) - 1)
+        if len(self.lambdas) != nfe:
+            raise ValueError(
+                f"{solver.describe()} on {len(self.sigmas) - 1} steps makes {nfe} model calls "
+                f"but {len(self.lambdas)} λ were given."
+            )
+
+    def build_solver(self) -> Solver:
+        return get_solver(**self.solver)
+
+    @property
+    def nfe(self) -> int:
+        return len(self.lambdas)
+
+    def sample(self, denoiser, noise: Tensor, *, dode: bool = True, **kwargs) -> Tensor:
+        """Sample with this solver (``dode=False``: the base solver on the same grid)."""
+        from .dode import sample
+
+        return sample(
+            denoiser,
+            self.build_solver(),
+            noise,
+            self.sigmas,
+            self.lambdas if dode else None,
+            **kwargs,
+        )
+
+    def metadata(self) -> dict:
+        meta = asdict(self)
+        meta.pop("sigmas")
+        meta.pop("lambdas")
+        meta["format"] = FORMAT
+        return meta
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (a partial file is never left behind)."""
+        from safetensors.torch import save_file
+
+        tensors = {"sigmas": self.sigmas.contiguous(), "lambdas": self.lambdas.contiguous()}
+        meta = {"dode": json.dumps(self.metadata(), sort_keys=True)}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FittedSolver:
+        """Load a fitted-solver file; a missing or corrupt file raises ``ValueError``."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(
+                f"fitted-solver file {str(path)!r} does not exist; `python -m dode.train` writes "
+                "one at the end of a fit (see its output for the path)."
+            )
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("dode")
+                sigmas, lambdas = f.get_tensor("sigmas"), f.get_tensor("lambdas")
+            meta = json.loads(raw) if raw else None
+        except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
+            raise ValueError(
+                f"{str(path)!r} is not a readable fitted-solver file ({e}); re-run the fit or "
+                "copy the file again."
+            ) from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{str(path)!r} is a safetensors file but not a dode fitted solver "
+                f"(expected format {FORMAT!r})."
+            )
+        meta.pop("format")
+        return cls(sigmas=sigmas, lambdas=lambdas, **meta)

@@ -1,0 +1,276 @@
+"""Noise-level grids in σ-space (EDM / k-diffusion convention: ``x = y + σ·n``).
+
+Every grid is a 1-D ``float64`` tensor of *descending* σ that ends with an exact ``0``.
+``len(grid) - 1`` is the number of solver steps (intervals).
+
+VP (DDPM) models are described by their discrete ᾱ table; ``σ_t = sqrt((1 − ᾱ_t) / ᾱ_t)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "karras",
+    "log_uniform",
+    "time_uniform",
+    "quadratic",
+    "explicit",
+    "refine",
+    "vp_alphas_cumprod",
+    "vp_sigmas",
+    "get_schedule",
+    "SCHEDULES",
+]
+
+Space = Literal["rho", "log", "linear"]
+
+
+def _check_steps(num_steps: int) -> None:
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+
+
+def _with_zero(sig: Tensor) -> Tensor:
+    return torch.cat([sig.to(torch.float64), sig.new_zeros(1, dtype=torch.float64)])
+
+
+def karras(
+    num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> Tensor:
+    """Karras et al. (2022, Eq. 5) grid, uniform in ``σ^(1/ρ)``, followed by ``σ = 0``.
+
+    Args:
+        num_steps: number of solver steps N (the grid has N + 1 points).
+        sigma_min: smallest non-zero σ (EDM default 0.002).
+        sigma_max: largest σ (EDM default 80).
+        rho: the ρ exponent (EDM default 7).
+    """
+    _check_steps(num_steps)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sig = (hi + ramp * (lo - hi)) ** rho
+    if num_steps == 1:
+        sig = torch.tensor([sigma_max], dtype=torch.float64)
+    return _with_zero(sig)
+
+
+def log_uniform(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Tensor:
+    """Grid uniform in log σ, i.e. uniform in log-SNR (DPM-Solver's "logSNR" spacing)."""
+    _check_steps(num_steps)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+    sig = torch.exp(
+        torch.linspace(math.log(sigma_max), math.log(sigma_min), num_steps, dtype=torch.float64)
+    )
+    if num_steps == 1:
+        sig = torch.tensor([sigma_max], dtype=torch.float64)
+    return _with_zero(sig)
+
+
+def vp_alphas_cumprod(
+    num_train_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear",
+) -> Tensor:
+    """The discrete ᾱ table of a DDPM noise schedule (float64)."""
+    T = num_train_timesteps
+    if beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    elif beta_schedule == "squaredcos_cap_v2":
+
+        def f(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor(
+            [min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64
+        )
+    else:
+        raise ValueError(
+            f"unknown beta_schedule {beta_schedule!r}; use 'linear', 'scaled_linear' or "
+            "'squaredcos_cap_v2'."
+        )
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def vp_sigmas(alphas_cumprod: Tensor) -> Tensor:
+    """σ_t = sqrt((1 − ᾱ_t)/ᾱ_t) for every discrete timestep t (ascending in t)."""
+    a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    return ((1 - a) / a).sqrt()
+
+
+def _timesteps(
+    num_steps: int, T: int, spacing: Literal["leading", "trailing", "linspace"], offset: int
+) -> list[int]:
+    """Integer timesteps, descending, as diffusers' ``timestep_spacing`` defines them."""
+    if num_steps > T:
+        raise ValueError(f"num_steps={num_steps} exceeds the table's {T} timesteps.")
+    if spacing == "leading":
+        ratio = T // num_steps
+        ts = [i * ratio + offset for i in range(num_steps)]
+    elif spacing == "trailing":
+        ratio = T / num_steps
+        ts = [round(T - i * ratio) - 1 for i in range(num_steps)][::-1]
+    elif spacing == "linspace":
+        ts = [round(v) for v in torch.linspace(0, T - 1, num_steps, dtype=torch.float64).tolist()]
+    else:
+        raise ValueError(
+            f"unknown spacing {spacing!r}; use 'leading' (DDIM 'uniform'), 'trailing' or "
+            "'linspace'."
+        )
+    return sorted(set(ts), reverse=True)
+
+
+def time_uniform(
+    num_steps: int,
+    alphas_cumprod: Tensor | None = None,
+    spacing: Literal["leading", "trailing", "linspace"] = "leading",
+    steps_offset: int = 0,
+) -> Tensor:
+    """Uniform in the discrete timestep t of a DDPM table (DDIM's "uniform" skip).
+
+    With ``spacing="leading"`` this is DDIM's ``t_i = i·(T // N)`` (+ ``steps_offset``), the
+    same timesteps diffusers' ``DDIMScheduler`` uses. The σ are exact table values, so a
+    snapping denoiser evaluates the network at exactly these integer timesteps.
+    """
+    _check_steps(num_steps)
+    a = vp_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    table = vp_sigmas(a)
+    ts = _timesteps(num_steps, len(table), spacing, steps_offset)
+    return _with_zero(table[torch.tensor(ts)])
+
+
+def quadratic(
+    num_steps: int, alphas_cumprod: Tensor | None = None, max_fraction: float = 0.8
+) -> Tensor:
+    """DDIM's "quad" skip: ``t_i = (i · sqrt(0.8·T)/(N−1))²`` rounded, on a DDPM table."""
+    _check_steps(num_steps)
+    a = vp_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    table = vp_sigmas(a)
+    T = len(table)
+    u = torch.linspace(0, math.sqrt(T * max_fraction), num_steps, dtype=torch.float64) ** 2
+    ts = sorted({int(v) for v in u.tolist()}, reverse=True)
+    if len(ts) < num_steps:
+        raise ValueError(
+            f"quadratic spacing gives only {len(ts)} distinct timesteps for num_steps={num_steps};"
+            " use fewer steps or another schedule."
+        )
+    return _with_zero(table[torch.tensor(ts)])
+
+
+def explicit(sigmas: Sequence[float] | Tensor) -> Tensor:
+    """Validate an explicit list of σ: strictly descending, positive, and a final 0 appended
+    if it is not there."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if s.numel() == 0:
+        raise ValueError("the explicit σ list is empty; give at least one σ > 0.")
+    if not torch.isfinite(s).all():
+        raise ValueError("the explicit σ list contains non-finite values.")
+    if s[-1] != 0:
+        s = _with_zero(s)
+    if (s[:-1] <= 0).any():
+        raise ValueError("all σ except the final one must be > 0.")
+    if not (s[1:] < s[:-1]).all():
+        raise ValueError("σ must be strictly descending (largest first), ending with 0.")
+    return s
+
+
+def _to_space(s: Tensor, space: Space, rho: float) -> Tensor:
+    if space == "rho":
+        return s ** (1 / rho)
+    if space == "log":
+        return s.log()
+    return s
+
+
+def _from_space(u: Tensor, space: Space, rho: float) -> Tensor:
+    if space == "rho":
+        return u**rho
+    if space == "log":
+        return u.exp()
+    return u
+
+
+def refine(
+    sigmas: Tensor | Sequence[float],
+    factor: int,
+    *,
+    space: Space = "rho",
+    rho: float = 7.0,
+    include: Tensor | Sequence[float] | None = None,
+) -> Tensor:
+    """A finer grid that contains every point of ``sigmas`` exactly.
+
+    Each interval ``[σ_i, σ_{i+1}]`` is split into ``factor`` sub-steps, uniformly in the
+    schedule's own parameterisation: ``σ^(1/ρ)`` for Karras grids (``space="rho"``; the refined
+    Karras grid is again a Karras grid), log σ for log-SNR grids (``space="log"``), σ itself
+    (``"linear"``). In log space the last interval to σ = 0 is split in ``σ^(1/ρ)``. The original
+    points are copied bit for bit, never recomputed, so a teacher state can be matched to a
+    student state by σ value.
+
+    Args:
+        sigmas: a descending grid ending in 0.
+        factor: refinement factor C ≥ 2 (the D-ODE teacher uses C = 10).
+        space: parameterisation in which sub-steps are uniform.
+        rho: ρ for ``space="rho"``.
+        include: extra σ (e.g. stage points of multi-stage solvers) that must also be on the
+            refined grid; inserted exactly.
+    """
+    if not isinstance(factor, int) or factor < 2:
+        raise ValueError(
+            f"refine factor must be an integer >= 2, got {factor!r} (the paper uses 10)."
+        )
+    if space not in ("rho", "log", "linear"):
+        raise ValueError(f"unknown space {space!r}; use 'rho', 'log' or 'linear'.")
+    s = explicit(sigmas)
+    pieces = []
+    for i in range(len(s) - 1):
+        a, b = s[i : i + 1], s[i + 1 : i + 2]
+        sp = "rho" if (space == "log" and b.item() == 0) else space
+        ua, ub = _to_space(a, sp, rho), _to_space(b, sp, rho)
+        frac = torch.arange(factor, dtype=torch.float64) / factor
+        inner = _from_space(ua + frac[1:] * (ub - ua), sp, rho)
+        pieces += [a, inner]
+    pieces.append(s[-1:])
+    out = torch.cat(pieces)
+    if include is not None:
+        extra = torch.as_tensor(include, dtype=torch.float64).flatten()
+        out = torch.cat([out, extra])
+        out = torch.unique(out, sorted=True).flip(0)
+    return out
+
+
+SCHEDULES = {
+    "karras": karras,
+    "log_uniform": log_uniform,
+    "logsnr": log_uniform,
+    "time_uniform": time_uniform,
+    "uniform": time_uniform,
+    "quadratic": quadratic,
+}
+
+
+def get_schedule(name: str, num_steps: int, **kwargs) -> Tensor:
+    """Build a grid by name: ``karras``, ``log_uniform`` (``logsnr``), ``time_uniform``
+    (``uniform``), ``quadratic``."""
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} or pass an explicit "
+            "σ list to dode.schedules.explicit()."
+        )
+    return SCHEDULES[name](num_steps, **kwargs)
+
+
+def refine_space(name: str) -> Space:
+    """The parameterisation in which a named schedule is uniform (for :func:`refine`)."""
+    return {"karras": "rho", "log_uniform": "log", "logsnr": "log"}.get(name, "log")

@@ -1,0 +1,121 @@
+"""Solver base class: a plain loop over ``model(x, sigma)`` and a σ-grid.
+
+A solver consumes either x̂0 (``consumes = "x0"``) or ε̂ (``consumes = "eps"``); the caller
+hands it a callable that returns exactly that. Solvers never wrap themselves in ``no_grad``:
+gradients reach the model outputs (and so the D-ODE λ) through every update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+ModelFn = Callable[[Tensor, float], Tensor]
+StepCallback = Callable[[int, float, Tensor], None]
+
+
+class Solver:
+    """Base class of every solver.
+
+    Subclasses implement :meth:`solve` and, if their NFE is not one per step,
+    :meth:`nfe`. ``callback(i, sigma_next, x)`` is called after step ``i`` with the state at
+    ``sigma_next`` (the teacher uses it to record its trajectory).
+    """
+
+    name: ClassVar[str] = "solver"
+    consumes: ClassVar[Literal["x0", "eps"]] = "x0"
+    orders: ClassVar[tuple[int, ...]] = (1,)
+
+    def __init__(self, order: int | None = None) -> None:
+        order = self.orders[-1] if order is None else order
+        if order not in self.orders:
+            raise ValueError(
+                f"{self.name} supports order {', '.join(map(str, self.orders))}; got order={order!r}."
+            )
+        self.order = int(order)
+
+    # ---- accounting -------------------------------------------------------------------------
+    def nfe(self, num_steps: int) -> int:
+        """Number of model calls for a grid of ``num_steps`` intervals."""
+        return num_steps
+
+    def min_steps(self) -> int:
+        return 1
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The number of grid intervals that gives exactly ``nfe`` model calls."""
+        for n in range(1, max(nfe, 1) + 1):
+            if n >= self.min_steps() and self.nfe(n) == nfe:
+                return n
+        ok = sorted({self.nfe(n) for n in range(self.min_steps(), self.min_steps() + 12)})
+        raise ValueError(
+            f"{self.describe()} cannot use exactly NFE={nfe}; reachable NFE values are "
+            f"{', '.join(map(str, ok))}, ... Pick one of those or a lower-order solver."
+        )
+
+    def stage_sigmas(self, sigmas: Tensor) -> Tensor:
+        """σ of intermediate stage points that are not on the grid (multi-stage solvers)."""
+        return torch.empty(0, dtype=torch.float64)
+
+    def describe(self) -> str:
+        return f"{self.name}(order={self.order})" if len(self.orders) > 1 else self.name
+
+    def config(self) -> dict:
+        """Constructor arguments, enough to rebuild this solver with :func:`get_solver`."""
+        return {"name": self.name, "order": self.order}
+
+    # ---- running ----------------------------------------------------------------------------
+    def check_grid(self, sigmas: Tensor | list[float]) -> list[float]:
+        s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+        if s.numel() < 2:
+            raise ValueError("the σ grid needs at least two points (σ_max, ..., 0).")
+        if not torch.isfinite(s).all() or (s[:-1] <= 0).any() or s[-1] < 0:
+            raise ValueError("the σ grid must be finite, positive, and end with σ >= 0.")
+        if not (s[1:] < s[:-1]).all():
+            raise ValueError("the σ grid must be strictly descending.")
+        steps = s.numel() - 1
+        if steps < self.min_steps():
+            raise ValueError(
+                f"{self.describe()} needs at least {self.min_steps()} steps "
+                f"(NFE >= {self.nfe(self.min_steps())}); the grid has {steps}."
+            )
+        return s.tolist()
+
+    def __call__(
+        self,
+        model: ModelFn,
+        x: Tensor,
+        sigmas: Tensor | list[float],
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """Integrate from ``sigmas[0]`` to ``sigmas[-1]`` starting at ``x`` (already scaled)."""
+        return self.solve(model, x, self.check_grid(sigmas), callback)
+
+    def solve(
+        self, model: ModelFn, x: Tensor, s: list[float], callback: StepCallback | None
+    ) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def log_ratio(a: float, b: float) -> float:
+    """h = λ_b − λ_a = log(a / b) with λ = −log σ (the log-SNR step); ∞ if b == 0."""
+    return math.inf if b == 0 else math.log(a / b)
+
+
+def multistep_order(i: int, n: int, s: list[float], order: int, lower_order_final: bool) -> int:
+    """Order of step ``i`` of ``n`` for a multistep method: warm start with lower orders; with
+    ``lower_order_final`` (diffusers' rule for fewer than 15 steps) the last step is first order
+    and the one before at most second order; the step to σ = 0 is always first order."""
+    k = min(order, i + 1)
+    if lower_order_final and n < 15:
+        if i == n - 1:
+            k = 1
+        elif i == n - 2:
+            k = min(k, 2)
+    if s[i + 1] == 0:
+        k = 1
+    return k
