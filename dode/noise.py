@@ -1,0 +1,66 @@
+"""Noise as a function of per-sample seeds only.
+
+Sample ``i`` of any run is drawn from its own generator seeded with ``seeds[i]``, so the same
+seeds give the same noise (and samples) for any batch size, any order, and any number of
+processes. Noise is drawn on the CPU in float64 and then cast, so it is also identical across
+devices and dtypes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["noise_from_seeds", "parse_seeds", "shard_seeds"]
+
+
+def noise_from_seeds(
+    seeds: Iterable[int],
+    shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Standard normal noise ``[len(seeds), *shape]``, sample ``i`` from ``seeds[i]`` alone."""
+    seeds = [int(s) for s in seeds]
+    out = torch.empty((len(seeds), *shape), dtype=torch.float64)
+    gen = torch.Generator()
+    for i, seed in enumerate(seeds):
+        if seed < 0:
+            raise ValueError(f"seeds must be non-negative integers, got {seed}.")
+        gen.manual_seed(seed)
+        out[i] = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
+    return out.to(dtype=dtype, device=device)
+
+
+def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
+    """Parse ``"0-63"``, ``"0-9,20,30-31"``, an int N (= 0..N−1) or a list of ints."""
+    if isinstance(spec, int):
+        return list(range(spec))
+    if not isinstance(spec, str):
+        return [int(s) for s in spec]
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if b < a:
+                raise ValueError(f"bad seed range {part!r}: the end is below the start.")
+            out.extend(range(a, b + 1))
+        elif re.fullmatch(r"\d+", part):
+            out.append(int(part))
+        else:
+            raise ValueError(
+                f"bad seed spec {spec!r}; use ranges and lists such as '0-63' or '0-9,20,30-31'."
+            )
+    return out
+
+
+def shard_seeds(seeds: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """The seeds of one rank: a strided split with no padding, so no seed is served twice."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}.")
+    return list(seeds)[rank::world_size]
