@@ -32,6 +32,8 @@ __all__ = [
     "LambdaFit",
     "FitInfo",
     "fit_lambdas",
+    "branch",
+    "batch_stats",
 ]
 
 
@@ -239,6 +241,61 @@ class _Replay:
         return _correct(o, prev, self.lam if j == self.k else self.lambdas[j])
 
 
+def branch(
+    solver: Solver,
+    fn: Callable[[Tensor, float], Tensor],
+    s: list[float],
+    noise: Tensor,
+    cache: list[Tensor],
+    lambdas: Tensor,
+    k: int,
+    lam: Tensor,
+    check_finite: bool = True,
+) -> tuple[Tensor, float]:
+    """Run the student up to the input of model call ``k + 1`` with ``λ_j`` (j < k) from
+    ``lambdas`` and ``λ_k = lam``; return that state and its σ (the final sample and 0.0 when
+    ``k`` is the last call).
+
+    Model outputs are replayed from ``cache`` (a per-batch list, filled on first use), so each
+    call is evaluated once per batch however many times the walk is repeated. ``lam`` may carry
+    a gradient (the state is affine in it); the cached outputs never do.
+    """
+    replay = _Replay(fn, cache, lambdas, k, lam, check_finite)
+    try:
+        return solver.solve(replay, noise * s[0], s, None), 0.0
+    except _Stop as stop:
+        return stop.x, float(stop.sigma)
+
+
+def batch_stats(
+    solver: Solver,
+    fn: Callable[[Tensor, float], Tensor],
+    s: list[float],
+    noise: Tensor,
+    teacher: dict[float, Tensor] | Callable[[float], Tensor],
+    cache: list[Tensor],
+    lambdas: Tensor,
+    k: int,
+    check_finite: bool = True,
+) -> tuple[Tensor, float]:
+    """One batch's float64 sufficient statistics ``[<g, r>, <g, g>, <r, r>, n]`` for call k
+    (on the noise's device) and the σ of the state they refer to.
+
+    ``g`` is the change of the state after call k per unit λ_k, ``r`` = teacher − student
+    state at λ_k = 0. ``teacher`` maps σ to the teacher state (a dict keyed by exact σ, as
+    :func:`teacher_states` returns, or a function). Sum the statistics over batches and
+    processes, then :meth:`LambdaFit.solve`.
+    """
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    x0, sigma = branch(solver, fn, s, noise, cache, lambdas, k, zero, check_finite)
+    x1, _ = branch(solver, fn, s, noise, cache, lambdas, k, zero + 1.0, check_finite)
+    g = (x1 - x0).to(torch.float64)
+    target = teacher(sigma) if callable(teacher) else _lookup(teacher, sigma)
+    r = target.to(device=g.device, dtype=torch.float64) - x0.to(torch.float64)
+    n = torch.tensor(float(r.numel()), dtype=torch.float64, device=g.device)
+    return torch.stack([(g * r).sum(), (g * g).sum(), (r * r).sum(), n]), sigma
+
+
 @dataclass
 class FitInfo:
     """Per-call record of a closed-form fit."""
@@ -286,14 +343,17 @@ class LambdaFit:
         self.info = FitInfo()
 
     def _branch(self, b: int, k: int, lam: float) -> tuple[Tensor, float]:
-        noise = self.noises[b]
-        lam_t = torch.tensor(lam, dtype=torch.float64)
-        replay = _Replay(self.fn, self.caches[b], self.lambdas, k, lam_t, self.check_finite)
-        try:
-            out = self.solver.solve(replay, noise * self.s[0].item(), self.s.tolist(), None)
-            return out, 0.0
-        except _Stop as stop:
-            return stop.x, float(stop.sigma)
+        return branch(
+            self.solver,
+            self.fn,
+            self.s.tolist(),
+            self.noises[b],
+            self.caches[b],
+            self.lambdas,
+            k,
+            torch.tensor(lam, dtype=torch.float64),
+            self.check_finite,
+        )
 
     @torch.no_grad()
     def stats(self, k: int) -> tuple[Tensor, float]:
@@ -301,19 +361,18 @@ class LambdaFit:
         total = torch.zeros(4, dtype=torch.float64)
         sigma = 0.0
         for b in range(len(self.noises)):
-            x0, sigma = self._branch(b, k, 0.0)
-            x1, _ = self._branch(b, k, 1.0)
-            g = (x1 - x0).to(torch.float64)
-            target = _lookup(self.teachers[b], sigma).to(device=g.device, dtype=torch.float64)
-            r = target - x0.to(torch.float64)
-            total += torch.stack(
-                [
-                    (g * r).sum(),
-                    (g * g).sum(),
-                    (r * r).sum(),
-                    torch.tensor(float(r.numel()), dtype=torch.float64, device=g.device),
-                ]
-            ).cpu()
+            st, sigma = batch_stats(
+                self.solver,
+                self.fn,
+                self.s.tolist(),
+                self.noises[b],
+                self.teachers[b],
+                self.caches[b],
+                self.lambdas,
+                k,
+                self.check_finite,
+            )
+            total += st.cpu()
         return total, sigma
 
     @staticmethod
