@@ -187,7 +187,8 @@ class DiffusersDenoiser(Denoiser):
         from diffusers import DDPMScheduler, UNet2DModel
 
         path = str(path_or_id)
-        looks_local = os.path.sep in path or path.startswith(".") or os.path.isdir(path)
+        # A hub id is "org/name"; only an absolute or explicitly relative path is surely local.
+        looks_local = path.startswith((os.path.sep, ".", "~")) or os.path.isdir(path)
         if looks_local and not os.path.isdir(path):
             raise ValueError(
                 f"model folder {path!r} does not exist; pass a folder written by "
