@@ -76,7 +76,12 @@ class Solver:
         if not torch.isfinite(s).all() or (s[:-1] <= 0).any() or s[-1] < 0:
             raise ValueError("the σ grid must be finite, positive, and end with σ >= 0.")
         if not (s[1:] < s[:-1]).all():
-            raise ValueError("the σ grid must be strictly descending.")
+            i = int((s[1:] >= s[:-1]).nonzero()[0])
+            raise ValueError(
+                f"the σ grid must be strictly descending, but σ[{i}] = {s[i].item():.6g} <= "
+                f"σ[{i + 1}] = {s[i + 1].item():.6g}; sort it largest first without repeats, or "
+                "build it with dode.schedules (karras, log_uniform, time_uniform, explicit)."
+            )
         steps = s.numel() - 1
         if steps < self.min_steps():
             raise ValueError(
