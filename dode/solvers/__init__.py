@@ -8,6 +8,7 @@ euler (ddim_x0)           x̂0         1                      N
 heun (edm_heun)           x̂0         2                      2N − 1
 ipndm                     ε̂          1–4 (default 4)        N
 dpm_solver                ε̂          2, 3 (default 2)       order·(N − 1) + 1
+dpm_solver, stages=grid   ε̂          1–3 (diffusers' list)  N
 dpm_solver_pp (dpmpp)     x̂0         1–3 (default 2)        N
 deis                      ε̂          1–3 (default 3)        N
 unipc                     x̂0         1–3 (default 2)        N

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from .base import Solver, multistep_order
+from .base import Solver
 
 
 class UniPC(Solver):
@@ -47,6 +47,15 @@ class UniPC(Solver):
             "lower_order_final": self.lower_order_final,
             "corrector": self.corrector,
         }
+
+    def step_order(self, i: int, n: int, s: list[float]) -> int:
+        """Order of step ``i`` of ``n``: warm start; with ``lower_order_final`` at most ``n − i``
+        (diffusers' UniPC rule, for any number of steps, unlike DPM-Solver++'s "< 15 steps"
+        rule); the step to σ = 0 is always first order."""
+        k = min(self.order, i + 1)
+        if self.lower_order_final:
+            k = min(k, n - i)
+        return 1 if s[i + 1] == 0 else k
 
     def _system(self, h: float, rks: list[float], order: int):
         hh = -h
@@ -115,7 +124,7 @@ class UniPC(Solver):
                 x = self._correct(x_last, m, outs, s, i, prev_order)
             outs.append(m)
             del outs[: -self.order]
-            order = multistep_order(i, n, s, self.order, self.lower_order_final)
+            order = self.step_order(i, n, s)
             x_last = x
             x = self._predict(x, outs, s, i, order)
             prev_order = order
