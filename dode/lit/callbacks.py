@@ -1,0 +1,304 @@
+"""Callbacks of ``python -m dode.train``: sample grid, λ plot, Fréchet distance.
+
+All three run at the end of the fit, write a PNG into the run folder and log to every logger
+that takes images (Weights & Biases); numbers go to every logger and into the fitted-solver
+file's metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor, nn
+
+from ..noise import parse_seeds, shard_seeds
+
+__all__ = ["SampleGridCallback", "LambdaPlotCallback", "FrechetCallback", "to_uint8_images"]
+
+
+def to_uint8_images(x: Tensor) -> Tensor:
+    """Samples in [−1, 1], ``[B, C, H, W]`` → uint8 ``[B, C, H, W]``."""
+    if x.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}.")
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def _grid(rows: list[Tensor], scale: int) -> np.ndarray:
+    """Rows of uint8 ``[B, C, H, W]`` images → one HWC array with 1-pixel gaps."""
+    b, c, h, w = rows[0].shape
+    pad = 1
+    out = np.full((len(rows) * (h + pad) + pad, b * (w + pad) + pad, c), 255, np.uint8)
+    for r, imgs in enumerate(rows):
+        for i, im in enumerate(imgs.permute(0, 2, 3, 1).numpy()):
+            y, x = pad + r * (h + pad), pad + i * (w + pad)
+            out[y : y + h, x : x + w] = im
+    if c == 1:
+        out = np.repeat(out, 3, axis=2)
+    return out.repeat(scale, 0).repeat(scale, 1)
+
+
+def _run_dir(trainer: pl.Trainer) -> Path:
+    return Path(trainer.default_root_dir)
+
+
+def _log_image(trainer: pl.Trainer, key: str, image: np.ndarray, caption: str) -> None:
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_image(key=key, images=[image], caption=[caption])
+
+
+def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    for lg in trainer.loggers:
+        lg.log_metrics(metrics, step=trainer.global_step)
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    from ..artifact import atomic_write
+
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+class SampleGridCallback(pl.Callback):
+    """At the end of the fit: base solver, D-solver and teacher samples from the same noise
+    (the first validation seeds), as one image (rows: base, D-ODE, teacher).
+
+    Args:
+        num_samples: samples per row (0 turns the grid off).
+        scale: nearest-neighbour upscaling of the saved image.
+    """
+
+    def __init__(self, num_samples: int = 8, scale: int = 4) -> None:
+        if num_samples < 0 or scale < 1:
+            raise ValueError("samples.num_samples must be >= 0 and samples.scale >= 1.")
+        self.num_samples = num_samples
+        self.scale = scale
+        self.path: Path | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if not self.num_samples or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        batch = dm.states_for(dm.val_seeds[: self.num_samples], pl_module)
+        base = pl_module.sample_final(batch["noise"], dode=False)
+        dode = pl_module.sample_final(batch["noise"], dode=True)
+        teacher = batch["teacher"][:, -1]
+        if base.ndim == 4:
+            image = _grid([to_uint8_images(t.cpu()) for t in (base, dode, teacher)], self.scale)
+        else:
+            image = _scatter([base, dode, teacher])
+        self.path = _run_dir(trainer) / "samples.png"
+        _save_png(self.path, image)
+        _log_image(
+            trainer, "samples", image, f"rows: base, D-ODE, teacher ({pl_module.num_calls} NFE)"
+        )
+
+
+def _figure_to_array(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _scatter(rows: list[Tensor]) -> np.ndarray:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    for x, name in zip(rows, ("base", "D-ODE", "teacher")):
+        f = x.detach().cpu().double().reshape(len(x), -1)
+        ax.scatter(f[:, 0], f[:, 1 if f.shape[1] > 1 else 0], s=8, label=name)
+    ax.legend()
+    img = _figure_to_array(fig)
+    plt.close(fig)
+    return img
+
+
+class LambdaPlotCallback(pl.Callback):
+    """At the end of the fit: λ per model call, and the MSE to the teacher of each state for
+    the base and the D-solver (validation seeds), saved as ``lambdas.png`` and logged.
+
+    Args:
+        enabled: draw the plot.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path: Path | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if not self.enabled or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        lam = pl_module.lambdas.detach().cpu().numpy()
+        k = np.arange(len(lam))
+        val = pl_module.val_metrics
+        fig, axes = plt.subplots(1, 2 if val else 1, figsize=(9 if val else 4.5, 3.2), dpi=100)
+        axes = np.atleast_1d(axes)
+        axes[0].plot(k, lam, "o-")
+        axes[0].axhline(0, color="grey", lw=0.5)
+        for ax in axes:
+            ax.set_xticks(k)
+        axes[0].set_xlabel("model call k")
+        axes[0].set_ylabel("λ_k")
+        axes[0].set_title(f"{pl_module.solver.describe()}, NFE {pl_module.num_calls}")
+        if val:
+            d = [val[f"val/mse_{i}"] for i in k]
+            b = [val[f"val/mse_base_{i}"] for i in k]
+            axes[1].semilogy(k, b, "s--", label="base")
+            axes[1].semilogy(k, d, "o-", label="D-ODE")
+            axes[1].set_xlabel("state after call k")
+            axes[1].set_ylabel("MSE to teacher")
+            axes[1].legend()
+        fig.tight_layout()
+        image = _figure_to_array(fig)
+        plt.close(fig)
+        self.path = _run_dir(trainer) / "lambdas.png"
+        _save_png(self.path, image)
+        _log_image(trainer, "lambdas", image, "λ per model call; MSE to the teacher per state")
+
+
+class _Features(nn.Module):
+    """A :mod:`dode.fid` extractor (uint8 images → features) as a torchmetrics ``feature``."""
+
+    def __init__(self, extractor, sample_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.name = getattr(extractor, "name", type(extractor).__name__)
+        probe = torch.zeros((2, *sample_shape), dtype=torch.uint8)
+        self.num_features = int(self.extractor(probe).reshape(2, -1).shape[1])
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.extractor(images).reshape(len(images), -1)
+
+
+class FrechetCallback(pl.Callback):
+    """Fréchet distance of D-solver and base samples to a reference, through torchmetrics'
+    ``FrechetInceptionDistance`` with a pluggable feature extractor (:mod:`dode.fid`).
+
+    Runs at the end of the fit on every rank (samples sharded by seed; torchmetrics sums the
+    statistics across ranks). Logs ``val/<name>_dode`` and ``val/<name>_base`` where name is
+    ``fid`` for Inception features and ``fd_<extractor>`` otherwise.
+
+    Args:
+        feature: ``null`` (off), ``inception`` (FID; needs torch-fidelity's weights file, see
+            ``inception_weights``), ``pixels`` (a cheap stand-in) or ``package.module:factory``
+            (a callable from uint8 ``[B, C, H, W]`` to ``[B, F]``).
+        num_samples: number of generated samples per solver.
+        seeds: their seeds (default: ``2000000`` onwards; disjoint from the fit seeds).
+        reference: ``teacher`` (the teacher's samples from the same seeds) or an ``.npz`` with
+            reference ``mu``/``sigma`` of the same features (``python -m dode.fid ref``).
+        batch_size: samples per batch.
+        inception_weights: path of ``weights-inception-2015-12-05-6726825d.pth``; default
+            ``$DODE_INCEPTION_WEIGHTS``, then torch hub's checkpoint folder.
+    """
+
+    def __init__(
+        self,
+        feature: str | None = None,
+        num_samples: int = 1000,
+        seeds: str | None = None,
+        reference: str = "teacher",
+        batch_size: int = 100,
+        inception_weights: str | None = None,
+    ) -> None:
+        self.feature = feature
+        self.num_samples = num_samples
+        self.seed_spec = seeds
+        self.reference = reference
+        self.batch_size = batch_size
+        self.inception_weights = inception_weights
+        self.results: dict[str, float] = {}
+        if feature is None:
+            return
+        if num_samples < 2:
+            raise ValueError("fid.num_samples must be >= 2.")
+        from .. import fid
+
+        if feature == "inception":
+            # Fail now, before any fitting, if the weights cannot be had.
+            self.inception_weights = fid.inception_weights_path(inception_weights)
+        if reference != "teacher" and not Path(reference).is_file():
+            raise ValueError(
+                f"fid.reference {reference!r} is neither 'teacher' nor an existing .npz of "
+                "reference statistics (make one with `python -m dode.fid ref`)."
+            )
+        self.seeds = (
+            parse_seeds(seeds)
+            if seeds is not None
+            else list(range(2_000_000, 2_000_000 + num_samples))
+        )
+        if len(self.seeds) < num_samples:
+            raise ValueError(f"fid.seeds has {len(self.seeds)} seeds, fewer than num_samples.")
+        self.seeds = self.seeds[:num_samples]
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if self.feature is None:
+            return
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        from .. import fid
+
+        fx = fid.get_feature_extractor(self.feature, self.inception_weights)
+        self.name = fid.metric_name(fx)
+        feat = _Features(fx, pl_module.sample_shape)
+        self.metric = FrechetInceptionDistance(feature=feat, reset_real_features=False)
+
+    def _set_reference_stats(self, trainer: pl.Trainer) -> None:
+        from .. import fid
+
+        mu, sigma = fid.load_stats(self.reference)
+        m = self.metric
+        if len(mu) != m.real_features_sum.shape[0]:
+            raise ValueError(
+                f"{self.reference!r} has {len(mu)}-d statistics but the '{self.feature}' "
+                f"features are {m.real_features_sum.shape[0]}-d."
+            )
+        if trainer.is_global_zero:  # the states are summed over ranks
+            n = 10_000
+            mu_t = torch.as_tensor(mu, dtype=torch.float64, device=m.device)
+            sig_t = torch.as_tensor(sigma, dtype=torch.float64, device=m.device)
+            m.real_features_sum = n * mu_t
+            m.real_features_cov_sum = (n - 1) * sig_t + n * torch.outer(mu_t, mu_t)
+            m.real_features_num_samples = torch.tensor(n, device=m.device)
+
+    @torch.no_grad()
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self.feature is None:
+            return
+        m = self.metric.to(pl_module.device)
+        m.reset()
+        dm = trainer.datamodule
+        rank, world = trainer.global_rank, trainer.world_size
+        mine = shard_seeds(self.seeds, rank, world)
+        nb = max(1, math.ceil(len(mine) / self.batch_size))
+        groups = [g for g in np.array_split(np.array(mine, dtype=np.int64), nb) if len(g)]
+        if self.reference != "teacher":
+            self._set_reference_stats(trainer)
+        fakes = {"dode": [], "base": []}
+        for g in groups:
+            batch = dm.states_for(g.tolist(), pl_module)
+            if self.reference == "teacher":
+                m.update(to_uint8_images(batch["teacher"][:, -1]).to(m.device), real=True)
+            for which in fakes:
+                x = pl_module.sample_final(batch["noise"], dode=which == "dode")
+                fakes[which].append(to_uint8_images(x))
+        for which in ("dode", "base"):
+            for imgs in fakes[which]:
+                m.update(imgs.to(m.device), real=False)
+            self.results[f"val/{self.name}_{which}"] = float(m.compute())
+            m.reset()  # keeps the real features (reset_real_features=False)
+        pl_module.extra_metrics.update(self.results)
+        if trainer.is_global_zero:
+            _log_metrics(trainer, self.results)

@@ -1,0 +1,267 @@
+"""``NoiseDataModule``: noise batches from per-sample seeds, with their teacher states.
+
+* Noise is a function of each sample's seed only (:func:`dode.noise.noise_from_seeds`), so the
+  same seeds give the same samples for any batch size and any number of processes.
+* Seeds are sharded over ranks with :func:`dode.noise.shard_seeds` (strided, no padding): no seed
+  is served twice. Each rank splits its share into the same number of batches (sizes differ
+  by at most one sample), so collective operations line up across ranks. Use
+  ``Trainer(use_distributed_sampler=False)`` (``python -m dode.train`` does).
+* Teacher states at every σ the student visits are computed once per seed and cached on disk
+  (:class:`TeacherCache`), keyed by everything they depend on (model id and weights hash,
+  dtypes, solver, σ grid, teacher factor/solver/refinement); each rank computes only the seeds
+  it serves, files are written atomically, and later runs (any batch size, any world size)
+  reuse them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..artifact import atomic_write
+from ..noise import noise_from_seeds, parse_seeds, shard_seeds
+from .module import DODEModule, _digest
+
+__all__ = ["NoiseDataModule", "TeacherCache", "split_even", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """``$DODE_CACHE`` or ``~/.cache/dode``, plus ``/teacher``."""
+    root = os.environ.get("DODE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dode")
+    return Path(root) / "teacher"
+
+
+def split_even(seeds: Sequence[int], num_batches: int) -> list[list[int]]:
+    """Split into ``num_batches`` contiguous parts whose sizes differ by at most one."""
+    n = len(seeds)
+    out, start = [], 0
+    for i in range(num_batches):
+        size = n // num_batches + (1 if i < n % num_batches else 0)
+        out.append(list(seeds[start : start + size]))
+        start += size
+    return out
+
+
+class TeacherCache:
+    """Teacher states per seed on disk: one safetensors file per computed chunk.
+
+    Directory: ``root/<problem key>/``, with ``problem.json`` (what the key stands for) and
+    files holding ``seeds`` [n] and ``states`` [n, M, ...]. Any file with a seed is used, so
+    the cache works across batch sizes and world sizes. ``root=None`` keeps nothing.
+    """
+
+    def __init__(self, root: str | os.PathLike | None, problem: dict) -> None:
+        self.problem = problem
+        self.key = _digest(problem)[:24]
+        self.dir = Path(root) / self.key if root is not None else None
+        self.index: dict[int, tuple[Path, int]] = {}
+        if self.dir is not None and self.dir.is_dir():
+            self._scan()
+
+    def _scan(self) -> None:
+        from safetensors import safe_open
+
+        for f in sorted(self.dir.glob("*.safetensors")):
+            try:
+                with safe_open(str(f), framework="pt") as h:
+                    seeds = h.get_tensor("seeds").tolist()
+            except Exception:  # noqa: BLE001 - an unreadable file is ignored (recomputed)
+                continue
+            for row, s in enumerate(seeds):
+                self.index.setdefault(int(s), (f, row))
+
+    def get(self, seeds: Sequence[int]) -> dict[int, Tensor]:
+        """The cached states of those seeds that have them."""
+        from safetensors.torch import load_file
+
+        by_file: dict[Path, list[tuple[int, int]]] = {}
+        for s in seeds:
+            if s in self.index:
+                f, row = self.index[s]
+                by_file.setdefault(f, []).append((s, row))
+        out: dict[int, Tensor] = {}
+        for f, items in by_file.items():
+            states = load_file(str(f))["states"]
+            for s, row in items:
+                out[s] = states[row]
+        return out
+
+    def put(self, seeds: Sequence[int], states: Tensor) -> None:
+        """Store states ``[len(seeds), M, ...]`` (atomic write)."""
+        if self.dir is None or not len(seeds):
+            return
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta_path = self.dir / "problem.json"
+        if not meta_path.exists():
+            text = json.dumps(self.problem, indent=1, sort_keys=True)
+            atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
+        path = self.dir / f"{_digest(list(map(int, seeds)))[:20]}.safetensors"
+        tensors = {
+            "seeds": torch.tensor(list(seeds), dtype=torch.long),
+            "states": states.detach().cpu().contiguous(),
+        }
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        for row, s in enumerate(seeds):
+            self.index.setdefault(int(s), (path, row))
+
+
+class _Batches(Dataset):
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batches[i]
+
+
+def _seeds(spec, what: str) -> list[int]:
+    try:
+        seeds = parse_seeds(spec)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"bad {what}: {e}") from None
+    if not seeds:
+        raise ValueError(f"{what} is empty; give seeds such as '0-255'.")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{what} lists a seed twice; every sample needs its own seed.")
+    return seeds
+
+
+class NoiseDataModule(pl.LightningDataModule):
+    """Noise batches (from per-sample seeds) with their teacher states.
+
+    Each batch is a dict: ``seeds`` [B], ``noise`` [B, ...] (standard normal, integration dtype)
+    and ``teacher`` [B, M, ...] (the teacher's state at each of the module's
+    ``target_sigmas``).
+
+    Args:
+        fit_seeds: seeds of the samples λ are fitted on: ``"0-1023"``, ``"0-9,20"``, an int N
+            (= 0..N−1) or a list.
+        val_seeds: seeds of the validation samples (must not overlap ``fit_seeds``).
+        batch_size: samples per batch (per process).
+        cache_dir: where teacher states are cached; ``"auto"``: ``$DODE_CACHE/teacher`` or
+            ``~/.cache/dode/teacher``; ``null``: no cache (recomputed every run).
+    """
+
+    def __init__(
+        self,
+        fit_seeds: str | int | list[int] = "0-1023",
+        val_seeds: str | int | list[int] = "1000000-1000255",
+        batch_size: int = 128,
+        cache_dir: str | None = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        self.fit_seeds = _seeds(fit_seeds, "fit_seeds")
+        self.val_seeds = _seeds(val_seeds, "val_seeds")
+        both = set(self.fit_seeds) & set(self.val_seeds)
+        if both:
+            raise ValueError(
+                f"fit_seeds and val_seeds overlap ({len(both)} seeds, e.g. {min(both)}); "
+                "validation must use other samples than the fit."
+            )
+        self.batch_size = batch_size
+        if cache_dir == "auto":
+            self.cache_dir: Path | None = default_cache_dir()
+        else:
+            self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self._cache: TeacherCache | None = None
+        self.served: dict[str, list[int]] = {}
+
+    # ---- sharding ----------------------------------------------------------------------------
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def rank_batches(self, seeds: Sequence[int], what: str = "seeds") -> list[list[int]]:
+        """This rank's seeds, in batches; every rank gets the same number of batches."""
+        rank, world = self._rank()
+        n = len(seeds)
+        if n < world:
+            raise ValueError(
+                f"{what} has {n} seeds for {world} processes; give at least one per process."
+            )
+        num = math.ceil(math.ceil(n / world) / self.batch_size)
+        mine = shard_seeds(seeds, rank, world)
+        if len(mine) < num:
+            raise ValueError(
+                f"{n} {what} over {world} processes with batch_size {self.batch_size} leaves a "
+                "process an empty batch; use more seeds or a larger batch_size."
+            )
+        return split_even(mine, num)
+
+    # ---- teacher states ----------------------------------------------------------------------
+    def _module(self, module: DODEModule | None) -> DODEModule:
+        module = module if module is not None else self.trainer.lightning_module
+        if not isinstance(module, DODEModule):
+            raise ValueError(
+                "NoiseDataModule needs a DODEModule (it defines model, grid and teacher)."
+            )
+        return module
+
+    def cache(self, module: DODEModule) -> TeacherCache:
+        if self._cache is None or self._cache.key != _digest(module.problem())[:24]:
+            self._cache = TeacherCache(self.cache_dir, module.problem())
+        return self._cache
+
+    def states_for(self, seeds: Sequence[int], module: DODEModule | None = None) -> dict:
+        """One batch: ``seeds``, ``noise`` and ``teacher`` (cached states, computing the
+        missing ones and storing them)."""
+        module = self._module(module)
+        seeds = [int(s) for s in seeds]
+        noise = noise_from_seeds(seeds, module.sample_shape, module.integration_dtype)
+        cache = self.cache(module)
+        have = cache.get(seeds)
+        missing = [i for i, s in enumerate(seeds) if s not in have]
+        if missing:
+            t0 = time.perf_counter()
+            new = module.compute_teacher(noise[missing])
+            module.timings["teacher_s"] = module.timings.get("teacher_s", 0.0) + (
+                time.perf_counter() - t0
+            )
+            cache.put([seeds[i] for i in missing], new)
+            for j, i in enumerate(missing):
+                have[seeds[i]] = new[j]
+        teacher = torch.stack([have[s] for s in seeds]).to(module.integration_dtype)
+        return {"seeds": torch.tensor(seeds, dtype=torch.long), "noise": noise, "teacher": teacher}
+
+    def _loader(self, seeds: list[int], what: str) -> DataLoader:
+        module = self._module(None)
+        groups = self.rank_batches(seeds, what)
+        self.served[what] = [s for g in groups for s in g]
+        cache = self.cache(module)
+        todo = sum(1 for g in groups for s in g if s not in cache.index)
+        if todo:
+            where = cache.dir if cache.dir is not None else "memory only"
+            rank_zero_info(
+                f"dode: teacher states for {todo} {what} on rank {self._rank()[0]} "
+                f"({module.hparams.teacher_factor}x refined grid; cache: {where})"
+            )
+        show = todo > 0 and self._rank()[0] == 0 and len(groups) > 1
+        batches = [
+            self.states_for(g, module)
+            for g in tqdm(groups, desc=f"teacher ({what})", disable=not show)
+        ]
+        return DataLoader(_Batches(batches), batch_size=None, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.fit_seeds, "fit_seeds")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_seeds, "val_seeds")

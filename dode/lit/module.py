@@ -1,0 +1,558 @@
+"""``DODEModule``: a frozen denoiser and the D-ODE λ as a LightningModule.
+
+The module defines the problem (model, solver, σ grid, teacher) and fits one λ per model call
+(Kim, Tang & Yu, CVPR 2024, Eq. 6: ``õ_k = o_k + λ_k (o_k − o_{k−1})``). Three fit modes:
+
+``lstsq`` (default, the paper's closed form)
+    The fit is sequential over the K model calls, so **epoch k fits λ_k**: every training batch
+    adds its float64 sufficient statistics ``[<g, r>, <g, g>, <r, r>, n]`` (see
+    :func:`dode.dode.batch_stats`); after a rank's last batch they are summed over ranks
+    (all-reduce) and ``λ_k = <g, r>/<g, g>`` is set on every rank. ``max_epochs`` is set to K.
+    The model outputs of calls < k are cached per batch, so each call is evaluated once.
+``sgd-local``
+    Adam on the per-state MSE to the teacher; the state before call k is detached, so the loss
+    of the state after call k reaches only λ_k (the closed form's objective, by gradients; no
+    backprop through the network).
+``sgd-global``
+    Adam on the MSE of every state of the whole trajectory, backpropagated through the
+    network (activation checkpointing per call).
+
+The denoiser is never part of a checkpoint: ``state_dict`` holds only ``lambdas`` and
+``num_fitted``; the extra ``dode`` entry holds the fit record and a key of the problem, checked
+on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .. import __version__
+from ..artifact import FittedSolver, weights_hash
+from ..dode import DODECorrection, FitInfo, LambdaFit, batch_stats, branch, model_fn, teacher_states
+from ..loading import load_denoiser, resolve_dtype
+from ..schedules import explicit, get_schedule, refine_space
+from ..solvers import Solver, get_solver
+
+__all__ = ["DODEModule", "build_grid", "FitMode"]
+
+FitMode = Literal["lstsq", "sgd-local", "sgd-global"]
+_FIT_MODES = ("lstsq", "sgd-local", "sgd-global")
+
+
+def build_grid(denoiser, schedule: str, num_steps: int, options: dict | None = None) -> Tensor:
+    """The student's σ grid (descending, final 0) for a named schedule.
+
+    Defaults taken from the model: ``karras`` and ``log_uniform`` span
+    ``[max(0.002, σ_min), min(80, σ_max)]`` of the model; ``time_uniform`` and ``quadratic`` use
+    the model's discrete ᾱ table (diffusers DDPM models only). ``explicit`` takes
+    ``options["sigmas"]``.
+    """
+    opts = dict(options or {})
+    if schedule == "explicit":
+        if "sigmas" not in opts:
+            raise ValueError(
+                "schedule 'explicit' needs schedule_options.sigmas: a descending list of σ."
+            )
+        s = explicit(opts.pop("sigmas"))
+        if opts:
+            raise ValueError(f"schedule 'explicit' takes only 'sigmas', got {sorted(opts)}.")
+        if len(s) - 1 != num_steps:
+            raise ValueError(
+                f"the explicit grid has {len(s) - 1} steps but the solver needs {num_steps} for "
+                "this NFE; give one σ per step (the final 0 is added)."
+            )
+        return s
+    if schedule in ("karras", "log_uniform", "logsnr"):
+        opts.setdefault("sigma_min", max(0.002, float(denoiser.sigma_min)))
+        opts.setdefault("sigma_max", min(80.0, float(denoiser.sigma_max)))
+    elif schedule in ("time_uniform", "uniform", "quadratic"):
+        table = getattr(denoiser, "alphas_cumprod", None)
+        if table is None and "alphas_cumprod" not in opts:
+            raise ValueError(
+                f"schedule {schedule!r} is uniform in the discrete timesteps of a DDPM model, "
+                f"but {type(denoiser).__name__} has no ᾱ table; use 'karras' or 'log_uniform'."
+            )
+        if table is not None:
+            opts.setdefault("alphas_cumprod", table.detach().cpu())
+    try:
+        return get_schedule(schedule, num_steps, **opts)
+    except TypeError as e:
+        raise ValueError(f"bad schedule_options for {schedule!r}: {e}") from None
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+class DODEModule(pl.LightningModule):
+    """Fit D-ODE λ for a frozen diffusion model.
+
+    Args:
+        model: the frozen denoiser: a registered name (``digits``, ``gmm-digits``), a local
+            diffusers folder, a hub id (``org/name``) or ``package.module:function``.
+        solver: the base solver (``ddim``, ``euler``, ``heun``, ``ipndm``, ``dpm_solver``,
+            ``dpm_solver_pp``, ``deis``, ``unipc`` and aliases such as ``dpmpp_2m``).
+        solver_options: keyword options of the solver, e.g. ``{order: 3}``.
+        nfe: number of model calls (NFE) of the student; sets the number of grid steps.
+        schedule: σ grid: ``karras``, ``log_uniform``, ``time_uniform``, ``quadratic`` or
+            ``explicit``.
+        schedule_options: options of the schedule, e.g. ``{sigma_min: 0.002, sigma_max: 80,
+            rho: 7}`` for ``karras`` or ``{sigmas: [...]}`` for ``explicit``.
+        teacher_factor: C, the teacher's refinement of the student grid (the paper uses 10).
+        teacher_solver: the teacher's solver (default: the student's own).
+        teacher_solver_options: keyword options of the teacher's solver.
+        teacher_space: parameterisation in which the teacher grid is refined (``rho``, ``log``,
+            ``linear``; default: ``rho`` for ``karras`` grids, ``log`` otherwise).
+        fit_mode: ``lstsq`` (closed form, one epoch per model call), ``sgd-local`` or
+            ``sgd-global`` (Adam; set ``trainer.max_epochs``).
+        lr: Adam learning rate for the sgd modes.
+        dtype: integration dtype (noise, states, teacher).
+        model_dtype: dtype of the network weights (default: ``dtype``).
+        sigma_to_t: σ → timestep for diffusers models: ``interp`` or ``snap``.
+        model_options: extra keyword options for the model loader.
+        cache_outputs: ``lstsq``: keep each batch's model outputs between epochs (K outputs per
+            sample in memory) instead of re-evaluating calls < k (K²/2 calls).
+        activation_checkpointing: ``sgd-global``: recompute network activations in backward.
+        check_finite: raise on non-finite model outputs.
+    """
+
+    def __init__(
+        self,
+        model: str = "digits",
+        solver: str = "ddim",
+        solver_options: dict[str, Any] | None = None,
+        nfe: int = 5,
+        schedule: str = "karras",
+        schedule_options: dict[str, Any] | None = None,
+        teacher_factor: int = 10,
+        teacher_solver: str | None = None,
+        teacher_solver_options: dict[str, Any] | None = None,
+        teacher_space: Literal["rho", "log", "linear"] | None = None,
+        fit_mode: FitMode = "lstsq",
+        lr: float = 0.05,
+        dtype: Literal["float32", "float64"] = "float32",
+        model_dtype: Literal["float16", "bfloat16", "float32", "float64"] | None = None,
+        sigma_to_t: Literal["interp", "snap"] = "interp",
+        model_options: dict[str, Any] | None = None,
+        cache_outputs: bool = True,
+        activation_checkpointing: bool = True,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if fit_mode not in _FIT_MODES:
+            raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(_FIT_MODES)}.")
+        if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
+            raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")
+        if not isinstance(teacher_factor, int) or teacher_factor < 2:
+            raise ValueError(
+                f"teacher_factor must be an integer >= 2 (the paper uses 10), got {teacher_factor!r}."
+            )
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}.")
+        self.fit_mode = fit_mode
+        self.lr = float(lr)
+        self.integration_dtype = resolve_dtype(dtype)
+        self.solver: Solver = get_solver(solver, **(solver_options or {}))
+        self.num_steps = self.solver.steps_for_nfe(nfe)
+        self.teacher: Solver | None = (
+            get_solver(teacher_solver, **(teacher_solver_options or {}))
+            if teacher_solver is not None
+            else None
+        )
+        self.denoiser = load_denoiser(
+            model, sigma_to_t=sigma_to_t, dtype=model_dtype or dtype, **(model_options or {})
+        )
+        if self.denoiser.sample_shape is None:
+            raise ValueError(
+                f"model {model!r} does not declare its sample shape; set sample_shape on the "
+                "Denoiser your factory returns."
+            )
+        self.sigmas = build_grid(self.denoiser, schedule, self.num_steps, schedule_options)
+        self.solver.check_grid(self.sigmas)
+        self.s_list: list[float] = self.sigmas.tolist()
+        self.num_calls = self.solver.nfe(self.num_steps)
+        self.teacher_space = teacher_space or refine_space(schedule)
+        self.teacher_rho = float((schedule_options or {}).get("rho", 7.0))
+        stages = self.solver.stage_sigmas(self.sigmas).tolist()
+        self.target_sigmas: list[float] = sorted(set(self.s_list[1:]) | set(stages), reverse=True)
+        self._sigma_index = {s: i for i, s in enumerate(self.target_sigmas)}
+        self.weights_hash = weights_hash(self.denoiser)
+        self.lambdas = nn.Parameter(torch.zeros(self.num_calls, dtype=torch.float64))
+        self.register_buffer("num_fitted", torch.zeros((), dtype=torch.long))
+        self.fit_info = FitInfo()
+        self.cache_outputs = cache_outputs
+        self.activation_checkpointing = activation_checkpointing
+        self.check_finite = check_finite
+        self.automatic_optimization = fit_mode != "lstsq"
+        self.timings: dict[str, float] = {}
+        self.val_metrics: dict[str, float] = {}
+        self.extra_metrics: dict[str, float] = {}
+        self._acc: Tensor | None = None
+        self._acc_sigma = 0.0
+        self._caches: dict[int, tuple[tuple[int, ...], list[Tensor]]] = {}
+        self._base_val: dict[int, list[Tensor]] = {}
+        self._val_acc: Tensor | None = None
+
+    # ---- the problem -------------------------------------------------------------------------
+    def teacher_config(self) -> dict:
+        """The teacher settings (recorded in the fitted-solver file and the cache key)."""
+        return {
+            "factor": self.hparams.teacher_factor,
+            "solver": (self.teacher or self.solver).config(),
+            "space": self.teacher_space,
+            "rho": self.teacher_rho,
+        }
+
+    def model_config(self) -> dict:
+        """Model id, weights hash and how it is evaluated."""
+        return {
+            "id": self.hparams.model,
+            "class": type(self.denoiser).__name__,
+            "weights_hash": self.weights_hash,
+            "dtype": self.hparams.model_dtype or self.hparams.dtype,
+            "integration_dtype": self.hparams.dtype,
+            "sigma_to_t": self.hparams.sigma_to_t,
+            "options": dict(self.hparams.model_options or {}),
+        }
+
+    def problem(self) -> dict:
+        """Everything the teacher states depend on."""
+        return {
+            "model": self.model_config(),
+            "solver": self.solver.config(),
+            "sigmas": [float.hex(s) for s in self.s_list],
+            "targets": [float.hex(s) for s in self.target_sigmas],
+            "teacher": self.teacher_config(),
+            "sample_shape": list(self.denoiser.sample_shape),
+            "format": 1,
+        }
+
+    def problem_key(self) -> str:
+        return _digest(self.problem())[:24]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.denoiser.sample_shape)
+
+    def _fn(self):
+        return model_fn(self.denoiser, self.solver.consumes)
+
+    @torch.no_grad()
+    def compute_teacher(self, noise: Tensor) -> Tensor:
+        """Teacher states at every student σ (``target_sigmas`` order): ``[B, M, ...]``, CPU."""
+        noise = noise.to(device=self.device, dtype=self.integration_dtype)
+        states = teacher_states(
+            self.denoiser,
+            self.solver,
+            noise,
+            self.sigmas,
+            self.hparams.teacher_factor,
+            teacher_solver=self.teacher,
+            space=self.teacher_space,
+            rho=self.teacher_rho,
+        )
+        return torch.stack([states[s] for s in self.target_sigmas], 1).cpu()
+
+    def _target_fn(self, teacher: Tensor):
+        def get(sigma: float) -> Tensor:
+            i = self._sigma_index.get(sigma)
+            if i is None:
+                near = [j for j, s in enumerate(self.target_sigmas) if abs(s - sigma) <= 1e-12]
+                if not near:
+                    raise ValueError(f"no teacher state at σ = {sigma!r}.")
+                i = near[0]
+            return teacher[:, i]
+
+        return get
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def trajectory(self, noise: Tensor, lambdas: Tensor | None) -> tuple[list[float], list[Tensor]]:
+        """The student's states after each call (the input of call k + 1; the sample last) and
+        their σ. ``lambdas=None``: the base solver."""
+        corr = DODECorrection(self._fn(), lambdas, self.check_finite)
+        sig: list[float] = []
+        states: list[Tensor] = []
+
+        def record(x: Tensor, sigma: float) -> Tensor:
+            if corr.k > 0:
+                sig.append(float(sigma))
+                states.append(x)
+            return corr(x, sigma)
+
+        out = self.solver.solve(record, noise * self.s_list[0], self.s_list, None)
+        sig.append(float(self.s_list[-1]))
+        states.append(out)
+        return sig, states
+
+    @torch.no_grad()
+    def sample_final(self, noise: Tensor, dode: bool = True) -> Tensor:
+        """Samples from standard-normal ``noise`` with the fitted λ (or the base solver)."""
+        noise = noise.to(device=self.device, dtype=self.integration_dtype)
+        lam = self.lambdas.detach() if dode else None
+        return self.trajectory(noise, lam)[1][-1]
+
+    # ---- checkpoints: λ and progress only ----------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        sd = super().state_dict(*args, **kwargs)
+        for key in [k for k in sd if k.startswith("denoiser.")]:
+            del sd[key]
+        return sd
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        res = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in res.missing_keys if not k.startswith("denoiser.")]
+        if strict and (missing or res.unexpected_keys):
+            raise RuntimeError(
+                f"checkpoint does not match DODEModule: missing {missing}, unexpected "
+                f"{res.unexpected_keys}."
+            )
+        return res
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dode"] = {
+            "problem_key": self.problem_key(),
+            "problem": self.problem(),
+            "fit_info": asdict(self.fit_info),
+            "fit_mode": self.fit_mode,
+            "version": __version__,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("dode")
+        if meta is None:
+            raise ValueError("not a dode checkpoint (no 'dode' entry); start a new fit.")
+        if meta["problem_key"] != self.problem_key() or meta.get("fit_mode") != self.fit_mode:
+            raise ValueError(
+                "the checkpoint was written for another problem (model, solver, grid, teacher "
+                "or fit mode differ); resume with the same config, or start a new run folder."
+            )
+        self.fit_info = FitInfo(**meta["fit_info"])
+
+    # ---- fit ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        # lstsq sets λ in closed form (manual optimization, the optimizer never steps).
+        return torch.optim.Adam([self.lambdas], lr=self.lr)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.fit_mode == "lstsq" and self._trainer is not None:
+            self.trainer.fit_loop.max_epochs = self.num_calls
+
+    def on_train_start(self) -> None:
+        self._t_train = time.perf_counter()
+        self.timings.setdefault("validation_s", 0.0)
+
+    def on_train_epoch_start(self) -> None:
+        self._acc = None
+
+    def training_step(self, batch: dict, batch_idx: int):
+        noise = batch["noise"]
+        target = self._target_fn(batch["teacher"])
+        if self.fit_mode == "lstsq":
+            self._lstsq_step(batch, batch_idx, noise, target)
+            return None
+        if self.fit_mode == "sgd-local":
+            sig, states = self._local_states(noise)
+        else:
+            sig, states = self._global_states(noise)
+        errs = torch.stack([((x - target(s)) ** 2).mean() for s, x in zip(sig, states)])
+        loss = errs.mean()
+        bs = noise.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for k, e in enumerate(errs.detach()):
+            self.log(f"train/mse_{k}", e, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    @torch.no_grad()
+    def _lstsq_step(self, batch: dict, batch_idx: int, noise: Tensor, target) -> None:
+        k = self.current_epoch
+        if k >= self.num_calls:
+            return
+        seeds = tuple(batch["seeds"].tolist())
+        cached = self._caches.get(batch_idx)
+        if not self.cache_outputs or cached is None or cached[0] != seeds:
+            cached = (seeds, [])
+            if self.cache_outputs:
+                self._caches[batch_idx] = cached
+        st, sigma = batch_stats(
+            self.solver,
+            self._fn(),
+            self.s_list,
+            noise,
+            target,
+            cached[1],
+            self.lambdas.detach(),
+            k,
+            self.check_finite,
+        )
+        self._acc = st if self._acc is None else self._acc + st
+        self._acc_sigma = sigma
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.fit_mode != "lstsq" or batch_idx != self.trainer.num_training_batches - 1:
+            return
+        k = self.current_epoch
+        if k >= self.num_calls:
+            return
+        acc = self._acc if self._acc is not None else torch.zeros(4, dtype=torch.float64)
+        st = self.trainer.strategy.reduce(acc.to(self.device), reduce_op="sum").cpu()
+        lam, degenerate = LambdaFit.solve(st, k)
+        with torch.no_grad():
+            self.lambdas[k] = lam
+        self.num_fitted.fill_(k + 1)
+        gr, gg, rr, n = (float(v) for v in st)
+        info = self.fit_info
+        info.sigmas.append(self._acc_sigma)
+        info.lambdas.append(lam)
+        info.mse_before.append(rr / n)
+        info.mse_after.append((rr - 2 * lam * gr + lam * lam * gg) / n)
+        if degenerate:
+            info.degenerate.append(k)
+        self.log(f"train/lambda_{k}", lam, on_step=False, on_epoch=True)
+        self.log(f"train/mse_before_{k}", info.mse_before[-1], on_step=False, on_epoch=True)
+        self.log(f"train/mse_after_{k}", info.mse_after[-1], on_step=False, on_epoch=True)
+        self.log("train/num_fitted", float(k + 1), on_step=False, on_epoch=True, prog_bar=True)
+        if k + 1 == self.num_calls:
+            self._caches.clear()
+
+    def on_train_epoch_end(self) -> None:
+        if self.fit_mode != "lstsq":
+            for k, v in enumerate(self.lambdas.detach().tolist()):
+                self.log(f"train/lambda_{k}", v)
+
+    def _local_states(self, noise: Tensor) -> tuple[list[float], list[Tensor]]:
+        fn = self._fn()
+
+        def frozen(x: Tensor, sigma: float) -> Tensor:
+            with torch.no_grad():
+                return fn(x.detach(), sigma)
+
+        cache: list[Tensor] = []
+        lam = self.lambdas.detach()
+        sig, states = [], []
+        for k in range(self.num_calls):
+            x, s = branch(
+                self.solver, frozen, self.s_list, noise, cache, lam, k, self.lambdas[k],
+                self.check_finite,
+            )  # fmt: skip
+            sig.append(s)
+            states.append(x)
+        return sig, states
+
+    def _global_states(self, noise: Tensor) -> tuple[list[float], list[Tensor]]:
+        fn = self._fn()
+        if self.activation_checkpointing:
+
+            def call(x: Tensor, sigma: float) -> Tensor:
+                return checkpoint(fn, x, sigma, use_reentrant=False)
+        else:
+            call = fn
+        corr = DODECorrection(call, self.lambdas, self.check_finite)
+        sig: list[float] = []
+        states: list[Tensor] = []
+
+        def record(x: Tensor, sigma: float) -> Tensor:
+            if corr.k > 0:
+                sig.append(float(sigma))
+                states.append(x)
+            return corr(x, sigma)
+
+        out = self.solver.solve(record, noise * self.s_list[0], self.s_list, None)
+        sig.append(float(self.s_list[-1]))
+        states.append(out)
+        return sig, states
+
+    def on_train_end(self) -> None:
+        self.timings["train_loop_s"] = time.perf_counter() - getattr(self, "_t_train", 0.0)
+        if self.fit_mode == "lstsq" and int(self.num_fitted) < self.num_calls:
+            raise RuntimeError(
+                f"the lstsq fit stopped after {int(self.num_fitted)} of {self.num_calls} λ (one "
+                "epoch per model call); do not limit max_epochs/max_steps/max_time in lstsq mode, "
+                "or resume with --ckpt_path last."
+            )
+        if self.trainer.world_size > 1:
+            every = self.all_gather(self.lambdas.detach())
+            if not bool((every == every[0]).all()):
+                raise RuntimeError(f"λ differ across ranks: {every.tolist()}")
+
+    # ---- validation: MSE to the teacher, per state and final --------------------------------
+    def _fitted(self) -> bool:
+        return self.fit_mode != "lstsq" or int(self.num_fitted) >= self.num_calls
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_acc = None
+        self._t_val = time.perf_counter()
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not self._fitted():
+            return
+        noise = batch["noise"]
+        target = self._target_fn(batch["teacher"])
+        seeds = tuple(batch["seeds"].tolist())
+        base = self._base_val.get(batch_idx)
+        if base is None or base[0] != seeds:
+            sig, states = self.trajectory(noise, None)
+            base = (seeds, [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)])
+            self._base_val[batch_idx] = base
+        sig, states = self.trajectory(noise, self.lambdas.detach())
+        dode = [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)]
+        n = float(states[-1].numel())
+        acc = torch.stack([torch.stack(dode), torch.stack(base[1]), torch.full_like(dode[0], n)
+                           .expand(len(dode))])  # fmt: skip
+        self._val_acc = acc if self._val_acc is None else self._val_acc + acc
+
+    def on_validation_epoch_end(self) -> None:
+        self.timings["validation_s"] = self.timings.get("validation_s", 0.0) + (
+            time.perf_counter() - getattr(self, "_t_val", time.perf_counter())
+        )
+        if not self._fitted() or self.trainer.sanity_checking:
+            return
+        acc = self._val_acc
+        if acc is None:
+            acc = torch.zeros(3, self.num_calls, dtype=torch.float64, device=self.device)
+        acc = self.trainer.strategy.reduce(acc, reduce_op="sum").cpu()
+        if float(acc[2].min()) <= 0:
+            return
+        dode, base = (acc[0] / acc[2]).tolist(), (acc[1] / acc[2]).tolist()
+        metrics = {}
+        for k in range(self.num_calls):
+            metrics[f"val/mse_{k}"] = dode[k]
+            metrics[f"val/mse_base_{k}"] = base[k]
+        metrics["val/mse_final"] = dode[-1]
+        metrics["val/mse_base_final"] = base[-1]
+        metrics["val/mse_ratio_final"] = dode[-1] / base[-1] if base[-1] > 0 else math.nan
+        self.val_metrics = metrics
+        self.log_dict(metrics)
+
+    # ---- the artifact ------------------------------------------------------------------------
+    def fitted_solver(self, metrics: dict | None = None) -> FittedSolver:
+        """The fitted solver (solver, σ grid, λ, teacher, model, metrics) as a file object."""
+        info = asdict(self.fit_info)
+        m = {
+            "fit_mode": self.fit_mode,
+            "nfe": self.num_calls,
+            "fit": info if self.fit_mode == "lstsq" else {},
+            **self.val_metrics,
+            **self.extra_metrics,
+            **{f"time/{k}": v for k, v in self.timings.items()},
+            **(metrics or {}),
+        }
+        return FittedSolver(
+            solver=self.solver.config(),
+            sigmas=self.sigmas,
+            lambdas=self.lambdas.detach().cpu(),
+            teacher=self.teacher_config(),
+            model=self.model_config(),
+            metrics=m,
+        )

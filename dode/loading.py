@@ -1,0 +1,189 @@
+"""Load a denoiser from a short string: a hub id, a local diffusers folder, a registered name,
+or ``package.module:factory``.
+
+Registered names:
+
+=============  ===================================================================================
+``digits``     the DDPM bundled with the package (``dode/assets/digits_ddpm``, diffusers format,
+               8×8 sklearn digits, data in [−1, 1])
+``gmm-digits`` an exact Gaussian-mixture denoiser fitted to the sklearn digits (20 full-covariance
+               components, seed 0, data ``img / 8 − 1`` in [−1, 1], shape 1×8×8): a ground-truth
+               model for quick experiments, no network involved
+=============  ===================================================================================
+
+Add your own with :func:`register_model`, or point at any importable factory with
+``"package.module:function"`` (called with the keyword options, must return a
+:class:`~dode.denoisers.Denoiser`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .denoisers import Denoiser, DiffusersDenoiser, GaussianMixtureDenoiser
+
+__all__ = ["load_denoiser", "register_model", "MODELS", "ASSETS", "digits_data", "resolve_dtype"]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+MODELS: dict[str, Callable[..., Denoiser]] = {}
+
+_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"float32"`` → ``torch.float32`` (``None`` and dtypes pass through)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def register_model(name: str) -> Callable[[Callable[..., Denoiser]], Callable[..., Denoiser]]:
+    """Decorator: make ``load_denoiser(name, **kw)`` call the decorated factory."""
+
+    def deco(fn: Callable[..., Denoiser]) -> Callable[..., Denoiser]:
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def digits_data() -> torch.Tensor:
+    """The 1797 sklearn digits as float64 ``[N, 1, 8, 8]`` in [−1, 1] (``img / 8 − 1``)."""
+    from sklearn.datasets import load_digits
+
+    images = torch.from_numpy(load_digits().images).to(torch.float64)
+    return (images / 8.0 - 1.0)[:, None]
+
+
+@register_model("digits")
+def _digits(
+    sigma_to_t: str = "interp", dtype: torch.dtype | None = None, **kwargs
+) -> DiffusersDenoiser:
+    path = ASSETS / "digits_ddpm"
+    if not path.is_dir():
+        raise ValueError(
+            f"the bundled 'digits' model is missing: no diffusers folder at {str(path)!r}. "
+            "Reinstall dode from a complete checkout, or train it (see the README, 'digits "
+            "demo') and save it there with save_pretrained(); or pass another model (a hub id "
+            "or a local diffusers folder)."
+        )
+    den = DiffusersDenoiser.from_pretrained(
+        path, sigma_to_t=sigma_to_t, torch_dtype=dtype, **kwargs
+    )
+    den.model_id = "digits"
+    return den
+
+
+@functools.lru_cache(maxsize=4)
+def _gmm_digits_fit(n_components: int, seed: int) -> GaussianMixtureDenoiser:
+    return GaussianMixtureDenoiser.fit(digits_data(), n_components=n_components, seed=seed)
+
+
+@register_model("gmm-digits")
+def _gmm_digits(
+    n_components: int = 20, seed: int = 0, dtype: torch.dtype | None = None, **_
+) -> GaussianMixtureDenoiser:
+    # A fresh module each time (callers may move it to a device); the fit itself is cached.
+    den = copy.deepcopy(_gmm_digits_fit(int(n_components), int(seed)))
+    den.model_id = "gmm-digits"
+    return den
+
+
+def _import_factory(spec: str) -> Callable[..., Denoiser]:
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"cannot import model factory {spec!r} ({e}); use 'package.module:function' with "
+            "the package importable (on PYTHONPATH)."
+        ) from None
+    if not callable(obj):
+        raise ValueError(f"{spec!r} is not callable; it must be a function returning a Denoiser.")
+    return obj
+
+
+def load_denoiser(
+    model: str,
+    *,
+    sigma_to_t: str = "interp",
+    dtype: str | torch.dtype | None = None,
+    **kwargs,
+) -> Denoiser:
+    """Load a frozen denoiser.
+
+    Args:
+        model: a registered name (``digits``, ``gmm-digits``; see :data:`MODELS`), a local
+            diffusers folder (``save_pretrained`` output: a pipeline folder with ``unet/`` and
+            ``scheduler/``, or a flat one), a hub id such as ``google/ddpm-cifar10-32``, or
+            ``package.module:function``.
+        sigma_to_t: how a diffusers model maps σ to its timestep (``interp`` or ``snap``).
+        dtype: weights dtype for network models (``None``: as stored).
+        **kwargs: passed to the factory (``from_pretrained`` for diffusers models).
+
+    Returns:
+        The denoiser in ``eval()`` mode with gradients off for its weights; ``model_id`` is set
+        to ``model``.
+
+    Raises:
+        ValueError: unknown name, missing folder, unloadable model; the message says the fix.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(
+            "no model given; pass a registered name (" + ", ".join(sorted(MODELS)) + "), a "
+            "local diffusers folder or a hub id."
+        )
+    dt = resolve_dtype(dtype)
+    names = ", ".join(sorted(MODELS))
+    path = os.path.expanduser(model)
+    if model in MODELS:
+        kw = {"dtype": dt, **kwargs}
+        if model != "gmm-digits":
+            kw["sigma_to_t"] = sigma_to_t
+        den = MODELS[model](**kw)
+    elif os.path.isdir(path) or (model.count("/") == 1 and not model.startswith((".", "~"))):
+        # A local diffusers folder, or a hub id "org/name".
+        den = DiffusersDenoiser.from_pretrained(
+            path, sigma_to_t=sigma_to_t, torch_dtype=dt, **kwargs
+        )
+        den.model_id = model
+    elif model.startswith((os.path.sep, ".", "~")) or os.path.sep in model:
+        raise ValueError(
+            f"model folder {path!r} does not exist. Pass a folder written by diffusers' "
+            "save_pretrained() (with unet/ and scheduler/, or config.json and "
+            "scheduler_config.json), a hub id such as 'google/ddpm-cifar10-32', or a "
+            f"registered name ({names})."
+        )
+    elif ":" in model:
+        den = _import_factory(model)(**kwargs)
+        if not isinstance(den, Denoiser):
+            raise ValueError(
+                f"{model!r} returned {type(den).__name__}, not a dode.denoisers.Denoiser; wrap "
+                "your network with CallableDenoiser or DiffusersDenoiser."
+            )
+    else:
+        raise ValueError(
+            f"unknown model {model!r}: not a registered name ({names}), not an existing folder "
+            "and not a hub id (org/name). Pass one of those, or 'package.module:function'."
+        )
+    den.eval().requires_grad_(False)
+    if getattr(den, "model_id", None) is None:
+        den.model_id = model
+    return den

@@ -1,0 +1,257 @@
+"""``python -m dode.train``: fit D-ODE λ with Lightning, log to Weights & Biases, write a
+fitted-solver file.
+
+Examples::
+
+    python -m dode.train -c configs/default.yaml
+    python -m dode.train -c configs/default.yaml -c configs/sgd-local.yaml --model.nfe 8
+    python -m dode.train -c configs/tiny.yaml --print_config
+    python -m dode.train -c configs/default.yaml --run_dir runs/x --ckpt_path last   # resume
+    python -m dode.train -c configs/default.yaml --trainer.devices 8 --trainer.strategy ddp
+
+Every option of :class:`~dode.lit.DODEModule` (``--model.*``), :class:`~dode.lit.NoiseDataModule`
+(``--data.*``), the callbacks (``--samples.*``, ``--lambda_plot.*``, ``--fid.*``) and the Lightning
+``Trainer`` (``--trainer.*``) is typed and documented in ``--help``.
+
+Run folder (``--run_dir``, default ``runs/<model>-<solver>-nfe<N>-<fit_mode>``): ``config.yaml``,
+``metrics.csv``, ``checkpoints/last.ckpt``, ``wandb/`` (offline unless ``WANDB_API_KEY`` is set;
+``wandb sync <run_dir>/wandb/offline-run-*`` uploads later), ``samples.png``, ``lambdas.png`` and
+the fitted-solver file (``--solver_file``, default ``<run_dir>/solver.safetensors``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from .lit import (
+    DODEModule,
+    FrechetCallback,
+    LambdaPlotCallback,
+    NoiseDataModule,
+    SampleGridCallback,
+)
+
+__all__ = ["DODECLI", "main"]
+
+_T0 = time.perf_counter()  # after the imports of this module (torch, lightning, dode)
+
+
+def _startup_seconds() -> float:
+    """Seconds from process start to the end of this module's imports."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time() - (time.perf_counter() - _T0)
+    except Exception:  # noqa: BLE001 - bookkeeping only
+        return float("nan")
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore", r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)*")
+    warnings.filterwarnings("ignore", r".*The anonymous setting has no effect.*")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def _wandb_online(mode: str) -> bool:
+    if mode in ("online", "offline", "disabled"):
+        return mode == "online"
+    forced = os.environ.get("WANDB_MODE", "").lower()
+    return bool(os.environ.get("WANDB_API_KEY")) and forced not in ("offline", "dryrun", "disabled")
+
+
+class _WandbIdCallback(Callback):
+    """Remember the W&B run id in the run folder, so a resumed fit continues that run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                if isinstance(lg, WandbLogger) and lg.version:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    (self.run_dir / "wandb_id.txt").write_text(str(lg.version))
+
+
+class DODECLI(LightningCLI):
+    """LightningCLI for D-ODE fits: run folder, loggers, checkpoints and the solver file."""
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        super().__init__(
+            DODEModule,
+            NoiseDataModule,
+            run=False,
+            args=args,
+            auto_configure_optimizers=False,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "num_sanity_val_steps": 0,
+                "log_every_n_steps": 1,
+                "max_epochs": 100,
+            },
+            parser_kwargs={
+                "description": "Fit D-ODE λ for a frozen diffusion model (dode).",
+                "default_env": False,
+            },
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Run folder (logs, checkpoints, W&B, images, solver file); default "
+            "runs/<model>-<solver>-nfe<N>-<fit_mode>.",
+        )
+        parser.add_argument(
+            "--solver_file",
+            type=str | None,
+            default=None,
+            help="Where to write the fitted-solver file; default <run_dir>/solver.safetensors.",
+        )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Resume: 'last' (the run folder's last checkpoint) or a checkpoint path.",
+        )
+        parser.add_argument(
+            "--wandb_mode",
+            type=Literal["auto", "offline", "online", "disabled"],
+            default="auto",
+            help="W&B: 'auto' = online when WANDB_API_KEY is set (and WANDB_MODE is not "
+            "offline/disabled), offline otherwise.",
+        )
+        parser.add_argument("--wandb_project", type=str, default="dode", help="W&B project.")
+        parser.add_argument(
+            "--name", type=str | None, default=None, help="Run name (default: the folder name)."
+        )
+        parser.add_lightning_class_args(SampleGridCallback, "samples")
+        parser.add_lightning_class_args(LambdaPlotCallback, "lambda_plot")
+        parser.add_lightning_class_args(FrechetCallback, "fid")
+
+    # ---- run folder and loggers ----------------------------------------------------------
+    def run_dir(self) -> Path:
+        c = self.config
+        if c.run_dir:
+            return Path(c.run_dir)
+        m = c.model
+        base = Path(str(m.model).rstrip("/")).name
+        return Path("runs") / _slug(f"{base}-{m.solver}-nfe{m.nfe}-{m.fit_mode}")
+
+    def instantiate_trainer(self, **kwargs: Any):
+        c = self.config
+        run_dir = self.run_dir()
+        trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
+        kwargs.setdefault("default_root_dir", str(run_dir))
+        kwargs["use_distributed_sampler"] = False
+        if self.model.fit_mode == "lstsq":
+            kwargs["max_epochs"] = self.model.num_calls
+        if trainer_cfg.get("logger") is None:
+            kwargs["logger"] = self._loggers(run_dir)
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if trainer_cfg.get("enable_checkpointing", True) is not False and not any(
+            isinstance(cb, ModelCheckpoint) for cb in callbacks
+        ):
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    save_last=True,
+                    save_top_k=0,
+                    every_n_epochs=1,
+                    enable_version_counter=False,
+                )
+            )
+        if any(isinstance(lg, WandbLogger) for lg in kwargs.get("logger") or []):
+            callbacks.append(_WandbIdCallback(run_dir))
+        kwargs["callbacks"] = callbacks
+        del c
+        return super().instantiate_trainer(**kwargs)
+
+    def _loggers(self, run_dir: Path) -> list:
+        c = self.config
+        name = c.name or run_dir.name
+        loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+        if c.wandb_mode != "disabled":
+            online = _wandb_online(c.wandb_mode)
+            id_file = run_dir / "wandb_id.txt"
+            run_id = None
+            if c.ckpt_path and id_file.is_file():
+                run_id = id_file.read_text().strip() or None
+            loggers.append(
+                WandbLogger(
+                    save_dir=str(run_dir),
+                    project=c.wandb_project,
+                    name=name,
+                    offline=not online,
+                    id=run_id,
+                    resume="allow" if run_id else None,
+                )
+            )
+        return loggers
+
+
+def _error(msg: str) -> None:
+    print(f"dode.train: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(args: list[str] | None = None) -> Path | None:
+    """Parse, fit, write the fitted-solver file (rank 0) and print its path."""
+    _quiet()
+    t_parse = time.perf_counter()
+    try:
+        cli = DODECLI(args=args)
+    except ValueError as e:
+        _error(str(e))
+    module, trainer = cli.model, cli.trainer
+    module.timings["startup_imports_s"] = _startup_seconds()
+    module.timings["parse_and_load_s"] = time.perf_counter() - t_parse
+    run_dir = cli.run_dir()
+    ckpt = cli.config.ckpt_path
+    t_fit = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=cli.datamodule, ckpt_path=ckpt)
+    except ValueError as e:
+        _error(str(e))
+    module.timings["fit_total_s"] = time.perf_counter() - t_fit
+    if trainer.interrupted:
+        _error(f"interrupted; nothing written. Resume with --run_dir {run_dir} --ckpt_path last.")
+    if not trainer.is_global_zero:
+        return None
+    out = Path(cli.config.solver_file or run_dir / "solver.safetensors")
+    path = module.fitted_solver().save(out)
+    lam = ", ".join(f"{v:.4g}" for v in module.lambdas.detach().tolist())
+    final = module.val_metrics.get("val/mse_final")
+    base = module.val_metrics.get("val/mse_base_final")
+    if final is not None and base is not None:
+        print(f"val MSE to the teacher: D-ODE {final:.4g} vs base {base:.4g}")
+    print(f"λ = [{lam}]")
+    print(f"fitted solver: {path}")
+    for lg in trainer.loggers:
+        if lg.__class__.__name__ == "WandbLogger":
+            lg.experiment.save(str(path), base_path=str(path.parent), policy="now")
+            lg.experiment.summary.update({"solver_file": str(path)})
+            lg.experiment.finish()
+    return path
+
+
+if __name__ == "__main__":
+    main()
