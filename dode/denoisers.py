@@ -186,7 +186,7 @@ class DiffusersDenoiser(Denoiser):
         """
         from diffusers import DDPMScheduler, UNet2DModel
 
-        path = str(path_or_id)
+        path = os.path.expanduser(str(path_or_id))
         # A hub id is "org/name"; only an absolute or explicitly relative path is surely local.
         looks_local = path.startswith((os.path.sep, ".", "~")) or os.path.isdir(path)
         if looks_local and not os.path.isdir(path):

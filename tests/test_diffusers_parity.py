@@ -34,6 +34,9 @@ from dode.solvers import get_solver
 
 diffusers = pytest.importorskip("diffusers")
 
+# diffusers deprecates algorithm_type="dpmsolver" (the noise-prediction DPM-Solver) with a FutureWarning.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
 TOL = 1e-4  # float32
 TOL64 = 1e-8  # float64, on diffusers' own σ values
 BETAS = {k: v for k, v in scheduler_config().items() if k.startswith("beta")}
