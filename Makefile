@@ -27,3 +27,31 @@ format:  ## apply ruff formatting and autofixes
 
 bench:  ## core benchmark: fit overhead vs teacher, D-solver vs base sampling time
 	$(PYTHON) experiments/bench_core.py
+
+## Paper tables ###############################################################################
+# Each table target fits and evaluates every (solver, NFE, base/D) cell of one table, resumable
+# cell by cell, and writes experiments/results/<table>.md and .csv (configs: configs/paper/).
+# `DRY_RUN=1 make table-<name>` runs the same code on a tiny random model of the same shape on
+# the CPU, with a stand-in feature extractor; its outputs go to runs/dryrun/ (never committed).
+# Knobs (environment or make variables): DRY_RUN, DEVICES (GPUs per evaluation, DDP),
+# NUM_SAMPLES (default 50000), DODE_REFS (folder of reference statistics, default refs/),
+# DODE_INCEPTION_WEIGHTS, ONLY (cells, e.g. ddim-nfe5), KEEP_SAMPLES, WANDB=0.
+# GPU hours below are estimates for one A100 (not measured here).
+PAPER_TABLES := cifar10 cifar10-edm cifar10-karras bedroom256
+export DRY_RUN DEVICES NUM_SAMPLES DODE_REFS DODE_INCEPTION_WEIGHTS ONLY KEEP_SAMPLES WANDB
+.PHONY: tables-dry $(addprefix table-,$(PAPER_TABLES))
+
+table-cifar10:  ## CIFAR-10 DDPM: DDIM, iPNDM, DPM-Solver-2/3, DEIS x NFE 3-10, base+D, FID@50k. GPU ~2.5 h (est.). Downloads: google/ddpm-cifar10-32 (143 MB), Inception weights (91 MB), refs/cifar10-32x32.npz (EDM fid-refs)
+	$(PYTHON) experiments/tables.py cifar10
+
+table-cifar10-edm:  ## VP model in sigma-space, Karras grid: DDIM (x0) and EDM-Heun x NFE 3-10, base+D, FID@50k. GPU ~1 h (est.). Downloads: as table-cifar10
+	$(PYTHON) experiments/tables.py cifar10-edm
+
+table-cifar10-karras:  ## peers' setting: CIFAR-10, Karras grid, DDIM/iPNDM/DPM-Solver++(2M)/UniPC/DEIS/EDM-Heun x NFE 3,4,5,6,8,10, FID@50k. GPU ~2.5 h (est.). Downloads: as table-cifar10
+	$(PYTHON) experiments/tables.py cifar10-karras
+
+table-bedroom256:  ## LSUN bedroom 256 DDPM (google/ddpm-ema-bedroom-256): table-cifar10's solvers, FID@50k. GPU ~70 h (est.; NUM_SAMPLES=10000: ~15 h). Downloads: model (455 MB), Inception weights, refs/VIRTUAL_lsun_bedroom256.npz (guided-diffusion)
+	$(PYTHON) experiments/tables.py bedroom256
+
+tables-dry:  ## DRY_RUN of every paper table on tiny random models: CPU only, no downloads, ~1-2 min
+	@for t in $(PAPER_TABLES); do DRY_RUN=1 $(PYTHON) experiments/tables.py $$t || exit 1; done
