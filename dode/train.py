@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from .lit import (
@@ -47,11 +47,14 @@ _T0 = time.perf_counter()  # after the imports of this module (torch, lightning,
 
 
 def _startup_seconds() -> float:
-    """Seconds from process start to the end of this module's imports."""
+    """Seconds from process start to the end of this module's imports (Linux; NaN elsewhere)."""
     try:
-        import psutil
-
-        return time.time() - psutil.Process().create_time() - (time.perf_counter() - _T0)
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        return age - (time.perf_counter() - _T0)
     except Exception:  # noqa: BLE001 - bookkeeping only
         return float("nan")
 
@@ -62,6 +65,12 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)*")
     warnings.filterwarnings("ignore", r".*The anonymous setting has no effect.*")
     os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _slug(text: str) -> str:
@@ -89,6 +98,17 @@ class _WandbIdCallback(Callback):
                     (self.run_dir / "wandb_id.txt").write_text(str(lg.version))
 
 
+class _Parser(LightningArgumentParser):
+    """Parse errors as one line (no usage dump)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        msg = " ".join(str(message).split())
+        sys.stderr.write(f"dode.train: error: {msg}\n  (options: python -m dode.train --help)\n")
+        self.exit(2)
+
+
 class DODECLI(LightningCLI):
     """LightningCLI for D-ODE fits: run folder, loggers, checkpoints and the solver file."""
 
@@ -97,16 +117,19 @@ class DODECLI(LightningCLI):
             DODEModule,
             NoiseDataModule,
             run=False,
+            parser_class=_Parser,
             args=args,
             auto_configure_optimizers=False,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "num_sanity_val_steps": 0,
+                "use_distributed_sampler": False,
                 "log_every_n_steps": 1,
                 "max_epochs": 100,
             },
             parser_kwargs={
+                "prog": "python -m dode.train",
                 "description": "Fit D-ODE λ for a frozen diffusion model (dode).",
                 "default_env": False,
             },
@@ -161,7 +184,11 @@ class DODECLI(LightningCLI):
         run_dir = self.run_dir()
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
         kwargs.setdefault("default_root_dir", str(run_dir))
-        kwargs["use_distributed_sampler"] = False
+        if trainer_cfg.get("use_distributed_sampler"):
+            raise ValueError(
+                "trainer.use_distributed_sampler must stay false: NoiseDataModule shards the "
+                "seeds over ranks itself (no padding, no seed served twice)."
+            )
         if self.model.fit_mode == "lstsq":
             kwargs["max_epochs"] = self.model.num_calls
         if trainer_cfg.get("logger") is None:

@@ -33,7 +33,7 @@ from ..artifact import atomic_write
 from ..noise import noise_from_seeds, parse_seeds, shard_seeds
 from .module import DODEModule, _digest
 
-__all__ = ["NoiseDataModule", "TeacherCache", "split_even", "default_cache_dir"]
+__all__ = ["NoiseDataModule", "TeacherCache", "rank_batches", "split_even", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -51,6 +51,30 @@ def split_even(seeds: Sequence[int], num_batches: int) -> list[list[int]]:
         out.append(list(seeds[start : start + size]))
         start += size
     return out
+
+
+def rank_batches(
+    seeds: Sequence[int], rank: int, world_size: int, batch_size: int, what: str = "seeds"
+) -> list[list[int]]:
+    """One rank's seeds (strided shard, no padding) split into batches.
+
+    Every rank gets the same number of batches, ``ceil(ceil(N / W) / batch_size)``, so
+    per-batch collectives (DDP gradient sync) line up; sizes differ by at most one within a
+    rank. Raises ``ValueError`` if some rank would get an empty batch.
+    """
+    n = len(seeds)
+    if n < world_size:
+        raise ValueError(
+            f"{what} has {n} seeds for {world_size} processes; give at least one per process."
+        )
+    num = math.ceil(math.ceil(n / world_size) / batch_size)
+    mine = shard_seeds(seeds, rank, world_size)
+    if len(mine) < num:
+        raise ValueError(
+            f"{n} {what} over {world_size} processes with batch_size {batch_size} leaves a "
+            "process an empty batch; use more seeds or a larger batch_size."
+        )
+    return split_even(mine, num)
 
 
 class TeacherCache:
@@ -190,21 +214,9 @@ class NoiseDataModule(pl.LightningDataModule):
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def rank_batches(self, seeds: Sequence[int], what: str = "seeds") -> list[list[int]]:
-        """This rank's seeds, in batches; every rank gets the same number of batches."""
+        """This rank's seeds, in batches (see :func:`rank_batches`)."""
         rank, world = self._rank()
-        n = len(seeds)
-        if n < world:
-            raise ValueError(
-                f"{what} has {n} seeds for {world} processes; give at least one per process."
-            )
-        num = math.ceil(math.ceil(n / world) / self.batch_size)
-        mine = shard_seeds(seeds, rank, world)
-        if len(mine) < num:
-            raise ValueError(
-                f"{n} {what} over {world} processes with batch_size {self.batch_size} leaves a "
-                "process an empty batch; use more seeds or a larger batch_size."
-            )
-        return split_even(mine, num)
+        return rank_batches(seeds, rank, world, self.batch_size, what)
 
     # ---- teacher states ----------------------------------------------------------------------
     def _module(self, module: DODEModule | None) -> DODEModule:
