@@ -78,9 +78,9 @@ def _digits(
     if not path.is_dir():
         raise ValueError(
             f"the bundled 'digits' model is missing: no diffusers folder at {str(path)!r}. "
-            "Reinstall dode from a complete checkout, or train it (see the README, 'digits "
-            "demo') and save it there with save_pretrained(); or pass another model (a hub id "
-            "or a local diffusers folder)."
+            "Reinstall dode from a complete checkout, or make it with `python -m dode.pretrain "
+            "-c configs/pretrain/digits.yaml`; or pass another model (a registered name, a hub "
+            "id or a local diffusers folder)."
         )
     den = DiffusersDenoiser.from_pretrained(
         path, sigma_to_t=sigma_to_t, torch_dtype=dtype, **kwargs
