@@ -230,6 +230,8 @@ class SampleStore:
         arr = images.permute(0, 2, 3, 1).cpu().numpy()
         for seed, a in zip(seeds, arr):
             p = self.path(int(seed))
+            if p.exists():  # seeds already done are never scheduled: this would be a bug
+                raise RuntimeError(f"seed {seed} was generated twice ({p} exists).")
             p.parent.mkdir(parents=True, exist_ok=True)
             im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
             tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

@@ -170,7 +170,9 @@ def _settings(spec: dict, entry: dict, nfe: int, dry_run: bool) -> dict:
         "sample_shape": spec["sample_shape"],
         "solver": {k: v for k, v in entry.items() if k != "label"},
         "nfe": nfe,
-        "fit": {k: v for k, v in spec["fit"].items() if k != "chunk"},
+        "fit": {
+            k: v for k, v in spec["fit"].items() if k not in ("chunk", "lambda_plot", "sample_grid")
+        },
         "eval": ev,
         "dry_run": dry_run,
     }
@@ -226,6 +228,7 @@ def fit_cell(spec: dict, entry: dict, nfe: int, file: Path, run_dir: Path, opts:
             "--data.batch_size", str(int(fit.get("chunk") or n)),
             "--data.cache_dir", str(run_dir.parent / "teacher-cache"),
             "--samples.num_samples", str(int(fit.get("sample_grid", 8))),
+            "--lambda_plot.enabled", json.dumps(bool(fit.get("lambda_plot", True))),
             "--wandb_mode", opts["wandb_mode"],
             "--run_dir", str(run_dir),
             "--solver_file", str(file),
