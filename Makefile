@@ -38,7 +38,7 @@ bench:  ## core benchmark: fit overhead vs teacher, D-solver vs base sampling ti
 # DODE_INCEPTION_WEIGHTS, ONLY (cells, e.g. ddim-nfe5), KEEP_SAMPLES, WANDB=0.
 # GPU hours below are estimates for one A100 (not measured here).
 PAPER_TABLES := cifar10 cifar10-edm cifar10-karras bedroom256
-export DRY_RUN DEVICES NUM_SAMPLES DODE_REFS DODE_INCEPTION_WEIGHTS ONLY KEEP_SAMPLES WANDB
+export DRY_RUN DEVICES NUM_SAMPLES DODE_REFS DODE_INCEPTION_WEIGHTS ONLY KEEP_SAMPLES WANDB RESULTS_DIR WORK_DIR
 .PHONY: tables-dry $(addprefix table-,$(PAPER_TABLES))
 
 table-cifar10:  ## CIFAR-10 DDPM: DDIM, iPNDM, DPM-Solver-2/3, DEIS x NFE 3-10, base+D, FID@50k. GPU ~2.5 h (est.). Downloads: google/ddpm-cifar10-32 (143 MB), Inception weights (91 MB), refs/cifar10-32x32.npz (EDM fid-refs)
@@ -55,3 +55,23 @@ table-bedroom256:  ## LSUN bedroom 256 DDPM (google/ddpm-ema-bedroom-256): table
 
 tables-dry:  ## DRY_RUN of every paper table on tiny random models: CPU only, no downloads, ~1-2 min
 	@for t in $(PAPER_TABLES); do DRY_RUN=1 $(PYTHON) experiments/tables.py $$t || exit 1; done
+
+## Digits #####################################################################################
+# The bundled default: a DDPM trained on scikit-learn's 8x8 digits (dode/assets/digits_ddpm),
+# a digits classifier for FD-digits (dode/assets/digits_classifier), their hashes (SHA256SUMS).
+.PHONY: demo table-digits pretrain-digits check-digits-assets
+
+demo:  ## D-ODE on the bundled digits model: 6 solvers x NFE 3-10, judged on 10,000 held-out seeds (CPU); writes experiments/results/digits/
+	@$(PYTHON) -c "import dode, lightning, diffusers, wandb, sklearn, matplotlib, jsonargparse" 2>/dev/null \
+		|| $(PYTHON) -m pip install -e .
+	$(PYTHON) experiments/digits_demo.py -c configs/demo/digits.yaml
+
+table-digits: demo  ## same as demo
+
+pretrain-digits:  ## retrain the bundled digits DDPM and classifier (CPU, seed 0) and rewrite dode/assets/SHA256SUMS
+	$(PYTHON) -m dode.pretrain -c configs/pretrain/digits.yaml
+	$(PYTHON) -m dode.digits --output dode/assets/digits_classifier
+	$(PYTHON) -c "from dode.digits import write_asset_hashes; print(write_asset_hashes())"
+
+check-digits-assets:  ## check the shipped digits model and classifier against dode/assets/SHA256SUMS
+	cd dode/assets && sha256sum -c SHA256SUMS

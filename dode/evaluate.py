@@ -345,6 +345,30 @@ def _make_module(denoiser, solver_cfg, sigmas, lambdas, sample_shape, store):
     return GenerateModule()
 
 
+def _num_devices(devices: int | str | Sequence[int], accelerator: str) -> int:
+    """How many devices per node a Lightning ``devices`` value asks for."""
+    gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    if isinstance(devices, str):
+        d = devices.strip()
+        if d == "auto":
+            return max(gpus, 1)
+        if "," in d:
+            return len([x for x in d.split(",") if x.strip()])
+        if d.lstrip("-").isdigit():
+            devices = int(d)
+        else:
+            raise ValueError(f"devices must be 'auto', a count or a list such as '0,1'; got {d!r}.")
+    if isinstance(devices, int):
+        return max(gpus, 1) if devices == -1 else devices
+    return len(devices)
+
+
+def _score_device(accelerator: str) -> torch.device:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def generate(
     denoiser: Denoiser,
     solver_cfg: dict,
@@ -379,9 +403,7 @@ def generate(
                 "generated": 0, "seconds": 0.0, "device": "cpu"}  # fmt: skip
     module = _make_module(denoiser, solver_cfg, sigmas, lambdas, shape, store)
     data = _SeedData.make(seeds, store, batch_size)
-    multi = num_nodes > 1 or (devices not in ("auto", 1, "1") and int(devices) > 1)
-    if devices == "auto" and accelerator in ("auto", "gpu", "cuda"):
-        multi = multi or torch.cuda.device_count() > 1
+    multi = num_nodes > 1 or _num_devices(devices, accelerator) > 1
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -549,6 +571,7 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
                 fidlib.reference_stats(ref, extractor)  # raises the explanatory error
     out = Path(cfg.out)
     _claim_out_dir(out, model_id, solver_cfg, sigmas, lambdas, denoiser.sample_shape)
+    todo = len(set(seeds) - SampleStore(out).done())
     info = generate(
         denoiser,
         solver_cfg,
@@ -571,7 +594,7 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
             f"{len(missing)} of {len(seeds)} samples are missing after generation (first: seed "
             f"{missing[0]}); is --out on a filesystem every node shares?"
         )
-    gen_rate = info["generated"] * info["world_size"] / max(info["seconds"], 1e-9)
+    gen_rate = todo / max(info["seconds"], 1e-9)
     solver = get_solver(**solver_cfg)
     record: dict = {
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -586,9 +609,9 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
         "solver_file": cfg.solver_file,
         "num_samples": len(seeds),
         "seeds": _seed_spec(seeds),
-        "generated_now": info["generated"] * info["world_size"],
+        "generated_now": todo,
         "seconds_generate": round(info["seconds"], 3),
-        "images_per_second": round(gen_rate, 3) if info["generated"] else None,
+        "images_per_second": round(gen_rate, 3) if todo else None,
         "world_size": info["world_size"],
         "device": info["device"],
         "out": str(out),
@@ -598,7 +621,7 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
     }
     if extractor is not None:
         t0 = time.perf_counter()
-        device = info["device"] if info["device"] != "meta" else "cpu"
+        device = _score_device(cfg.accelerator)
         mu_r, sig_r, ref_desc = fidlib.reference_stats(cfg.ref, extractor, device=device)
         name = str(extractor.name)
         stats_file = out / f"stats-{name}-{len(seeds)}-{_seed_digest(seeds)}.npz"

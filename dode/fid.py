@@ -78,7 +78,7 @@ def _missing_weights_message(detail: str) -> str:
     where = _hub_checkpoints() / INCEPTION_FILE
     return (
         f"the Inception weights for FID are not available ({detail}). Download {INCEPTION_FILE} "
-        f"from {INCEPTION_URL} (pytorch-fid's {INCEPTION_FILE_ALT} is the same network) and "
+        f"from {INCEPTION_URL} (pytorch-fid's {INCEPTION_FILE_ALT}, same hash, works too) and "
         f"either put it at {where} or point DODE_INCEPTION_WEIGHTS (or --inception_weights) "
         "at the file."
     )
@@ -469,8 +469,14 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         fx = get_feature_extractor(a.features, a.inception_weights)
         if a.cmd == "ref":
-            mu, sigma, _ = reference_stats(a.images, fx, device=a.device, batch_size=a.batch_size)
-            save_stats(a.out, mu, sigma, str(fx.name), -1)
+            if Path(a.images).is_dir():
+                files = _list_images(Path(a.images))
+                batches = iter_image_folder(a.images, a.batch_size)
+                mu, sigma, n = stats_of_images(batches, fx, a.device, True, len(files))
+            else:
+                mu, sigma, _ = reference_stats(a.images, fx, device=a.device)
+                n = -1
+            save_stats(a.out, mu, sigma, str(fx.name), n)
             print(f"wrote {a.out} ({len(mu)}-d {fx.name} statistics)")
         else:
             mu_r, sig_r, _ = reference_stats(a.ref, fx, device=a.device, batch_size=a.batch_size)
