@@ -25,7 +25,7 @@ Examples::
         --schedule time_uniform --num_samples 50000 --ref refs/cifar10-32x32.npz
     python -m dode.evaluate --solver_file runs/fit/ddim-nfe5.safetensors --devices 8 \\
         --ref refs/cifar10-32x32.npz
-    python -m dode.evaluate -c configs/paper/eval-cifar10.yaml --solver_file F
+    python -m dode.evaluate -c configs/paper/eval/cifar10.yaml --solver_file F
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .artifact import FittedSolver, atomic_write
+from .artifact import FittedSolver, atomic_write, weights_hash
 from .denoisers import Denoiser
 from .dode import sample
 from .noise import noise_from_seeds, parse_seeds, shard_seeds
@@ -463,6 +463,13 @@ def _resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
         model = cfg.model or meta.get("id") or meta.get("model_id") or meta.get("name")
         if denoiser is None:
             denoiser = load_model(model, cfg.sigma_to_t, cfg.model_dtype)
+        recorded = meta.get("weights_hash") or meta.get("weights_sha256")
+        if recorded and recorded != weights_hash(denoiser):
+            warnings.warn(
+                f"{cfg.solver_file} was fitted on weights with hash {recorded[:12]}…, not those of "
+                f"{model!r}; its λ belong to that other model.",
+                stacklevel=2,
+            )
         lambdas = None if cfg.base else fitted.lambdas
         solver = fitted.build_solver()
         label = ("" if cfg.base else "D-") + solver.describe()

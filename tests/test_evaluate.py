@@ -263,3 +263,12 @@ def test_unfetchable_checkpoint_cli_one_clear_error(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ")
     assert "huggingface-cli download google/ddpm-cifar10-32" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "paper" / "eval").glob("*.yaml")))
+def test_shipped_evaluation_configs_parse(path):
+    from dode.evaluate import _parser
+
+    ns = _parser().parse_args(["-c", str(path), "--solver", "ddim", "--nfe", "10"]).as_dict()
+    cfg = EvalConfig(**{k: v for k, v in ns.items() if k in EvalConfig.__dataclass_fields__})
+    assert cfg.features == "inception" and cfg.num_samples == 50_000 and cfg.ref.endswith(".npz")
