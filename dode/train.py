@@ -200,8 +200,8 @@ class DODECLI(LightningCLI):
             callbacks.append(
                 ModelCheckpoint(
                     dirpath=run_dir / "checkpoints",
-                    save_last=True,
-                    save_top_k=0,
+                    filename="last",  # one file, rewritten every epoch; --ckpt_path last finds it
+                    save_top_k=1,
                     every_n_epochs=1,
                     enable_version_counter=False,
                 )

@@ -341,7 +341,7 @@ class DODEModule(pl.LightningModule):
 
     # ---- fit ---------------------------------------------------------------------------------
     def configure_optimizers(self):
-        # lstsq sets λ in closed form (manual optimization, the optimizer never steps).
+        # lstsq sets λ in closed form (manual optimization; its steps see no gradient).
         return torch.optim.Adam([self.lambdas], lr=self.lr)
 
     def setup(self, stage: str) -> None:
@@ -397,19 +397,20 @@ class DODEModule(pl.LightningModule):
         )
         self._acc = st if self._acc is None else self._acc + st
         self._acc_sigma = sigma
+        if batch_idx == self.trainer.num_training_batches - 1:
+            self._solve_call(k)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.fit_mode != "lstsq" or batch_idx != self.trainer.num_training_batches - 1:
-            return
-        k = self.current_epoch
-        if k >= self.num_calls:
-            return
+    def _solve_call(self, k: int) -> None:
+        """After this rank's last batch of epoch k: all-reduce the statistics, set λ_k."""
         acc = self._acc if self._acc is not None else torch.zeros(4, dtype=torch.float64)
         st = self.trainer.strategy.reduce(acc.to(self.device), reduce_op="sum").cpu()
         lam, degenerate = LambdaFit.solve(st, k)
         with torch.no_grad():
             self.lambdas[k] = lam
         self.num_fitted.fill_(k + 1)
+        # One optimizer "step" per fitted λ (no gradients, so nothing moves): global_step then
+        # counts the fitted λ, and Lightning writes the epoch-end checkpoints.
+        self.optimizers().step()
         gr, gg, rr, n = (float(v) for v in st)
         info = self.fit_info
         info.sigmas.append(self._acc_sigma)

@@ -1,0 +1,232 @@
+"""``python -m dode.train`` end to end on a tiny diffusers UNet saved by the test: the
+fitted-solver file, the W&B offline run (metrics and images), the CSV log, checkpoints without
+the network; resume after a kill; bad configs.
+
+One subprocess fit is shared by the tests (module fixture); the kill runs in a second one; the
+resume and the bad configs run ``dode.train.main`` in this process (same code path).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from _tiny import make_tiny_unet
+
+import dode
+from dode.artifact import FittedSolver, weights_hash
+from dode.loading import load_denoiser
+from dode.noise import noise_from_seeds
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def _args(model: Path, tmp: Path, run: str) -> list[str]:
+    """configs/tiny.yaml on the tiny UNet, shrunk to a few seconds of compute."""
+    return [
+        "-c", TINY,
+        "--model.model", str(model),
+        "--model.nfe", "3",
+        "--model.teacher_factor", "4",
+        "--data.fit_seeds", "0-15",
+        "--data.val_seeds", "100-107",
+        "--data.batch_size", "8",
+        "--data.cache_dir", str(tmp / "cache"),
+        "--run_dir", str(tmp / run),
+    ]  # fmt: skip
+
+
+def _env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONPATH=f"{tmp}{os.pathsep}{ROOT}")
+    env.pop("WANDB_MODE", None)  # "auto" must choose offline by itself (no API key)
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "unet"
+    make_tiny_unet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny, tmp_path_factory):
+    """The uninterrupted run: W&B offline (auto), sample grid, λ plot, pixel FD."""
+    tmp = tmp_path_factory.mktemp("train")
+    args = _args(tiny, tmp, "run") + [
+        "--samples.num_samples", "4",
+        "--fid.num_samples", "16",
+        "--fid.batch_size", "16",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "dode.train", *args],
+        cwd=tmp,
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return tmp, proc
+
+
+def _wandb_history_keys(run_dir: Path) -> set[str]:
+    """Keys of the history records in an offline ``.wandb`` file (LevelDB-style log of
+    protobuf records: 7-byte header, 32 KiB blocks, each chunk ``crc32, length, type``)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "*.wandb"))
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B"
+    keys: set[str] = set()
+    pos, buf = 7, b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            pos += left - 7
+            continue
+        chunk, pos = data[pos : pos + length], pos + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            if rec.WhichOneof("record_type") == "history":
+                keys |= {i.key or "/".join(i.nested_key) for i in rec.history.item}
+    return keys
+
+
+def test_train_end_to_end(fitted, tiny):
+    tmp, proc = fitted
+    run = tmp / "run"
+    m = re.search(r"fitted solver: (\S+)", proc.stdout)
+    assert m, proc.stdout[-2000:]
+    fs = FittedSolver.load(m.group(1))
+    assert Path(m.group(1)) == run / "solver.safetensors"
+
+    # The file: solver, grid, λ, teacher, model id and weights hash, metrics.
+    den = load_denoiser(str(tiny))
+    assert fs.solver == {"name": "ddim", "order": 1} and fs.nfe == 3
+    assert fs.model["id"] == str(tiny) and fs.model["weights_hash"] == weights_hash(den)
+    assert fs.teacher["factor"] == 4
+    assert fs.metrics["val/mse_final"] > 0 and "val/fd_pixels_dode" in fs.metrics
+    assert fs.metrics["time/teacher_s"] > 0
+
+    # λ are those of the direct closed-form fit on the same seeds (float32 integration).
+    noise = noise_from_seeds(range(16), den.sample_shape, torch.float32)
+    ref = dode.fit_lambdas(den, "ddim", noise, fs.sigmas, teacher_factor=4, batch_size=8)
+    assert torch.allclose(fs.lambdas, ref, rtol=1e-4, atol=1e-5), (fs.lambdas, ref)
+
+    # W&B offline run: metrics and both images; the solver file saved with the run.
+    keys = _wandb_history_keys(run)
+    for k in ("train/lambda_1", "train/mse_after_2", "val/mse_final", "val/mse_base_final",
+              "val/fd_pixels_dode", "samples/filenames", "lambdas/filenames"):  # fmt: skip
+        assert k in keys, sorted(keys)
+    files = run.glob("wandb/offline-run-*/files")
+    (files,) = list(files)
+    assert list(files.glob("media/images/samples_*.png"))
+    assert list(files.glob("media/images/lambdas_*.png"))
+    assert (files / "solver.safetensors").is_file()
+
+    # CSV log, config, images, checkpoint without the network.
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/lambda_2", "val/mse_final"} <= set(header)
+    assert (run / "config.yaml").is_file()
+    assert (run / "samples.png").is_file() and (run / "lambdas.png").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert set(ckpt["state_dict"]) == {"lambdas", "num_fitted"}
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal
+    import lightning as L
+
+    class KillAtEpoch(L.Callback):
+        def __init__(self, epoch: int = 2):
+            self.epoch = epoch
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == self.epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_resume_after_kill_gives_the_uninterrupted_lambdas(fitted, tiny):
+    tmp, _ = fitted
+    (tmp / "killer.py").write_text(KILLER)
+    (tmp / "kill.yaml").write_text(
+        "trainer:\n  callbacks:\n    - class_path: killer.KillAtEpoch\n"
+        "      init_args: {epoch: 2}\n"
+    )
+    quiet = ["--wandb_mode", "disabled", "--fid.feature", "null", "--samples.num_samples", "0"]
+    args = _args(tiny, tmp, "killed") + quiet
+    proc = subprocess.run(
+        [sys.executable, "-m", "dode.train", *args, "-c", str(tmp / "kill.yaml")],
+        cwd=tmp,
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    killed = tmp / "killed"
+    assert not (killed / "solver.safetensors").exists()
+    ckpt = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(ckpt["state_dict"]["num_fitted"]) == 2
+
+    from dode.train import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocess runs (OMP_NUM_THREADS=1): same arithmetic
+    try:
+        path = main(args + ["--ckpt_path", "last", "--trainer.enable_progress_bar", "false"])
+    finally:
+        torch.set_num_threads(threads)
+    resumed = FittedSolver.load(path)
+    uninterrupted = FittedSolver.load(tmp / "run" / "solver.safetensors")
+    assert torch.equal(resumed.lambdas, uninterrupted.lambdas)
+    assert resumed.metrics["fit"]["mse_after"] == uninterrupted.metrics["fit"]["mse_after"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["-c", "{bad_yaml}"], "colour"),
+        (["--model.nfe", "three"], "model.nfe"),
+        (["--model.solver", "rk99"], "unknown solver 'rk99'"),
+        (["--model.model", "/nonexistent/unet"], "'/nonexistent/unet' does not exist"),
+        (["--model.solver", "heun", "--model.nfe", "2"], "cannot use exactly NFE=2"),
+        (["--model.nfe", "0"], "nfe must be a positive integer"),
+    ],
+)
+def test_bad_config_exits_with_one_message(tiny, tmp_path, capsys, extra, message):
+    from dode.train import main
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  nfe: 3\n  colour: red\n")
+    extra = [a.replace("{bad_yaml}", str(bad_yaml)) for a in extra]
+    args = _args(tiny, tmp_path, "run") + extra
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing written
