@@ -40,6 +40,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -334,13 +335,36 @@ def _make_module(denoiser, solver_cfg, sigmas, lambdas, sample_shape, store):
             )
             self.sample_shape = tuple(sample_shape)
             self.generated = 0
+            self._writer: ThreadPoolExecutor | None = None
+            self._pending: list[Future] = []
+
+        def on_predict_start(self) -> None:
+            # PNG encoding overlaps the next batch's sampling (zlib releases the GIL).
+            self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dode-png")
+
+        def _drain(self, keep: int) -> None:
+            while len(self._pending) > keep or (self._pending and self._pending[0].done()):
+                self._pending.pop(0).result()  # re-raises a failed write
 
         def predict_step(self, batch: Tensor, batch_idx: int = 0) -> None:
             seeds = [int(s) for s in batch.tolist()]
             noise = noise_from_seeds(seeds, self.sample_shape, torch.float32, self.device)
             x = sample(self.denoiser, self.solver, noise, self.sigmas, self.lambdas)
-            store.write(seeds, to_uint8(x).cpu())
+            images = to_uint8(x).cpu()
+            self._drain(keep=2)
+            self._pending.append(self._writer.submit(store.write, seeds, images))
             self.generated += len(seeds)
+
+        def on_predict_end(self) -> None:
+            self._finish()
+
+        def _finish(self) -> None:
+            if self._writer is not None:
+                try:
+                    self._drain(keep=0)
+                finally:
+                    self._writer.shutdown(wait=True)
+                    self._writer = None
 
     return GenerateModule()
 
@@ -416,9 +440,16 @@ def generate(
         use_distributed_sampler=False,
     )
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*predict returned None.*")
-        trainer.predict(module, datamodule=data, return_predictions=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*predict returned None.*")
+            trainer.predict(module, datamodule=data, return_predictions=False)
+    except BaseException:
+        try:  # an interrupted run still completes the PNGs it handed over
+            module._finish()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        raise
     trainer.strategy.barrier("dode.evaluate.generated")
     return {
         "rank": trainer.global_rank,

@@ -96,7 +96,7 @@ def test_interrupted_evaluation_resumes_without_redoing(tiny_model, tmp_path, mo
     with pytest.raises(RuntimeError, match="simulated crash"):
         evaluate(_cfg(tiny_model, out))
     first = {p.name: p.stat().st_mtime_ns for p in (out / "samples").glob("*/*.png")}
-    assert len(first) == 4
+    assert 4 <= len(first) < 8  # the batches handed to the writer before the crash, at least
 
     resumed: list[int] = []
 
@@ -108,7 +108,7 @@ def test_interrupted_evaluation_resumes_without_redoing(tiny_model, tmp_path, mo
     rec = evaluate(_cfg(tiny_model, out))
     done_before = {int(n.split(".")[0]) for n in first}
     assert sorted(resumed) == sorted(set(range(8)) - done_before)  # only the missing seeds
-    assert rec["generated_now"] == 4
+    assert rec["generated_now"] == 8 - len(first)
     after = {p.name: p.stat().st_mtime_ns for p in (out / "samples").glob("*/*.png")}
     assert {k: after[k] for k in first} == first  # finished samples were not rewritten
     assert _pngs(out) == _pngs(ref_dir)  # and the result is the uninterrupted one
