@@ -359,6 +359,9 @@ def main(args: list[str] | None = None) -> Path:
     t0 = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - t0
+    if cli.trainer.interrupted:
+        print("dode.pretrain: interrupted; no model written.", file=sys.stderr)
+        sys.exit(1)
     if not cli.trainer.is_global_zero:
         return Path(cfg.output)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
