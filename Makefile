@@ -75,3 +75,23 @@ pretrain-digits:  ## retrain the bundled digits DDPM and classifier (CPU, seed 0
 
 check-digits-assets:  ## check the shipped digits model and classifier against dode/assets/SHA256SUMS
 	cd dode/assets && sha256sum -c SHA256SUMS
+
+## Lightning ##################################################################################
+# python -m dode.train (LightningCLI, W&B offline unless WANDB_API_KEY is set) and dode.sample.
+TRAIN_ARGS ?=
+SOLVER_FILE ?= runs/digits-ddim-nfe5-lstsq/solver.safetensors
+SAMPLE_SEEDS ?= 0-63
+SAMPLE_OUT ?= samples
+.PHONY: train train-tiny sample bench-train
+
+train:  ## fit D-ODE λ: configs/default.yaml (bundled digits DDPM, DDIM, NFE 5); TRAIN_ARGS="--model.nfe 8" adds options
+	$(PYTHON) -m dode.train -c configs/default.yaml $(TRAIN_ARGS)
+
+train-tiny:  ## CPU smoke fit in about a minute (exact GMM digits model, DDIM NFE 4, pixel FD); writes runs/gmm-digits-ddim-nfe4-lstsq/
+	$(PYTHON) -m dode.train -c configs/tiny.yaml $(TRAIN_ARGS)
+
+sample:  ## PNGs + samples.npz from a fitted solver: make sample SOLVER_FILE=runs/.../solver.safetensors SAMPLE_SEEDS=0-63 SAMPLE_OUT=samples
+	$(PYTHON) -m dode.sample --solver-file $(SOLVER_FILE) --seeds $(SAMPLE_SEEDS) --out $(SAMPLE_OUT)
+
+bench-train:  ## wall time of python -m dode.train vs a direct dode.fit_lambdas call on the same work, with the breakdown
+	$(PYTHON) -m dode.lit.bench --repeat 2

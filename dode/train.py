@@ -251,6 +251,11 @@ def main(args: list[str] | None = None) -> Path | None:
     module, trainer = cli.model, cli.trainer
     module.timings["startup_imports_s"] = _startup_seconds()
     module.timings["parse_and_load_s"] = time.perf_counter() - t_parse
+    t_wandb = time.perf_counter()
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            _ = lg.experiment  # starts the W&B run (rank 0 only; lazily otherwise)
+    module.timings["wandb_start_s"] = time.perf_counter() - t_wandb
     run_dir = cli.run_dir()
     ckpt = cli.config.ckpt_path
     t_fit = time.perf_counter()
@@ -272,11 +277,17 @@ def main(args: list[str] | None = None) -> Path | None:
         print(f"val MSE to the teacher: D-ODE {final:.4g} vs base {base:.4g}")
     print(f"λ = [{lam}]")
     print(f"fitted solver: {path}")
+    t_finish = time.perf_counter()
     for lg in trainer.loggers:
-        if lg.__class__.__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             lg.experiment.save(str(path), base_path=str(path.parent), policy="now")
             lg.experiment.summary.update({"solver_file": str(path)})
             lg.experiment.finish()
+    t = dict(module.timings, wandb_finish_s=time.perf_counter() - t_finish)
+    t["total_s"] = t.get("startup_imports_s", 0.0) + time.perf_counter() - _T0
+    keys = ("startup_imports_s", "model_load_s", "wandb_start_s", "teacher_s", "train_loop_s",
+            "validation_s", "wandb_finish_s", "total_s")  # fmt: skip
+    print("time: " + ", ".join(f"{k[:-2]} {t[k]:.2f}s" for k in keys if k in t))
     return path
 
 

@@ -170,9 +170,11 @@ class DODEModule(pl.LightningModule):
             if teacher_solver is not None
             else None
         )
+        t_load = time.perf_counter()
         self.denoiser = load_denoiser(
             model, sigma_to_t=sigma_to_t, dtype=model_dtype or dtype, **(model_options or {})
         )
+        t_load = time.perf_counter() - t_load
         if self.denoiser.sample_shape is None:
             raise ValueError(
                 f"model {model!r} does not declare its sample shape; set sample_shape on the "
@@ -195,7 +197,7 @@ class DODEModule(pl.LightningModule):
         self.activation_checkpointing = activation_checkpointing
         self.check_finite = check_finite
         self.automatic_optimization = fit_mode != "lstsq"
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {"model_load_s": t_load}
         self.val_metrics: dict[str, float] = {}
         self.extra_metrics: dict[str, float] = {}
         self._acc: Tensor | None = None
