@@ -213,9 +213,15 @@ class _Stop(Exception):
 
 class _Replay:
     """Model callable for the sequential fit: replays cached outputs for calls < k, evaluates
-    call k once (caching it), applies a trial λ to it, and stops at call k + 1."""
+    call k once (caching it), applies a trial λ to it, and stops at call k + 1.
 
-    def __init__(self, fn, cache: list[Tensor], lambdas: Tensor, k: int, lam: Tensor, check: bool):
+    ``lam=None``: call k returns both branches stacked on a new leading dimension,
+    ``[õ_k(λ_k=0), õ_k(λ_k=1)]``; the solvers' arithmetic is elementwise, so the state after
+    call k comes back as ``[x(0), x(1)]`` from one replay instead of two."""
+
+    def __init__(
+        self, fn, cache: list[Tensor], lambdas: Tensor, k: int, lam: Tensor | None, check: bool
+    ):
         self.fn, self.cache, self.lambdas, self.k, self.lam, self.check = (
             fn,
             cache,
@@ -238,6 +244,8 @@ class _Replay:
             self.cache.append(o)
         o = self.cache[j]
         prev = self.cache[j - 1] if j > 0 else None
+        if j == self.k and self.lam is None:
+            return torch.stack([o, o]) if prev is None else torch.stack([o, o + (o - prev)])
         return _correct(o, prev, self.lam if j == self.k else self.lambdas[j])
 
 
@@ -267,6 +275,35 @@ def branch(
         return stop.x, float(stop.sigma)
 
 
+def _branch_tangent(
+    solver: Solver,
+    fn: Callable[[Tensor, float], Tensor],
+    s: list[float],
+    noise: Tensor,
+    cache: list[Tensor],
+    lambdas: Tensor,
+    k: int,
+    check_finite: bool = True,
+) -> tuple[Tensor, Tensor, float]:
+    """The state after call k at λ_k = 0 and ``g = x(λ_k=1) − x(λ_k=0)`` (the state is affine
+    in λ_k), from one replay with the two branches stacked (see :class:`_Replay`); falls back
+    to two :func:`branch` replays if a solver's arithmetic does not broadcast."""
+    try:
+        replay = _Replay(fn, cache, lambdas, k, None, check_finite)
+        try:
+            x, sigma = solver.solve(replay, noise * s[0], s, None), 0.0
+        except _Stop as stop:
+            x, sigma = stop.x, float(stop.sigma)
+        if x.shape == (2, *noise.shape):
+            return x[0], x[1] - x[0], sigma
+    except RuntimeError:
+        pass
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    x0, sigma = branch(solver, fn, s, noise, cache, lambdas, k, zero, check_finite)
+    x1, _ = branch(solver, fn, s, noise, cache, lambdas, k, zero + 1.0, check_finite)
+    return x0, x1 - x0, sigma
+
+
 def batch_stats(
     solver: Solver,
     fn: Callable[[Tensor, float], Tensor],
@@ -286,10 +323,8 @@ def batch_stats(
     :func:`teacher_states` returns, or a function). Sum the statistics over batches and
     processes, then :meth:`LambdaFit.solve`.
     """
-    zero = torch.tensor(0.0, dtype=torch.float64)
-    x0, sigma = branch(solver, fn, s, noise, cache, lambdas, k, zero, check_finite)
-    x1, _ = branch(solver, fn, s, noise, cache, lambdas, k, zero + 1.0, check_finite)
-    g = (x1 - x0).to(torch.float64)
+    x0, g, sigma = _branch_tangent(solver, fn, s, noise, cache, lambdas, k, check_finite)
+    g = g.to(torch.float64)
     target = teacher(sigma) if callable(teacher) else _lookup(teacher, sigma)
     r = target.to(device=g.device, dtype=torch.float64) - x0.to(torch.float64)
     n = torch.tensor(float(r.numel()), dtype=torch.float64, device=g.device)

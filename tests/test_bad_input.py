@@ -15,6 +15,15 @@ from dode.schedules import karras, refine
 from dode.solvers import get_solver
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: on a shared 2-core machine extra intra-op threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def den():
     return gaussian(torch.zeros(2), torch.tensor([[1.0, 0.2], [0.2, 0.5]], dtype=torch.float64))

@@ -51,6 +51,15 @@ TOL = 0.3
 LOF = {"lower_order_final": False}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: on a shared 2-core machine extra intra-op threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def problem():
     g = torch.Generator().manual_seed(1234)

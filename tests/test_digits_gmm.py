@@ -31,7 +31,7 @@ SOLVERS = ["ddim", "euler", "heun", "ipndm", "dpm_solver", "dpm_solver_pp", "dei
 CHUNK = 500  # evaluation batch: keeps the [B, K, D] intermediates in cache
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="module")
 def single_thread():
     from threadpoolctl import threadpool_limits
 

@@ -41,6 +41,15 @@ SOLVERS = [
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in SOLVERS]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: on a shared 2-core machine extra intra-op threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _mixture(dim: int = 3, k: int = 3, seed: int = 0) -> GaussianMixtureDenoiser:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(k, dim, dim, dtype=torch.float64, generator=g)
