@@ -64,6 +64,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", r".*does not have many workers.*")
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)*")
     warnings.filterwarnings("ignore", r".*The anonymous setting has no effect.*")
+    warnings.filterwarnings("ignore", r".*LightningCLI's args parameter is intended.*")
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
         from diffusers.utils import logging as diffusers_logging

@@ -230,3 +230,28 @@ def test_bad_config_exits_with_one_message(tiny, tmp_path, capsys, extra, messag
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_configs_compose_and_print(capsys):
+    from dode.train import main
+
+    sgd = str(ROOT / "configs" / "sgd-local.yaml")
+    with pytest.raises(SystemExit) as e:
+        main(["-c", TINY, "-c", sgd, "--model.nfe", "6", "--print_config"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for line in ("model: gmm-digits", "fit_mode: sgd-local", "nfe: 6", "max_epochs: 100",
+                 "feature: pixels"):  # fmt: skip
+        assert line in out, out
+
+
+def test_wandb_online_only_with_a_key(monkeypatch):
+    from dode.train import _wandb_online
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert not _wandb_online("auto") and _wandb_online("online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert _wandb_online("auto") and not _wandb_online("offline")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert not _wandb_online("auto")
