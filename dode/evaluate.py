@@ -41,7 +41,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -685,14 +685,14 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
     if cfg.save in ("npz", "both"):
         store.pack(seeds)
         record["samples_npz"] = str(store.npz)
+    if cfg.log:
+        _append_jsonl(cfg.log, record)
+    if cfg.wandb:  # before the samples may be removed: it logs a grid of them
+        _wandb_log(cfg, record, store, seeds)
     if cfg.save in ("npz", "none"):
         store.remove_pngs()
     if cfg.save == "none" and store.npz.is_file():
         store.npz.unlink()
-    if cfg.log:
-        _append_jsonl(cfg.log, record)
-    if cfg.wandb:
-        _wandb_log(cfg, record, store, seeds)
     return record
 
 
@@ -729,11 +729,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps({k: record[k] for k in ("metric", "value", "num_samples", "out")}))
     return 0
-
-
-def config_dict(cfg: EvalConfig) -> dict:
-    """The config as a plain dict (e.g. to write a YAML for ``-c``)."""
-    return asdict(cfg)
 
 
 if __name__ == "__main__":
