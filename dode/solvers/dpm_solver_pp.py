@@ -5,6 +5,12 @@ With λ = −log σ and ``h = log(σ_s/σ_t)``, the first-order update is
 ``D1 = (D_s − D_{s−1}) / r0``, ``r0 = h_{prev}/h`` (the "midpoint" form used by diffusers);
 3M uses the second divided difference as in diffusers' ``multistep_dpm_solver_third_order_update``.
 
+Order trap: that 3M update (the official DPM-Solver code's too) weights ``D2 ≈ h² x̂0''/2``
+with ``−φ3`` (``φ3 = (e^{−h} − 1 + h)/h² − ½``) where the Taylor expansion of the exponential
+integrator gives ``−2·φ3``; its local error is therefore O(h³) and 3M converges with order 2,
+not 3 (``tests/test_convergence.py`` measures it; doubling the term restores order 3). It is
+kept as is for parity with diffusers.
+
 Warm start with lower orders. ``lower_order_final`` (default, as diffusers for < 15 steps):
 the last step is first order and the one before it at most second order. The step to σ = 0
 is always first order (h = ∞ there).
