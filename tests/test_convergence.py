@@ -13,7 +13,8 @@ variable σ: its theory holds on a grid uniform in σ, so it is tested there.
 
 What "theory" means per family:
 
-* one-step methods (DDIM/Euler 1, EDM-Heun 2, DPM-Solver singlestep 2 and 3) as shipped;
+* one-step methods (DDIM/Euler 1, EDM-Heun 2, DPM-Solver singlestep 2 and 3, with λ-midpoint
+  stages and with diffusers' grid stages) as shipped;
 * multistep methods (iPNDM 1–4, DPM-Solver++ kM, DEIS 1–3 per basis, UniP without corrector):
   order p of the p-step formula, measured with *exact starting values* (the textbook setting:
   after each of the p − 1 warm-up steps the state is reset to the exact solution, and the test
@@ -90,11 +91,11 @@ def _with_exact_unipc_start(solver, exact, warmup: int):
     return solver
 
 
-def measured_order(problem, name: str, kw: dict, kind: str, exact_start: int = 0):
+def measured_order(problem, name: str, kw: dict, kind: str, exact_start: int = 0, ns=NS):
     """Fitted slope of −log(error) vs log N, and the errors."""
     den, noise = problem
     errors = []
-    for n in NS:
+    for n in ns:
         s = _grid(kind, n)
         s0 = s[0].item()
         x0 = noise * s0
@@ -122,7 +123,7 @@ def measured_order(problem, name: str, kw: dict, kind: str, exact_start: int = 0
             assert torch.allclose(first_input[s[i].item()], exact(s[i]), rtol=0, atol=1e-13)
         errors.append(float((out - exact(s[-1])).pow(2).mean().sqrt()))
     assert min(errors) > 1e-12, "errors at float64 round-off: the slope would be meaningless"
-    slope = -np.polyfit(np.log(NS), np.log(errors), 1)[0]
+    slope = -np.polyfit(np.log(ns), np.log(errors), 1)[0]
     return float(slope), errors
 
 
@@ -163,6 +164,16 @@ CASES = [
 )
 def test_convergence_order(problem, name, kw, kind, exact_start, order):
     slope, errors = measured_order(problem, name, kw, kind, exact_start)
+    assert abs(slope - order) <= TOL, f"slope {slope:.2f}, theory {order}; errors {errors}"
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order", [2, 3])
+def test_convergence_order_dpm_solver_grid_stages(problem, order, solver_type):
+    """diffusers' singlestep variant: groups of ``order`` grid intervals, the inner grid points
+    are the stages. N is a multiple of 2 and 3 so that no lower-order group is left over."""
+    kw = {"order": order, "stages": "grid", "solver_type": solver_type}
+    slope, errors = measured_order(problem, "dpm_solver", kw, "log", ns=(18, 36, 72))
     assert abs(slope - order) <= TOL, f"slope {slope:.2f}, theory {order}; errors {errors}"
 
 

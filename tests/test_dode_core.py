@@ -30,6 +30,7 @@ SOLVERS = [
     ("ipndm", {"order": 4}),
     ("dpm_solver", {"order": 2}),
     ("dpm_solver", {"order": 3}),
+    ("dpm_solver", {"order": 3, "stages": "grid"}),
     ("dpm_solver_pp", {"order": 2}),
     ("dpm_solver_pp", {"order": 3, "lower_order_final": False}),
     ("deis", {"order": 3, "basis": "t"}),
