@@ -28,14 +28,15 @@ DIRECT = """
 import time, json, sys
 t0 = time.perf_counter()
 import torch, dode
-from dode.lit.module import build_grid
 from dode.loading import load_denoiser
 from dode.noise import noise_from_seeds
 t1 = time.perf_counter()
 n, bs, nfe, model = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 den = load_denoiser(model)
 solver = dode.get_solver("ddim")
-sigmas = build_grid(den, "karras", solver.steps_for_nfe(nfe))
+sigmas = dode.schedules.karras(  # the grid build_grid() makes for "karras" (no lightning import)
+    solver.steps_for_nfe(nfe), max(0.002, den.sigma_min), min(80.0, den.sigma_max)
+)
 noise = noise_from_seeds(range(n), den.sample_shape, torch.float32)
 t2 = time.perf_counter()
 lam = dode.fit_lambdas(den, solver, noise, sigmas, teacher_factor=10, batch_size=bs)
