@@ -346,12 +346,36 @@ def run_demo(
         out: where the table, plots and grids go.
         run_dir: where the fits' run folders and the W&B run go.
         wandb_mode: W&B mode of the demo's run.
-        threads: torch CPU threads (default: torch's choice).
+        threads: CPU threads of torch and BLAS (default: their choice, one per core). On a
+            machine shared with other jobs, 1 avoids oversubscription.
     """
+    with _threads(threads):
+        return _run_demo(**{k: v for k, v in locals().items() if k != "threads"})
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """Limit torch's and BLAS's (FD's matrix square roots) CPU threads, then restore them."""
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(
+    solvers, nfes, fit_config, fit_overrides, judge_seeds, reference_solver, reference_nfe,
+    model, schedule, batch_size, bootstrap, grid_nfe, grid_samples, out, run_dir, wandb_mode,
+) -> list[dict]:  # fmt: skip
     t_start = time.perf_counter()
     _quiet()
-    if threads:
-        torch.set_num_threads(threads)
     solvers = list(solvers or DEFAULT_SOLVERS)
     nfes = list(nfes or [3, 4, 5, 6, 8, 10])
     if any(not isinstance(n, int) or n < 1 for n in nfes):
