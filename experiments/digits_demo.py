@@ -87,11 +87,15 @@ class SolverSpec:
         label: name shown in the table.
         name: :func:`dode.solvers.get_solver` name.
         options: its keyword options.
+        schedule: its σ grid (``--model.schedule`` of the fit); default: the fit config's.
+        schedule_options: that grid's options (``--model.schedule_options``).
     """
 
     label: str
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    schedule: str | None = None
+    schedule_options: dict[str, Any] | None = None
 
 
 DEFAULT_SOLVERS = [
@@ -152,10 +156,27 @@ def _fit_args(
         f"--model.solver={spec.name}",
         f"--model.solver_options={json.dumps(spec.options or None)}",
         f"--model.nfe={nfe}",
+        *([f"--model.schedule={spec.schedule}"] if spec.schedule else []),
+        *(
+            [f"--model.schedule_options={json.dumps(spec.schedule_options)}"]
+            if spec.schedule_options is not None
+            else []
+        ),
         f"--run_dir={run_dir}",
         f"--solver_file={run_dir / 'solver.safetensors'}",
         *fit_overrides,
     ]
+
+
+def _grids(solvers: list[SolverSpec]) -> str:
+    """The solvers' σ grids, for the table header."""
+    parts = []
+    for s in solvers:
+        grid = s.schedule or "the fit config's"
+        if s.schedule_options:
+            grid += " (" + ", ".join(f"{k}={v}" for k, v in s.schedule_options.items()) + ")"
+        parts.append(f"{s.label} {grid}")
+    return "; ".join(parts)
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -494,7 +515,7 @@ def _run_demo(
         "# D-ODE on the bundled digits DDPM",
         "",
         f"Model `{model}`{' (`dode/assets/digits_ddpm`)' if model == 'digits' else ''}, "
-        "Karras σ grid, λ fitted with "
+        f"σ grid per solver: {_grids(solvers)}; λ fitted with "
         f"`python -m dode.train -c {fit_cfg}` per cell; base and D-solver judged on "
         f"{len(seeds)} held-out seeds ({judge_seeds}), FD against the "
         f"{len(split.test_images)} held-out real digits (samples clamped to [−1, 1]). "
