@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from .solvers import Solver, get_solver
 
 FORMAT = "dode.fitted_solver/1"
 
-__all__ = ["FittedSolver", "weights_hash", "atomic_write"]
+__all__ = ["FittedSolver", "weights_hash", "atomic_write", "atomic_folder"]
 
 
 def weights_hash(module: nn.Module) -> str:
@@ -50,6 +53,26 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block finishes, make its contents
+    readable (0755/0644) and move it onto ``path``, replacing what was there. If the block
+    raises, the temporary folder is removed and ``path`` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for p in [tmp, *tmp.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 @dataclass

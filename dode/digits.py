@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .artifact import atomic_folder
 from .metrics import frechet_distance, gaussian_stats, mse
 
 __all__ = [
@@ -55,7 +54,6 @@ __all__ = [
     "asset_files",
     "write_asset_hashes",
     "verify_assets",
-    "publish_folder",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -64,16 +62,6 @@ DIGITS_CLASSIFIER = ASSETS / "digits_classifier"
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
-
-
-def publish_folder(tmp: Path, path: Path) -> None:
-    """Make the finished temporary folder ``tmp`` readable (0755/0644) and move it to ``path``,
-    replacing what was there."""
-    for p in [tmp, *tmp.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
 
 
 @dataclass(frozen=True)
@@ -248,17 +236,11 @@ class DigitsClassifier(nn.Module):
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-        try:
+        with atomic_folder(path) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"))
             cfg = asdict(self.config) | {"metadata": metadata or {}}
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-            publish_folder(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return path
 
     @classmethod

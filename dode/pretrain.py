@@ -21,9 +21,7 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -248,12 +246,10 @@ def export_pretrained(
     """Write the EMA UNet (``unet/``) and its ``DDPMScheduler`` (``scheduler/``) to ``output``
     in diffusers pipeline layout, plus ``training.json`` (how it was made). Atomic: a
     temporary folder is renamed into place."""
-    from .digits import publish_folder
+    from .artifact import atomic_folder
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=output.parent))
-    try:
+    with atomic_folder(output) as tmp:
         unet = copy.deepcopy(module.ema).cpu().float()
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         module.scheduler.save_pretrained(tmp / "scheduler")
@@ -265,10 +261,6 @@ def export_pretrained(
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         if card is not None:
             (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
-        publish_folder(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return output
 
 
