@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -279,10 +280,13 @@ class DODEModule(pl.LightningModule):
         return get
 
     # ---- sampling ----------------------------------------------------------------------------
-    def trajectory(self, noise: Tensor, lambdas: Tensor | None) -> tuple[list[float], list[Tensor]]:
+    def trajectory(
+        self, noise: Tensor, lambdas: Tensor | None, fn: Callable | None = None
+    ) -> tuple[list[float], list[Tensor]]:
         """The student's states after each call (the input of call k + 1; the sample last) and
-        their σ. ``lambdas=None``: the base solver."""
-        corr = DODECorrection(self._fn(), lambdas, self.check_finite)
+        their σ. ``lambdas=None``: the base solver. ``fn``: the model callable (default: the
+        denoiser's consumed output)."""
+        corr = DODECorrection(self._fn() if fn is None else fn, lambdas, self.check_finite)
         sig: list[float] = []
         states: list[Tensor] = []
 
@@ -460,20 +464,7 @@ class DODEModule(pl.LightningModule):
                 return checkpoint(fn, x, sigma, use_reentrant=False)
         else:
             call = fn
-        corr = DODECorrection(call, self.lambdas, self.check_finite)
-        sig: list[float] = []
-        states: list[Tensor] = []
-
-        def record(x: Tensor, sigma: float) -> Tensor:
-            if corr.k > 0:
-                sig.append(float(sigma))
-                states.append(x)
-            return corr(x, sigma)
-
-        out = self.solver.solve(record, noise * self.s_list[0], self.s_list, None)
-        sig.append(float(self.s_list[-1]))
-        states.append(out)
-        return sig, states
+        return self.trajectory(noise, self.lambdas, call)
 
     def on_train_end(self) -> None:
         self.timings["train_loop_s"] = time.perf_counter() - getattr(self, "_t_train", 0.0)
