@@ -46,19 +46,12 @@ from dode import sample
 from dode.denoisers import CallableDenoiser, gaussian
 from dode.solvers import get_solver
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIGMA_MAX, SIGMA_END = 4.0, 2.0
 NS = (16, 32, 64)
 TOL = 0.3
 LOF = {"lower_order_final": False}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine extra intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

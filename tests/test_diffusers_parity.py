@@ -35,7 +35,10 @@ from dode.solvers import get_solver
 diffusers = pytest.importorskip("diffusers")
 
 # diffusers deprecates algorithm_type="dpmsolver" (the noise-prediction DPM-Solver) with a FutureWarning.
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 TOL = 1e-4  # float32
 TOL64 = 1e-8  # float64, on diffusers' own σ values
@@ -59,15 +62,6 @@ class Recorder(nn.Module):
         t = torch.as_tensor(t)
         self.ts.append(float(t.reshape(-1)[0]))
         return self.unet(x, t)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run far faster single-threaded on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from dode.denoisers import CallableDenoiser, GaussianMixtureDenoiser, gaussian
 from dode.schedules import karras, refine
 from dode.solvers import get_solver
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SOLVERS = [
     ("ddim", {}),
     ("euler", {}),
@@ -40,15 +42,6 @@ SOLVERS = [
     ("unipc", {"order": 3, "variant": "bh2", "lower_order_final": False}),
 ]
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in SOLVERS]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine extra intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _mixture(dim: int = 3, k: int = 3, seed: int = 0) -> GaussianMixtureDenoiser:
