@@ -2,14 +2,24 @@
 
 Public API::
 
-    from dode import sample, fit_lambdas
+    from dode import sample, fit_lambdas, sample_many, select_scale
     from dode.schedules import karras, refine
     from dode.solvers import get_solver
     from dode.denoisers import CallableDenoiser
 """
 
 from . import denoisers, schedules, solvers
-from .dode import DODECorrection, FitInfo, LambdaFit, fit_lambdas, sample, teacher_states
+from .dode import (
+    DODECorrection,
+    FitInfo,
+    LambdaFit,
+    ScaleChoice,
+    fit_lambdas,
+    sample,
+    sample_many,
+    select_scale,
+    teacher_states,
+)
 from .solvers import get_solver
 
 __version__ = "0.1.0"
@@ -20,6 +30,9 @@ __all__ = [
     "solvers",
     "sample",
     "fit_lambdas",
+    "sample_many",
+    "select_scale",
+    "ScaleChoice",
     "teacher_states",
     "get_solver",
     "DODECorrection",

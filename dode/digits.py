@@ -197,6 +197,17 @@ class ClassifierConfig:
     dropout: float = 0.2
 
 
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2)`` (stride 2, even sizes) as two strided maxima: the same values,
+    several times faster on a CPU, where max pooling also computes indices it never returns."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2] % 2 or x.shape[-1] % 2:
+            return nn.functional.max_pool2d(x, 2)
+        y = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(y[..., 0::2], y[..., 1::2])
+
+
 class DigitsClassifier(nn.Module):
     """A small CNN for 8×8 digits; :meth:`features` is its penultimate layer (``features`` wide).
 
@@ -213,10 +224,10 @@ class DigitsClassifier(nn.Module):
             nn.SiLU(),
             nn.Conv2d(c1, c1, 3, padding=1),
             nn.SiLU(),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Conv2d(c1, c2, 3, padding=1),
             nn.SiLU(),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Flatten(),
             nn.Linear(c2 * 4, config.features),
             nn.SiLU(),

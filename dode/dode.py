@@ -28,6 +28,9 @@ __all__ = [
     "DODECorrection",
     "model_fn",
     "sample",
+    "sample_many",
+    "select_scale",
+    "ScaleChoice",
     "teacher_states",
     "LambdaFit",
     "FitInfo",
@@ -154,6 +157,137 @@ def sample(
     wrapped = DODECorrection(model_fn(denoiser, solver.consumes), lambdas, check_finite)
     x = noise * s[0].item()
     return solver(wrapped, x, s, callback)
+
+
+class _SharedFirstCall(Denoiser):
+    """A denoiser that answers a repeated first call from memory.
+
+    After :meth:`arm`, the next call is remembered; a later call with bit-identical ``x`` and
+    σ returns the remembered output. Runs of one solver from the same noise with different λ
+    start with the same call (λ_0 = 0), so it is evaluated once.
+    """
+
+    def __init__(self, inner: Denoiser) -> None:
+        super().__init__(inner.sigma_min, inner.sigma_max, inner.sample_shape)
+        self.inner = inner
+        self.prediction = inner.prediction
+        self._memo: tuple[Tensor, Tensor, Tensor] | None = None
+        self._armed = False
+
+    def arm(self) -> None:
+        self._memo, self._armed = None, True
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        return self.inner.round_sigma(sigma)
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self._memo is not None:
+            mx, ms, out = self._memo
+            if mx.shape == x.shape and torch.equal(ms, sigma) and torch.equal(mx, x):
+                return out
+        out = self.inner.denoise(x, sigma)
+        if self._armed:
+            self._memo, self._armed = (x, sigma, out), False
+        return out
+
+
+def sample_many(
+    denoiser: Denoiser,
+    solver: Solver | str,
+    noise: Tensor,
+    sigmas: Tensor | Sequence[float],
+    lambdas: Sequence[Tensor | Sequence[float] | None],
+    *,
+    batch_size: int | None = None,
+    check_finite: bool = True,
+) -> list[Tensor]:
+    """:func:`sample` from the same noise with several λ sets (``None``: the base solver).
+
+    The runs share their first model call (no λ touches it), evaluated once per batch: with
+    base and D-solver at NFE ``n`` this saves one call in ``2n``. Results equal separate
+    :func:`sample` calls bit for bit.
+
+    Args:
+        lambdas: the λ sets, one result per entry.
+        batch_size: samples per batch (default: all at once).
+
+    Returns:
+        One ``[B, ...]`` tensor per λ set, in order.
+    """
+    if isinstance(lambdas, Tensor) or not isinstance(lambdas, Sequence) or not lambdas:
+        raise ValueError(
+            "lambdas must be a non-empty list of λ sets (None for the base solver), e.g. "
+            "[None, fitted.lambdas]."
+        )
+    denoiser = _check_denoiser(denoiser)
+    shared = _SharedFirstCall(denoiser)
+    chunks = noise.split(batch_size) if batch_size else (noise,)
+    outs: list[list[Tensor]] = [[] for _ in lambdas]
+    for chunk in chunks:
+        shared.arm()
+        for out, lam in zip(outs, lambdas):
+            out.append(sample(shared, solver, chunk, sigmas, lam, check_finite=check_finite))
+    return [torch.cat(o) for o in outs]
+
+
+@dataclass
+class ScaleChoice:
+    """The outcome of :func:`select_scale`.
+
+    Attributes:
+        scale: the chosen α (the λ to use are ``α · λ``).
+        lambdas: ``α · λ``.
+        scores: the score of every α tried (lower is better).
+        samples: the samples of every α (``return_samples=True`` only).
+    """
+
+    scale: float
+    lambdas: Tensor
+    scores: dict[float, float]
+    samples: dict[float, Tensor] | None = None
+
+
+def select_scale(
+    denoiser: Denoiser,
+    solver: Solver | str,
+    noise: Tensor,
+    sigmas: Tensor | Sequence[float],
+    lambdas: Tensor | Sequence[float],
+    score: Callable[[Tensor], float],
+    scales: Sequence[float] = (0.0, 0.5, 1.0),
+    *,
+    batch_size: int | None = None,
+    return_samples: bool = False,
+) -> ScaleChoice:
+    """Choose how much of the fitted λ to use, by a sample-quality score on held-out noise.
+
+    The closed-form fit minimises the squared error to the teacher; a metric of sample quality
+    (a Fréchet distance, say) can disagree: MSE-optimal corrections average over what the few
+    steps cannot resolve, and at some NFE the base solver's sharper errors score better.
+    Sampling ``noise`` (seeds the fit never saw) with ``α · λ`` for each α and keeping the
+    lowest ``score`` gives a solver that is not worse than the base by that score whenever
+    ``0.0`` is among the ``scales`` (α = 0 is the base solver). A non-finite score ranks last.
+
+    Args:
+        lambdas: the fitted λ.
+        score: ``score(samples) -> float``, lower is better.
+        scales: the α to try (finite, distinct).
+        batch_size: samples per batch when sampling.
+        return_samples: keep every α's samples in the result.
+    """
+    scales = [float(a) for a in scales]
+    if not scales or not all(math.isfinite(a) for a in scales) or len(set(scales)) != len(scales):
+        raise ValueError(f"scales must be distinct finite numbers, e.g. [0, 0.5, 1]; got {scales}.")
+    lam = torch.as_tensor(lambdas, dtype=torch.float64)
+    sets = [None if a == 0 else a * lam for a in scales]
+    samples = sample_many(denoiser, solver, noise, sigmas, sets, batch_size=batch_size)
+    scores = {}
+    for a, x in zip(scales, samples):
+        v = float(score(x))
+        scores[a] = v if math.isfinite(v) else math.inf
+    best = min(scales, key=lambda a: scores[a])
+    kept = dict(zip(scales, samples)) if return_samples else None
+    return ScaleChoice(best, best * lam, scores, kept)
 
 
 def default_teacher(solver: Solver) -> Solver:

@@ -12,7 +12,13 @@ import torch
 from scipy import linalg
 from torch import Tensor
 
-__all__ = ["gaussian_stats", "frechet_distance", "frechet_distance_from_stats", "mse"]
+__all__ = [
+    "gaussian_stats",
+    "frechet_distance",
+    "frechet_distance_from_stats",
+    "FrechetReference",
+    "mse",
+]
 
 
 def gaussian_stats(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +54,50 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
 def frechet_distance(features_a, features_b) -> float:
     """Fréchet distance between two feature sets ``[N, F]`` and ``[M, F]``."""
     return frechet_distance_from_stats(*gaussian_stats(features_a), *gaussian_stats(features_b))
+
+
+class FrechetReference:
+    """A reference feature set's statistics, ready for many Fréchet distances to it.
+
+    With ``R = Σr^{1/2}`` (symmetric, computed once), ``Tr (Σ Σr)^{1/2} = Tr (R Σ R)^{1/2}``, the
+    trace of a symmetric PSD matrix's square root: one symmetric eigendecomposition per
+    distance instead of a general matrix square root (about 10x faster at 128 features; equal
+    to :func:`frechet_distance_from_stats` up to rounding).
+
+    Args:
+        mu, cov: the reference's mean ``[F]`` and covariance ``[F, F]``.
+    """
+
+    def __init__(self, mu, cov) -> None:
+        self.mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
+        self.cov = np.atleast_2d(np.asarray(cov, dtype=np.float64))
+        if self.cov.shape != (len(self.mu), len(self.mu)):
+            raise ValueError(
+                f"reference covariance has shape {self.cov.shape} but the mean has "
+                f"{len(self.mu)} entries; pass the (mu, cov) of one feature set."
+            )
+        w, v = np.linalg.eigh((self.cov + self.cov.T) / 2)
+        self.sqrt_cov = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        self.trace = float(np.trace(self.cov))
+
+    @classmethod
+    def from_features(cls, features) -> FrechetReference:
+        return cls(*gaussian_stats(features))
+
+    def distance(self, features=None, *, stats=None) -> float:
+        """Fréchet distance of ``features [N, F]`` (or their ``stats=(mu, cov)``) to the reference."""
+        if (features is None) == (stats is None):
+            raise ValueError("pass either features or stats=(mu, cov).")
+        mu, cov = gaussian_stats(features) if stats is None else stats
+        mu, cov = np.atleast_1d(mu), np.atleast_2d(cov)
+        if mu.shape != self.mu.shape or cov.shape != self.cov.shape:
+            raise ValueError(
+                f"features have dimension {mu.shape[0]} but the reference has {len(self.mu)}."
+            )
+        m = self.sqrt_cov @ cov @ self.sqrt_cov
+        ev = np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)
+        diff = mu - self.mu
+        return float(diff @ diff + np.trace(cov) + self.trace - 2 * np.sqrt(ev).sum())
 
 
 def mse(a: Tensor, b: Tensor) -> float:

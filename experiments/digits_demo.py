@@ -37,6 +37,7 @@ import resource
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,9 +56,9 @@ from dode.digits import (  # noqa: E402
     load_classifier,
     load_digits_split,
 )
-from dode.dode import sample  # noqa: E402
+from dode.dode import sample_many, select_scale  # noqa: E402
 from dode.loading import load_denoiser  # noqa: E402
-from dode.metrics import frechet_distance_from_stats, gaussian_stats, mse  # noqa: E402
+from dode.metrics import FrechetReference, mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.schedules import get_schedule  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
@@ -73,7 +74,12 @@ COLUMNS = [
     "fd_pixel_dode",
     "mse_teacher_base",
     "mse_teacher_dode",
+    "lambda_scale",
+    "select_scores",
+    "select_mse_teacher_base",
+    "select_mse_teacher_fit",
     "fit_seconds",
+    "select_seconds",
     "judge_seconds",
     "lambdas",
 ]
@@ -108,24 +114,16 @@ DEFAULT_SOLVERS = [
 ]
 
 
-def _stats(feats: torch.Tensor):
-    return gaussian_stats(feats)
-
-
-def _fd(feats: torch.Tensor, ref) -> float:
-    return frechet_distance_from_stats(*_stats(feats), *ref)
-
-
 def _pixels(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(len(x), -1).to(torch.float64)
 
 
 def _as_images(x: torch.Tensor) -> torch.Tensor:
     """Samples as images: clamped to the data range [−1, 1], float32."""
-    return check_images(x.clamp(-1, 1), "samples")
+    return check_images(x.float().clamp(-1, 1), "samples")
 
 
-def _paired_fd_diff_std(fb, fd, ref, n_boot: int, seed: int) -> float:
+def _paired_fd_diff_std(fb, fd, ref: FrechetReference, n_boot: int, seed: int) -> float:
     """Bootstrap std of FD(D) − FD(base) over the judged seeds (paired resamples)."""
     if n_boot < 2:
         return math.nan
@@ -134,17 +132,8 @@ def _paired_fd_diff_std(fb, fd, ref, n_boot: int, seed: int) -> float:
     diffs = []
     for _ in range(n_boot):
         idx = torch.from_numpy(gen.integers(0, n, n))
-        diffs.append(_fd(fd[idx], ref) - _fd(fb[idx], ref))
+        diffs.append(ref.distance(fd[idx]) - ref.distance(fb[idx]))
     return float(np.std(diffs, ddof=1))
-
-
-def _sample_batched(den, solver, sigmas, seeds, lambdas, batch_size, shape):
-    out = []
-    for i in range(0, len(seeds), batch_size):
-        noise = noise_from_seeds(seeds[i : i + batch_size], shape)
-        with torch.no_grad():
-            out.append(sample(den, solver, noise, sigmas, lambdas).float())
-    return torch.cat(out)
 
 
 def _fit_args(
@@ -197,28 +186,34 @@ def write_table(rows: list[dict], refs: list[dict], out: Path, header: list[str]
         for r in [*rows, *refs]:
             w.writerow({c: "" if r.get(c) is None else r[c] for c in COLUMNS})
     lines = [*header, ""]
+    ok = [r for r in rows if r["status"] == "ok"]
+    alphas = [kv.split(":")[0] for kv in ok[0]["select_scores"].split()] if ok else []
     lines.append(
         "| solver | NFE | FD-digits base | FD-digits D | ± (D − base) | FD-pixel base | "
-        "FD-pixel D | MSE→teacher base | MSE→teacher D | fit s |"
+        f"FD-pixel D | MSE→teacher base | MSE→teacher D | α | α-selection FD-digits, α = "
+        f"{' / '.join(alphas)} | α-selection MSE→teacher, α = 0 / 1 | fit s |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['solver']} | {r['nfe']} | {r['status']} | | | | | | | |")
+            lines.append(f"| {r['solver']} | {r['nfe']} | {r['status']} |" + " |" * 10)
             continue
         better = r["fd_digits_dode"] <= r["fd_digits_base"]
         d = _fmt(r["fd_digits_dode"])
+        scores = dict(kv.split(":") for kv in r["select_scores"].split())
         lines.append(
             f"| {r['solver']} | {r['nfe']} | {_fmt(r['fd_digits_base'])} | "
             f"{f'**{d}**' if better else d} | {_fmt(r['fd_digits_diff_std'], 2)} | "
             f"{_fmt(r['fd_pixel_base'])} | {_fmt(r['fd_pixel_dode'])} | "
             f"{_fmt(r['mse_teacher_base'])} | {_fmt(r['mse_teacher_dode'])} | "
+            f"{r['lambda_scale']:g} | {' / '.join(_fmt(float(v)) for v in scores.values())} | "
+            f"{_fmt(r['select_mse_teacher_base'])} / {_fmt(r['select_mse_teacher_fit'])} | "
             f"{_fmt(r['fit_seconds'], 2)} |"
         )
     for r in refs:
         lines.append(
             f"| *{r['solver']}* | {r['nfe'] or ''} | {_fmt(r['fd_digits_base'])} | | | "
-            f"{_fmt(r['fd_pixel_base'])} | | | | |"
+            f"{_fmt(r['fd_pixel_base'])} |" + " |" * 7
         )
     md = "\n".join(lines) + "\n"
     (out / "table.md").write_text(md)
@@ -241,7 +236,16 @@ def plot_fd(rows: list[dict], refs: list[dict], labels: list[str], path: Path) -
         ok = [r for r in rows if r["solver"] == label and r["status"] == "ok"]
         x = [r["nfe"] for r in ok]
         ax.plot(x, [r["fd_digits_base"] for r in ok], "s--", color="tab:gray", label="base")
-        ax.plot(x, [r["fd_digits_dode"] for r in ok], "o-", color="tab:red", label="D-ODE")
+        ax.plot(x, [r["fd_digits_dode"] for r in ok], "o-", color="tab:red", label="D-ODE (α·λ)")
+        for r in ok:
+            if r["lambda_scale"] != 1:
+                ax.annotate(
+                    f"α={r['lambda_scale']:g}",
+                    (r["nfe"], r["fd_digits_dode"]),
+                    textcoords="offset points",
+                    xytext=(2, 4),
+                    fontsize=6,
+                )
         for ref, style in zip(refs, (":", "-.")):
             ax.axhline(ref["fd_digits_base"], ls=style, lw=1, color="k", label=ref["solver"])
         ax.set_yscale("log")
@@ -332,6 +336,8 @@ def run_demo(
     fit_config: str | None = "configs/demo/digits-fit.yaml",
     fit_overrides: list[str] | None = None,
     judge_seeds: str = "1000000-1009999",
+    select_seeds: str = "3000000-3000999",
+    scales: list[float] | None = None,
     reference_solver: SolverSpec | None = None,
     reference_nfe: int = 40,
     model: str = "digits",
@@ -343,6 +349,7 @@ def run_demo(
     out: str = "experiments/results/digits",
     run_dir: str = "runs/digits-demo",
     wandb_mode: Literal["offline", "online", "disabled"] = "offline",
+    workers: int = 0,
     threads: int | None = None,
 ) -> list[dict]:
     """Fit and judge every (solver, NFE) cell; write the table, plots, grids and a W&B run.
@@ -356,6 +363,10 @@ def run_demo(
             the run folder.
         fit_overrides: extra ``python -m dode.train`` arguments for every fit.
         judge_seeds: the held-out seeds base and D-solver are judged on (never fitted on).
+        select_seeds: held-out seeds (neither fitted nor judged on) on which the λ scale α is
+            chosen (:func:`dode.select_scale`, FD-digits against the training digits).
+        scales: the α tried; ``[1]`` reports the fitted λ as they are (default ``[0, 0.5, 1]``;
+            α = 0 is the base solver).
         reference_solver: the converged ODE solution (the "teacher" reference row).
         reference_nfe: its NFE.
         model: the model, as in ``--model.model`` of the fit config (used for judging).
@@ -367,11 +378,18 @@ def run_demo(
         out: where the table, plots and grids go.
         run_dir: where the fits' run folders and the W&B run go.
         wandb_mode: W&B mode of the demo's run.
-        threads: CPU threads of torch and BLAS (default: their choice, one per core). On a
-            machine shared with other jobs, 1 avoids oversubscription.
+        workers: worker processes that fit and judge cells side by side (0: all in this
+            process). Small convolutions scale poorly over threads, so on a CPU one
+            single-threaded worker per core is faster than one process using every core.
+        threads: CPU threads of torch and BLAS per process (default: one per core, divided
+            among the workers).
     """
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}.")
+    if workers and not threads:
+        threads = max(1, (os.cpu_count() or 1) // workers)
     with _threads(threads):
-        return _run_demo(**{k: v for k, v in locals().items() if k != "threads"})
+        return _run_demo(**{k: v for k, v in locals().items() if k != "threads"}, threads=threads)
 
 
 @contextlib.contextmanager
@@ -391,126 +409,346 @@ def _threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+# -- work that runs in a worker process (or inline with workers=0) -------------------------------
+
+
+@dataclass
+class _Judge:
+    """What every cell needs besides its solver and NFE (sent to the workers once per task)."""
+
+    model: str
+    judge_seeds: str
+    select_seeds: str
+    scales: list[float]
+    batch_size: int
+    bootstrap: int
+    grid_nfe: int
+    grid_samples: int
+    fit_config: str | None
+    fit_overrides: list[str]
+    run_dir: str
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _worker_init(threads: int | None) -> None:
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(threads)
+        _CACHE["threadpool_limits"] = threadpool_limits(threads)  # kept for the worker's life
+    _quiet()
+
+
+def _shared(model: str) -> dict[str, Any]:
+    """The model, classifier and reference statistics, loaded once per process."""
+    if _CACHE.get("model") != model:
+        split = load_digits_split()
+        clf = load_classifier()
+        _CACHE.update(
+            model=model,
+            den=load_denoiser(model),
+            clf=clf,
+            split=split,
+            test_digits=FrechetReference.from_features(digits_features(split.test_images, clf)),
+            train_digits=FrechetReference.from_features(digits_features(split.train_images, clf)),
+            test_pixels=FrechetReference.from_features(_pixels(split.test_images)),
+        )
+    return _CACHE
+
+
+def _peak() -> tuple[int, float]:
+    """(pid, this process's peak resident memory in MB)."""
+    return os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reference_task(model: str, spec: SolverSpec, nfe: int, schedule: str, seeds: list[int],
+                    batch_size: int) -> dict:  # fmt: skip
+    """The converged ODE solution on ``seeds`` (one share of the reference row)."""
+    den = _shared(model)["den"]
+    solver = get_solver(spec.name, **spec.options)
+    sigmas = get_schedule(
+        schedule,
+        solver.steps_for_nfe(nfe),
+        sigma_min=max(0.002, den.sigma_min),
+        sigma_max=min(80.0, den.sigma_max),
+    )
+    noise = noise_from_seeds(seeds, den.sample_shape)
+    with torch.inference_mode():
+        (x,) = sample_many(den, solver, noise, sigmas, [None], batch_size=batch_size)
+    return {"x": x.float(), "describe": solver.describe(), "peak": _peak()}
+
+
+def _cell_task(spec: SolverSpec, nfe: int, job: _Judge) -> dict:
+    """Fit one cell with ``python -m dode.train``, choose α, judge base and D-solver."""
+    from dode import train as dode_train
+
+    sh = _shared(job.model)
+    den, clf = sh["den"], sh["clf"]
+    row: dict[str, Any] = {"solver": spec.label, "nfe": nfe}
+    cell_dir = Path(job.run_dir) / f"{spec.name}-nfe{nfe}"
+    t0 = time.perf_counter()
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    args = _fit_args(spec, nfe, job.fit_config, cell_dir, job.fit_overrides)
+    with open(cell_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
+        path = dode_train.main(args)
+    row["fit_seconds"] = time.perf_counter() - t0
+    fitted = FittedSolver.load(path)
+    solver, sigmas, lam = fitted.build_solver(), fitted.sigmas, fitted.lambdas
+
+    def digits(x):
+        return digits_features(_as_images(x), clf)
+
+    # α on seeds neither fitted nor judged on, against the *training* digits: the held-out
+    # digits the table is judged against play no part in the choice.
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        choice = select_scale(
+            den,
+            solver,
+            noise_from_seeds(parse_seeds(job.select_seeds), den.sample_shape),
+            sigmas,
+            lam,
+            lambda x: sh["train_digits"].distance(digits(x)),
+            job.scales,
+            batch_size=job.batch_size,
+            return_samples=True,
+        )
+    row["select_seconds"] = time.perf_counter() - t0
+    alpha = choice.scale
+
+    # The judged runs: the base solver and, unless α = 0 (the base solver again), the D-solver.
+    t0 = time.perf_counter()
+    noise = noise_from_seeds(parse_seeds(job.judge_seeds), den.sample_shape)
+    sets = [None] if alpha == 0 else [None, choice.lambdas]
+    with torch.inference_mode():
+        runs = [x.float() for x in sample_many(den, solver, noise, sigmas, sets,
+                                               batch_size=job.batch_size)]  # fmt: skip
+    xb_raw, xd_raw = runs[0], runs[-1]
+    xb, xd = _as_images(xb_raw), _as_images(xd_raw)
+    fb = digits_features(xb, clf)
+    fd = fb if alpha == 0 else digits_features(xd, clf)
+    ref, pix = sh["test_digits"], sh["test_pixels"]
+    row.update(
+        status="ok",
+        lambda_scale=alpha,
+        fd_digits_base=ref.distance(fb),
+        fd_digits_dode=ref.distance(fd),
+        fd_digits_diff_std=_paired_fd_diff_std(fb, fd, ref, job.bootstrap, seed=nfe),
+        fd_pixel_base=pix.distance(_pixels(xb)),
+        fd_pixel_dode=pix.distance(_pixels(xd)),
+        judge_seconds=time.perf_counter() - t0,
+        lambdas=" ".join(f"{v:.5g}" for v in lam.tolist()),
+        select_scores=" ".join(f"{a:g}:{v:.4g}" for a, v in choice.scores.items()),
+    )
+    grid = ()
+    if nfe == job.grid_nfe:  # base and the fitted λ (α = 1) on a few judged seeds
+        with torch.inference_mode():
+            grid = tuple(_as_images(x) for x in sample_many(
+                den, solver, noise[: job.grid_samples], sigmas, [None, lam]))  # fmt: skip
+    samples = choice.samples or {}
+    return {
+        "row": row,
+        "raw": (xb_raw, xd_raw),
+        "select_raw": {a: samples[a].float() for a in (0.0, 1.0) if a in samples},
+        "grid": grid,
+        "peak": _peak(),
+    }
+
+
+class _Lazy:
+    """A task of ``workers=0``, run in this process when its result is first asked for."""
+
+    def __init__(self, fn, *args) -> None:
+        self._call: tuple | None = (fn, args)
+        self._out: Any = None
+
+    def result(self) -> Any:
+        if self._call is not None:
+            fn, args = self._call
+            self._out, self._call = fn(*args), None
+        return self._out
+
+
+class _Inline:
+    """``workers=0``: the executor interface, each task run in this process on demand."""
+
+    def submit(self, fn, *args) -> _Lazy:
+        return _Lazy(fn, *args)
+
+    def shutdown(self, **_) -> None:
+        pass
+
+
+# -- the demo --------------------------------------------------------------------------------
+
+
 def _run_demo(
-    solvers, nfes, fit_config, fit_overrides, judge_seeds, reference_solver, reference_nfe,
-    model, schedule, batch_size, bootstrap, grid_nfe, grid_samples, out, run_dir, wandb_mode,
+    solvers, nfes, fit_config, fit_overrides, judge_seeds, select_seeds, scales, reference_solver,
+    reference_nfe, model, schedule, batch_size, bootstrap, grid_nfe, grid_samples, out, run_dir,
+    wandb_mode, workers, threads,
 ) -> list[dict]:  # fmt: skip
     t_start = time.perf_counter()
     _quiet()
     solvers = list(solvers or DEFAULT_SOLVERS)
     nfes = list(nfes or [3, 4, 5, 6, 8, 10])
+    scales = [0.0, 0.5, 1.0] if scales is None else [float(a) for a in scales]
     if any(not isinstance(n, int) or n < 1 for n in nfes):
         raise ValueError(f"nfes must be positive integers, got {nfes}.")
     if fit_config and not Path(fit_config).is_file():
         raise ValueError(f"fit_config {fit_config!r} does not exist; pass a dode.train config.")
+    if 1.0 not in scales:
+        raise ValueError(
+            f"scales must contain 1 (the fitted λ, reported in every row), got {scales}; "
+            "add 0 to let a cell fall back to its base solver."
+        )
     labels = [s.label for s in solvers]
     if len(set(labels)) != len(labels):
         raise ValueError(f"solver labels must be unique, got {labels}.")
+    seeds, select = parse_seeds(judge_seeds), parse_seeds(select_seeds)
+    if set(seeds) & set(select):
+        raise ValueError("select_seeds and judge_seeds overlap; α must be chosen on other seeds.")
     out_dir, runs = Path(out), Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
-    seeds = parse_seeds(judge_seeds)
     reference_solver = reference_solver or SolverSpec("teacher", "dpm_solver_pp", {"order": 3})
+    job = _Judge(
+        model, judge_seeds, select_seeds, scales, batch_size, bootstrap, grid_nfe, grid_samples,
+        fit_config, list(fit_overrides or []), str(runs),
+    )  # fmt: skip
 
-    from dode import train as dode_train
-
-    den = load_denoiser(model)
-    shape = den.sample_shape
-    split = load_digits_split()
-    clf = load_classifier()
-    ref_digits = gaussian_stats(digits_features(split.test_images, clf))
-    ref_pixels = gaussian_stats(_pixels(split.test_images))
-
-    # -- reference rows -------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    ref_solver = get_solver(reference_solver.name, **reference_solver.options)
-    ref_sigmas = get_schedule(
-        schedule,
-        ref_solver.steps_for_nfe(reference_nfe),
-        sigma_min=max(0.002, den.sigma_min),
-        sigma_max=min(80.0, den.sigma_max),
-    )
-    teacher_raw = _sample_batched(den, ref_solver, ref_sigmas, seeds, None, batch_size, shape)
-    teacher = _as_images(teacher_raw)
-    teacher_row = {
-        "solver": f"teacher: {ref_solver.describe()}, {reference_nfe} NFE",
-        "nfe": reference_nfe,
-        "status": "reference",
-        "fd_digits_base": _fd(digits_features(teacher, clf), ref_digits),
-        "fd_pixel_base": _fd(_pixels(teacher), ref_pixels),
-        "judge_seconds": time.perf_counter() - t0,
-    }
-    real_row = {
-        "solver": f"real: {len(split.train_images)} training digits",
-        "nfe": None,
-        "status": "reference",
-        "fd_digits_base": _fd(digits_features(split.train_images, clf), ref_digits),
-        "fd_pixel_base": _fd(_pixels(split.train_images), ref_pixels),
-    }
-    refs = [teacher_row, real_row]
-    print(f"[demo] reference rows in {time.perf_counter() - t0:.1f} s", flush=True)
-
-    # -- the cells ------------------------------------------------------------------------------
-    rows: list[dict] = []
-    grid: dict[str, torch.Tensor] = {}
+    # -- which cells exist; the dearest first, so that the workers finish together --------------
+    cells, rows = [], {}
     for spec in solvers:
         solver = get_solver(spec.name, **spec.options)
         for nfe in nfes:
-            row: dict[str, Any] = {"solver": spec.label, "nfe": nfe}
             try:
                 solver.steps_for_nfe(nfe)
+                cells.append((spec, nfe))
             except ValueError:
                 reach = sorted({solver.nfe(n) for n in range(1, 12)})
-                row["status"] = (
-                    f"n/a: {solver.describe()} makes {', '.join(map(str, reach[:5]))}, … calls"
-                )
-                rows.append(row)
-                continue
-            cell_dir = runs / f"{spec.name}-nfe{nfe}"
-            t0 = time.perf_counter()
-            cell_dir.mkdir(parents=True, exist_ok=True)
-            with open(cell_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
-                path = dode_train.main(
-                    _fit_args(spec, nfe, fit_config, cell_dir, list(fit_overrides or []))
-                )
-            row["fit_seconds"] = time.perf_counter() - t0
-            fitted = FittedSolver.load(path)
-            t0 = time.perf_counter()
-            fsolver = fitted.build_solver()
-            xb_raw = _sample_batched(den, fsolver, fitted.sigmas, seeds, None, batch_size, shape)
-            xd_raw = _sample_batched(
-                den, fsolver, fitted.sigmas, seeds, fitted.lambdas, batch_size, shape
-            )
-            xb, xd = _as_images(xb_raw), _as_images(xd_raw)
-            fb, fd = digits_features(xb, clf), digits_features(xd, clf)
+                rows[spec.label, nfe] = {
+                    "solver": spec.label,
+                    "nfe": nfe,
+                    "status": f"n/a: {solver.describe()} makes "
+                    f"{', '.join(map(str, reach[:5]))}, … calls",
+                }
+
+    if workers:
+        import multiprocessing as mp
+
+        # fork (Linux): the workers start with everything imported; this process has run no
+        # torch op yet and has no other threads when the pool forks (on the first submit).
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        )
+    else:
+        pool = _Inline()
+    peaks: dict[int, float] = {}
+    wb = None
+    try:
+        t0 = time.perf_counter()
+        shares = max(1, workers)
+        ref_seeds = seeds + select  # the teacher also on the α-selection seeds
+        ref_futs = [
+            pool.submit(
+                _reference_task,
+                model,
+                reference_solver,
+                reference_nfe,
+                schedule,
+                ref_seeds[i::shares],
+                batch_size,
+            )  # fmt: skip
+            for i in range(shares)
+        ]
+        cell_futs = {
+            pool.submit(_cell_task, spec, nfe, job): (spec, nfe)
+            for spec, nfe in sorted(cells, key=lambda c: -c[1])
+        }
+        if wandb_mode != "disabled":
+            wb = _wandb_start(runs, wandb_mode)
+        sh = _shared(model)
+        split, clf = sh["split"], sh["clf"]
+        ref_out = [f.result() for f in ref_futs]
+        for r in ref_out:
+            peaks[r["peak"][0]] = r["peak"][1]
+        teacher_all = torch.empty(len(ref_seeds), *ref_out[0]["x"].shape[1:])
+        for i, r in enumerate(ref_out):
+            teacher_all[i::shares] = r["x"]
+        teacher_raw, teacher_select = teacher_all[: len(seeds)], teacher_all[len(seeds) :]
+        teacher = _as_images(teacher_raw)
+        teacher_row = {
+            "solver": f"teacher: {ref_out[0]['describe']}, {reference_nfe} NFE",
+            "nfe": reference_nfe,
+            "status": "reference",
+            "fd_digits_base": sh["test_digits"].distance(digits_features(teacher, clf)),
+            "fd_pixel_base": sh["test_pixels"].distance(_pixels(teacher)),
+            "judge_seconds": time.perf_counter() - t0,
+        }
+        real_row = {
+            "solver": f"real: {len(split.train_images)} training digits",
+            "nfe": None,
+            "status": "reference",
+            "fd_digits_base": sh["test_digits"].distance(digits_features(split.train_images, clf)),
+            "fd_pixel_base": sh["test_pixels"].distance(_pixels(split.train_images)),
+        }
+        refs = [teacher_row, real_row]
+        print(f"[demo] reference rows in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        grids: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for f in as_completed(cell_futs) if workers else list(cell_futs):
+            spec, nfe = cell_futs[f]
+            res = f.result()
+            row = res["row"]
+            xb_raw, xd_raw = res["raw"]
+            sel = res["select_raw"]
             row.update(
-                status="ok",
-                fd_digits_base=_fd(fb, ref_digits),
-                fd_digits_dode=_fd(fd, ref_digits),
-                fd_digits_diff_std=_paired_fd_diff_std(fb, fd, ref_digits, bootstrap, seed=nfe),
-                fd_pixel_base=_fd(_pixels(xb), ref_pixels),
-                fd_pixel_dode=_fd(_pixels(xd), ref_pixels),
                 mse_teacher_base=mse(xb_raw, teacher_raw),
                 mse_teacher_dode=mse(xd_raw, teacher_raw),
-                judge_seconds=time.perf_counter() - t0,
-                lambdas=" ".join(f"{v:.5g}" for v in fitted.lambdas.tolist()),
+                select_mse_teacher_base=mse(sel[0.0], teacher_select) if 0.0 in sel else None,
+                select_mse_teacher_fit=mse(sel[1.0], teacher_select),
             )
-            rows.append(row)
-            if nfe == grid_nfe:
-                grid[f"{spec.label} base"] = xb[:grid_samples]
-                grid[f"{spec.label} D-ODE"] = xd[:grid_samples]
+            rows[spec.label, nfe] = row
+            peaks[res["peak"][0]] = res["peak"][1]
+            if res["grid"]:
+                grids[spec.label, nfe] = res["grid"]
             print(
                 f"[demo] {spec.label:>13} NFE {nfe:>2}: FD-digits base {row['fd_digits_base']:.3g}"
-                f" → D {row['fd_digits_dode']:.3g}   (fit {row['fit_seconds']:.1f} s, judge "
-                f"{row['judge_seconds']:.1f} s)",
+                f" → D {row['fd_digits_dode']:.3g} (α = {row['lambda_scale']:g}; α-selection "
+                f"FD-digits {row['select_scores']})   fit {row['fit_seconds']:.1f} s, α "
+                f"{row['select_seconds']:.1f} s, judge {row['judge_seconds']:.1f} s",
                 flush=True,
             )
+    except BaseException:
+        if wb is not None:
+            wb.finish(exit_code=1)
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
+    rows_list = [rows[s.label, n] for s in solvers for n in nfes]
+    grid: dict[str, torch.Tensor] = {}
+    for spec in solvers:
+        if (spec.label, grid_nfe) in grids:
+            xb, xfit = grids[spec.label, grid_nfe]
+            grid[f"{spec.label} base"] = xb
+            grid[f"{spec.label} D-ODE λ"] = xfit
     grid["teacher"] = teacher[:grid_samples]
 
     # -- outputs --------------------------------------------------------------------------------
     total = time.perf_counter() - t_start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    me, mine = _peak()
+    peaks[me] = mine
+    peak_mb = sum(peaks.values())
     fit_cfg = fit_config or "(dode.train defaults)"
+    procs = (
+        f"{len(peaks)} processes ({workers} workers), {threads or torch.get_num_threads()} torch "
+        "thread(s) each"
+        if workers
+        else f"1 process, {torch.get_num_threads()} torch threads"
+    )
     header = [
         "# D-ODE on the bundled digits DDPM",
         "",
@@ -519,36 +757,43 @@ def _run_demo(
         f"`python -m dode.train -c {fit_cfg}` per cell; base and D-solver judged on "
         f"{len(seeds)} held-out seeds ({judge_seeds}), FD against the "
         f"{len(split.test_images)} held-out real digits (samples clamped to [−1, 1]). "
-        "MSE→teacher: mean squared error of the raw samples to the teacher row's (a converged "
-        "solution of the same ODE) from the same noise. ± is the bootstrap std of "
-        "FD-digits(D) − FD-digits(base); bold: D-solver at least as good as its base.",
+        f"**D** is the D-solver with λ scaled by α ∈ {{{', '.join(f'{a:g}' for a in scales)}}}, "
+        "chosen per cell (`dode.select_scale`) by FD-digits against the *training* digits on "
+        f"{len(select)} other held-out seeds ({select_seeds}); α = 1 is the fitted λ as they are "
+        "(the paper's D-solver), α = 0 the base solver. The α-selection columns show those "
+        "seeds' scores for every α and the MSE to the teacher of the base solver and of the "
+        "fitted λ there. MSE→teacher: mean squared error of the raw samples to the teacher "
+        "row's (a converged solution of the same ODE) from the same noise. ± is the bootstrap "
+        "std of FD-digits(D) − FD-digits(base) over the judged seeds; bold: D at least as good "
+        "as its base.",
         "",
-        f"Run: {total:.0f} s wall, peak memory {peak_mb:.0f} MB, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
+        f"Run: {total:.0f} s wall, peak memory {peak_mb:.0f} MB (sum of every process's peak), "
+        f"{procs}, torch {torch.__version__}.",
     ]
-    md = write_table(rows, refs, out_dir, header)
-    plot_fd(rows, refs, labels, out_dir / "fd_digits_vs_nfe.png")
-    plot_lambdas(rows, labels, out_dir / "lambdas.png")
+    md = write_table(rows_list, refs, out_dir, header)
+    plot_fd(rows_list, refs, labels, out_dir / "fd_digits_vs_nfe.png")
+    plot_lambdas(rows_list, labels, out_dir / "lambdas.png")
     plot_samples(
         grid,
-        f"same noise, NFE {grid_nfe} (teacher: {reference_nfe} NFE)",
+        f"same noise, NFE {grid_nfe}, fitted λ (teacher: {reference_nfe} NFE)",
         out_dir / "samples.png",
     )
-    if wandb_mode != "disabled":
-        _wandb(rows, refs, out_dir, runs, wandb_mode, total, peak_mb)
+    if wb is not None:
+        _wandb_log(wb, rows_list, refs, out_dir, total, peak_mb)
     print(md)
     print(
         f"[demo] wrote {out_dir}/table.md, table.csv, fd_digits_vs_nfe.png, lambdas.png, samples.png"
     )
     print(f"[demo] done in {total:.0f} s, peak memory {peak_mb:.0f} MB")
-    return rows + refs
+    return rows_list + refs
 
 
-def _wandb(rows, refs, out_dir: Path, runs: Path, mode: str, total: float, peak_mb: float):
+def _wandb_start(runs: Path, mode: str):
+    """Start the demo's W&B run (while the workers compute: its start-up costs no wall time)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    run = wandb.init(
+    return wandb.init(
         project="dode",
         name="digits-demo",
         dir=str(runs),
@@ -556,6 +801,11 @@ def _wandb(rows, refs, out_dir: Path, runs: Path, mode: str, total: float, peak_
         config={"columns": COLUMNS},
         reinit="finish_previous",
     )
+
+
+def _wandb_log(run, rows, refs, out_dir: Path, total: float, peak_mb: float) -> None:
+    import wandb
+
     table = wandb.Table(columns=COLUMNS)
     for r in [*rows, *refs]:
         table.add_data(*[r.get(c, None) for c in COLUMNS])
@@ -565,13 +815,13 @@ def _wandb(rows, refs, out_dir: Path, runs: Path, mode: str, total: float, peak_
     for r in rows:
         if r["status"] == "ok":
             key = f"{r['solver']}/nfe{r['nfe']}"
-            run.summary[f"{key}/fd_digits_base"] = r["fd_digits_base"]
-            run.summary[f"{key}/fd_digits_dode"] = r["fd_digits_dode"]
+            for col in ("fd_digits_base", "fd_digits_dode", "lambda_scale"):
+                run.summary[f"{key}/{col}"] = r[col]
     run.summary["seconds"] = total
     run.summary["peak_memory_mb"] = peak_mb
     for f in ("table.md", "table.csv"):
         run.save(str(out_dir / f), base_path=str(out_dir), policy="now")
-    print(f"[demo] W&B run ({mode}): {Path(run.dir).parent}")
+    print(f"[demo] W&B run ({run.settings.mode}): {Path(run.dir).parent}")
     run.finish()
 
 

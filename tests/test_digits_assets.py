@@ -17,6 +17,7 @@ from dode.digits import (
     DIGITS_CLASSIFIER,
     DIGITS_MODEL,
     DigitsClassifier,
+    MaxPool2x2,
     digits_features,
     digits_stats,
     fd_digits,
@@ -112,6 +113,15 @@ def test_classifier_reaches_95_percent_on_held_out_digits():
     assert abs(meta["test_accuracy"] - acc) < 1e-3
     size = sum(f.stat().st_size for f in DIGITS_CLASSIFIER.rglob("*") if f.is_file())
     assert size <= 1 * 2**20
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 8, 8), (2, 4, 4, 6), (3, 2, 5, 4)])
+def test_classifier_pooling_equals_max_pool(shape):
+    x = torch.randn(shape)
+    x[0, 0, 0, 0] = float("nan")
+    got, want = MaxPool2x2()(x), torch.nn.functional.max_pool2d(x, 2)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 def test_reference_row_is_far_below_noise():
