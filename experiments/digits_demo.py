@@ -249,6 +249,7 @@ def plot_fd(rows: list[dict], refs: list[dict], labels: list[str], path: Path) -
         for ref, style in zip(refs, (":", "-.")):
             ax.axhline(ref["fd_digits_base"], ls=style, lw=1, color="k", label=ref["solver"])
         ax.set_yscale("log")
+        ax.set_xticks(x)
         ax.set_title(label)
         ax.set_xlabel("NFE")
         ax.grid(alpha=0.3, which="both")
@@ -310,7 +311,7 @@ def plot_samples(grid: dict[str, torch.Tensor], title: str, path: Path) -> None:
     ax.set_xticks([])
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 from _tiny import make_tiny_unet
@@ -63,7 +64,9 @@ def test_ddp_two_ranks_same_lambdas_as_one_process(tmp_path):
     make_tiny_unet(model_dir)
     script = tmp_path / "fit_ddp.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    root = str(Path(__file__).resolve().parents[1])  # the checkout's dode, installed or not
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, str(script), str(model_dir), str(tmp_path)],
         cwd=tmp_path,
