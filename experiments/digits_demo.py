@@ -2,7 +2,9 @@
 
 For every solver and NFE this fits λ with ``python -m dode.train`` (called in-process through
 :func:`dode.train.main`, one fit per cell, the fitted-solver file written to the run folder),
-then judges the base solver against the D-solver on the same held-out seeds:
+chooses how much of the fitted λ to use (α·λ, :func:`dode.select_scale`, on seeds used nowhere
+else; that solver is written next to the fit's as ``solver-chosen.safetensors``), then judges
+the base solver against that D-solver on the same held-out seeds:
 
 * **FD-digits**: Fréchet distance of the digits classifier's penultimate features
   (:mod:`dode.digits`) between the samples and the 360 held-out real digits;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import inspect
 import json
 import logging
@@ -518,6 +521,16 @@ def _cell_task(spec: SolverSpec, nfe: int, job: _Judge) -> dict:
         )
     row["select_seconds"] = time.perf_counter() - t0
     alpha = choice.scale
+    # The solver the table reports, as a file next to the fit's (which keeps α = 1).
+    chosen = dataclasses.replace(fitted, lambdas=choice.lambdas)
+    chosen.metrics = {
+        **fitted.metrics,
+        "lambda_scale": alpha,
+        "select_scores": {f"{a:g}": v for a, v in choice.scores.items()},
+        "select_seeds": job.select_seeds,
+        "select_score": "fd_digits vs the training digits",
+    }
+    chosen.save(cell_dir / "solver-chosen.safetensors")
 
     # The judged runs: the base solver and, unless α = 0 (the base solver again), the D-solver.
     t0 = time.perf_counter()

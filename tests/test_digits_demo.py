@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -79,6 +80,10 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
             assert _num(r, "mse_teacher_dode") < _num(r, "mse_teacher_base")
         fitted = FittedSolver.load(runs / f"ddim-nfe{r['nfe']}" / "solver.safetensors")
         assert fitted.nfe == int(r["nfe"]) and fitted.model["id"] == "digits"
+        chosen = FittedSolver.load(runs / f"ddim-nfe{r['nfe']}" / "solver-chosen.safetensors")
+        assert torch.equal(chosen.lambdas, _num(r, "lambda_scale") * fitted.lambdas)
+        assert torch.equal(chosen.sigmas, fitted.sigmas)
+        assert chosen.metrics["lambda_scale"] == _num(r, "lambda_scale")
     ddim3 = cells[0]
     assert _num(real, "fd_digits_base") < _num(teacher, "fd_digits_base")
     assert _num(teacher, "fd_digits_base") < 0.5 * _num(ddim3, "fd_digits_base")
