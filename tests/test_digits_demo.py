@@ -94,12 +94,22 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
     assert list((runs / "wandb").glob("offline-run-*"))
 
 
-def test_demo_rejects_bad_input(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--fit_config=nowhere.yaml"], "fit_config 'nowhere.yaml' does not exist"),
+        (["--workers=-1"], "workers must be an integer >= 0"),
+        (["--scales=[0, 0.5]"], "scales must contain 1"),
+        (["--select_seeds=1000000-1000009"], "select_seeds and judge_seeds overlap"),
+    ],
+)
+def test_demo_rejects_bad_input(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as e:
-        digits_demo.main(["--fit_config=nowhere.yaml", f"--out={tmp_path}"])
+        digits_demo.main([*args, f"--out={tmp_path}", f"--run_dir={tmp_path}/runs"])
     assert e.value.code == 2
-    assert "fit_config 'nowhere.yaml' does not exist" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "table.csv").exists()
 
 
 def test_demo_workers_give_the_numbers_of_one_process(tmp_path, monkeypatch):
