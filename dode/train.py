@@ -270,12 +270,15 @@ def main(args: list[str] | None = None) -> Path | None:
     if not trainer.is_global_zero:
         return None
     out = Path(cli.config.solver_file or run_dir / "solver.safetensors")
-    path = module.fitted_solver().save(out)
-    lam = ", ".join(f"{v:.4g}" for v in module.lambdas.detach().tolist())
+    fitted = module.fitted_solver()
+    path = fitted.save(out)
+    lam = ", ".join(f"{v:.4g}" for v in fitted.lambdas.tolist())
     final = module.val_metrics.get("val/mse_final")
     base = module.val_metrics.get("val/mse_base_final")
     if final is not None and base is not None:
         print(f"val MSE to the teacher: D-ODE {final:.4g} vs base {base:.4g}")
+    if module.lambda_scale != 1.0:
+        print(f"λ scale chosen by the Fréchet distance on the fid seeds: {module.lambda_scale:g}")
     print(f"λ = [{lam}]")
     print(f"fitted solver: {path}")
     t_finish = time.perf_counter()

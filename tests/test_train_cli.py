@@ -213,6 +213,8 @@ def test_resume_after_kill_gives_the_uninterrupted_lambdas(fitted, tiny):
         (["--model.model", "/nonexistent/unet"], "'/nonexistent/unet' does not exist"),
         (["--model.solver", "heun", "--model.nfe", "2"], "cannot use exactly NFE=2"),
         (["--model.nfe", "0"], "nfe must be a positive integer"),
+        (["--fid.feature", "null", "--fid.select", "true"], "fid.select chooses the λ scale"),
+        (["--fid.scales", "[0, 1, 1]"], "fid.scales must be distinct finite numbers"),
     ],
 )
 def test_bad_config_exits_with_one_message(tiny, tmp_path, capsys, extra, message):
@@ -230,6 +232,34 @@ def test_bad_config_exits_with_one_message(tiny, tmp_path, capsys, extra, messag
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_fid_select_writes_the_best_scoring_lambda_scale(tiny, tmp_path):
+    """``--fid.select``: the file holds α·λ for the α with the lowest Fréchet distance; the
+    module's checkpoint keeps the fitted λ."""
+    from dode.train import main
+
+    args = _args(tiny, tmp_path, "sel") + [
+        "--wandb_mode", "disabled", "--samples.num_samples", "0",
+        "--fid.feature", "pixels", "--fid.num_samples", "16", "--fid.batch_size", "8",
+        "--fid.scales", "[0, 0.5]", "--fid.select", "true",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fs = FittedSolver.load(main(args))
+    finally:
+        torch.set_num_threads(threads)
+    scores = {0.0: fs.metrics["val/fd_pixels_base"], 0.5: fs.metrics["val/fd_pixels_alpha0.5"]}
+    assert "val/fd_pixels_dode" not in fs.metrics  # α = 1 was not among the scales
+    alpha = fs.metrics["val/lambda_scale"]
+    assert alpha == min(scores, key=scores.get) and fs.metrics["lambda_scale"] == alpha
+    fitted = torch.tensor(fs.metrics["lambdas_fitted"], dtype=torch.float64)
+    assert fitted.abs().max() > 0
+    assert torch.equal(fs.lambdas, alpha * fitted)
+    ckpt = torch.load(tmp_path / "sel" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert torch.equal(ckpt["state_dict"]["lambdas"], fitted)
 
 
 def test_configs_compose_and_print(capsys):

@@ -189,7 +189,15 @@ class FrechetCallback(pl.Callback):
 
     Runs at the end of the fit on every rank (samples sharded by seed; torchmetrics sums the
     statistics across ranks). Logs ``val/<name>_dode`` and ``val/<name>_base`` where name is
-    ``fid`` for Inception features and ``fd_<extractor>`` otherwise.
+    ``fid`` for Inception features and ``fd_<extractor>`` otherwise, and ``val/<name>_alpha<α>``
+    for every other λ scale α in ``scales``.
+
+    With ``select``, the λ scale with the lowest distance is kept: the fitted-solver file then
+    holds α·λ (``val/lambda_scale`` and ``lambdas_fitted`` in its metrics; the module's λ, its
+    checkpoints, the sample grid and the λ plot keep the fitted λ). The closed-form fit minimises the squared error
+    to the teacher, which a sample-quality metric does not always reward; with 0 among the
+    scales, the solver written is never worse than the base solver by this metric on these
+    seeds (:func:`dode.select_scale` is the same for Python code).
 
     Args:
         feature: ``null`` (off), ``inception`` (FID; needs torch-fidelity's weights file, see
@@ -202,6 +210,9 @@ class FrechetCallback(pl.Callback):
         batch_size: samples per batch.
         inception_weights: path of ``weights-inception-2015-12-05-6726825d.pth``; default
             ``$DODE_INCEPTION_WEIGHTS``, then torch hub's checkpoint folder.
+        scales: the λ scales α scored (α·λ; 0 = the base solver, 1 = the fitted λ); default
+            ``[0, 1]``.
+        select: keep the best-scoring α (see above).
     """
 
     def __init__(
@@ -212,8 +223,25 @@ class FrechetCallback(pl.Callback):
         reference: str = "teacher",
         batch_size: int = 100,
         inception_weights: str | None = None,
+        scales: list[float] | None = None,
+        select: bool = False,
     ) -> None:
         self.feature = feature
+        self.scales = [0.0, 1.0] if scales is None else [float(a) for a in scales]
+        self.select = select
+        if (
+            not self.scales
+            or not all(math.isfinite(a) for a in self.scales)
+            or len(set(self.scales)) != len(self.scales)
+        ):
+            raise ValueError(
+                f"fid.scales must be distinct finite numbers, e.g. [0, 0.5, 1]; got {scales}."
+            )
+        if select and feature is None:
+            raise ValueError(
+                "fid.select chooses the λ scale by a Fréchet distance: set fid.feature too "
+                "(e.g. pixels, inception or package.module:factory)."
+            )
         self.num_samples = num_samples
         self.seed_spec = seeds
         self.reference = reference
@@ -286,19 +314,32 @@ class FrechetCallback(pl.Callback):
         groups = [g for g in np.array_split(np.array(mine, dtype=np.int64), nb) if len(g)]
         if self.reference != "teacher":
             self._set_reference_stats(trainer)
-        fakes = {"dode": [], "base": []}
+        fakes: dict[float, list[Tensor]] = {a: [] for a in self.scales}
         for g in groups:
             batch = dm.states_for(g.tolist(), pl_module)
             if self.reference == "teacher":
                 m.update(to_uint8_images(batch["teacher"][:, -1]).to(m.device), real=True)
-            for which in fakes:
-                x = pl_module.sample_final(batch["noise"], dode=which == "dode")
-                fakes[which].append(to_uint8_images(x))
-        for which in ("dode", "base"):
-            for imgs in fakes[which]:
+            for a in fakes:
+                x = pl_module.sample_final(batch["noise"], scale=a)
+                fakes[a].append(to_uint8_images(x))
+        scores = {}
+        for a in self.scales:
+            for imgs in fakes[a]:
                 m.update(imgs.to(m.device), real=False)
-            self.results[f"val/{self.name}_{which}"] = float(m.compute())
+            scores[a] = float(m.compute())
+            self.results[f"val/{self.name}_{self._suffix(a)}"] = scores[a]
             m.reset()  # keeps the real features (reset_real_features=False)
+        if self.select:
+            # Every rank holds the same (all-reduced) distances, hence the same choice.
+            best = min(
+                self.scales, key=lambda a: scores[a] if math.isfinite(scores[a]) else math.inf
+            )
+            pl_module.lambda_scale = best
+            self.results["val/lambda_scale"] = best
         pl_module.extra_metrics.update(self.results)
         if trainer.is_global_zero:
             _log_metrics(trainer, self.results)
+
+    @staticmethod
+    def _suffix(a: float) -> str:
+        return {0.0: "base", 1.0: "dode"}.get(a, f"alpha{a:g}")

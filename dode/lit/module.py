@@ -192,6 +192,7 @@ class DODEModule(pl.LightningModule):
         self._sigma_index = {s: i for i, s in enumerate(self.target_sigmas)}
         self.weights_hash = weights_hash(self.denoiser)
         self.lambdas = nn.Parameter(torch.zeros(self.num_calls, dtype=torch.float64))
+        self.lambda_scale = 1.0  # α of the fitted-solver file (set by FrechetCallback(select=True))
         self.register_buffer("num_fitted", torch.zeros((), dtype=torch.long))
         self.fit_info = FitInfo()
         self.cache_outputs = cache_outputs
@@ -302,10 +303,11 @@ class DODEModule(pl.LightningModule):
         return sig, states
 
     @torch.no_grad()
-    def sample_final(self, noise: Tensor, dode: bool = True) -> Tensor:
-        """Samples from standard-normal ``noise`` with the fitted λ (or the base solver)."""
+    def sample_final(self, noise: Tensor, dode: bool = True, scale: float = 1.0) -> Tensor:
+        """Samples from standard-normal ``noise`` with the fitted λ times ``scale`` (or, with
+        ``dode=False`` or ``scale=0``, the base solver)."""
         noise = noise.to(device=self.device, dtype=self.integration_dtype)
-        lam = self.lambdas.detach() if dode else None
+        lam = self.lambdas.detach() * scale if dode and scale != 0 else None
         return self.trajectory(noise, lam)[1][-1]
 
     # ---- checkpoints: λ and progress only ----------------------------------------------------
@@ -533,6 +535,11 @@ class DODEModule(pl.LightningModule):
     def fitted_solver(self, metrics: dict | None = None) -> FittedSolver:
         """The fitted solver (solver, σ grid, λ, teacher, model, metrics) as a file object."""
         info = asdict(self.fit_info)
+        lam = self.lambdas.detach().cpu()
+        scaled = {}
+        if self.lambda_scale != 1.0:
+            scaled = {"lambda_scale": self.lambda_scale, "lambdas_fitted": lam.tolist()}
+            lam = lam * self.lambda_scale
         m = {
             "fit_mode": self.fit_mode,
             "nfe": self.num_calls,
@@ -540,12 +547,13 @@ class DODEModule(pl.LightningModule):
             **self.val_metrics,
             **self.extra_metrics,
             **{f"time/{k}": v for k, v in self.timings.items()},
+            **scaled,
             **(metrics or {}),
         }
         return FittedSolver(
             solver=self.solver.config(),
             sigmas=self.sigmas,
-            lambdas=self.lambdas.detach().cpu(),
+            lambdas=lam,
             teacher=self.teacher_config(),
             model=self.model_config(),
             metrics=m,
