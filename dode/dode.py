@@ -31,6 +31,8 @@ __all__ = [
     "sample_many",
     "select_scale",
     "ScaleChoice",
+    "check_scales",
+    "best_scale",
     "teacher_states",
     "LambdaFit",
     "FitInfo",
@@ -230,6 +232,19 @@ def sample_many(
     return [torch.cat(o) for o in outs]
 
 
+def check_scales(scales: Sequence[float], name: str = "scales") -> list[float]:
+    """λ scales α as floats; ``ValueError`` unless they are distinct, finite and not empty."""
+    out = [float(a) for a in scales]
+    if not out or not all(math.isfinite(a) for a in out) or len(set(out)) != len(out):
+        raise ValueError(f"{name} must be distinct finite numbers, e.g. [0, 0.5, 1]; got {scales}.")
+    return out
+
+
+def best_scale(scores: dict[float, float]) -> float:
+    """The α with the lowest score (a non-finite score ranks last; ties: the first listed)."""
+    return min(scores, key=lambda a: scores[a] if math.isfinite(scores[a]) else math.inf)
+
+
 @dataclass
 class ScaleChoice:
     """The outcome of :func:`select_scale`.
@@ -275,17 +290,13 @@ def select_scale(
         batch_size: samples per batch when sampling.
         return_samples: keep every α's samples in the result.
     """
-    scales = [float(a) for a in scales]
-    if not scales or not all(math.isfinite(a) for a in scales) or len(set(scales)) != len(scales):
-        raise ValueError(f"scales must be distinct finite numbers, e.g. [0, 0.5, 1]; got {scales}.")
+    scales = check_scales(scales)
     lam = torch.as_tensor(lambdas, dtype=torch.float64)
     sets = [None if a == 0 else a * lam for a in scales]
     samples = sample_many(denoiser, solver, noise, sigmas, sets, batch_size=batch_size)
-    scores = {}
-    for a, x in zip(scales, samples):
-        v = float(score(x))
-        scores[a] = v if math.isfinite(v) else math.inf
-    best = min(scales, key=lambda a: scores[a])
+    scores = {a: float(score(x)) for a, x in zip(scales, samples)}
+    best = best_scale(scores)
+    scores = {a: v if math.isfinite(v) else math.inf for a, v in scores.items()}
     kept = dict(zip(scales, samples)) if return_samples else None
     return ScaleChoice(best, best * lam, scores, kept)
 

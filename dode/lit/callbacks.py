@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
+from ..dode import best_scale, check_scales
 from ..noise import parse_seeds, shard_seeds
 
 __all__ = ["SampleGridCallback", "LambdaPlotCallback", "FrechetCallback", "to_uint8_images"]
@@ -194,10 +195,10 @@ class FrechetCallback(pl.Callback):
 
     With ``select``, the λ scale with the lowest distance is kept: the fitted-solver file then
     holds α·λ (``val/lambda_scale`` and ``lambdas_fitted`` in its metrics; the module's λ, its
-    checkpoints, the sample grid and the λ plot keep the fitted λ). The closed-form fit minimises the squared error
-    to the teacher, which a sample-quality metric does not always reward; with 0 among the
-    scales, the solver written is never worse than the base solver by this metric on these
-    seeds (:func:`dode.select_scale` is the same for Python code).
+    checkpoints, the sample grid and the λ plot keep the fitted λ). The closed-form fit
+    minimises the squared error to the teacher, which a sample-quality metric does not always
+    reward; with 0 among the scales, the solver written is never worse than the base solver by
+    this metric on these seeds (:func:`dode.select_scale` is the same for Python code).
 
     Args:
         feature: ``null`` (off), ``inception`` (FID; needs torch-fidelity's weights file, see
@@ -227,16 +228,8 @@ class FrechetCallback(pl.Callback):
         select: bool = False,
     ) -> None:
         self.feature = feature
-        self.scales = [0.0, 1.0] if scales is None else [float(a) for a in scales]
+        self.scales = [0.0, 1.0] if scales is None else check_scales(scales, "fid.scales")
         self.select = select
-        if (
-            not self.scales
-            or not all(math.isfinite(a) for a in self.scales)
-            or len(set(self.scales)) != len(self.scales)
-        ):
-            raise ValueError(
-                f"fid.scales must be distinct finite numbers, e.g. [0, 0.5, 1]; got {scales}."
-            )
         if select and feature is None:
             raise ValueError(
                 "fid.select chooses the λ scale by a Fréchet distance: set fid.feature too "
@@ -331,9 +324,7 @@ class FrechetCallback(pl.Callback):
             m.reset()  # keeps the real features (reset_real_features=False)
         if self.select:
             # Every rank holds the same (all-reduced) distances, hence the same choice.
-            best = min(
-                self.scales, key=lambda a: scores[a] if math.isfinite(scores[a]) else math.inf
-            )
+            best = best_scale(scores)
             pl_module.lambda_scale = best
             self.results["val/lambda_scale"] = best
         pl_module.extra_metrics.update(self.results)
