@@ -130,6 +130,8 @@ def _paired_fd_diff_std(fb, fd, ref: FrechetReference, n_boot: int, seed: int) -
     """Bootstrap std of FD(D) − FD(base) over the judged seeds (paired resamples)."""
     if n_boot < 2:
         return math.nan
+    if fd is fb:  # α = 0: the D-solver is the base solver, every paired difference is 0
+        return 0.0
     gen = np.random.default_rng(seed)
     n = len(fb)
     diffs = []
