@@ -9,17 +9,10 @@ Public API::
 """
 
 from . import denoisers, schedules, solvers
-from .dode import (
-    DODECorrection,
-    FitInfo,
-    LambdaFit,
-    ScaleChoice,
-    fit_lambdas,
-    sample,
-    sample_many,
-    select_scale,
-    teacher_states,
-)
+from .correction import DODECorrection
+from .fit import FitInfo, LambdaFit, fit_lambdas, teacher_states
+from .sampling import sample, sample_many
+from .select import ScaleChoice, select_scale
 from .solvers import get_solver
 
 __version__ = "0.1.0"

@@ -107,7 +107,7 @@ class FittedSolver:
 
     def sample(self, denoiser, noise: Tensor, *, dode: bool = True, **kwargs) -> Tensor:
         """Sample with this solver (``dode=False``: the base solver on the same grid)."""
-        from .dode import sample
+        from .sampling import sample
 
         return sample(
             denoiser,

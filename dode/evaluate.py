@@ -52,8 +52,8 @@ from torch import Tensor
 from . import __version__
 from .artifact import FittedSolver, atomic_write, weights_hash
 from .denoisers import Denoiser
-from .dode import sample
 from .noise import noise_from_seeds, parse_seeds, shard_seeds
+from .sampling import sample
 from .solvers import Solver, get_solver
 
 __all__ = [

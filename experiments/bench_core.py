@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 
 from dode import LambdaFit, sample, teacher_states
+from dode.correction import _correct
 from dode.denoisers import Denoiser, DiffusersDenoiser, GaussianMixtureDenoiser
-from dode.dode import _correct
 from dode.schedules import karras, vp_alphas_cumprod
 from dode.solvers import get_solver
 

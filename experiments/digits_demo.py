@@ -59,11 +59,12 @@ from dode.digits import (  # noqa: E402
     load_classifier,
     load_digits_split,
 )
-from dode.dode import sample_many, select_scale  # noqa: E402
 from dode.loading import load_denoiser  # noqa: E402
 from dode.metrics import FrechetReference, mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
+from dode.sampling import sample_many  # noqa: E402
 from dode.schedules import get_schedule  # noqa: E402
+from dode.select import select_scale  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
 
 COLUMNS = [

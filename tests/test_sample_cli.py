@@ -3,6 +3,11 @@ any batch size; the model recorded in the file, its weights hash checked."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +16,9 @@ from PIL import Image
 
 import dode
 from dode.artifact import FittedSolver, weights_hash
+from dode.cli.sample import main
 from dode.loading import load_denoiser
 from dode.noise import noise_from_seeds
-from dode.sample import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,3 +102,26 @@ def test_importing_the_cli_keeps_dode_sample_callable():
     den = dode.denoisers.gaussian(torch.zeros(3), torch.eye(3))
     out = dode.sample(den, "ddim", noise, dode.schedules.karras(2))
     assert out.shape == (2, 3)
+
+
+def test_cli_module_does_not_shadow_the_sampling_function():
+    import dode.cli.sample  # noqa: F401
+    from dode.sampling import sample
+
+    assert dode.sample is sample
+    assert "dode.sample" not in sys.modules  # nothing in the package imports the script shim
+
+
+def test_python_m_dode_sample_help():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run(
+        [sys.executable, "-m", "dode.sample", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m dode.sample" in r.stdout and "--solver-file" in r.stdout

@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
-from ..dode import best_scale, check_scales
 from ..noise import parse_seeds, shard_seeds
+from ..select import best_scale, check_scales
 
 __all__ = ["SampleGridCallback", "LambdaPlotCallback", "FrechetCallback", "to_uint8_images"]
 

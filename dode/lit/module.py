@@ -6,7 +6,7 @@ The module defines the problem (model, solver, σ grid, teacher) and fits one λ
 ``lstsq`` (default, the paper's closed form)
     The fit is sequential over the K model calls, so **epoch k fits λ_k**: every training batch
     adds its float64 sufficient statistics ``[<g, r>, <g, g>, <r, r>, n]`` (see
-    :func:`dode.dode.batch_stats`); after a rank's last batch they are summed over ranks
+    :func:`dode.fit.batch_stats`); after a rank's last batch they are summed over ranks
     (all-reduce) and ``λ_k = <g, r>/<g, g>`` is set on every rank. ``max_epochs`` is set to K.
     The model outputs of calls < k are cached per batch, so each call is evaluated once.
 ``sgd-local``
@@ -39,7 +39,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import __version__
 from ..artifact import FittedSolver, weights_hash
-from ..dode import DODECorrection, FitInfo, LambdaFit, batch_stats, branch, model_fn, teacher_states
+from ..correction import DODECorrection, model_fn
+from ..fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
 from ..loading import load_denoiser, resolve_dtype
 from ..schedules import explicit, get_schedule, refine_space
 from ..solvers import Solver, get_solver
@@ -270,13 +271,7 @@ class DODEModule(pl.LightningModule):
 
     def _target_fn(self, teacher: Tensor):
         def get(sigma: float) -> Tensor:
-            i = self._sigma_index.get(sigma)
-            if i is None:
-                near = [j for j, s in enumerate(self.target_sigmas) if abs(s - sigma) <= 1e-12]
-                if not near:
-                    raise ValueError(f"no teacher state at σ = {sigma!r}.")
-                i = near[0]
-            return teacher[:, i]
+            return teacher[:, at_sigma(self._sigma_index, sigma)]
 
         return get
 
@@ -419,14 +414,8 @@ class DODEModule(pl.LightningModule):
         # One optimizer "step" per fitted λ (no gradients, so nothing moves): global_step then
         # counts the fitted λ, and Lightning writes the epoch-end checkpoints.
         self.optimizers().step()
-        gr, gg, rr, n = (float(v) for v in st)
         info = self.fit_info
-        info.sigmas.append(self._acc_sigma)
-        info.lambdas.append(lam)
-        info.mse_before.append(rr / n)
-        info.mse_after.append((rr - 2 * lam * gr + lam * lam * gg) / n)
-        if degenerate:
-            info.degenerate.append(k)
+        info.record(k, self._acc_sigma, lam, st, degenerate)
         self.log(f"train/lambda_{k}", lam, on_step=False, on_epoch=True)
         self.log(f"train/mse_before_{k}", info.mse_before[-1], on_step=False, on_epoch=True)
         self.log(f"train/mse_after_{k}", info.mse_after[-1], on_step=False, on_epoch=True)

@@ -1,0 +1,192 @@
+"""``python -m dode.sample``: samples from a fitted-solver file, on any machine.
+
+Example::
+
+    python -m dode.sample --solver-file runs/x/solver.safetensors --seeds 0-63 --out samples/
+
+writes ``seed_000000.png`` … (one PNG per seed, for image models), ``grid.png`` and
+``samples.npz`` with ``samples`` (float32, the model's space, ``[N, ...]``), ``images`` (uint8
+``[N, H, W, C]``, image models only), ``seeds``, ``lambdas`` and ``sigmas``. Noise comes from
+each sample's seed alone, so the same seeds give the same samples for any batch size and on
+any machine (up to the floating-point differences of the device).
+
+The model defaults to the one recorded in the file (its id: a registered name, hub id or
+folder); pass ``--model`` when it lives elsewhere on this machine. Its weights hash must match
+the file's (``--ignore-model-hash`` overrides).
+
+This module holds the implementation; ``dode/sample.py`` only runs :func:`main`, so the
+package attribute ``dode.sample`` stays the sampling function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..artifact import FittedSolver, atomic_write, weights_hash
+from ..noise import noise_from_seeds, parse_seeds
+
+__all__ = ["main", "generate"]
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [−1, 1] → uint8 [N, H, W, C]."""
+    y = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _grid(images: np.ndarray, per_row: int = 8, scale: int = 4) -> np.ndarray:
+    n, h, w, c = images.shape
+    rows = -(-n // per_row)
+    out = np.full((rows * (h + 1) + 1, per_row * (w + 1) + 1, c), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, q = divmod(i, per_row)
+        out[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = im
+    if c == 1:
+        out = np.repeat(out, 3, axis=2)
+    return out.repeat(scale, 0).repeat(scale, 1)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def generate(
+    fs: FittedSolver,
+    denoiser,
+    seeds: list[int],
+    *,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    dode: bool = True,
+) -> torch.Tensor:
+    """Samples for ``seeds`` with a fitted solver (``dode=False``: its base solver), on CPU."""
+    denoiser = denoiser.to(device)
+    out = []
+    for i in range(0, len(seeds), batch_size):
+        noise = noise_from_seeds(seeds[i : i + batch_size], denoiser.sample_shape, dtype, device)
+        with torch.no_grad():
+            out.append(fs.sample(denoiser, noise, dode=dode).cpu())
+    return torch.cat(out)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(
+        prog="python -m dode.sample",
+        description="Generate samples with a fitted D-ODE solver file.",
+    )
+    p.add_argument("--solver-file", required=True, help="fitted-solver .safetensors file")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model (registered name, folder or hub id); default: the file's",
+    )
+    p.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63 or 0-9,20 (default 0-63)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="integration dtype (default: the one the solver was fitted in)",
+    )
+    p.add_argument("--base", action="store_true", help="sample with the base solver (λ = 0)")
+    p.add_argument(
+        "--ignore-model-hash",
+        action="store_true",
+        help="sample even if the model's weights differ from the ones the λ were fitted for",
+    )
+    p.add_argument("--no-png", action="store_true", help="write only samples.npz and grid.png")
+    args = p.parse_args(argv)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    try:
+        return _run(args)
+    except ValueError as e:
+        print(f"dode.sample: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run(args) -> Path:
+    from ..loading import load_denoiser, resolve_dtype
+
+    fs = FittedSolver.load(args.solver_file)
+    seeds = parse_seeds(args.seeds)
+    if not seeds:
+        raise ValueError("--seeds is empty; give seeds such as 0-63.")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1.")
+    meta = fs.model or {}
+    model = args.model or meta.get("id")
+    if not model:
+        raise ValueError("the file records no model; pass --model.")
+    den = load_denoiser(
+        model,
+        sigma_to_t=meta.get("sigma_to_t", "interp"),
+        dtype=meta.get("dtype"),
+        **(meta.get("options") or {}),
+    )
+    want = meta.get("weights_hash")
+    if want and not args.ignore_model_hash and weights_hash(den) != want:
+        raise ValueError(
+            f"model {model!r} has other weights than the ones these λ were fitted for (hash "
+            f"{weights_hash(den)[:12]}… vs {want[:12]}…); pass the right --model, or "
+            "--ignore-model-hash to sample anyway."
+        )
+    dtype = resolve_dtype(args.dtype or meta.get("integration_dtype") or "float32")
+    x = generate(
+        fs,
+        den,
+        seeds,
+        batch_size=args.batch_size,
+        dtype=dtype,
+        device=_device(args.device),
+        dode=not args.base,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "samples": x.float().numpy(),
+        "seeds": np.asarray(seeds, np.int64),
+        "lambdas": (fs.lambdas * (0 if args.base else 1)).numpy(),
+        "sigmas": fs.sigmas.numpy(),
+    }
+    if x.ndim == 4:
+        images = _uint8(x)
+        arrays["images"] = images
+        from PIL import Image
+
+        if not args.no_png:
+            for s, im in zip(seeds, images):
+                png = out / f"seed_{s:06d}.png"
+                atomic_write(
+                    png,
+                    lambda t, im=im: Image.fromarray(
+                        im.squeeze(-1) if im.shape[-1] == 1 else im
+                    ).save(t, format="PNG"),
+                )
+        grid = _grid(images[:64])
+        atomic_write(out / "grid.png", lambda t: Image.fromarray(grid).save(t, format="PNG"))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    npz = atomic_write(out / "samples.npz", write)
+    kind = "base solver" if args.base else "D-solver"
+    print(f"{len(seeds)} samples ({kind}, {fs.build_solver().describe()}, NFE {fs.nfe}) -> {out}")
+    print(f"samples: {npz}")
+    return npz
+
+
+if __name__ == "__main__":
+    main()
