@@ -10,7 +10,7 @@ Public API::
 
 from . import denoisers, schedules, solvers
 from .correction import DODECorrection
-from .fit import FitInfo, LambdaFit, fit_lambdas, teacher_states
+from .lambda_fit import FitInfo, LambdaFit, fit_lambdas, teacher_states
 from .sampling import sample, sample_many
 from .select import ScaleChoice, select_scale
 from .solvers import get_solver

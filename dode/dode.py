@@ -2,7 +2,7 @@
 
 The code lives in modules named by their job: :mod:`dode.correction` (the D-ODE wrapper),
 :mod:`dode.sampling` (``sample``, ``sample_many``), :mod:`dode.select` (λ-scale selection) and
-:mod:`dode.fit` (the teacher and the closed-form fit). ``from dode.dode import ...`` keeps
+:mod:`dode.lambda_fit` (the teacher and the closed-form fit). ``from dode.dode import ...`` keeps
 working; new code imports from those modules (or from ``dode``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # The private helpers come along for code that reached for them under the old path.
 from .correction import DODECorrection, _check_finite, _correct, model_fn  # noqa: F401
-from .fit import (  # noqa: F401
+from .lambda_fit import (  # noqa: F401
     FitInfo,
     LambdaFit,
     _branch_tangent,
@@ -23,7 +23,7 @@ from .fit import (  # noqa: F401
     fit_lambdas,
     teacher_states,
 )
-from .fit import at_sigma as _lookup  # noqa: F401
+from .lambda_fit import at_sigma as _lookup  # noqa: F401
 from .sampling import _check_denoiser, _prepare, _SharedFirstCall, sample, sample_many  # noqa: F401
 from .select import ScaleChoice, best_scale, check_scales, select_scale
 

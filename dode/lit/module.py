@@ -6,7 +6,7 @@ The module defines the problem (model, solver, σ grid, teacher) and fits one λ
 ``lstsq`` (default, the paper's closed form)
     The fit is sequential over the K model calls, so **epoch k fits λ_k**: every training batch
     adds its float64 sufficient statistics ``[<g, r>, <g, g>, <r, r>, n]`` (see
-    :func:`dode.fit.batch_stats`); after a rank's last batch they are summed over ranks
+    :func:`dode.lambda_fit.batch_stats`); after a rank's last batch they are summed over ranks
     (all-reduce) and ``λ_k = <g, r>/<g, g>`` is set on every rank. ``max_epochs`` is set to K.
     The model outputs of calls < k are cached per batch, so each call is evaluated once.
 ``sgd-local``
@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import __version__
 from ..artifact import FittedSolver, weights_hash
 from ..correction import DODECorrection, model_fn
-from ..fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
+from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
 from ..loading import load_denoiser, resolve_dtype
 from ..schedules import explicit, get_schedule, refine_space
 from ..solvers import Solver, get_solver
