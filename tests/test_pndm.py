@@ -135,14 +135,15 @@ def test_fitted_d_pndm_beats_base_on_held_out_noise(skip_prk_steps):
     torch.manual_seed(0)
     den = load_denoiser("gmm-digits")
     solver = get_solver("pndm", skip_prk_steps=skip_prk_steps)
-    steps = solver.steps_for_nfe(14)
+    nfe = 6 if skip_prk_steps else 14  # the few-step regime (PRK needs at least 13 calls)
+    steps = solver.steps_for_nfe(nfe)
     sigmas = dode.schedules.karras(steps, den.sigma_min, den.sigma_max)
     shape = den.sample_shape
     g = torch.Generator().manual_seed(0)
     train = torch.randn(256, *shape, generator=g, dtype=torch.float64)
     test = torch.randn(256, *shape, generator=g, dtype=torch.float64)
     lam = dode.fit_lambdas(den, solver, train, sigmas)
-    assert lam.shape == (14,) and lam[0] == 0 and torch.isfinite(lam).all()
+    assert lam.shape == (nfe,) and lam[0] == 0 and torch.isfinite(lam).all()
     teacher = dode.teacher_states(den, solver, test, sigmas)[0.0]
     base = (dode.sample(den, solver, test, sigmas) - teacher).pow(2).mean()
     fitted = (dode.sample(den, solver, test, sigmas, lam) - teacher).pow(2).mean()
