@@ -7,6 +7,9 @@ ddim                      ε̂          1                      N
 euler (ddim_x0)           x̂0         1                      N
 heun (edm_heun)           x̂0         2                      2N − 1
 ipndm                     ε̂          1–4 (default 4)        N
+pndm                      ε̂          AB4, PRK start         N + 9
+pndm, stages=grid         ε̂          AB4, PRK start         N + 6 (stage points in N)
+pndm, skip_prk (plms)     ε̂          AB4, Heun start        N + 1
 dpm_solver                ε̂          2, 3 (default 2)       order·(N − 1) + 1
 dpm_solver, stages=grid   ε̂          1–3 (diffusers' list)  N
 dpm_solver_pp (dpmpp)     x̂0         1–3 (default 2)        N
@@ -24,6 +27,7 @@ from .dpm_solver import DPMSolver
 from .dpm_solver_pp import DPMSolverPP
 from .heun import Heun
 from .ipndm import IPNDM
+from .pndm import PNDM
 from .unipc import UniPC
 
 SOLVERS: dict[str, type[Solver]] = {
@@ -31,6 +35,7 @@ SOLVERS: dict[str, type[Solver]] = {
     "euler": Euler,
     "heun": Heun,
     "ipndm": IPNDM,
+    "pndm": PNDM,
     "dpm_solver": DPMSolver,
     "dpm_solver_pp": DPMSolverPP,
     "deis": DEIS,
@@ -48,6 +53,7 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "dpm_solver_pp_3m": ("dpm_solver_pp", {"order": 3}),
     "dpmpp_2m": ("dpm_solver_pp", {"order": 2}),
     "dpmpp_3m": ("dpm_solver_pp", {"order": 3}),
+    "plms": ("pndm", {"skip_prk_steps": True}),
     "unipc_bh1": ("unipc", {"variant": "bh1"}),
     "unipc_bh2": ("unipc", {"variant": "bh2"}),
 }
@@ -85,6 +91,7 @@ __all__ = [
     "Euler",
     "Heun",
     "IPNDM",
+    "PNDM",
     "DPMSolver",
     "DPMSolverPP",
     "DEIS",

@@ -1,12 +1,14 @@
 """Solver base class: a plain loop over ``model(x, sigma)`` and a σ-grid.
 
 A solver consumes either x̂0 (``consumes = "x0"``) or ε̂ (``consumes = "eps"``); the caller
-hands it a callable that returns exactly that. Solvers never wrap themselves in ``no_grad``:
-gradients reach the model outputs (and so the D-ODE λ) through every update.
+hands it a callable that returns exactly that. The obligations every solver meets are listed
+in :class:`Solver`'s docstring and checked over the whole registry by
+``tests/test_solver_contract.py``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import ClassVar, Literal
@@ -21,14 +23,40 @@ StepCallback = Callable[[int, float, Tensor], None]
 class Solver:
     """Base class of every solver.
 
-    Subclasses implement :meth:`solve` and, if their NFE is not one per step,
-    :meth:`nfe`. ``callback(i, sigma_next, x)`` is called after step ``i`` with the state at
-    ``sigma_next`` (the teacher uses it to record its trajectory).
+    Subclasses implement :meth:`solve` and, if their NFE is not one per step, :meth:`nfe`
+    (and :meth:`min_steps`, :meth:`stage_sigmas` where they apply). ``callback(i, sigma_next,
+    x)`` is called after step ``i`` with the state at ``sigma_next`` (the teacher uses it to
+    record its trajectory).
+
+    The contract. The D-ODE correction, the teacher and the closed-form fit treat every solver
+    alike and rely on these; ``tests/test_solver_contract.py`` checks each of them for every
+    registered solver and option:
+
+    1. **Exact call count.** ``solve`` calls ``model`` exactly ``nfe(num_steps)`` times on a
+       grid of ``num_steps`` intervals (one λ per call; the correction raises otherwise).
+    2. **Known noise levels.** Every σ the model is called at is a grid point or one of
+       ``stage_sigmas(sigmas)``: the teacher's grid is refined to contain exactly those σ, and
+       the fit matches its targets by σ.
+    3. **Affine in the outputs.** Each update is an affine combination of the state and model
+       outputs, with coefficients that depend on the grid only (never on the outputs' values):
+       the state after call k is then affine in λ_k, which the closed-form fit
+       ``λ_k = <g, r>/<g, g>`` relies on.
+    4. **Elementwise.** The arithmetic is elementwise and broadcasts over a new leading
+       dimension: a model output stacked as ``[o, o']`` (shape ``(2, *x.shape)``) yields the
+       two resulting states stacked the same way. The fit's replay evaluates both branches of
+       call k (λ_k = 0 and 1) in one pass this way. A solver that cannot honour this sets
+       ``replay_batchable = False`` and the fit replays the two branches separately.
+    5. **Differentiable.** No ``torch.no_grad``, ``detach`` or in-place writes on the state:
+       gradients reach λ (``nn.Parameter``) through every update.
+    6. **Rebuildable.** ``get_solver(**solver.config())`` rebuilds an equal solver. The base
+       :meth:`config` reads every constructor parameter from the attribute of the same name,
+       so a subclass stores each one as ``self.<parameter>`` (normalised values are fine).
     """
 
     name: ClassVar[str] = "solver"
     consumes: ClassVar[Literal["x0", "eps"]] = "x0"
     orders: ClassVar[tuple[int, ...]] = (1,)
+    replay_batchable: ClassVar[bool] = True
 
     def __init__(self, order: int | None = None) -> None:
         order = self.orders[-1] if order is None else order
@@ -65,8 +93,24 @@ class Solver:
         return f"{self.name}(order={self.order})" if len(self.orders) > 1 else self.name
 
     def config(self) -> dict:
-        """Constructor arguments, enough to rebuild this solver with :func:`get_solver`."""
-        return {"name": self.name, "order": self.order}
+        """Constructor arguments, enough to rebuild this solver with :func:`get_solver`:
+        ``{"name": ..., <each constructor parameter>: self.<parameter>}``, in signature order.
+
+        Raises:
+            TypeError: a subclass does not store a constructor parameter under its own name
+                (a programming error in the subclass, see contract item 6).
+        """
+        out: dict = {"name": self.name}
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if not hasattr(self, p.name):
+                raise TypeError(
+                    f"{type(self).__name__} does not store its constructor parameter "
+                    f"{p.name!r} as self.{p.name}; config() cannot rebuild it."
+                )
+            out[p.name] = getattr(self, p.name)
+        return out
 
     # ---- running ----------------------------------------------------------------------------
     def check_grid(self, sigmas: Tensor | list[float]) -> list[float]:

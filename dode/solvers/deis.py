@@ -48,16 +48,6 @@ class DEIS(Solver):
         self.lower_order_final = bool(lower_order_final)
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "order": self.order,
-            "basis": self.basis,
-            "lower_order_final": self.lower_order_final,
-            "beta_min": self.beta_min,
-            "beta_max": self.beta_max,
-        }
-
     def u(self, sigma: np.ndarray) -> np.ndarray:
         """The interpolation variable for σ."""
         if self.basis == "rho":

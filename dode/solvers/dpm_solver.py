@@ -62,17 +62,6 @@ class DPMSolver(Solver):
             return num_steps
         return self.order * (num_steps - 1) + 1
 
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "order": self.order,
-            "r1": self.r1,
-            "r2": self.r2,
-            "stages": self.stages,
-            "solver_type": self.solver_type,
-            "lower_order_final": self.lower_order_final,
-        }
-
     def _ratios(self) -> list[float]:
         return [] if self.order == 1 else ([self.r1] if self.order == 2 else [self.r1, self.r2])
 

@@ -32,9 +32,6 @@ class DPMSolverPP(Solver):
         super().__init__(order)
         self.lower_order_final = bool(lower_order_final)
 
-    def config(self) -> dict:
-        return {"name": self.name, "order": self.order, "lower_order_final": self.lower_order_final}
-
     def step_order(self, i: int, n: int, s: list[float]) -> int:
         return multistep_order(i, n, s, self.order, self.lower_order_final)
 

@@ -39,15 +39,6 @@ class UniPC(Solver):
         self.lower_order_final = bool(lower_order_final)
         self.corrector = bool(corrector)
 
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "order": self.order,
-            "variant": self.variant,
-            "lower_order_final": self.lower_order_final,
-            "corrector": self.corrector,
-        }
-
     def step_order(self, i: int, n: int, s: list[float]) -> int:
         """Order of step ``i`` of ``n``: warm start; with ``lower_order_final`` at most ``n − i``
         (diffusers' UniPC rule, for any number of steps, unlike DPM-Solver++'s "< 15 steps"
