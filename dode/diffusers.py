@@ -140,7 +140,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 "DODEScheduler needs a solver and its fitted σ grid; build it with "
                 "DODEScheduler.from_solver_file(path) or pass solver=..., sigmas=..., lambdas=...."
             )
-        self.solver: Solver = get_solver(**solver) if isinstance(solver, dict) else get_solver(solver)
+        self.solver: Solver = (
+            get_solver(**solver) if isinstance(solver, dict) else get_solver(solver)
+        )
         self.grid = torch.tensor(self.solver.check_grid(sigmas), dtype=torch.float64)
         self.num_steps = len(self.grid) - 1
         self.nfe = self.solver.nfe(self.num_steps)
@@ -172,7 +174,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                     f"unknown VP prediction_type {prediction_type!r}; use one of {VP_PREDICTIONS}."
                 )
             if timestep_mode not in ("interp", "snap"):
-                raise ValueError(f"timestep_mode must be 'interp' or 'snap', got {timestep_mode!r}.")
+                raise ValueError(
+                    f"timestep_mode must be 'interp' or 'snap', got {timestep_mode!r}."
+                )
         else:
             if prediction_type != "flow":
                 raise ValueError(
@@ -189,9 +193,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = self.grid.to(torch.float32)
         self.num_inference_steps = self.num_steps
         s0 = float(self.grid[0])
-        self.init_noise_sigma = (
-            s0 / math.sqrt(1 + s0 * s0) if family == "vp" else s0 / (1 + s0)
-        )
+        self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0) if family == "vp" else s0 / (1 + s0)
         self._reset()
 
     # ---- construction -----------------------------------------------------------------------
@@ -569,8 +571,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if k == 0:
             dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
             self._dtype = dtype
-            x0 = sample.to(dtype)
-            self._x_init = x0 / self._c_in(_sigma(sigma, x0))
+            # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
+            self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
             x = self._x_init
         else:
             x = self._x_cur
