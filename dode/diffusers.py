@@ -1,0 +1,627 @@
+"""A fitted D-ODE solver as a diffusers scheduler: ``DODEScheduler``.
+
+Usage::
+
+    from dode.diffusers import DODEScheduler
+    pipe.scheduler = DODEScheduler.from_solver_file("solver.safetensors", like=pipe.scheduler)
+    images = pipe(prompt, num_inference_steps=N, guidance_scale=W).images
+
+``step()`` is one model call. It converts the network's native output to the quantity the
+solver consumes (x̂0 or ε̂, exactly as :class:`~dode.denoisers.DiffusersDenoiser` does), applies
+the D-ODE correction ``õ_k = o_k + λ_k (o_k − o_{k−1})`` (raw previous output, as
+:func:`dode.sample`) and then *replays the dode solver itself* over the corrected outputs
+received so far: the solver runs from the first state, is answered from the buffer, and stops
+where it asks for the next model call; that state goes back to the pipeline. Every solver, one-
+or multi-stage, so runs with the same arithmetic as :func:`dode.sample` without a second
+implementation (the replay costs O(NFE²) cheap tensor updates, nothing next to the network).
+Multi-stage solvers (Heun, DPM-Solver's stage points) get one ``step()`` per model call, their
+stage timesteps listed in :attr:`DODEScheduler.timesteps` as diffusers' Heun scheduler does.
+
+Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
+
+* **VP models** (DDPM, Stable Diffusion): the pipeline's latents are ``x_vp = x / sqrt(1 + σ²)``
+  and the network is called at ``t(σ)`` (log-σ interpolation over the ᾱ table, or snapped to
+  the nearest integer timestep with ``timestep_mode="snap"``). ``scale_model_input`` is the
+  identity. ``init_noise_sigma = σ_0 / sqrt(1 + σ_0²)``, so a pipeline that multiplies its
+  noise by it (Stable Diffusion, SDXL) starts at ``x_vp`` of dode's ``noise · σ_0``: *the same
+  noise gives the same image as* ``dode.sample(denoiser, solver, noise, sigmas, lambdas)``.
+  DDPMPipeline and DDIMPipeline do not apply ``init_noise_sigma``: their noise ``n`` is the
+  first latent itself, which is dode's noise ``n / init_noise_sigma``
+  (:meth:`DODEScheduler.dode_noise`). (diffusers' own VP schedulers use
+  ``init_noise_sigma = 1``; at SD's σ_0 ≈ 14.6 the two starts differ by 0.2 %.)
+* **Flow models** (SD3, FLUX; ``family="flow"``): latents ``x_t = x / (1 + σ)`` with
+  ``t = σ / (1 + σ)``, the network sees ``t · num_train_timesteps`` and predicts
+  ``v ≈ ε − x0``, so ``x̂0 = x_t − t v``. ``init_noise_sigma = t_0`` and dode's noise is again
+  ``latents / init_noise_sigma``. Shifts are part of the fitted grid; ``use_flow_sigmas`` is set
+  so FLUX pipelines do not impose their own σ list.
+
+The scheduler integrates in float32 (float64 if the latents are float64) whatever the network's
+dtype, and ignores the ``sample`` the pipeline passes back after the first step (it is the
+latent this scheduler returned; edits made to it between steps are not seen).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from torch import Tensor
+
+from .solvers import Solver, get_solver
+
+__all__ = ["DODEScheduler"]
+
+FAMILIES = ("vp", "flow")
+VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+class _NeedModel(Exception):  # noqa: N818 - control flow, not an error
+    """Raised inside a replay where the solver asks for a model output not received yet."""
+
+    def __init__(self, x: Tensor, sigma: float) -> None:
+        self.x, self.sigma = x, sigma
+
+
+def _sigma(sigma: float, x: Tensor) -> Tensor:
+    """σ as [1, 1, ...] in ``x``'s dtype (what dode's ``as_sigma`` gives for a scalar σ)."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return s.expand(x.shape[0]).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _vp_sigma_to_t(sigma: Tensor, log_table: Tensor, mode: str) -> Tensor:
+    """dode's DiffusersDenoiser.sigma_to_t: t for σ by log-σ interpolation (or snapping)."""
+    log_s = sigma.to(torch.float64).clamp(min=1e-30).log()
+    if mode == "snap":
+        return (log_s[:, None] - log_table[None, :]).abs().argmin(dim=1).to(torch.float64)
+    log_s = log_s.clamp(log_table[0], log_table[-1])
+    hi = torch.searchsorted(log_table, log_s).clamp(1, len(log_table) - 1)
+    lo = hi - 1
+    w = (log_s - log_table[lo]) / (log_table[hi] - log_table[lo])
+    return lo.to(torch.float64) + w
+
+
+class DODEScheduler(SchedulerMixin, ConfigMixin):
+    """A fitted D-ODE solver (solver, σ grid, λ) that runs inside diffusers pipelines.
+
+    Args:
+        solver: the solver config (``{"name": ..., **options}``, as ``Solver.config()``) or name.
+        sigmas: the fitted σ grid (descending, usually ending in 0).
+        lambdas: one λ per model call; ``None`` runs the base solver.
+        family: ``"vp"`` (DDPM, Stable Diffusion) or ``"flow"`` (SD3, FLUX).
+        alphas_cumprod: the VP model's discrete ᾱ table (ascending in t); VP only.
+        prediction_type: VP: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``; flow:
+            ``"flow"`` (v = ε − x0).
+        timestep_mode: VP: ``"interp"`` (continuous t by log-σ interpolation, as dode's
+            ``DiffusersDenoiser`` default) or ``"snap"`` (nearest integer timestep).
+        num_train_timesteps: flow: the network sees ``t · num_train_timesteps``.
+        shift: flow: the shift (SD3) the grid was built with; recorded, informative.
+        mu: flow: FLUX's dynamic-shift μ the grid was built with; a pipeline passing another μ
+            gets a warning.
+        guidance_scale: the classifier-free guidance scale the λ were fitted at (``None``: not
+            recorded / unguided); another scale in the pipeline warns.
+        model: metadata of the fitted model (id, weights hash), recorded only.
+        use_flow_sigmas: set automatically for ``family="flow"`` (read by FLUX pipelines).
+
+    Raises:
+        ValueError: unknown solver or family, λ of the wrong length, a grid the solver cannot
+            run, a VP family without an ᾱ table.
+    """
+
+    config_name = "scheduler_config.json"
+    _compatibles: list = []
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        solver: dict | str | None = None,
+        sigmas: list[float] | None = None,
+        lambdas: list[float] | None = None,
+        family: Literal["vp", "flow"] = "vp",
+        alphas_cumprod: list[float] | None = None,
+        prediction_type: str = "epsilon",
+        timestep_mode: Literal["interp", "snap"] = "interp",
+        num_train_timesteps: int = 1000,
+        shift: float | None = None,
+        mu: float | None = None,
+        guidance_scale: float | None = None,
+        model: dict | None = None,
+        use_flow_sigmas: bool | None = None,
+    ) -> None:
+        if solver is None or sigmas is None:
+            raise ValueError(
+                "DODEScheduler needs a solver and its fitted σ grid; build it with "
+                "DODEScheduler.from_solver_file(path) or pass solver=..., sigmas=..., lambdas=...."
+            )
+        self.solver: Solver = (
+            get_solver(**solver) if isinstance(solver, dict) else get_solver(solver)
+        )
+        self.grid = torch.tensor(self.solver.check_grid(sigmas), dtype=torch.float64)
+        self.num_steps = len(self.grid) - 1
+        self.nfe = self.solver.nfe(self.num_steps)
+        if lambdas is not None:
+            lam = torch.as_tensor(lambdas, dtype=torch.float64).flatten()
+            if len(lam) != self.nfe or not torch.isfinite(lam).all():
+                raise ValueError(
+                    f"{self.solver.describe()} on {self.num_steps} steps makes {self.nfe} model "
+                    f"calls; need {self.nfe} finite λ, got {len(lam)}. Re-export the solver file."
+                )
+            self.lambdas: Tensor | None = lam
+        else:
+            self.lambdas = None
+        if family not in FAMILIES:
+            raise ValueError(f"unknown model family {family!r}; use 'vp' or 'flow'.")
+        self.family = family
+        if family == "vp":
+            if alphas_cumprod is None or len(alphas_cumprod) < 2:
+                raise ValueError(
+                    "a VP DODEScheduler needs the model's ᾱ table (alphas_cumprod); pass "
+                    "like=pipe.scheduler to from_solver_file, or alphas_cumprod=...."
+                )
+            a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+            if not ((a > 0) & (a <= 1)).all() or not (a[1:] <= a[:-1]).all():
+                raise ValueError("alphas_cumprod must lie in (0, 1] and not increase with t.")
+            self.log_table = ((1 - a) / a).sqrt().log()
+            if prediction_type not in VP_PREDICTIONS:
+                raise ValueError(
+                    f"unknown VP prediction_type {prediction_type!r}; use one of {VP_PREDICTIONS}."
+                )
+            if timestep_mode not in ("interp", "snap"):
+                raise ValueError(
+                    f"timestep_mode must be 'interp' or 'snap', got {timestep_mode!r}."
+                )
+        else:
+            if prediction_type != "flow":
+                raise ValueError(
+                    f"a flow DODEScheduler predicts v (prediction_type='flow'), got {prediction_type!r}."
+                )
+            if self.grid[0] == math.inf:
+                raise ValueError("a flow grid must start at a finite σ (t < 1).")
+            if not use_flow_sigmas:
+                self.register_to_config(use_flow_sigmas=True)
+        self.prediction_type = prediction_type
+        self.call_sigmas = self._dry_run()
+        self.order = max(1, round(self.nfe / self.num_steps))
+        self.timesteps = self._timesteps_for(self.call_sigmas)
+        self.sigmas = self.grid.to(torch.float32)
+        self.num_inference_steps = self.num_steps
+        s0 = float(self.grid[0])
+        self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0) if family == "vp" else s0 / (1 + s0)
+        self._reset()
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_solver_file(
+        cls,
+        path: str | os.PathLike,
+        like: Any = None,
+        *,
+        dode: bool = True,
+        **overrides: Any,
+    ) -> DODEScheduler:
+        """Build the scheduler from a fitted-solver file (``dode.artifact.FittedSolver``).
+
+        The model's schedule comes from, in this order: ``overrides`` (``alphas_cumprod``,
+        ``prediction_type``, ``family``, ...), the file's ``model["schedule"]`` if it records
+        one, the scheduler ``like`` (the pipeline's own, e.g. ``like=pipe.scheduler``: its ᾱ
+        table and prediction type, or its flow shift), the scheduler config saved with the model
+        the file names (``model["id"]``, a local folder or a cached hub id).
+
+        Args:
+            path: the ``.safetensors`` file written by ``python -m dode.train``.
+            like: a diffusers scheduler (or its config) of the model's family.
+            dode: ``False`` runs the base solver (λ = 0) on the fitted grid.
+            overrides: constructor arguments that win over what the file and ``like`` give.
+        """
+        from .artifact import FittedSolver
+
+        fitted = FittedSolver.load(path)
+        model = dict(fitted.model or {})
+        cls_name = model.get("class")
+        if cls_name is not None and "Diffusers" not in cls_name and "Flow" not in cls_name:
+            if "family" not in overrides and like is None:
+                raise ValueError(
+                    f"{str(path)!r} was fitted on a {cls_name}, not a diffusers model; a diffusers "
+                    "pipeline cannot run it. Fit on the pipeline's model (model: a diffusers "
+                    "folder or hub id)."
+                )
+        kw: dict[str, Any] = {}
+        if model.get("sigma_to_t") in ("interp", "snap"):
+            kw["timestep_mode"] = model["sigma_to_t"]
+        guidance = model.get("guidance_scale", (model.get("options") or {}).get("guidance_scale"))
+        if guidance is not None:
+            kw["guidance_scale"] = float(guidance)
+        schedule = model.get("schedule")
+        if schedule is None and like is None and "alphas_cumprod" not in overrides:
+            like = cls._scheduler_from_model_id(model.get("id"), path)
+        if schedule is not None:
+            kw.update(schedule)
+        elif like is not None:
+            kw.update(cls._schedule_of(like))
+        kw.update(overrides)
+        return cls(
+            solver=fitted.solver,
+            sigmas=fitted.sigmas.tolist(),
+            lambdas=fitted.lambdas.tolist() if dode else None,
+            model={k: v for k, v in model.items() if k != "schedule"},
+            **kw,
+        )
+
+    @staticmethod
+    def _schedule_of(like: Any) -> dict:
+        """The model family's schedule from a diffusers scheduler or its config."""
+        cfg = dict(getattr(like, "config", like) or {})
+        name = cfg.get("_class_name", type(like).__name__)
+        if name == "DODEScheduler":
+            keys = ("family", "alphas_cumprod", "prediction_type", "num_train_timesteps")
+            return {k: cfg[k] for k in keys if k in cfg}
+        if "FlowMatch" in str(name) or cfg.get("use_flow_sigmas") or "shift" in cfg:
+            out = {"family": "flow", "prediction_type": "flow"}
+            out["num_train_timesteps"] = int(cfg.get("num_train_timesteps", 1000))
+            if cfg.get("shift") is not None:
+                out["shift"] = float(cfg["shift"])
+            return out
+        if "beta_start" not in cfg and "trained_betas" not in cfg:
+            raise ValueError(
+                f"cannot read a model schedule from {name}; pass the pipeline's own scheduler "
+                "(like=pipe.scheduler) or alphas_cumprod=... and prediction_type=...."
+            )
+        from diffusers import DDPMScheduler
+
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        ddpm = DDPMScheduler(**{k: cfg[k] for k in keys if cfg.get(k) is not None})
+        if cfg.get("rescale_betas_zero_snr"):
+            raise ValueError(
+                "zero-terminal-SNR schedules (rescale_betas_zero_snr) have σ = ∞ at t = T; fit and "
+                "export with a grid that starts at a finite σ and pass alphas_cumprod=...."
+            )
+        return {
+            "family": "vp",
+            "alphas_cumprod": ddpm.alphas_cumprod.to(torch.float64).tolist(),
+            "prediction_type": cfg.get("prediction_type", "epsilon"),
+        }
+
+    @staticmethod
+    def _scheduler_from_model_id(model_id: str | None, path) -> Any:
+        from diffusers import DDPMScheduler
+
+        errors = []
+        if model_id:
+            for sub in ("scheduler", None):
+                try:
+                    return DDPMScheduler.load_config(model_id, subfolder=sub)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(str(e).splitlines()[0])
+        raise ValueError(
+            f"{str(path)!r} does not record the model's noise schedule and its model "
+            f"{model_id!r} has no readable scheduler config; pass the pipeline's scheduler: "
+            "DODEScheduler.from_solver_file(path, like=pipe.scheduler)."
+            + (f" ({'; '.join(errors)})" if errors else "")
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder=None, **kwargs):
+        """Load a folder written by :meth:`save_pretrained` (or ``python -m dode.export``);
+        anything else raises one ``ValueError``."""
+        where = os.path.join(str(pretrained_model_name_or_path), subfolder or "")
+        try:
+            config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except Exception as e:  # noqa: BLE001 - unreadable / missing / bad JSON
+            raise ValueError(
+                f"{where!r} holds no readable DODEScheduler config ({str(e).splitlines()[0]}); "
+                "write one with `python -m dode.export --solver-file F --out DIR`."
+            ) from None
+        if not isinstance(config, dict) or config.get("_class_name") != cls.__name__:
+            found = config.get("_class_name") if isinstance(config, dict) else None
+            raise ValueError(
+                f"{where!r} holds a {found or 'non-scheduler'} config, not a DODEScheduler; "
+                "export a fitted solver with `python -m dode.export --solver-file F --out DIR`."
+            )
+        try:
+            return cls.from_config(config)
+        except ValueError as e:
+            raise ValueError(f"{where!r}: corrupt DODEScheduler config: {e}") from None
+        except Exception as e:  # noqa: BLE001 - wrong types in the JSON
+            raise ValueError(
+                f"{where!r}: corrupt DODEScheduler config ({type(e).__name__}: {e}); re-export it."
+            ) from None
+
+    # ---- the schedule -----------------------------------------------------------------------
+    def _dry_run(self) -> list[float]:
+        """σ of every model call, in order (the solver run on a dummy state)."""
+        calls: list[float] = []
+
+        def model(x, sigma):
+            calls.append(float(sigma))
+            return torch.zeros_like(x)
+
+        self.solver.solve(model, torch.zeros(1, dtype=torch.float64), self.grid.tolist(), None)
+        if len(calls) != self.nfe:  # pragma: no cover - a solver breaking its contract
+            raise RuntimeError(f"{self.solver.describe()} made {len(calls)} calls, not {self.nfe}.")
+        return calls
+
+    def _timesteps_for(self, sigmas: list[float]) -> Tensor:
+        """The timestep the network sees at each model call (float32 σ, as dode's float32 run)."""
+        s = torch.tensor(sigmas, dtype=torch.float32)
+        if self.family == "flow":
+            sd = s.to(torch.float64)
+            return (sd / (1 + sd) * self.config.num_train_timesteps).to(torch.float32)
+        t = _vp_sigma_to_t(s, self.log_table, self.config.timestep_mode)
+        return t.round().long() if self.config.timestep_mode == "snap" else t.to(torch.float32)
+
+    def dode_noise(self, latents: Tensor) -> Tensor:
+        """dode's ``noise`` for a pipeline's first latents (``latents / init_noise_sigma``)."""
+        return latents / self.init_noise_sigma
+
+    def _reset(self) -> None:
+        self._k = 0
+        self._x_init: Tensor | None = None
+        self._outs: list[Tensor] = []
+        self._prev: Tensor | None = None
+        self._dtype: torch.dtype | None = None
+
+    @property
+    def step_index(self) -> int:
+        """The number of model calls consumed since :meth:`set_timesteps`."""
+        return self._k
+
+    @property
+    def begin_index(self) -> int:
+        return 0
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Only 0: the fitted solver starts at its first σ (img2img truncation is not supported)."""
+        if begin_index != 0:
+            raise ValueError(
+                f"a fitted DODE solver runs its whole grid; begin_index={begin_index} (img2img "
+                "strength < 1) is not supported. Fit a solver for the shorter grid instead."
+            )
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list | Tensor | None = None,
+        sigmas: list | Tensor | None = None,
+        mu: float | None = None,
+        guidance_scale: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Reset the state and place the timesteps on ``device``.
+
+        Only the fitted schedule runs: ``num_inference_steps`` must be the fitted number of
+        steps (or NFE), and explicit ``timesteps`` / ``sigmas`` must be the fitted ones; anything
+        else raises a ``ValueError`` naming the fitted schedule (λ belong to their grid).
+        A guidance scale other than the fitted one (given here, or read from the calling
+        pipeline's ``guidance_scale``) warns.
+        """
+        fitted = (
+            f"this DODEScheduler runs the fitted {self.solver.describe()} schedule: "
+            f"{self.num_steps} steps (NFE {self.nfe})"
+        )
+        if num_inference_steps is not None and int(num_inference_steps) not in (
+            self.num_steps,
+            self.nfe,
+        ):
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} requested but {fitted}; call the "
+                f"pipeline with num_inference_steps={self.num_steps}, or fit a solver for "
+                f"{num_inference_steps} steps."
+            )
+        if timesteps is not None:
+            ts = torch.as_tensor(timesteps).to(self.timesteps.dtype).cpu()
+            if ts.shape != self.timesteps.shape or not torch.allclose(
+                ts.double(), self.timesteps.double(), atol=1e-3
+            ):
+                raise ValueError(
+                    f"custom timesteps requested but {fitted} at timesteps "
+                    f"{[round(float(t), 3) for t in self.timesteps]}; pass none."
+                )
+        if sigmas is not None:
+            self._check_sigmas(sigmas, fitted)
+        if mu is not None:
+            if self.family == "vp":
+                raise ValueError(
+                    "the pipeline passes a flow shift (mu): it runs a flow-matching model, but "
+                    "this DODEScheduler was fitted on a VP (DDPM-type) model. Use a solver "
+                    "fitted on this pipeline's model."
+                )
+            if self.config.mu is not None and abs(float(mu) - self.config.mu) > 1e-6:
+                warnings.warn(
+                    f"the pipeline's shift mu={float(mu):.6g} differs from the fitted "
+                    f"mu={self.config.mu:.6g}; the fitted grid is used as is.",
+                    stacklevel=2,
+                )
+        if kwargs.get("shift") is not None and self.family == "vp":
+            raise ValueError("a flow shift was passed to a DODEScheduler fitted on a VP model.")
+        self._check_guidance(guidance_scale)
+        self.timesteps = self._timesteps_for(self.call_sigmas).to(device)
+        self._reset()
+
+    def _check_sigmas(self, sigmas, fitted: str) -> None:
+        s = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
+        grid = self.grid
+        cands = [grid, grid[:-1]]
+        if self.family == "flow":  # FLUX-style lists are in t, without the final 0
+            t = grid / (1 + grid)
+            cands += [t, t[:-1]]
+        if not any(c.shape == s.shape and torch.allclose(c, s, rtol=1e-5) for c in cands):
+            raise ValueError(
+                f"custom sigmas requested but {fitted} on σ = "
+                f"{[round(float(v), 4) for v in grid]}; pass none."
+            )
+
+    def _check_guidance(self, guidance_scale: float | None) -> None:
+        w_fit = self.config.guidance_scale
+        if w_fit is None:
+            return
+        w = guidance_scale
+        if w is None:  # best effort: the calling pipeline's guidance scale
+            frame = inspect.currentframe()
+            for _ in range(6):
+                frame = frame.f_back if frame is not None else None
+                if frame is None:
+                    break
+                obj = frame.f_locals.get("self")
+                if obj is not None and obj is not self and hasattr(obj, "_guidance_scale"):
+                    w = getattr(obj, "_guidance_scale", None)
+                    break
+            del frame
+        if w is not None and abs(float(w) - float(w_fit)) > 1e-6:
+            warnings.warn(
+                f"guidance_scale={float(w):g} differs from the scale the λ were fitted at "
+                f"({float(w_fit):g}); the correction may not help. Sample with "
+                f"guidance_scale={float(w_fit):g} or fit for {float(w):g}.",
+                stacklevel=3,
+            )
+
+    # ---- the pipeline interface ---------------------------------------------------------------
+    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
+        """Identity: the latents already are the network's input (``x_vp`` or ``x_t``)."""
+        return sample
+
+    def _c_in(self, s: Tensor) -> Tensor:
+        return 1 / (1 + s**2).sqrt() if self.family == "vp" else 1 / (1 + s)
+
+    def _consumed(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
+        """The network's native output at ``x`` (σ-space) → what the solver consumes, with
+        dode's DiffusersDenoiser arithmetic (VP) or ``x̂0 = x_t − t v`` (flow)."""
+        s = _sigma(sigma, x)
+        c_in = self._c_in(s)
+        out = out.to(x.dtype)
+        if self.family == "flow":
+            native, pred = x * c_in - (s * c_in) * out, "x0"
+        elif self.prediction_type == "v_prediction":
+            native, pred = c_in * out + s * c_in * (x * c_in), "eps"
+        else:
+            native, pred = out, "x0" if self.prediction_type == "sample" else "eps"
+        if self.solver.consumes == pred:
+            return native
+        return x - s * native if pred == "eps" else (x - native) / s
+
+    def _replay(self) -> tuple[Tensor, float | None]:
+        """Run the solver over the buffered outputs: the next call's (x, σ), or the end."""
+        outs = self._outs
+
+        def model(x, sigma):
+            j = model.k
+            if j < len(outs):
+                model.k += 1
+                return outs[j]
+            raise _NeedModel(x, float(sigma))
+
+        model.k = 0
+        try:
+            x = self.solver.solve(model, self._x_init, self.grid.tolist(), None)
+        except _NeedModel as need:
+            return need.x, need.sigma
+        return x, None
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: Any,
+        sample: Tensor,
+        eta: float = 0.0,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> SchedulerOutput | tuple[Tensor]:
+        """One model call: correct its output, advance the solver to its next model call.
+
+        Args:
+            model_output: the network's native output at ``sample`` and ``timestep``
+                (guidance already combined).
+            timestep: the current entry of :attr:`timesteps` (checked).
+            sample: the current latents (used on the first step only, see the module notes).
+            eta: must be 0 (the solver is deterministic).
+
+        Returns:
+            ``SchedulerOutput(prev_sample)``: the latents for the next model call, or the
+            final sample after the last call.
+        """
+        k = self._k
+        if k >= self.nfe:
+            raise ValueError(
+                f"all {self.nfe} model calls of the fitted schedule are done; call "
+                "set_timesteps() before sampling again."
+            )
+        if eta:
+            raise ValueError(f"DODEScheduler is a deterministic ODE solver; got eta={eta}, use 0.")
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model output has shape {tuple(model_output.shape)} but the latents "
+                f"{tuple(sample.shape)}; a model with learned variance must be split first."
+            )
+        expected = self.timesteps[k]
+        if torch.is_tensor(timestep) and timestep.numel() == 1 or isinstance(timestep, float | int):
+            if abs(float(timestep) - float(expected)) > 1e-3:
+                raise ValueError(
+                    f"step() got timestep {float(timestep):.4g} but call {k} of the fitted "
+                    f"schedule is at {float(expected):.4g}; iterate over scheduler.timesteps after "
+                    "set_timesteps()."
+                )
+        sigma = self.call_sigmas[k]
+        if k == 0:
+            dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+            self._dtype = dtype
+            # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
+            self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
+            x = self._x_init
+        else:
+            x = self._x_cur
+        o = self._consumed(model_output, x, sigma)
+        if not torch.isfinite(o).all():
+            raise ValueError(
+                f"the model returned non-finite values at call {k} (σ = {sigma:.6g}); check the "
+                "model weights and dtype."
+            )
+        if self.lambdas is not None and self._prev is not None:
+            corrected = o + self.lambdas[k] * (o - self._prev)
+        else:
+            corrected = o
+        self._prev = o
+        self._outs.append(corrected)
+        self._k += 1
+        x_next, sigma_next = self._replay()
+        if sigma_next is None:
+            s_last = float(self.grid[-1])
+            prev = x_next if s_last == 0 else x_next * self._c_in(_sigma(s_last, x_next))
+            self._outs, self._prev = [], None
+        else:
+            if sigma_next != self.call_sigmas[self._k]:  # pragma: no cover - contract guard
+                raise RuntimeError("the solver's replay diverged from its call schedule.")
+            self._x_cur = x_next
+            prev = x_next * self._c_in(_sigma(sigma_next, x_next))
+        prev = prev.to(sample.dtype)
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev_sample=prev)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """Noise clean latents to the given timesteps (entries of :attr:`timesteps`) in the
+        pipeline's convention: VP ``α (x0 + σ n)``, flow ``(1 − t) x0 + t n``."""
+        ts = torch.as_tensor(timesteps).reshape(-1).cpu().double()
+        table = self.timesteps.cpu().double()
+        idx = (ts[:, None] - table[None, :]).abs().argmin(dim=1)
+        if ((table[idx] - ts).abs() > 1e-3).any():
+            raise ValueError("add_noise: timesteps must be entries of scheduler.timesteps.")
+        s = torch.tensor([self.call_sigmas[i] for i in idx.tolist()], dtype=torch.float64)
+        s = s.to(original_samples.device, original_samples.dtype)
+        s = s.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        return (original_samples + s * noise) * self._c_in(s)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ---- writing ------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write ``scheduler_config.json`` (everything needed to rebuild this scheduler)."""
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        super().save_pretrained(save_directory, **kwargs)
