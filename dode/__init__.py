@@ -6,6 +6,9 @@ Public API::
     from dode.schedules import karras, refine
     from dode.solvers import get_solver
     from dode.denoisers import CallableDenoiser
+    fitted = dode.fit("gmm-digits", "ddim", nfe=4)   # the Lightning fit (dode.lit.api.fit)
+
+``dode.fit`` is imported on first use: ``import dode`` does not import Lightning.
 """
 
 from . import denoisers, schedules, solvers
@@ -31,5 +34,14 @@ __all__ = [
     "DODECorrection",
     "LambdaFit",
     "FitInfo",
+    "fit",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name == "fit":  # Lightning only when asked for
+        from .lit.api import fit
+
+        return fit
+    raise AttributeError(f"module 'dode' has no attribute {name!r}")

@@ -22,16 +22,13 @@ the fitted-solver file (``--solver_file``, default ``<run_dir>/solver.safetensor
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from .lit import (
     DODEModule,
@@ -40,6 +37,7 @@ from .lit import (
     NoiseDataModule,
     SampleGridCallback,
 )
+from .lit.api import TRAINER_DEFAULTS, default_run_dir, run_fit, trainer_extras
 
 __all__ = ["DODECLI", "main"]
 
@@ -74,29 +72,11 @@ def _quiet() -> None:
         pass
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
 def _wandb_online(mode: str) -> bool:
     if mode in ("online", "offline", "disabled"):
         return mode == "online"
     forced = os.environ.get("WANDB_MODE", "").lower()
     return bool(os.environ.get("WANDB_API_KEY")) and forced not in ("offline", "dryrun", "disabled")
-
-
-class _WandbIdCallback(Callback):
-    """Remember the W&B run id in the run folder, so a resumed fit continues that run."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            for lg in trainer.loggers:
-                if isinstance(lg, WandbLogger) and lg.version:
-                    self.run_dir.mkdir(parents=True, exist_ok=True)
-                    (self.run_dir / "wandb_id.txt").write_text(str(lg.version))
 
 
 class _Parser(LightningArgumentParser):
@@ -123,12 +103,7 @@ class DODECLI(LightningCLI):
             auto_configure_optimizers=False,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={
-                "num_sanity_val_steps": 0,
-                "use_distributed_sampler": False,
-                "log_every_n_steps": 1,
-                "max_epochs": 100,
-            },
+            trainer_defaults=dict(TRAINER_DEFAULTS),
             parser_kwargs={
                 "prog": "python -m dode.train",
                 "description": "Fit D-ODE λ for a frozen diffusion model (dode).",
@@ -171,69 +146,27 @@ class DODECLI(LightningCLI):
         parser.add_lightning_class_args(LambdaPlotCallback, "lambda_plot")
         parser.add_lightning_class_args(FrechetCallback, "fid")
 
-    # ---- run folder and loggers ----------------------------------------------------------
+    # ---- run folder, loggers, checkpoint: what dode.fit adds too -----------------------------
     def run_dir(self) -> Path:
         c = self.config
         if c.run_dir:
             return Path(c.run_dir)
         m = c.model
-        base = Path(str(m.model).rstrip("/")).name
-        return Path("runs") / _slug(f"{base}-{m.solver}-nfe{m.nfe}-{m.fit_mode}")
+        return default_run_dir(m.model, m.solver, m.nfe, m.fit_mode)
 
     def instantiate_trainer(self, **kwargs: Any):
         c = self.config
-        run_dir = self.run_dir()
+        extras = trainer_extras(
+            self.run_dir(),
+            self._get(self.config_init, "trainer", default={}),
+            wandb_mode=c.wandb_mode,
+            wandb_project=c.wandb_project,
+            name=c.name,
+            resume=bool(c.ckpt_path),
+        )
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
-        kwargs.setdefault("default_root_dir", str(run_dir))
-        if trainer_cfg.get("use_distributed_sampler"):
-            raise ValueError(
-                "trainer.use_distributed_sampler must stay false: NoiseDataModule shards the "
-                "seeds over ranks itself (no padding, no seed served twice)."
-            )
-        if self.model.fit_mode == "lstsq":
-            kwargs["max_epochs"] = self.model.num_calls
-        if trainer_cfg.get("logger") is None:
-            kwargs["logger"] = self._loggers(run_dir)
-        callbacks = list(trainer_cfg.get("callbacks") or [])
-        if trainer_cfg.get("enable_checkpointing", True) is not False and not any(
-            isinstance(cb, ModelCheckpoint) for cb in callbacks
-        ):
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=run_dir / "checkpoints",
-                    filename="last",  # one file, rewritten every epoch; --ckpt_path last finds it
-                    save_top_k=1,
-                    every_n_epochs=1,
-                    enable_version_counter=False,
-                )
-            )
-        if any(isinstance(lg, WandbLogger) for lg in kwargs.get("logger") or []):
-            callbacks.append(_WandbIdCallback(run_dir))
-        kwargs["callbacks"] = callbacks
-        del c
-        return super().instantiate_trainer(**kwargs)
-
-    def _loggers(self, run_dir: Path) -> list:
-        c = self.config
-        name = c.name or run_dir.name
-        loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
-        if c.wandb_mode != "disabled":
-            online = _wandb_online(c.wandb_mode)
-            id_file = run_dir / "wandb_id.txt"
-            run_id = None
-            if c.ckpt_path and id_file.is_file():
-                run_id = id_file.read_text().strip() or None
-            loggers.append(
-                WandbLogger(
-                    save_dir=str(run_dir),
-                    project=c.wandb_project,
-                    name=name,
-                    offline=not online,
-                    id=run_id,
-                    resume="allow" if run_id else None,
-                )
-            )
-        return loggers
+        extras["callbacks"] = [*(trainer_cfg.get("callbacks") or []), *extras["callbacks"]]
+        return super().instantiate_trainer(**{**extras, **kwargs})
 
 
 def _error(msg: str) -> None:
@@ -242,7 +175,8 @@ def _error(msg: str) -> None:
 
 
 def main(args: list[str] | None = None) -> Path | None:
-    """Parse, fit, write the fitted-solver file (rank 0) and print its path."""
+    """Parse, then fit and write the fitted-solver file (rank 0) with
+    :func:`dode.lit.api.run_fit`, the code path of :func:`dode.fit`; print its path."""
     _quiet()
     t_parse = time.perf_counter()
     try:
@@ -252,47 +186,39 @@ def main(args: list[str] | None = None) -> Path | None:
     module, trainer = cli.model, cli.trainer
     module.timings["startup_imports_s"] = _startup_seconds()
     module.timings["parse_and_load_s"] = time.perf_counter() - t_parse
-    t_wandb = time.perf_counter()
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            _ = lg.experiment  # starts the W&B run (rank 0 only; lazily otherwise)
-    module.timings["wandb_start_s"] = time.perf_counter() - t_wandb
     run_dir = cli.run_dir()
-    ckpt = cli.config.ckpt_path
-    t_fit = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=cli.datamodule, ckpt_path=ckpt)
+        result = run_fit(
+            module,
+            cli.datamodule,
+            trainer,
+            solver_file=cli.config.solver_file or run_dir / "solver.safetensors",
+            ckpt_path=cli.config.ckpt_path,
+        )
     except ValueError as e:
         _error(str(e))
-    module.timings["fit_total_s"] = time.perf_counter() - t_fit
-    if trainer.interrupted:
+    except RuntimeError:
+        if not trainer.interrupted:
+            raise
         _error(f"interrupted; nothing written. Resume with --run_dir {run_dir} --ckpt_path last.")
-    if not trainer.is_global_zero:
+    if result.path is None:  # not rank 0
         return None
-    out = Path(cli.config.solver_file or run_dir / "solver.safetensors")
-    fitted = module.fitted_solver()
-    path = fitted.save(out)
+    fitted = result.fitted
     lam = ", ".join(f"{v:.4g}" for v in fitted.lambdas.tolist())
     final = module.val_metrics.get("val/mse_final")
     base = module.val_metrics.get("val/mse_base_final")
     if final is not None and base is not None:
         print(f"val MSE to the teacher: D-ODE {final:.4g} vs base {base:.4g}")
-    if module.lambda_scale != 1.0:
-        print(f"λ scale chosen by the Fréchet distance on the fid seeds: {module.lambda_scale:g}")
+    if result.lambda_scale != 1.0:
+        print(f"λ scale chosen by the Fréchet distance on the fid seeds: {result.lambda_scale:g}")
     print(f"λ = [{lam}]")
-    print(f"fitted solver: {path}")
-    t_finish = time.perf_counter()
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.save(str(path), base_path=str(path.parent), policy="now")
-            lg.experiment.summary.update({"solver_file": str(path)})
-            lg.experiment.finish()
-    t = dict(module.timings, wandb_finish_s=time.perf_counter() - t_finish)
+    print(f"fitted solver: {result.path}")
+    t = dict(module.timings)
     t["total_s"] = t.get("startup_imports_s", 0.0) + time.perf_counter() - _T0
     keys = ("startup_imports_s", "model_load_s", "wandb_start_s", "teacher_s", "train_loop_s",
             "validation_s", "wandb_finish_s", "total_s")  # fmt: skip
     print("time: " + ", ".join(f"{k[:-2]} {t[k]:.2f}s" for k in keys if k in t))
-    return path
+    return result.path
 
 
 if __name__ == "__main__":

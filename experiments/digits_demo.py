@@ -1,7 +1,7 @@
 """``make demo``: D-ODE on the bundled digits DDPM, end to end, on a CPU.
 
-For every solver and NFE this fits λ with ``python -m dode.train`` (called in-process through
-:func:`dode.train.main`, one fit per cell, the fitted-solver file written to the run folder),
+For every solver and NFE this fits λ with :func:`dode.fit` (the fit of ``python -m dode.train``,
+on the config ``fit_config``; one fit per cell, the fitted-solver file written to the run folder),
 chooses how much of the fitted λ to use (α·λ, :func:`dode.select_scale`, on seeds used nowhere
 else; that solver is written next to the fit's as ``solver-chosen.safetensors``), then judges
 the base solver against that D-solver on the same held-out seeds:
@@ -31,8 +31,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import inspect
-import json
 import logging
 import math
 import os
@@ -52,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import dode  # noqa: E402
 from dode.artifact import FittedSolver  # noqa: E402
 from dode.digits import (  # noqa: E402
     check_images,
@@ -59,6 +58,7 @@ from dode.digits import (  # noqa: E402
     load_classifier,
     load_digits_split,
 )
+from dode.lit.api import fit_kwargs  # noqa: E402
 from dode.loading import load_denoiser  # noqa: E402
 from dode.metrics import FrechetReference, mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
@@ -116,6 +116,7 @@ DEFAULT_SOLVERS = [
     SolverSpec("EDM-Heun", "heun"),
     SolverSpec("UniPC", "unipc"),
 ]
+TEACHER = SolverSpec("teacher", "dpm_solver_pp", {"order": 3})
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:
@@ -142,25 +143,21 @@ def _paired_fd_diff_std(fb, fd, ref: FrechetReference, n_boot: int, seed: int) -
     return float(np.std(diffs, ddof=1))
 
 
-def _fit_args(
-    spec: SolverSpec, nfe: int, fit_config: str | None, run_dir: Path, fit_overrides: list[str]
-) -> list[str]:
-    args = ["-c", fit_config] if fit_config else []
-    return [
-        *args,
-        f"--model.solver={spec.name}",
-        f"--model.solver_options={json.dumps(spec.options or None)}",
-        f"--model.nfe={nfe}",
-        *([f"--model.schedule={spec.schedule}"] if spec.schedule else []),
-        *(
-            [f"--model.schedule_options={json.dumps(spec.schedule_options)}"]
-            if spec.schedule_options is not None
-            else []
-        ),
-        f"--run_dir={run_dir}",
-        f"--solver_file={run_dir / 'solver.safetensors'}",
-        *fit_overrides,
-    ]
+def _fit(spec: SolverSpec, nfe: int, s: DemoSettings, run_dir: Path) -> FittedSolver:
+    """Fit one cell's λ with :func:`dode.fit`: the fit config, the solver, its NFE and grid."""
+    kwargs = {**(fit_kwargs(s.fit_config) if s.fit_config else {}), **s.fit_overrides}
+    if spec.schedule:
+        kwargs["schedule"] = spec.schedule
+    if spec.schedule_options is not None:
+        kwargs["schedule_options"] = spec.schedule_options
+    kwargs.update(
+        solver=spec.name,
+        solver_options=spec.options or None,
+        nfe=nfe,
+        run_dir=run_dir,
+        solver_file=run_dir / "solver.safetensors",
+    )
+    return dode.fit(**kwargs)
 
 
 def _grids(solvers: list[SolverSpec]) -> str:
@@ -337,43 +334,25 @@ def _quiet() -> None:
     diffusers_logging.set_verbosity_error()
 
 
-def run_demo(
-    solvers: list[SolverSpec] | None = None,
-    nfes: list[int] | None = None,
-    fit_config: str | None = "configs/demo/digits-fit.yaml",
-    fit_overrides: list[str] | None = None,
-    judge_seeds: str = "1000000-1009999",
-    select_seeds: str = "3000000-3000999",
-    scales: list[float] | None = None,
-    reference_solver: SolverSpec | None = None,
-    reference_nfe: int = 40,
-    model: str = "digits",
-    schedule: str = "karras",
-    batch_size: int = 2500,
-    bootstrap: int = 10,
-    grid_nfe: int = 4,
-    grid_samples: int = 12,
-    out: str = "experiments/results/digits",
-    run_dir: str = "runs/digits-demo",
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline",
-    workers: int = 0,
-    threads: int | None = None,
-) -> list[dict]:
-    """Fit and judge every (solver, NFE) cell; write the table, plots, grids and a W&B run.
+@dataclass
+class DemoSettings:
+    """The settings of ``make demo`` (``configs/demo/digits.yaml``; every one is a command-line
+    option of ``python experiments/digits_demo.py``).
 
     Args:
         solvers: the solvers (label, get_solver name, options).
         nfes: the NFE values; a solver that cannot make exactly that many calls gets a row
             saying so.
         fit_config: the ``python -m dode.train`` config of every fit (model, grid, teacher,
-            fit and validation seeds); the demo adds ``--model.solver``, ``--model.nfe`` and
-            the run folder.
-        fit_overrides: extra ``python -m dode.train`` arguments for every fit.
+            fit and validation seeds), read with :func:`dode.lit.api.fit_kwargs`; the demo sets
+            the solver, its NFE and grid, and the run folder.
+        fit_overrides: :func:`dode.fit` keyword arguments for every fit, over the config's
+            (e.g. ``{fit_seeds: 0-63}``).
         judge_seeds: the held-out seeds base and D-solver are judged on (never fitted on).
         select_seeds: held-out seeds (neither fitted nor judged on) on which the λ scale α is
             chosen (:func:`dode.select_scale`, FD-digits against the training digits).
-        scales: the α tried; ``[1]`` reports the fitted λ as they are (default ``[0, 0.5, 1]``;
-            α = 0 is the base solver).
+        scales: the α tried; ``[1]`` reports the fitted λ as they are (α = 0 is the base
+            solver).
         reference_solver: the converged ODE solution (the "teacher" reference row).
         reference_nfe: its NFE.
         model: the model, as in ``--model.model`` of the fit config (used for judging).
@@ -391,12 +370,65 @@ def run_demo(
         threads: CPU threads of torch and BLAS per process (default: one per core, divided
             among the workers).
     """
-    if not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an integer >= 0, got {workers!r}.")
-    if workers and not threads:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-    with _threads(threads):
-        return _run_demo(**{k: v for k, v in locals().items() if k != "threads"}, threads=threads)
+
+    solvers: list[SolverSpec] = field(default_factory=lambda: list(DEFAULT_SOLVERS))
+    nfes: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 8, 10])
+    fit_config: str | None = "configs/demo/digits-fit.yaml"
+    fit_overrides: dict[str, Any] = field(default_factory=dict)
+    judge_seeds: str = "1000000-1009999"
+    select_seeds: str = "3000000-3000999"
+    scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    reference_solver: SolverSpec = field(default_factory=lambda: TEACHER)
+    reference_nfe: int = 40
+    model: str = "digits"
+    schedule: str = "karras"
+    batch_size: int = 2500
+    bootstrap: int = 10
+    grid_nfe: int = 4
+    grid_samples: int = 12
+    out: str = "experiments/results/digits"
+    run_dir: str = "runs/digits-demo"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    workers: int = 0
+    threads: int | None = None
+
+    def check(self) -> None:
+        """Raise ``ValueError`` (one message) for settings the demo cannot run with."""
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}.")
+        if any(not isinstance(n, int) or n < 1 for n in self.nfes):
+            raise ValueError(f"nfes must be positive integers, got {self.nfes}.")
+        if self.fit_config and not Path(self.fit_config).is_file():
+            raise ValueError(
+                f"fit_config {self.fit_config!r} does not exist; pass a dode.train config."
+            )
+        if 1.0 not in self.scales:
+            raise ValueError(
+                f"scales must contain 1 (the fitted λ, reported in every row), got "
+                f"{self.scales}; add 0 to let a cell fall back to its base solver."
+            )
+        labels = [spec.label for spec in self.solvers]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"solver labels must be unique, got {labels}.")
+        if set(parse_seeds(self.judge_seeds)) & set(parse_seeds(self.select_seeds)):
+            raise ValueError(
+                "select_seeds and judge_seeds overlap; α must be chosen on other seeds."
+            )
+
+
+def run_demo(settings: DemoSettings | None = None, **changes: Any) -> list[dict]:
+    """Fit and judge every (solver, NFE) cell; write the table, plots, grids and a W&B run.
+
+    ``changes`` replace fields of ``settings`` (default :class:`DemoSettings`). Returns the
+    table's rows (cells, then the reference rows).
+    """
+    s = dataclasses.replace(settings or DemoSettings(), **changes)
+    s.scales = [float(a) for a in s.scales]
+    s.check()
+    if s.workers and not s.threads:
+        s.threads = max(1, (os.cpu_count() or 1) // s.workers)
+    with _threads(s.threads):
+        return _run_demo(s)
 
 
 @contextlib.contextmanager
@@ -417,23 +449,6 @@ def _threads(threads: int | None):
 
 
 # -- work that runs in a worker process (or inline with workers=0) -------------------------------
-
-
-@dataclass
-class _Judge:
-    """What every cell needs besides its solver and NFE (sent to the workers once per task)."""
-
-    model: str
-    judge_seeds: str
-    select_seeds: str
-    scales: list[float]
-    batch_size: int
-    bootstrap: int
-    grid_nfe: int
-    grid_samples: int
-    fit_config: str | None
-    fit_overrides: list[str]
-    run_dir: str
 
 
 _CACHE: dict[str, Any] = {}
@@ -487,21 +502,16 @@ def _reference_task(model: str, spec: SolverSpec, nfe: int, schedule: str, seeds
     return {"x": x.float(), "describe": solver.describe(), "peak": _peak()}
 
 
-def _cell_task(spec: SolverSpec, nfe: int, job: _Judge) -> dict:
-    """Fit one cell with ``python -m dode.train``, choose α, judge base and D-solver."""
-    from dode import train as dode_train
-
+def _cell_task(spec: SolverSpec, nfe: int, job: DemoSettings) -> dict:
+    """Fit one cell with :func:`dode.fit`, choose α, judge base and D-solver."""
     sh = _shared(job.model)
     den, clf = sh["den"], sh["clf"]
     row: dict[str, Any] = {"solver": spec.label, "nfe": nfe}
     cell_dir = Path(job.run_dir) / f"{spec.name}-nfe{nfe}"
     t0 = time.perf_counter()
     cell_dir.mkdir(parents=True, exist_ok=True)
-    args = _fit_args(spec, nfe, job.fit_config, cell_dir, job.fit_overrides)
-    with open(cell_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
-        path = dode_train.main(args)
+    fitted = _fit(spec, nfe, job, cell_dir)
     row["fit_seconds"] = time.perf_counter() - t0
-    fitted = FittedSolver.load(path)
     solver, sigmas, lam = fitted.build_solver(), fitted.sigmas, fitted.lambdas
 
     def digits(x):
@@ -601,45 +611,13 @@ class _Inline:
 # -- the demo --------------------------------------------------------------------------------
 
 
-def _run_demo(
-    solvers, nfes, fit_config, fit_overrides, judge_seeds, select_seeds, scales, reference_solver,
-    reference_nfe, model, schedule, batch_size, bootstrap, grid_nfe, grid_samples, out, run_dir,
-    wandb_mode, workers, threads,
-) -> list[dict]:  # fmt: skip
-    t_start = time.perf_counter()
-    _quiet()
-    solvers = list(solvers or DEFAULT_SOLVERS)
-    nfes = list(nfes or [3, 4, 5, 6, 8, 10])
-    scales = [0.0, 0.5, 1.0] if scales is None else [float(a) for a in scales]
-    if any(not isinstance(n, int) or n < 1 for n in nfes):
-        raise ValueError(f"nfes must be positive integers, got {nfes}.")
-    if fit_config and not Path(fit_config).is_file():
-        raise ValueError(f"fit_config {fit_config!r} does not exist; pass a dode.train config.")
-    if 1.0 not in scales:
-        raise ValueError(
-            f"scales must contain 1 (the fitted λ, reported in every row), got {scales}; "
-            "add 0 to let a cell fall back to its base solver."
-        )
-    labels = [s.label for s in solvers]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"solver labels must be unique, got {labels}.")
-    seeds, select = parse_seeds(judge_seeds), parse_seeds(select_seeds)
-    if set(seeds) & set(select):
-        raise ValueError("select_seeds and judge_seeds overlap; α must be chosen on other seeds.")
-    out_dir, runs = Path(out), Path(run_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs.mkdir(parents=True, exist_ok=True)
-    reference_solver = reference_solver or SolverSpec("teacher", "dpm_solver_pp", {"order": 3})
-    job = _Judge(
-        model, judge_seeds, select_seeds, scales, batch_size, bootstrap, grid_nfe, grid_samples,
-        fit_config, list(fit_overrides or []), str(runs),
-    )  # fmt: skip
-
-    # -- which cells exist; the dearest first, so that the workers finish together --------------
+def _cells(s: DemoSettings) -> tuple[list[tuple[SolverSpec, int]], dict[tuple[str, int], dict]]:
+    """The (solver, NFE) cells to fit, the dearest first (so that the workers finish together),
+    and a row for every cell a solver cannot reach."""
     cells, rows = [], {}
-    for spec in solvers:
+    for spec in s.solvers:
         solver = get_solver(spec.name, **spec.options)
-        for nfe in nfes:
+        for nfe in s.nfes:
             try:
                 solver.steps_for_nfe(nfe)
                 cells.append((spec, nfe))
@@ -651,133 +629,96 @@ def _run_demo(
                     "status": f"n/a: {solver.describe()} makes "
                     f"{', '.join(map(str, reach[:5]))}, … calls",
                 }
+    return sorted(cells, key=lambda c: -c[1]), rows
 
-    if workers:
-        import multiprocessing as mp
 
-        # fork (Linux): the workers start with everything imported; this process has run no
-        # torch op yet and has no other threads when the pool forks (on the first submit).
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        pool = ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
-        )
-    else:
-        pool = _Inline()
-    peaks: dict[int, float] = {}
-    wb = None
-    try:
-        t0 = time.perf_counter()
-        shares = max(1, workers)
-        ref_seeds = seeds + select  # the teacher also on the α-selection seeds
-        ref_futs = [
-            pool.submit(
-                _reference_task,
-                model,
-                reference_solver,
-                reference_nfe,
-                schedule,
-                ref_seeds[i::shares],
-                batch_size,
-            )  # fmt: skip
-            for i in range(shares)
-        ]
-        cell_futs = {
-            pool.submit(_cell_task, spec, nfe, job): (spec, nfe)
-            for spec, nfe in sorted(cells, key=lambda c: -c[1])
-        }
-        if wandb_mode != "disabled":
-            wb = _wandb_start(runs, wandb_mode)
-        sh = _shared(model)
-        split, clf = sh["split"], sh["clf"]
-        ref_out = [f.result() for f in ref_futs]
-        for r in ref_out:
-            peaks[r["peak"][0]] = r["peak"][1]
-        teacher_all = torch.empty(len(ref_seeds), *ref_out[0]["x"].shape[1:])
-        for i, r in enumerate(ref_out):
-            teacher_all[i::shares] = r["x"]
-        teacher_raw, teacher_select = teacher_all[: len(seeds)], teacher_all[len(seeds) :]
-        teacher = _as_images(teacher_raw)
-        teacher_row = {
-            "solver": f"teacher: {ref_out[0]['describe']}, {reference_nfe} NFE",
-            "nfe": reference_nfe,
-            "status": "reference",
-            "fd_digits_base": sh["test_digits"].distance(digits_features(teacher, clf)),
-            "fd_pixel_base": sh["test_pixels"].distance(_pixels(teacher)),
-            "judge_seconds": time.perf_counter() - t0,
-        }
-        real_row = {
-            "solver": f"real: {len(split.train_images)} training digits",
-            "nfe": None,
-            "status": "reference",
-            "fd_digits_base": sh["test_digits"].distance(digits_features(split.train_images, clf)),
-            "fd_pixel_base": sh["test_pixels"].distance(_pixels(split.train_images)),
-        }
-        refs = [teacher_row, real_row]
-        print(f"[demo] reference rows in {time.perf_counter() - t0:.1f} s", flush=True)
+def _pool(s: DemoSettings):
+    """Worker processes (``s.workers``), or this process (``workers=0``)."""
+    if not s.workers:
+        return _Inline()
+    import multiprocessing as mp
 
-        grids: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        for f in as_completed(cell_futs) if workers else list(cell_futs):
-            spec, nfe = cell_futs[f]
-            res = f.result()
-            row = res["row"]
-            xb_raw, xd_raw = res["raw"]
-            sel = res["select_raw"]
-            row.update(
-                mse_teacher_base=mse(xb_raw, teacher_raw),
-                mse_teacher_dode=mse(xd_raw, teacher_raw),
-                select_mse_teacher_base=mse(sel[0.0], teacher_select) if 0.0 in sel else None,
-                select_mse_teacher_fit=mse(sel[1.0], teacher_select),
-            )
-            rows[spec.label, nfe] = row
-            peaks[res["peak"][0]] = res["peak"][1]
-            if res["grid"]:
-                grids[spec.label, nfe] = res["grid"]
-            print(
-                f"[demo] {spec.label:>13} NFE {nfe:>2}: FD-digits base {row['fd_digits_base']:.3g}"
-                f" → D {row['fd_digits_dode']:.3g} (α = {row['lambda_scale']:g}; α-selection "
-                f"FD-digits {row['select_scores']})   fit {row['fit_seconds']:.1f} s, α "
-                f"{row['select_seconds']:.1f} s, judge {row['judge_seconds']:.1f} s",
-                flush=True,
-            )
-    except BaseException:
-        if wb is not None:
-            wb.finish(exit_code=1)
-        raise
-    finally:
-        pool.shutdown(cancel_futures=True)
-    rows_list = [rows[s.label, n] for s in solvers for n in nfes]
-    grid: dict[str, torch.Tensor] = {}
-    for spec in solvers:
-        if (spec.label, grid_nfe) in grids:
-            xb, xfit = grids[spec.label, grid_nfe]
-            grid[f"{spec.label} base"] = xb
-            grid[f"{spec.label} D-ODE λ"] = xfit
-    grid["teacher"] = teacher[:grid_samples]
+    # fork (Linux): the workers start with everything imported; this process has run no torch
+    # op yet and has no other threads when the pool forks (on the first submit).
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    return ProcessPoolExecutor(
+        s.workers, mp_context=ctx, initializer=_worker_init, initargs=(s.threads,)
+    )
 
-    # -- outputs --------------------------------------------------------------------------------
-    total = time.perf_counter() - t_start
-    me, mine = _peak()
-    peaks[me] = mine
-    peak_mb = sum(peaks.values())
-    fit_cfg = fit_config or "(dode.train defaults)"
+
+def _reference_rows(s: DemoSettings, ref_out: list[dict], seeds: list[int], sh: dict, t0: float):
+    """The teacher (converged ODE solution) and real-digits rows, and the teacher's raw
+    samples on the judged and on the α-selection seeds."""
+    split, clf = sh["split"], sh["clf"]
+    shares = len(ref_out)
+    n = sum(len(r["x"]) for r in ref_out)
+    teacher_all = torch.empty(n, *ref_out[0]["x"].shape[1:])
+    for i, r in enumerate(ref_out):
+        teacher_all[i::shares] = r["x"]
+    teacher_raw, teacher_select = teacher_all[: len(seeds)], teacher_all[len(seeds) :]
+    teacher = _as_images(teacher_raw)
+    teacher_row = {
+        "solver": f"teacher: {ref_out[0]['describe']}, {s.reference_nfe} NFE",
+        "nfe": s.reference_nfe,
+        "status": "reference",
+        "fd_digits_base": sh["test_digits"].distance(digits_features(teacher, clf)),
+        "fd_pixel_base": sh["test_pixels"].distance(_pixels(teacher)),
+        "judge_seconds": time.perf_counter() - t0,
+    }
+    real_row = {
+        "solver": f"real: {len(split.train_images)} training digits",
+        "nfe": None,
+        "status": "reference",
+        "fd_digits_base": sh["test_digits"].distance(digits_features(split.train_images, clf)),
+        "fd_pixel_base": sh["test_pixels"].distance(_pixels(split.train_images)),
+    }
+    return [teacher_row, real_row], teacher_raw, teacher_select
+
+
+def _finish_row(res: dict, teacher_raw: torch.Tensor, teacher_select: torch.Tensor) -> dict:
+    """A cell's row with its MSE to the teacher (judged and α-selection seeds)."""
+    row = res["row"]
+    xb_raw, xd_raw = res["raw"]
+    sel = res["select_raw"]
+    row.update(
+        mse_teacher_base=mse(xb_raw, teacher_raw),
+        mse_teacher_dode=mse(xd_raw, teacher_raw),
+        select_mse_teacher_base=mse(sel[0.0], teacher_select) if 0.0 in sel else None,
+        select_mse_teacher_fit=mse(sel[1.0], teacher_select),
+    )
+    print(
+        f"[demo] {row['solver']:>13} NFE {row['nfe']:>2}: FD-digits base "
+        f"{row['fd_digits_base']:.3g} → D {row['fd_digits_dode']:.3g} (α = "
+        f"{row['lambda_scale']:g}; α-selection FD-digits {row['select_scores']})   fit "
+        f"{row['fit_seconds']:.1f} s, α {row['select_seconds']:.1f} s, judge "
+        f"{row['judge_seconds']:.1f} s",
+        flush=True,
+    )
+    return row
+
+
+def _header(s: DemoSettings, sh: dict, total: float, peak_mb: float, processes: int) -> list[str]:
+    """The table's title and explanation."""
+    seeds, select = parse_seeds(s.judge_seeds), parse_seeds(s.select_seeds)
+    fit_cfg = s.fit_config or "(dode.train defaults)"
     procs = (
-        f"{len(peaks)} processes ({workers} workers), {threads or torch.get_num_threads()} torch "
-        "thread(s) each"
-        if workers
+        f"{processes} processes ({s.workers} workers), {s.threads or torch.get_num_threads()} "
+        "torch thread(s) each"
+        if s.workers
         else f"1 process, {torch.get_num_threads()} torch threads"
     )
-    header = [
+    return [
         "# D-ODE on the bundled digits DDPM",
         "",
-        f"Model `{model}`{' (`dode/assets/digits_ddpm`)' if model == 'digits' else ''}, "
-        f"σ grid per solver: {_grids(solvers)}; λ fitted with "
-        f"`python -m dode.train -c {fit_cfg}` per cell; base and D-solver judged on "
-        f"{len(seeds)} held-out seeds ({judge_seeds}), FD against the "
-        f"{len(split.test_images)} held-out real digits (samples clamped to [−1, 1]). "
-        f"**D** is the D-solver with λ scaled by α ∈ {{{', '.join(f'{a:g}' for a in scales)}}}, "
+        f"Model `{s.model}`{' (`dode/assets/digits_ddpm`)' if s.model == 'digits' else ''}, "
+        f"σ grid per solver: {_grids(s.solvers)}; λ fitted with "
+        f"`dode.fit` on the `python -m dode.train` config `{fit_cfg}` per cell; base and "
+        f"D-solver judged on {len(seeds)} held-out seeds ({s.judge_seeds}), FD against the "
+        f"{len(sh['split'].test_images)} held-out real digits (samples clamped to [−1, 1]). "
+        f"**D** is the D-solver with λ scaled by α ∈ {{{', '.join(f'{a:g}' for a in s.scales)}}}, "
         "chosen per cell (`dode.select_scale`) by FD-digits against the *training* digits on "
-        f"{len(select)} other held-out seeds ({select_seeds}); α = 1 is the fitted λ as they are "
-        "(the paper's D-solver), α = 0 the base solver. The α-selection columns show those "
+        f"{len(select)} other held-out seeds ({s.select_seeds}); α = 1 is the fitted λ as they "
+        "are (the paper's D-solver), α = 0 the base solver. The α-selection columns show those "
         "seeds' scores for every α and the MSE to the teacher of the base solver and of the "
         "fitted λ there. MSE→teacher: mean squared error of the raw samples to the teacher "
         "row's (a converged solution of the same ODE) from the same noise. ± is the bootstrap "
@@ -787,12 +728,73 @@ def _run_demo(
         f"Run: {total:.0f} s wall, peak memory {peak_mb:.0f} MB (sum of every process's peak), "
         f"{procs}, torch {torch.__version__}.",
     ]
+
+
+def _run_demo(s: DemoSettings) -> list[dict]:
+    t_start = time.perf_counter()
+    _quiet()
+    seeds, select = parse_seeds(s.judge_seeds), parse_seeds(s.select_seeds)
+    out_dir, runs = Path(s.out), Path(s.run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    cells, rows = _cells(s)
+    pool = _pool(s)
+    peaks: dict[int, float] = {}
+    grids: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    wb = None
+    try:
+        # The reference solution on the judged and the α-selection seeds, one share per worker.
+        t0 = time.perf_counter()
+        shares = max(1, s.workers)
+        ref_seeds = seeds + select
+        ref_futs = [
+            pool.submit(_reference_task, s.model, s.reference_solver, s.reference_nfe,
+                        s.schedule, ref_seeds[i::shares], s.batch_size)
+            for i in range(shares)
+        ]  # fmt: skip
+        cell_futs = {pool.submit(_cell_task, spec, nfe, s): (spec, nfe) for spec, nfe in cells}
+        if s.wandb_mode != "disabled":
+            wb = _wandb_start(runs, s.wandb_mode)
+        sh = _shared(s.model)
+        ref_out = [f.result() for f in ref_futs]
+        peaks.update(r["peak"] for r in ref_out)
+        refs, teacher_raw, teacher_select = _reference_rows(s, ref_out, seeds, sh, t0)
+        print(f"[demo] reference rows in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        for f in as_completed(cell_futs) if s.workers else list(cell_futs):
+            spec, nfe = cell_futs[f]
+            res = f.result()
+            rows[spec.label, nfe] = _finish_row(res, teacher_raw, teacher_select)
+            peaks.update([res["peak"]])
+            if res["grid"]:
+                grids[spec.label, nfe] = res["grid"]
+    except BaseException:
+        if wb is not None:
+            wb.finish(exit_code=1)
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
+    rows_list = [rows[spec.label, n] for spec in s.solvers for n in s.nfes]
+    grid: dict[str, torch.Tensor] = {}
+    for spec in s.solvers:
+        if (spec.label, s.grid_nfe) in grids:
+            xb, xfit = grids[spec.label, s.grid_nfe]
+            grid[f"{spec.label} base"] = xb
+            grid[f"{spec.label} D-ODE λ"] = xfit
+    grid["teacher"] = _as_images(teacher_raw)[: s.grid_samples]
+
+    # -- outputs --------------------------------------------------------------------------------
+    total = time.perf_counter() - t_start
+    peaks.update([_peak()])
+    peak_mb = sum(peaks.values())
+    header = _header(s, sh, total, peak_mb, len(peaks))
+    labels = [spec.label for spec in s.solvers]
     md = write_table(rows_list, refs, out_dir, header)
     plot_fd(rows_list, refs, labels, out_dir / "fd_digits_vs_nfe.png")
     plot_lambdas(rows_list, labels, out_dir / "lambdas.png")
     plot_samples(
         grid,
-        f"same noise, NFE {grid_nfe}, fitted λ (teacher: {reference_nfe} NFE)",
+        f"same noise, NFE {s.grid_nfe}, fitted λ (teacher: {s.reference_nfe} NFE)",
         out_dir / "samples.png",
     )
     if wb is not None:
@@ -851,12 +853,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default_env=False,
     )
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config")
-    parser.add_function_arguments(run_demo)
+    parser.add_class_arguments(DemoSettings)
     _quiet()
     cfg = parser.instantiate(parser.parse_args(argv))
-    kwargs = {k: cfg[k] for k in inspect.signature(run_demo).parameters}
+    settings = DemoSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(DemoSettings)})
     try:
-        return run_demo(**kwargs)
+        return run_demo(settings)
     except ValueError as e:
         print(f"digits_demo: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import dode  # noqa: E402
 from dode.artifact import FittedSolver  # noqa: E402
 from dode.evaluate import EvalConfig, build_grid, evaluate, load_model  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
@@ -202,50 +203,45 @@ def _discard(file: Path, folder: Path) -> None:
 
 
 def fit_cell(spec: dict, entry: dict, nfe: int, file: Path, run_dir: Path, opts: dict) -> dict:
-    """Fit λ for one (solver, NFE) with ``python -m dode.train`` (in-process) into ``file``.
+    """Fit λ for one (solver, NFE) with :func:`dode.fit` (the fit of ``python -m dode.train``)
+    into ``file``.
 
     The fit is the Lightning framework's ``lstsq`` mode (the paper's closed form) on
     ``fit.batch_size`` seeds from ``fit.seed_start``; an interrupted fit resumes from its last
     checkpoint. A finished file is loaded, not refitted.
     """
     if not file.is_file():
-        from dode.train import main as train_main
-
         fit = spec["fit"]
         s0, n = int(fit["seed_start"]), int(fit["batch_size"])
         v0, nv = int(fit.get("val_seed_start", 20_000_000)), int(fit.get("val_samples", 64))
-        args = [
-            "--model.model", str(opts["model"]),
-            "--model.solver", entry["solver"],
-            "--model.solver_options", json.dumps(entry.get("options") or {}),
-            "--model.nfe", str(nfe),
-            "--model.schedule", entry.get("schedule", "karras"),
-            "--model.schedule_options", json.dumps(entry.get("schedule_options") or {}),
-            "--model.teacher_factor", str(int(fit.get("teacher_factor", 10))),
-            "--model.sigma_to_t", spec.get("sigma_to_t", "interp"),
-            "--data.fit_seeds", f"{s0}-{s0 + n - 1}",
-            "--data.val_seeds", f"{v0}-{v0 + nv - 1}",
-            "--data.batch_size", str(int(fit.get("chunk") or n)),
-            "--data.cache_dir", str(run_dir.parent / "teacher-cache"),
-            "--samples.num_samples", str(int(fit.get("sample_grid", 8))),
-            "--lambda_plot.enabled", json.dumps(bool(fit.get("lambda_plot", True))),
-            "--wandb_mode", opts["wandb_mode"],
-            "--run_dir", str(run_dir),
-            "--solver_file", str(file),
-            "--trainer.devices", "1",
-            "--trainer.enable_progress_bar", json.dumps(bool(opts["progress"])),
-        ]  # fmt: skip
+        trainer = {"devices": 1, "enable_progress_bar": bool(opts["progress"])}
         if opts.get("accelerator"):
-            args += ["--trainer.accelerator", opts["accelerator"]]
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
-            args += ["--ckpt_path", "last"]
+            trainer["accelerator"] = opts["accelerator"]
+        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
         try:
-            train_main(args)
-        except SystemExit as e:
-            if e.code not in (0, None):
-                raise ValueError(
-                    f"fitting {entry['label']} at NFE {nfe} failed (see above)."
-                ) from None
+            dode.fit(
+                str(opts["model"]),
+                entry["solver"],
+                solver_options=entry.get("options") or {},
+                nfe=nfe,
+                schedule=entry.get("schedule", "karras"),
+                schedule_options=entry.get("schedule_options") or {},
+                teacher_factor=int(fit.get("teacher_factor", 10)),
+                sigma_to_t=spec.get("sigma_to_t", "interp"),
+                fit_seeds=f"{s0}-{s0 + n - 1}",
+                val_seeds=f"{v0}-{v0 + nv - 1}",
+                batch_size=int(fit.get("chunk") or n),
+                cache_dir=str(run_dir.parent / "teacher-cache"),
+                samples={"num_samples": int(fit.get("sample_grid", 8))},
+                lambda_plot={"enabled": bool(fit.get("lambda_plot", True))},
+                wandb_mode=opts["wandb_mode"],
+                run_dir=run_dir,
+                solver_file=file,
+                trainer=trainer,
+                ckpt_path="last" if resume else None,
+            )
+        except ValueError as e:
+            raise ValueError(f"fitting {entry['label']} at NFE {nfe} failed: {e}") from None
     fitted = FittedSolver.load(file)
     m = fitted.metrics
     timings = {k: v for k, v in m.items() if k.startswith("time/")}

@@ -51,7 +51,7 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
             "--select_seeds=3000000-3000199",
             "--threads=1",
             "--workers=0",
-            "--fit_overrides=[--data.fit_seeds=0-63]",
+            "--fit_overrides={fit_seeds: 0-63}",
             f"--out={out}",
             f"--run_dir={runs}",
         ]
@@ -125,7 +125,7 @@ def test_demo_workers_give_the_numbers_of_one_process(tmp_path, monkeypatch):
         "--bootstrap=0",
         "--threads=1",
         "--wandb_mode=disabled",
-        "--fit_overrides=[--data.fit_seeds=0-31]",
+        "--fit_overrides={fit_seeds: 0-31}",
     ]
     rows = {}
     for w in (0, 1):

@@ -119,14 +119,14 @@ def test_checkpoint_holds_lambdas_not_the_network(lstsq_fit):
 def test_teacher_cache_reused_with_another_batch_size(lstsq_fit, monkeypatch):
     m, data, root = lstsq_fit
     seeds = data.fit_seeds[:20]
-    first = data.states_for(seeds, m)
+    first = data.states_for(seeds, m.teacher_source())
     again = NoiseDataModule(FIT, VAL, batch_size=5, cache_dir=str(root / "cache"))
 
     def boom(noise):
         raise AssertionError("teacher recomputed although cached")
 
     monkeypatch.setattr(m, "compute_teacher", boom)
-    second = again.states_for(seeds, m)
+    second = again.states_for(seeds, m.teacher_source())
     assert torch.equal(first["teacher"], second["teacher"])
     assert torch.equal(first["noise"], second["noise"])
     # The cached final state is the teacher's sample: a 10x finer solve of the same ODE.
@@ -168,7 +168,7 @@ def test_sgd_local_reaches_the_closed_form_error(lstsq_fit):
     m = _module(schedule_options={"sigma_min": 0.05}, fit_mode="sgd-local", lr=0.1)
     small = NoiseDataModule(FIT, VAL, batch_size=8, cache_dir=data.hparams.cache_dir)
     _fit(m, small, max_epochs=20, limit_val_batches=0)
-    batch = small.states_for(small.fit_seeds, ref)
+    batch = small.states_for(small.fit_seeds, ref.teacher_source())
     err_lstsq = _final_mse(ref, batch, ref.lambdas.detach())
     err_sgd = _final_mse(ref, batch, m.lambdas.detach())
     err_base = _final_mse(ref, batch, None)
@@ -180,7 +180,7 @@ def test_sgd_global_backpropagates_through_the_trajectory(lstsq_fit):
     _, data, _ = lstsq_fit
     m = _module(schedule_options={"sigma_min": 0.05}, fit_mode="sgd-global", lr=0.1)
     small = NoiseDataModule(FIT, VAL, batch_size=16, cache_dir=data.hparams.cache_dir)
-    batch = small.states_for(small.fit_seeds, m)
+    batch = small.states_for(small.fit_seeds, m.teacher_source())
     # Gradients reach every λ but λ_0 (which multiplies o_0 − o_0 = nothing).
     sig, states = m._global_states(batch["noise"])
     target = m._target_fn(batch["teacher"])
@@ -230,7 +230,7 @@ def test_frechet_callback_features_match_numpy_frechet(lstsq_fit):
     from dode.metrics import frechet_distance
 
     m, data, _ = lstsq_fit
-    batch = data.states_for(list(range(2000, 2064)), m)
+    batch = data.states_for(list(range(2000, 2064)), m.teacher_source())
     real = to_uint8_images(batch["teacher"][:, -1])
     fake = to_uint8_images(m.sample_final(batch["noise"], dode=False))
     feats = _Features(PixelFeatures(grid=2), m.sample_shape)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
+from ..metrics import frechet_distance_from_stats
 from ..noise import parse_seeds, shard_seeds
 from ..select import best_scale, check_scales
 
@@ -86,7 +87,7 @@ class SampleGridCallback(pl.Callback):
         if not self.num_samples or not trainer.is_global_zero:
             return
         dm = trainer.datamodule
-        batch = dm.states_for(dm.val_seeds[: self.num_samples], pl_module)
+        batch = dm.states_for(dm.val_seeds[: self.num_samples])
         base = pl_module.sample_final(batch["noise"], dode=False)
         dode = pl_module.sample_final(batch["noise"], dode=True)
         teacher = batch["teacher"][:, -1]
@@ -171,7 +172,8 @@ class LambdaPlotCallback(pl.Callback):
 
 
 class _Features(nn.Module):
-    """A :mod:`dode.fid` extractor (uint8 images → features) as a torchmetrics ``feature``."""
+    """A :mod:`dode.fid` extractor (uint8 images → flat features ``[B, F]``); also usable as a
+    torchmetrics ``feature``."""
 
     def __init__(self, extractor, sample_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -184,18 +186,45 @@ class _Features(nn.Module):
         return self.extractor(images).reshape(len(images), -1)
 
 
-class FrechetCallback(pl.Callback):
-    """Fréchet distance of D-solver and base samples to a reference, through torchmetrics'
-    ``FrechetInceptionDistance`` with a pluggable feature extractor (:mod:`dode.fid`).
+class _Moments:
+    """Float64 feature sums ``Σf``, ``Σ f fᵀ`` and the count, summed over ranks by the
+    strategy: the statistics of a feature set split across processes."""
 
-    Runs at the end of the fit on every rank (samples sharded by seed; torchmetrics sums the
-    statistics across ranks). Logs ``val/<name>_dode`` and ``val/<name>_base`` where name is
+    def __init__(self, num_features: int, device) -> None:
+        self.s1 = torch.zeros(num_features, dtype=torch.float64, device=device)
+        self.s2 = torch.zeros(num_features, num_features, dtype=torch.float64, device=device)
+        self.n = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, feats: Tensor) -> None:
+        f = feats.to(self.s1.device, torch.float64)
+        self.s1 += f.sum(0)
+        self.s2 += f.T @ f
+        self.n += len(f)
+
+    def stats(self, trainer: pl.Trainer) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of every rank's features together."""
+        s1, s2, n = (
+            trainer.strategy.reduce(t, reduce_op="sum") for t in (self.s1, self.s2, self.n)
+        )
+        mu = s1 / n
+        cov = (s2 - n * torch.outer(mu, mu)) / (n - 1)
+        return mu.cpu().numpy(), cov.cpu().numpy()
+
+
+class FrechetCallback(pl.Callback):
+    """Fréchet distance of D-solver and base samples to a reference, with a pluggable feature
+    extractor (:mod:`dode.fid`).
+
+    Runs at the end of the fit on every rank (samples sharded by seed; the feature statistics
+    are summed across ranks). Logs ``val/<name>_dode`` and ``val/<name>_base`` where name is
     ``fid`` for Inception features and ``fd_<extractor>`` otherwise, and ``val/<name>_alpha<α>``
     for every other λ scale α in ``scales``.
 
-    With ``select``, the λ scale with the lowest distance is kept: the fitted-solver file then
-    holds α·λ (``val/lambda_scale`` and ``lambdas_fitted`` in its metrics; the module's λ, its
-    checkpoints, the sample grid and the λ plot keep the fitted λ). The closed-form fit
+    With ``select``, the λ scale with the lowest distance is kept as ``chosen_scale``:
+    ``dode.fit`` and ``python -m dode.train`` read it and write α·λ to the fitted-solver file
+    (``val/lambda_scale`` and ``lambdas_fitted`` in its metrics; the module's λ, its
+    checkpoints, the sample grid and the λ plot keep the fitted λ). ``results`` holds the
+    distances measured, for the file's metrics. The closed-form fit
     minimises the squared error to the teacher, which a sample-quality metric does not always
     reward; with 0 among the scales, the solver written is never worse than the base solver by
     this metric on these seeds (:func:`dode.select_scale` is the same for Python code).
@@ -241,6 +270,7 @@ class FrechetCallback(pl.Callback):
         self.batch_size = batch_size
         self.inception_weights = inception_weights
         self.results: dict[str, float] = {}
+        self.chosen_scale: float | None = None
         if feature is None:
             return
         if num_samples < 2:
@@ -267,67 +297,53 @@ class FrechetCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if self.feature is None:
             return
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
         from .. import fid
 
         fx = fid.get_feature_extractor(self.feature, self.inception_weights)
         self.name = fid.metric_name(fx)
-        feat = _Features(fx, pl_module.sample_shape)
-        self.metric = FrechetInceptionDistance(feature=feat, reset_real_features=False)
+        self.features = _Features(fx, pl_module.sample_shape)
 
-    def _set_reference_stats(self, trainer: pl.Trainer) -> None:
+    def _reference_stats(self) -> tuple[np.ndarray, np.ndarray]:
         from .. import fid
 
         mu, sigma = fid.load_stats(self.reference)
-        m = self.metric
-        if len(mu) != m.real_features_sum.shape[0]:
+        if len(mu) != self.features.num_features:
             raise ValueError(
                 f"{self.reference!r} has {len(mu)}-d statistics but the '{self.feature}' "
-                f"features are {m.real_features_sum.shape[0]}-d."
+                f"features are {self.features.num_features}-d."
             )
-        if trainer.is_global_zero:  # the states are summed over ranks
-            n = 10_000
-            mu_t = torch.as_tensor(mu, dtype=torch.float64, device=m.device)
-            sig_t = torch.as_tensor(sigma, dtype=torch.float64, device=m.device)
-            m.real_features_sum = n * mu_t
-            m.real_features_cov_sum = (n - 1) * sig_t + n * torch.outer(mu_t, mu_t)
-            m.real_features_num_samples = torch.tensor(n, device=m.device)
+        return mu, sigma
 
     @torch.no_grad()
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         if self.feature is None:
             return
-        m = self.metric.to(pl_module.device)
-        m.reset()
+        feats = self.features.to(pl_module.device)
         dm = trainer.datamodule
         rank, world = trainer.global_rank, trainer.world_size
         mine = shard_seeds(self.seeds, rank, world)
         nb = max(1, math.ceil(len(mine) / self.batch_size))
         groups = [g for g in np.array_split(np.array(mine, dtype=np.int64), nb) if len(g)]
-        if self.reference != "teacher":
-            self._set_reference_stats(trainer)
-        fakes: dict[float, list[Tensor]] = {a: [] for a in self.scales}
+        ref_stats = self._reference_stats() if self.reference != "teacher" else None
+        real = _Moments(feats.num_features, pl_module.device)
+        fakes = {a: _Moments(feats.num_features, pl_module.device) for a in self.scales}
         for g in groups:
-            batch = dm.states_for(g.tolist(), pl_module)
-            if self.reference == "teacher":
-                m.update(to_uint8_images(batch["teacher"][:, -1]).to(m.device), real=True)
-            for a in fakes:
+            batch = dm.states_for(g.tolist())
+            if ref_stats is None:
+                real.update(feats(to_uint8_images(batch["teacher"][:, -1]).to(pl_module.device)))
+            for a, moments in fakes.items():
                 x = pl_module.sample_final(batch["noise"], scale=a)
-                fakes[a].append(to_uint8_images(x))
+                moments.update(feats(to_uint8_images(x).to(pl_module.device)))
+        if ref_stats is None:
+            ref_stats = real.stats(trainer)
         scores = {}
-        for a in self.scales:
-            for imgs in fakes[a]:
-                m.update(imgs.to(m.device), real=False)
-            scores[a] = float(m.compute())
+        for a, moments in fakes.items():
+            scores[a] = frechet_distance_from_stats(*moments.stats(trainer), *ref_stats)
             self.results[f"val/{self.name}_{self._suffix(a)}"] = scores[a]
-            m.reset()  # keeps the real features (reset_real_features=False)
         if self.select:
             # Every rank holds the same (all-reduced) distances, hence the same choice.
-            best = best_scale(scores)
-            pl_module.lambda_scale = best
-            self.results["val/lambda_scale"] = best
-        pl_module.extra_metrics.update(self.results)
+            self.chosen_scale = best_scale(scores)
+            self.results["val/lambda_scale"] = self.chosen_scale
         if trainer.is_global_zero:
             _log_metrics(trainer, self.results)
 

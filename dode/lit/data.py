@@ -15,12 +15,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -31,9 +33,45 @@ from tqdm import tqdm
 
 from ..artifact import atomic_write
 from ..noise import noise_from_seeds, parse_seeds, shard_seeds
-from .module import DODEModule, _digest
 
-__all__ = ["NoiseDataModule", "TeacherCache", "rank_batches", "split_even", "default_cache_dir"]
+__all__ = [
+    "NoiseDataModule",
+    "TeacherCache",
+    "TeacherSource",
+    "problem_digest",
+    "rank_batches",
+    "split_even",
+    "default_cache_dir",
+]
+
+
+def problem_digest(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as canonical JSON: the cache key of a problem or a seed list."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """What :class:`NoiseDataModule` needs to know of the problem (handed over with
+    :meth:`NoiseDataModule.attach`; :meth:`dode.lit.DODEModule.teacher_source` makes one).
+
+    Attributes:
+        problem: everything the teacher states depend on (JSON-able; keys the cache).
+        sample_shape: the shape of one sample.
+        dtype: the integration dtype of noise and states.
+        compute: standard-normal noise ``[B, ...]`` → teacher states ``[B, M, ...]`` (CPU).
+        description: how the teacher is made, for the log line.
+    """
+
+    problem: dict
+    sample_shape: tuple[int, ...]
+    dtype: torch.dtype
+    compute: Callable[[Tensor], Tensor]
+    description: str = "teacher"
+
+    def key(self) -> str:
+        """The cache key: 24 hex digits of :func:`problem_digest` of ``problem``."""
+        return problem_digest(self.problem)[:24]
 
 
 def default_cache_dir() -> Path:
@@ -87,7 +125,7 @@ class TeacherCache:
 
     def __init__(self, root: str | os.PathLike | None, problem: dict) -> None:
         self.problem = problem
-        self.key = _digest(problem)[:24]
+        self.key = problem_digest(problem)[:24]
         self.dir = Path(root) / self.key if root is not None else None
         self.index: dict[int, tuple[Path, int]] = {}
         if self.dir is not None and self.dir.is_dir():
@@ -132,7 +170,7 @@ class TeacherCache:
         if not meta_path.exists():
             text = json.dumps(self.problem, indent=1, sort_keys=True)
             atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
-        path = self.dir / f"{_digest(list(map(int, seeds)))[:20]}.safetensors"
+        path = self.dir / f"{problem_digest(list(map(int, seeds)))[:20]}.safetensors"
         tensors = {
             "seeds": torch.tensor(list(seeds), dtype=torch.long),
             "states": states.detach().cpu().contiguous(),
@@ -170,7 +208,9 @@ class NoiseDataModule(pl.LightningDataModule):
 
     Each batch is a dict: ``seeds`` [B], ``noise`` [B, ...] (standard normal, integration dtype)
     and ``teacher`` [B, M, ...] (the teacher's state at each of the module's
-    ``target_sigmas``).
+    ``target_sigmas``). The teacher comes from a :class:`TeacherSource` handed over with
+    :meth:`attach`: a :class:`~dode.lit.DODEModule` attaches its own in its ``setup`` hook, so
+    ``trainer.fit(module, data)`` needs nothing more.
 
     Args:
         fit_seeds: seeds of the samples λ are fitted on: ``"0-1023"``, ``"0-9,20"``, an int N
@@ -206,6 +246,7 @@ class NoiseDataModule(pl.LightningDataModule):
         else:
             self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._cache: TeacherCache | None = None
+        self.teacher: TeacherSource | None = None
         self.served: dict[str, list[int]] = {}
 
     # ---- sharding ----------------------------------------------------------------------------
@@ -219,55 +260,63 @@ class NoiseDataModule(pl.LightningDataModule):
         return rank_batches(seeds, rank, world, self.batch_size, what)
 
     # ---- teacher states ----------------------------------------------------------------------
-    def _module(self, module: DODEModule | None) -> DODEModule:
-        module = module if module is not None else self.trainer.lightning_module
-        if not isinstance(module, DODEModule):
+    def attach(self, teacher: TeacherSource) -> None:
+        """Serve batches of this problem (see :meth:`dode.lit.DODEModule.teacher_source`)."""
+        if not isinstance(teacher, TeacherSource):
             raise ValueError(
-                "NoiseDataModule needs a DODEModule (it defines model, grid and teacher)."
+                f"NoiseDataModule.attach takes a TeacherSource, got {type(teacher).__name__}; "
+                "pass module.teacher_source()."
             )
-        return module
+        self.teacher = teacher
 
-    def cache(self, module: DODEModule) -> TeacherCache:
-        if self._cache is None or self._cache.key != _digest(module.problem())[:24]:
-            self._cache = TeacherCache(self.cache_dir, module.problem())
+    def _source(self, teacher: TeacherSource | None) -> TeacherSource:
+        teacher = teacher if teacher is not None else self.teacher
+        if teacher is None:
+            raise ValueError(
+                "NoiseDataModule has no teacher: fit it with a DODEModule (which attaches its "
+                "own at setup) or call data.attach(module.teacher_source()) first."
+            )
+        return teacher
+
+    def cache(self, teacher: TeacherSource | None = None) -> TeacherCache:
+        """The teacher cache of ``teacher`` (default: the attached one)."""
+        teacher = self._source(teacher)
+        if self._cache is None or self._cache.key != teacher.key():
+            self._cache = TeacherCache(self.cache_dir, teacher.problem)
         return self._cache
 
-    def states_for(self, seeds: Sequence[int], module: DODEModule | None = None) -> dict:
+    def states_for(self, seeds: Sequence[int], teacher: TeacherSource | None = None) -> dict:
         """One batch: ``seeds``, ``noise`` and ``teacher`` (cached states, computing the
-        missing ones and storing them)."""
-        module = self._module(module)
+        missing ones and storing them) of ``teacher`` (default: the attached one)."""
+        teacher = self._source(teacher)
         seeds = [int(s) for s in seeds]
-        noise = noise_from_seeds(seeds, module.sample_shape, module.integration_dtype)
-        cache = self.cache(module)
+        noise = noise_from_seeds(seeds, teacher.sample_shape, teacher.dtype)
+        cache = self.cache(teacher)
         have = cache.get(seeds)
         missing = [i for i, s in enumerate(seeds) if s not in have]
         if missing:
-            t0 = time.perf_counter()
-            new = module.compute_teacher(noise[missing])
-            module.timings["teacher_s"] = module.timings.get("teacher_s", 0.0) + (
-                time.perf_counter() - t0
-            )
+            new = teacher.compute(noise[missing])
             cache.put([seeds[i] for i in missing], new)
             for j, i in enumerate(missing):
                 have[seeds[i]] = new[j]
-        teacher = torch.stack([have[s] for s in seeds]).to(module.integration_dtype)
-        return {"seeds": torch.tensor(seeds, dtype=torch.long), "noise": noise, "teacher": teacher}
+        states = torch.stack([have[s] for s in seeds]).to(teacher.dtype)
+        return {"seeds": torch.tensor(seeds, dtype=torch.long), "noise": noise, "teacher": states}
 
     def _loader(self, seeds: list[int], what: str) -> DataLoader:
-        module = self._module(None)
+        teacher = self._source(None)
         groups = self.rank_batches(seeds, what)
         self.served[what] = [s for g in groups for s in g]
-        cache = self.cache(module)
+        cache = self.cache(teacher)
         todo = sum(1 for g in groups for s in g if s not in cache.index)
         if todo:
             where = cache.dir if cache.dir is not None else "memory only"
             rank_zero_info(
                 f"dode: teacher states for {todo} {what} on rank {self._rank()[0]} "
-                f"({module.hparams.teacher_factor}x refined grid; cache: {where})"
+                f"({teacher.description}; cache: {where})"
             )
         show = todo > 0 and self._rank()[0] == 0 and len(groups) > 1
         batches = [
-            self.states_for(g, module)
+            self.states_for(g, teacher)
             for g in tqdm(groups, desc=f"teacher ({what})", disable=not show)
         ]
         return DataLoader(_Batches(batches), batch_size=None, shuffle=False)

@@ -24,8 +24,6 @@ on resume.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -44,6 +42,7 @@ from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teac
 from ..loading import load_denoiser, resolve_dtype
 from ..schedules import explicit, get_schedule, refine_space
 from ..solvers import Solver, get_solver
+from .data import NoiseDataModule, TeacherSource, problem_digest
 
 __all__ = ["DODEModule", "build_grid", "FitMode"]
 
@@ -90,10 +89,6 @@ def build_grid(denoiser, schedule: str, num_steps: int, options: dict | None = N
         return get_schedule(schedule, num_steps, **opts)
     except TypeError as e:
         raise ValueError(f"bad schedule_options for {schedule!r}: {e}") from None
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 class DODEModule(pl.LightningModule):
@@ -193,7 +188,6 @@ class DODEModule(pl.LightningModule):
         self._sigma_index = {s: i for i, s in enumerate(self.target_sigmas)}
         self.weights_hash = weights_hash(self.denoiser)
         self.lambdas = nn.Parameter(torch.zeros(self.num_calls, dtype=torch.float64))
-        self.lambda_scale = 1.0  # α of the fitted-solver file (set by FrechetCallback(select=True))
         self.register_buffer("num_fitted", torch.zeros((), dtype=torch.long))
         self.fit_info = FitInfo()
         self.cache_outputs = cache_outputs
@@ -202,7 +196,6 @@ class DODEModule(pl.LightningModule):
         self.automatic_optimization = fit_mode != "lstsq"
         self.timings: dict[str, float] = {"model_load_s": t_load}
         self.val_metrics: dict[str, float] = {}
-        self.extra_metrics: dict[str, float] = {}
         self._acc: Tensor | None = None
         self._acc_sigma = 0.0
         self._caches: dict[int, tuple[tuple[int, ...], list[Tensor]]] = {}
@@ -244,7 +237,18 @@ class DODEModule(pl.LightningModule):
         }
 
     def problem_key(self) -> str:
-        return _digest(self.problem())[:24]
+        return problem_digest(self.problem())[:24]
+
+    def teacher_source(self) -> TeacherSource:
+        """What :class:`~dode.lit.NoiseDataModule` needs to serve batches of this problem: its
+        key, the sample shape, the integration dtype and the teacher function."""
+        return TeacherSource(
+            problem=self.problem(),
+            sample_shape=self.sample_shape,
+            dtype=self.integration_dtype,
+            compute=self.compute_teacher,
+            description=f"{self.hparams.teacher_factor}x refined grid",
+        )
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -255,7 +259,9 @@ class DODEModule(pl.LightningModule):
 
     @torch.no_grad()
     def compute_teacher(self, noise: Tensor) -> Tensor:
-        """Teacher states at every student σ (``target_sigmas`` order): ``[B, M, ...]``, CPU."""
+        """Teacher states at every student σ (``target_sigmas`` order): ``[B, M, ...]``, CPU.
+        ``noise`` is standard normal; the time taken is added to ``timings["teacher_s"]``."""
+        t0 = time.perf_counter()
         noise = noise.to(device=self.device, dtype=self.integration_dtype)
         states = teacher_states(
             self.denoiser,
@@ -267,7 +273,9 @@ class DODEModule(pl.LightningModule):
             space=self.teacher_space,
             rho=self.teacher_rho,
         )
-        return torch.stack([states[s] for s in self.target_sigmas], 1).cpu()
+        out = torch.stack([states[s] for s in self.target_sigmas], 1).cpu()
+        self.timings["teacher_s"] = self.timings.get("teacher_s", 0.0) + time.perf_counter() - t0
+        return out
 
     def _target_fn(self, teacher: Tensor):
         def get(sigma: float) -> Tensor:
@@ -348,7 +356,14 @@ class DODEModule(pl.LightningModule):
         return torch.optim.Adam([self.lambdas], lr=self.lr)
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.fit_mode == "lstsq" and self._trainer is not None:
+        if self._trainer is None:
+            return
+        # The data module serves this problem's noise and teacher states.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, NoiseDataModule):
+            datamodule.attach(self.teacher_source())
+        # The one place max_epochs is set for lstsq (epoch k fits λ_k), whoever built the Trainer.
+        if stage == "fit" and self.fit_mode == "lstsq":
             self.trainer.fit_loop.max_epochs = self.num_calls
 
     def on_train_start(self) -> None:
@@ -521,20 +536,24 @@ class DODEModule(pl.LightningModule):
         self.log_dict(metrics)
 
     # ---- the artifact ------------------------------------------------------------------------
-    def fitted_solver(self, metrics: dict | None = None) -> FittedSolver:
-        """The fitted solver (solver, σ grid, λ, teacher, model, metrics) as a file object."""
+    def fitted_solver(self, metrics: dict | None = None, scale: float = 1.0) -> FittedSolver:
+        """The fitted solver (solver, σ grid, λ, teacher, model, metrics) as a file object.
+
+        Args:
+            metrics: extra numbers for the file (e.g. the Fréchet callback's results).
+            scale: the λ scale α: the file holds α·λ, and records α and the fitted λ.
+        """
         info = asdict(self.fit_info)
         lam = self.lambdas.detach().cpu()
         scaled = {}
-        if self.lambda_scale != 1.0:
-            scaled = {"lambda_scale": self.lambda_scale, "lambdas_fitted": lam.tolist()}
-            lam = lam * self.lambda_scale
+        if scale != 1.0:
+            scaled = {"lambda_scale": scale, "lambdas_fitted": lam.tolist()}
+            lam = lam * scale
         m = {
             "fit_mode": self.fit_mode,
             "nfe": self.num_calls,
             "fit": info if self.fit_mode == "lstsq" else {},
             **self.val_metrics,
-            **self.extra_metrics,
             **{f"time/{k}": v for k, v in self.timings.items()},
             **scaled,
             **(metrics or {}),

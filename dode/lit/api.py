@@ -1,0 +1,359 @@
+"""``dode.fit``: the Lightning fit of ``python -m dode.train``, called from Python.
+
+::
+
+    import dode
+    fitted = dode.fit("gmm-digits", "ddim", nfe=4, fit_seeds="0-255", wandb_mode="disabled")
+    x = fitted.sample(denoiser, noise)
+
+:func:`fit` builds the :class:`~dode.lit.DODEModule`, the :class:`~dode.lit.NoiseDataModule`,
+the callbacks and the ``Trainer`` from typed keyword arguments (the settings of a
+``python -m dode.train`` config, section by section), then runs :func:`run_fit`, the code path
+``python -m dode.train`` also takes after parsing its config: fit, write the fitted-solver
+file (rank 0), finish the W&B run, return the :class:`~dode.artifact.FittedSolver`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from ..artifact import FittedSolver
+from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
+from .data import NoiseDataModule
+from .module import DODEModule, FitMode
+
+__all__ = [
+    "fit",
+    "run_fit",
+    "fit_kwargs",
+    "trainer_extras",
+    "default_run_dir",
+    "TRAINER_DEFAULTS",
+    "FitResult",
+]
+
+WandbMode = Literal["auto", "offline", "online", "disabled"]
+
+#: ``Trainer`` settings of every dode fit unless overridden (``trainer=`` / ``--trainer.*``).
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "num_sanity_val_steps": 0,
+    "use_distributed_sampler": False,
+    "log_every_n_steps": 1,
+    "max_epochs": 100,  # the sgd modes; lstsq sets one epoch per model call itself
+}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def default_run_dir(model: str, solver: str, nfe: int, fit_mode: str) -> Path:
+    """``runs/<model>-<solver>-nfe<N>-<fit_mode>`` (the model's folder name, not its path)."""
+    base = Path(str(model).rstrip("/")).name
+    return Path("runs") / _slug(f"{base}-{solver}-nfe{nfe}-{fit_mode}")
+
+
+class WandbIdCallback(Callback):
+    """Remember the W&B run id in the run folder, so a resumed fit continues that run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                if isinstance(lg, WandbLogger) and lg.version:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    (self.run_dir / "wandb_id.txt").write_text(str(lg.version))
+
+
+def _loggers(
+    run_dir: Path, wandb_mode: WandbMode, wandb_project: str, name: str | None, resume: bool
+) -> list:
+    from ..train import _wandb_online
+
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if wandb_mode != "disabled":
+        id_file = run_dir / "wandb_id.txt"
+        run_id = None
+        if resume and id_file.is_file():
+            run_id = id_file.read_text().strip() or None
+        loggers.append(
+            WandbLogger(
+                save_dir=str(run_dir),
+                project=wandb_project,
+                name=name or run_dir.name,
+                offline=not _wandb_online(wandb_mode),
+                id=run_id,
+                resume="allow" if run_id else None,
+            )
+        )
+    return loggers
+
+
+def trainer_extras(
+    run_dir: str | os.PathLike,
+    trainer_options: Mapping[str, Any] | None = None,
+    *,
+    wandb_mode: WandbMode = "auto",
+    wandb_project: str = "dode",
+    name: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """What dode adds to the ``Trainer`` keyword arguments ``trainer_options``: the run folder
+    (``default_root_dir``), the loggers (CSV and W&B, unless ``logger`` is given), the
+    ``last.ckpt`` checkpoint (unless checkpointing is off or a ``ModelCheckpoint`` is given)
+    and the callback that keeps the W&B run id for a resume. ``callbacks`` holds only the
+    callbacks to add to the user's."""
+    run_dir = Path(run_dir)
+    opts = dict(trainer_options or {})
+    if opts.get("use_distributed_sampler"):
+        raise ValueError(
+            "trainer.use_distributed_sampler must stay false: NoiseDataModule shards the "
+            "seeds over ranks itself (no padding, no seed served twice)."
+        )
+    out: dict[str, Any] = {"default_root_dir": str(run_dir)}
+    if opts.get("logger") is None:
+        out["logger"] = _loggers(run_dir, wandb_mode, wandb_project, name, resume)
+    callbacks: list[Callback] = []
+    given = list(opts.get("callbacks") or [])
+    if opts.get("enable_checkpointing", True) is not False and not any(
+        isinstance(cb, ModelCheckpoint) for cb in given
+    ):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="last",  # one file, rewritten every epoch; ckpt_path="last" finds it
+                save_top_k=1,
+                every_n_epochs=1,
+                enable_version_counter=False,
+            )
+        )
+    if any(isinstance(lg, WandbLogger) for lg in out.get("logger") or []):
+        callbacks.append(WandbIdCallback(run_dir))
+    out["callbacks"] = callbacks
+    return out
+
+
+@dataclass
+class FitResult:
+    """What :func:`run_fit` hands back.
+
+    Attributes:
+        fitted: the fitted solver (every rank).
+        path: its file (rank 0; ``None`` on the other ranks).
+        lambda_scale: the λ scale α the file holds (1 unless a Fréchet callback chose one).
+    """
+
+    fitted: FittedSolver
+    path: Path | None
+    lambda_scale: float
+
+
+def _chosen_scale_and_metrics(trainer: pl.Trainer) -> tuple[float, dict[str, float]]:
+    """The λ scale chosen by a ``FrechetCallback(select=True)`` (1 without one) and the
+    numbers the Fréchet callbacks measured."""
+    scale, metrics = 1.0, {}
+    for cb in trainer.callbacks:
+        if isinstance(cb, FrechetCallback):
+            metrics.update(cb.results)
+            if cb.chosen_scale is not None:
+                scale = cb.chosen_scale
+    return scale, metrics
+
+
+def run_fit(
+    module: DODEModule,
+    datamodule: NoiseDataModule,
+    trainer: pl.Trainer,
+    *,
+    solver_file: str | os.PathLike,
+    ckpt_path: str | None = None,
+) -> FitResult:
+    """Fit, then write the fitted-solver file on rank 0 (and save it with the W&B run).
+
+    The code path of both :func:`fit` and ``python -m dode.train`` once their objects exist.
+    Raises ``ValueError`` on bad input and ``RuntimeError`` if the fit was interrupted (nothing
+    is written then).
+    """
+    t_wandb = time.perf_counter()
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            _ = lg.experiment  # starts the W&B run (rank 0 only; lazily otherwise)
+    module.timings["wandb_start_s"] = time.perf_counter() - t_wandb
+    t_fit = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    module.timings["fit_total_s"] = time.perf_counter() - t_fit
+    if trainer.interrupted:
+        raise RuntimeError(
+            f"interrupted; nothing written. Resume with the same run folder "
+            f"({trainer.default_root_dir}) and ckpt_path='last'."
+        )
+    scale, metrics = _chosen_scale_and_metrics(trainer)
+    fitted = module.fitted_solver(metrics, scale=scale)
+    if not trainer.is_global_zero:
+        return FitResult(fitted, None, scale)
+    path = fitted.save(solver_file)
+    t_finish = time.perf_counter()
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.save(str(path), base_path=str(path.parent), policy="now")
+            lg.experiment.summary.update({"solver_file": str(path)})
+            lg.experiment.finish()
+    module.timings["wandb_finish_s"] = time.perf_counter() - t_finish
+    return FitResult(fitted, path, scale)
+
+
+def fit(
+    model: str = "digits",
+    solver: str = "ddim",
+    *,
+    nfe: int = 5,
+    solver_options: dict[str, Any] | None = None,
+    schedule: str = "karras",
+    schedule_options: dict[str, Any] | None = None,
+    teacher_factor: int = 10,
+    teacher_solver: str | None = None,
+    teacher_solver_options: dict[str, Any] | None = None,
+    teacher_space: Literal["rho", "log", "linear"] | None = None,
+    fit_mode: FitMode = "lstsq",
+    lr: float = 0.05,
+    dtype: Literal["float32", "float64"] = "float32",
+    model_dtype: Literal["float16", "bfloat16", "float32", "float64"] | None = None,
+    sigma_to_t: Literal["interp", "snap"] = "interp",
+    model_options: dict[str, Any] | None = None,
+    cache_outputs: bool = True,
+    activation_checkpointing: bool = True,
+    check_finite: bool = True,
+    fit_seeds: str | int | list[int] = "0-1023",
+    val_seeds: str | int | list[int] = "1000000-1000255",
+    batch_size: int = 128,
+    cache_dir: str | None = "auto",
+    trainer: dict[str, Any] | None = None,
+    samples: dict[str, Any] | None = None,
+    lambda_plot: dict[str, Any] | None = None,
+    fid: dict[str, Any] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    solver_file: str | os.PathLike | None = None,
+    ckpt_path: str | None = None,
+    wandb_mode: WandbMode = "auto",
+    wandb_project: str = "dode",
+    name: str | None = None,
+    seed: int = 0,
+) -> FittedSolver:
+    """Fit D-ODE λ with Lightning and return the fitted solver (also written to a file).
+
+    The Python form of ``python -m dode.train``, with the same settings and defaults: the
+    arguments from ``model`` to ``check_finite`` are those of :class:`~dode.lit.DODEModule`
+    (``--model.*``), ``fit_seeds`` to ``cache_dir`` those of :class:`~dode.lit.NoiseDataModule`
+    (``--data.*``); ``trainer``, ``samples``, ``lambda_plot`` and ``fid`` are the keyword
+    options of ``lightning.Trainer``, :class:`~dode.lit.SampleGridCallback`,
+    :class:`~dode.lit.LambdaPlotCallback` and :class:`~dode.lit.FrechetCallback`
+    (``--trainer.*``, ``--samples.*``, ...).
+
+    Args:
+        run_dir: the run folder (logs, checkpoints, W&B, images); default
+            ``runs/<model>-<solver>-nfe<N>-<fit_mode>``.
+        solver_file: where the fitted-solver file goes; default ``<run_dir>/solver.safetensors``.
+        ckpt_path: resume: ``"last"`` (the run folder's last checkpoint) or a checkpoint path.
+        wandb_mode: ``auto`` (online when ``WANDB_API_KEY`` is set and ``WANDB_MODE`` is not
+            offline/disabled), ``offline``, ``online`` or ``disabled``.
+        wandb_project: the W&B project.
+        name: the run name (default: the run folder's name).
+        seed: passed to ``lightning.seed_everything`` (noise depends on the data seeds only).
+
+    Returns:
+        The :class:`~dode.artifact.FittedSolver` (λ times the scale chosen by
+        ``fid={"select": True}``, if any), on every rank; rank 0 has written it to
+        ``solver_file``.
+
+    Raises:
+        ValueError: bad settings (one message naming the problem).
+        RuntimeError: the fit was interrupted (nothing written; resume with ``ckpt_path="last"``).
+    """
+    pl.seed_everything(seed, workers=True, verbose=False)
+    module = DODEModule(
+        model=model, solver=solver, solver_options=solver_options, nfe=nfe, schedule=schedule,
+        schedule_options=schedule_options, teacher_factor=teacher_factor,
+        teacher_solver=teacher_solver, teacher_solver_options=teacher_solver_options,
+        teacher_space=teacher_space, fit_mode=fit_mode, lr=lr, dtype=dtype,
+        model_dtype=model_dtype, sigma_to_t=sigma_to_t, model_options=model_options,
+        cache_outputs=cache_outputs, activation_checkpointing=activation_checkpointing,
+        check_finite=check_finite,
+    )  # fmt: skip
+    data = NoiseDataModule(
+        fit_seeds=fit_seeds, val_seeds=val_seeds, batch_size=batch_size, cache_dir=cache_dir
+    )
+    callbacks = [
+        SampleGridCallback(**(samples or {})),
+        LambdaPlotCallback(**(lambda_plot or {})),
+        FrechetCallback(**(fid or {})),
+    ]
+    run_dir = Path(run_dir) if run_dir else default_run_dir(model, solver, nfe, fit_mode)
+    opts = {**TRAINER_DEFAULTS, **(trainer or {})}
+    extras = trainer_extras(
+        run_dir, opts, wandb_mode=wandb_mode, wandb_project=wandb_project, name=name,
+        resume=bool(ckpt_path),
+    )  # fmt: skip
+    extras["callbacks"] = [*(opts.get("callbacks") or []), *callbacks, *extras["callbacks"]]
+    pl_trainer = pl.Trainer(**{**opts, **extras})
+    out = Path(solver_file) if solver_file else run_dir / "solver.safetensors"
+    return run_fit(module, data, pl_trainer, solver_file=out, ckpt_path=ckpt_path).fitted
+
+
+_MODEL_KEYS = (
+    "model", "solver", "solver_options", "nfe", "schedule", "schedule_options", "teacher_factor",
+    "teacher_solver", "teacher_solver_options", "teacher_space", "fit_mode", "lr", "dtype",
+    "model_dtype", "sigma_to_t", "model_options", "cache_outputs", "activation_checkpointing",
+    "check_finite",
+)  # fmt: skip
+_DATA_KEYS = ("fit_seeds", "val_seeds", "batch_size", "cache_dir")
+_SECTIONS = ("trainer", "samples", "lambda_plot", "fid")
+_TOP = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project", "name")
+
+
+def fit_kwargs(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """A ``python -m dode.train`` YAML config (or its parsed dict) as :func:`fit` keyword
+    arguments: the ``model:`` and ``data:`` sections are flattened, ``trainer:``,
+    ``samples:``, ``lambda_plot:`` and ``fid:`` stay dicts, ``seed_everything`` becomes
+    ``seed``. Raises ``ValueError`` for a key :func:`fit` does not take."""
+    if not isinstance(config, Mapping):
+        import yaml
+
+        path = Path(config)
+        if not path.is_file():
+            raise ValueError(f"config {str(path)!r} does not exist; pass a dode.train YAML file.")
+        config = yaml.safe_load(path.read_text()) or {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in ("model", "data") and isinstance(value, Mapping):
+            allowed = _MODEL_KEYS if key == "model" else _DATA_KEYS
+            for k, v in value.items():
+                if k not in allowed:
+                    raise ValueError(
+                        f"unknown setting {key}.{k} in the fit config; {key}: takes "
+                        f"{', '.join(allowed)}."
+                    )
+                out[k] = v
+        elif key in _SECTIONS:
+            out[key] = dict(value or {})
+        elif key == "seed_everything":
+            out["seed"] = value
+        elif key in _TOP:
+            out[key] = value
+        else:
+            raise ValueError(
+                f"unknown setting {key!r} in the fit config; use the sections model, data, "
+                f"{', '.join(_SECTIONS)} or {', '.join(_TOP)}."
+            )
+    return out
