@@ -34,6 +34,7 @@ def make_tiny_unet(
     sample_size: int = 8,
     seed: int = 0,
     layout: Literal["pipeline", "flat"] = "pipeline",
+    num_class_embeds: int | None = None,
 ):
     """Build a tiny random ``UNet2DModel``; with ``tmp_path``, also save it there.
 
@@ -45,6 +46,7 @@ def make_tiny_unet(
         layout: ``"pipeline"`` writes ``unet/`` and ``scheduler/`` subfolders (a
             ``DiffusionPipeline`` folder); ``"flat"`` writes ``config.json`` and
             ``scheduler_config.json`` side by side (as ``google/ddpm-cifar10-32``).
+        num_class_embeds: make it class-conditional with this many label embeddings.
 
     Returns:
         The model, in ``eval()`` mode, float32, on the CPU.
@@ -65,6 +67,7 @@ def make_tiny_unet(
             norm_num_groups=8,
             down_block_types=("DownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "UpBlock2D"),
+            num_class_embeds=num_class_embeds,
         )
     with torch.no_grad():
         for name, p in unet.named_parameters():

@@ -7,12 +7,24 @@ One module per model family:
 ``callable``   :class:`CallableDenoiser`: any ``fn(x, sigma)``
 ``vp``         :class:`DiffusersDenoiser`: a diffusers ``UNet2DModel`` DDPM (pixel space)
 ``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
+``guidance``   :class:`Conditioning`, :class:`ConditionalDenoiser`, :class:`GuidedDenoiser`:
+               a conditional model bound to a batch's conditioning, classifier-free guidance
 =============  ===================================================================================
+
+A conditional model is bound to its batch first, ``den.bind(cond, guidance_scale=w)``, and is
+then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`).
 """
 
 from .base import Denoiser, as_sigma
 from .callable import CallableDenoiser
 from .gmm import GaussianMixtureDenoiser, gaussian
+from .guidance import (
+    ConditionalDenoiser,
+    Conditioning,
+    GuidedDenoiser,
+    check_guidance,
+    rescale_noise_cfg,
+)
 from .vp import DiffusersDenoiser
 
 __all__ = [
@@ -22,4 +34,9 @@ __all__ = [
     "GaussianMixtureDenoiser",
     "as_sigma",
     "gaussian",
+    "Conditioning",
+    "ConditionalDenoiser",
+    "GuidedDenoiser",
+    "check_guidance",
+    "rescale_noise_cfg",
 ]

@@ -6,7 +6,7 @@ solver that consumes the native quantity never pays for a round trip.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ class Denoiser(nn.Module):
     """
 
     prediction: Literal["x0", "eps"] = "x0"
+    conditional: bool = False
 
     def __init__(
         self,
@@ -74,6 +75,37 @@ class Denoiser(nn.Module):
     def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return self.x0(x, sigma)
 
+    def bind(
+        self,
+        cond: Any = None,
+        *,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+        negative_prompt: Any = None,
+    ) -> Denoiser:
+        """Bind a batch's conditioning and a guidance scale (see :mod:`dode.denoisers.guidance`).
+
+        An unconditional model takes neither: ``bind()`` returns ``self``; conditioning or a
+        guidance scale other than 1 is a ``ValueError``.
+        """
+        from .guidance import check_guidance
+
+        w, _ = check_guidance(guidance_scale, guidance_rescale)
+        if cond is not None or negative_prompt is not None:
+            what = "a prompt" if isinstance(cond, str) or _is_str_list(cond) else "conditioning"
+            name = getattr(self, "model_id", None) or type(self).__name__
+            raise ValueError(
+                f"{what} was given for an unconditional model ({name}); drop "
+                "the prompts/class labels, or load a conditional model (class-conditional "
+                "UNet2DModel, Stable Diffusion)."
+            )
+        if w != 1.0:
+            raise ValueError(
+                f"guidance_scale {w} needs a conditional model with an unconditional input, but "
+                f"{type(self).__name__} is unconditional; use guidance_scale=1."
+            )
+        return self
+
     def check_noise(self, noise: Tensor) -> None:
         """Raise ``ValueError`` if ``noise`` does not fit this model."""
         if not isinstance(noise, Tensor):
@@ -87,3 +119,7 @@ class Denoiser(nn.Module):
                 f"noise has sample shape {tuple(noise.shape[1:])} but the model expects "
                 f"{self.sample_shape}; draw noise of shape [B, {', '.join(map(str, self.sample_shape))}]."
             )
+
+
+def _is_str_list(obj: Any) -> bool:
+    return isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(o, str) for o in obj)
