@@ -5,7 +5,10 @@ One module per model family:
 =============  ===================================================================================
 ``base``       :class:`Denoiser` (the contract) and :func:`as_sigma`
 ``callable``   :class:`CallableDenoiser`: any ``fn(x, sigma)``
-``vp``         :class:`DiffusersDenoiser`: a diffusers ``UNet2DModel`` DDPM (pixel space)
+``vp``         :class:`DiffusersDenoiser`: a diffusers ``UNet2DModel`` DDPM (pixel space),
+               unconditional or class-conditional (``num_class_embeds``, null label for CFG)
+``latent``     :class:`LatentDiffusionDenoiser`: Stable Diffusion 1.x/2.x and SDXL (latents,
+               prompts, VAE decoding)
 ``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
 ``guidance``   :class:`Conditioning`, :class:`ConditionalDenoiser`, :class:`GuidedDenoiser`:
                a conditional model bound to a batch's conditioning, classifier-free guidance
@@ -25,12 +28,14 @@ from .guidance import (
     check_guidance,
     rescale_noise_cfg,
 )
+from .latent import LatentDiffusionDenoiser
 from .vp import DiffusersDenoiser
 
 __all__ = [
     "Denoiser",
     "CallableDenoiser",
     "DiffusersDenoiser",
+    "LatentDiffusionDenoiser",
     "GaussianMixtureDenoiser",
     "as_sigma",
     "gaussian",
