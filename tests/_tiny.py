@@ -34,6 +34,7 @@ def make_tiny_unet(
     sample_size: int = 8,
     seed: int = 0,
     layout: Literal["pipeline", "flat"] = "pipeline",
+    num_class_embeds: int | None = None,
 ):
     """Build a tiny random ``UNet2DModel``; with ``tmp_path``, also save it there.
 
@@ -45,6 +46,7 @@ def make_tiny_unet(
         layout: ``"pipeline"`` writes ``unet/`` and ``scheduler/`` subfolders (a
             ``DiffusionPipeline`` folder); ``"flat"`` writes ``config.json`` and
             ``scheduler_config.json`` side by side (as ``google/ddpm-cifar10-32``).
+        num_class_embeds: make it class-conditional with this many label embeddings.
 
     Returns:
         The model, in ``eval()`` mode, float32, on the CPU.
@@ -65,6 +67,7 @@ def make_tiny_unet(
             norm_num_groups=8,
             down_block_types=("DownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "UpBlock2D"),
+            num_class_embeds=num_class_embeds,
         )
     with torch.no_grad():
         for name, p in unet.named_parameters():
@@ -88,3 +91,134 @@ def tiny_alphas_cumprod() -> torch.Tensor:
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**scheduler_config()).alphas_cumprod.to(torch.float64)
+
+
+SD_SCHEDULE = {
+    "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
+def write_clip_tokenizer(folder: str | os.PathLike, model_max_length: int = 77):
+    """A byte-level CLIP tokenizer without merges (every character a token) written to
+    ``folder`` (vocab.json, merges.txt) and loaded from there; 514 tokens, the last two
+    ``<|startoftext|>`` and ``<|endoftext|>`` (also the padding token)."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(folder, exist_ok=True)
+    vocab, merges = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    with open(vocab, "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(tokens)}, f)
+    with open(merges, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(vocab, merges, model_max_length=model_max_length)
+
+
+def _perturb(module, gen) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias") or name.startswith("conv_out"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def make_tiny_sd(
+    tmp_path: str | os.PathLike,
+    xl: bool = False,
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+    seed: int = 0,
+):
+    """A tiny random ``StableDiffusionPipeline`` (or ``StableDiffusionXLPipeline``) saved to
+    ``tmp_path`` with ``save_pretrained``: 4×8×8 latents (16×16 images), CLIP text encoder(s)
+    of width 32 on :func:`write_clip_tokenizer`, a DDIM scheduler config with SD's schedule.
+
+    Returns:
+        The pipeline (float32, CPU), without safety checker.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    gen = torch.Generator().manual_seed(seed)
+    tok = write_clip_tokenizer(os.path.join(os.fspath(tmp_path), "_vocab"))
+    text_cfg = CLIPTextConfig(
+        bos_token_id=len(tok) - 2,
+        eos_token_id=len(tok) - 1,
+        pad_token_id=len(tok) - 1,
+        hidden_size=32,
+        intermediate_size=37,
+        projection_dim=32,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tok),
+        max_position_embeddings=77,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet_kw = dict(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(8, 16),
+            norm_num_groups=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=2,
+        )
+        if xl:
+            unet_kw.update(
+                cross_attention_dim=64,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=8 * 6 + 32,
+                use_linear_projection=True,
+            )
+        else:
+            unet_kw.update(cross_attention_dim=32)
+        unet = UNet2DConditionModel(**unet_kw)
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=16,
+        )
+        text_encoder = CLIPTextModel(text_cfg)
+        text_encoder_2 = CLIPTextModelWithProjection(text_cfg) if xl else None
+    _perturb(unet, gen)
+    sched = DDIMScheduler(**SD_SCHEDULE, prediction_type=prediction_type)
+    parts = dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tok, scheduler=sched)
+    if xl:
+        pipe = StableDiffusionXLPipeline(**parts, text_encoder_2=text_encoder_2, tokenizer_2=tok)
+    else:
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(os.fspath(tmp_path))
+    return pipe

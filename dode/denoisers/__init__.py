@@ -1,0 +1,47 @@
+"""Denoisers in σ-space: ``D(x, σ) → x̂0`` and ``ε̂(x, σ) = (x − D(x, σ)) / σ``.
+
+One module per model family:
+
+=============  ===================================================================================
+``base``       :class:`Denoiser` (the contract) and :func:`as_sigma`
+``callable``   :class:`CallableDenoiser`: any ``fn(x, sigma)``
+``vp``         :class:`DiffusersDenoiser`: a diffusers ``UNet2DModel`` DDPM (pixel space),
+               unconditional or class-conditional (``num_class_embeds``, null label for CFG)
+``latent``     :class:`LatentDiffusionDenoiser`: Stable Diffusion 1.x/2.x and SDXL (latents,
+               prompts, VAE decoding)
+``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
+``guidance``   :class:`Conditioning`, :class:`ConditionalDenoiser`, :class:`GuidedDenoiser`:
+               a conditional model bound to a batch's conditioning, classifier-free guidance
+=============  ===================================================================================
+
+A conditional model is bound to its batch first, ``den.bind(cond, guidance_scale=w)``, and is
+then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`).
+"""
+
+from .base import Denoiser, as_sigma
+from .callable import CallableDenoiser
+from .gmm import GaussianMixtureDenoiser, gaussian
+from .guidance import (
+    ConditionalDenoiser,
+    Conditioning,
+    GuidedDenoiser,
+    check_guidance,
+    rescale_noise_cfg,
+)
+from .latent import LatentDiffusionDenoiser
+from .vp import DiffusersDenoiser
+
+__all__ = [
+    "Denoiser",
+    "CallableDenoiser",
+    "DiffusersDenoiser",
+    "LatentDiffusionDenoiser",
+    "GaussianMixtureDenoiser",
+    "as_sigma",
+    "gaussian",
+    "Conditioning",
+    "ConditionalDenoiser",
+    "GuidedDenoiser",
+    "check_guidance",
+    "rescale_noise_cfg",
+]

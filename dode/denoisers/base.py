@@ -1,0 +1,125 @@
+"""Denoisers in σ-space: ``D(x, σ) → x̂0`` and ``ε̂(x, σ) = (x − D(x, σ)) / σ``.
+
+A denoiser predicts one of the two natively (``prediction``); the other is derived, so a
+solver that consumes the native quantity never pays for a round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Denoiser", "as_sigma"]
+
+
+def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
+    """σ as a tensor of ``x``'s dtype/device, broadcastable against ``x`` (shape [B, 1, ...])."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if s.ndim == 0:
+        s = s.expand(x.shape[0])
+    if s.shape != (x.shape[0],):
+        raise ValueError(
+            f"sigma must be a scalar or have shape [{x.shape[0]}] (one per sample), got "
+            f"{tuple(s.shape)}."
+        )
+    return s.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Denoiser(nn.Module):
+    """Base class. Subclasses set ``prediction`` and implement :meth:`denoise`.
+
+    Attributes:
+        prediction: ``"x0"`` or ``"eps"``: what :meth:`denoise` returns.
+        sigma_min, sigma_max: the σ range the model was trained on.
+        sample_shape: the shape of one sample (without batch), or ``None`` if any shape works.
+    """
+
+    prediction: Literal["x0", "eps"] = "x0"
+    conditional: bool = False
+
+    def __init__(
+        self,
+        sigma_min: float,
+        sigma_max: float,
+        sample_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= sigma_min < sigma_max:
+            raise ValueError(f"need 0 <= sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Native prediction; ``sigma`` has shape [B, 1, ...] (broadcastable to ``x``)."""
+        raise NotImplementedError
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        """The σ the model actually evaluates at (identity unless the model is discrete)."""
+        return torch.as_tensor(sigma)
+
+    def x0(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """Denoised estimate x̂0 = D(x, σ)."""
+        s = as_sigma(sigma, x)
+        out = self.denoise(x, s)
+        return out if self.prediction == "x0" else x - s * out
+
+    def eps(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """Noise estimate ε̂ = (x − D(x, σ)) / σ."""
+        s = as_sigma(sigma, x)
+        out = self.denoise(x, s)
+        return out if self.prediction == "eps" else (x - out) / s
+
+    def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        return self.x0(x, sigma)
+
+    def bind(
+        self,
+        cond: Any = None,
+        *,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+        negative_prompt: Any = None,
+    ) -> Denoiser:
+        """Bind a batch's conditioning and a guidance scale (see :mod:`dode.denoisers.guidance`).
+
+        An unconditional model takes neither: ``bind()`` returns ``self``; conditioning or a
+        guidance scale other than 1 is a ``ValueError``.
+        """
+        from .guidance import check_guidance
+
+        w, _ = check_guidance(guidance_scale, guidance_rescale)
+        if cond is not None or negative_prompt is not None:
+            what = "a prompt" if isinstance(cond, str) or _is_str_list(cond) else "conditioning"
+            name = getattr(self, "model_id", None) or type(self).__name__
+            raise ValueError(
+                f"{what} was given for an unconditional model ({name}); drop "
+                "the prompts/class labels, or load a conditional model (class-conditional "
+                "UNet2DModel, Stable Diffusion)."
+            )
+        if w != 1.0:
+            raise ValueError(
+                f"guidance_scale {w} needs a conditional model with an unconditional input, but "
+                f"{type(self).__name__} is unconditional; use guidance_scale=1."
+            )
+        return self
+
+    def check_noise(self, noise: Tensor) -> None:
+        """Raise ``ValueError`` if ``noise`` does not fit this model."""
+        if not isinstance(noise, Tensor):
+            raise ValueError(f"noise must be a torch.Tensor, got {type(noise).__name__}.")
+        if noise.ndim < 2:
+            raise ValueError(
+                f"noise must have a batch dimension first, shape [B, ...]; got {tuple(noise.shape)}."
+            )
+        if self.sample_shape is not None and tuple(noise.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"noise has sample shape {tuple(noise.shape[1:])} but the model expects "
+                f"{self.sample_shape}; draw noise of shape [B, {', '.join(map(str, self.sample_shape))}]."
+            )
+
+
+def _is_str_list(obj: Any) -> bool:
+    return isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(o, str) for o in obj)

@@ -1,0 +1,261 @@
+"""Discrete VP (DDPM) models in diffusers format, seen in σ-space.
+
+Pixel-space ``UNet2DModel`` DDPMs, unconditional or class-conditional. A class-conditional
+UNet (``num_class_embeds`` set) takes one label per sample. For classifier-free guidance the
+model needs an unconditional input: by dode's convention a model trained with label dropout
+has ``num_class_embeds = num_classes + 1`` and the extra, last index ``num_classes`` is the
+"null" label (pass ``num_classes`` to say so). A model whose ``num_class_embeds`` equals its
+number of classes has no unconditional input: binding it with ``guidance_scale != 1`` is an
+error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..schedules import vp_sigmas
+from .guidance import ConditionalDenoiser, Conditioning
+
+__all__ = ["DiffusersDenoiser"]
+
+
+def resolve_model_path(path_or_id: str | os.PathLike, example: str) -> str:
+    """``path_or_id`` as a string; ``ValueError`` for a local-looking path that does not exist."""
+    path = os.path.expanduser(str(path_or_id))
+    # A hub id is "org/name"; only an absolute or explicitly relative path is surely local.
+    looks_local = path.startswith((os.path.sep, ".", "~")) or os.path.isdir(path)
+    if looks_local and not os.path.isdir(path):
+        raise ValueError(
+            f"model folder {path!r} does not exist; pass a folder written by "
+            f"save_pretrained() or a hub id such as {example!r}."
+        )
+    return path
+
+
+def load_alphas_cumprod(path: str, errors: list[str], **kwargs) -> tuple[Tensor, str] | None:
+    """The ᾱ table and prediction type from a scheduler config (``scheduler/`` or flat)."""
+    from diffusers import DDPMScheduler
+
+    for sub in (None, "scheduler"):
+        try:
+            sched = DDPMScheduler.from_pretrained(path, subfolder=sub, **kwargs)
+            return sched.alphas_cumprod.to(torch.float64), sched.config.prediction_type
+        except Exception as e:  # noqa: BLE001 - collect and report by the caller
+            errors.append(f"scheduler (subfolder={sub}): {e}")
+    return None
+
+
+class DiffusersDenoiser(ConditionalDenoiser):
+    """A diffusers ``UNet2DModel`` trained as a discrete VP (DDPM) model, seen in σ-space.
+
+    The network sees ``x_vp = x / sqrt(1 + σ²)`` at timestep ``t(σ)``; ``t`` comes from linear
+    interpolation of log σ over the discrete table (``sigma_to_t="interp"``, as diffusers'
+    Karras/Heun schedulers do) or from snapping to the nearest table entry (``"snap"``, exact
+    parity with DDIM on integer timesteps).
+
+    Args:
+        unet: the network (kept frozen: ``eval()`` and ``requires_grad_(False)``).
+        alphas_cumprod: the discrete ᾱ table, ascending in t.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        sigma_to_t: ``"interp"`` or ``"snap"``.
+        model_id: where the model came from (hub id or folder), recorded in artifacts.
+        num_classes: class-conditional UNets only: the number of real classes. Default:
+            ``num_class_embeds`` (no null label, so no guidance); ``num_class_embeds − 1``
+            makes the last index the null label used for classifier-free guidance.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        alphas_cumprod: Tensor,
+        prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
+        sigma_to_t: Literal["interp", "snap"] = "interp",
+        model_id: str | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        table = vp_sigmas(alphas_cumprod)
+        cfg = getattr(unet, "config", None)
+        shape = None
+        if cfg is not None and getattr(cfg, "sample_size", None) is not None:
+            size = cfg.sample_size
+            hw = (size, size) if isinstance(size, int) else tuple(size)
+            shape = (cfg.in_channels, *hw)
+        super().__init__(float(table[0]), float(table[-1]), shape)
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(
+                f"unknown prediction_type {prediction_type!r}; use 'epsilon', 'v_prediction' "
+                "or 'sample'."
+            )
+        if sigma_to_t not in ("interp", "snap"):
+            raise ValueError(f"sigma_to_t must be 'interp' or 'snap', got {sigma_to_t!r}.")
+        self.unet = unet.eval().requires_grad_(False)
+        self.prediction_type = prediction_type
+        self.prediction = "x0" if prediction_type == "sample" else "eps"
+        self.sigma_to_t_mode = sigma_to_t
+        self.model_id = model_id
+        self.register_buffer("log_sigmas", table.log(), persistent=False)
+        self.register_buffer(
+            "alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64), persistent=False
+        )
+        self._init_classes(cfg, num_classes)
+
+    def _init_classes(self, cfg: Any, num_classes: int | None) -> None:
+        embeds = getattr(cfg, "num_class_embeds", None) if cfg is not None else None
+        if getattr(cfg, "class_embed_type", None) is not None:
+            raise ValueError(
+                f"class_embed_type={cfg.class_embed_type!r} is not supported; dode takes "
+                "class-conditional UNet2DModels with integer labels (num_class_embeds)."
+            )
+        self.num_classes: int | None = None
+        self.null_label: int | None = None
+        if embeds is None:
+            if num_classes is not None:
+                raise ValueError(
+                    f"num_classes={num_classes} was given but the UNet has no class embedding "
+                    "(num_class_embeds is None): it is unconditional; drop num_classes."
+                )
+            return
+        n = int(embeds) if num_classes is None else int(num_classes)
+        if n not in (embeds, embeds - 1) or n < 1:
+            raise ValueError(
+                f"num_classes must be num_class_embeds ({embeds}: no null label) or "
+                f"num_class_embeds − 1 ({embeds - 1}: the last index is the null label for "
+                f"guidance), got {num_classes}."
+            )
+        self.num_classes = n
+        self.null_label = n if n == embeds - 1 else None
+        self.conditional = True
+        self.has_unconditional = self.null_label is not None
+
+    def describe_conditioning(self) -> str:
+        if self.num_classes is None:
+            return "(unconditional)"
+        null = f", null label {self.null_label}" if self.null_label is not None else ""
+        return f"(class labels 0..{self.num_classes - 1}{null})"
+
+    def make_conditioning(
+        self, cond: Any, negative_prompt: Any, guided: bool
+    ) -> tuple[Conditioning, Conditioning | None]:
+        if isinstance(cond, Conditioning):
+            labels = cond.kwargs.get("class_labels")
+            if labels is None:
+                raise ValueError("a class-conditional model needs Conditioning with class_labels.")
+        else:
+            if isinstance(cond, str) or (
+                isinstance(cond, (list, tuple)) and any(isinstance(c, str) for c in cond)
+            ):
+                raise ValueError(
+                    "a prompt was given for a class-conditional model; pass integer class "
+                    f"labels {self.describe_conditioning()} instead."
+                )
+            labels = torch.as_tensor(cond)
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise ValueError(f"class labels must be integers, got {labels.dtype}.")
+            labels = labels.reshape(-1).long()
+        if negative_prompt is not None:
+            raise ValueError(
+                "negative_prompt is for text models; a class-conditional model's unconditional "
+                "input is its null label."
+            )
+        if labels.numel() == 0:
+            raise ValueError("no class labels given; pass one per sample (or one for all).")
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.numel():
+            raise ValueError(
+                f"class label {int(bad[0])} is out of range: the model has {self.num_classes} "
+                f"classes, labels 0..{self.num_classes - 1}."
+            )
+        c = Conditioning({"class_labels": labels})
+        u = (
+            Conditioning({"class_labels": torch.full_like(labels, self.null_label)})
+            if guided
+            else None
+        )
+        return c, u
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        sigma_to_t: Literal["interp", "snap"] = "interp",
+        torch_dtype: torch.dtype | None = None,
+        num_classes: int | None = None,
+        **kwargs,
+    ) -> DiffusersDenoiser:
+        """Load a UNet2DModel and its scheduler config from a hub id or a local folder.
+
+        Accepts both layouts: a pipeline folder (``unet/`` and ``scheduler/`` subfolders) and a
+        flat one (``config.json`` + ``scheduler_config.json``, as ``google/ddpm-cifar10-32``).
+        ``num_classes``: see the class docstring (class-conditional models only).
+        """
+        from diffusers import UNet2DModel
+
+        path = resolve_model_path(path_or_id, "google/ddpm-cifar10-32")
+        errors: list[str] = []
+        unet = None
+        for sub in (None, "unet"):
+            try:
+                unet = UNet2DModel.from_pretrained(
+                    path, subfolder=sub, torch_dtype=torch_dtype, **kwargs
+                )
+                break
+            except Exception as e:  # noqa: BLE001 - collect and report below
+                errors.append(f"unet (subfolder={sub}): {e}")
+        sched = load_alphas_cumprod(path, errors, **kwargs)
+        if unet is None or sched is None:
+            raise ValueError(
+                f"could not load a diffusers UNet2DModel and scheduler from {path!r}. If it is a hub "
+                "id, check the network or download it first (huggingface-cli download "
+                f"{path} --local-dir DIR) and pass DIR. Details: " + " | ".join(errors)
+            )
+        alphas_cumprod, prediction_type = sched
+        return cls(
+            unet,
+            alphas_cumprod,
+            prediction_type=prediction_type,
+            sigma_to_t=sigma_to_t,
+            model_id=path,
+            num_classes=num_classes,
+        )
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """Continuous (or snapped) timestep for σ, by log-σ interpolation over the table."""
+        ls = self.log_sigmas
+        log_s = sigma.to(torch.float64).clamp(min=1e-30).log()
+        if self.sigma_to_t_mode == "snap":
+            return (log_s[:, None] - ls[None, :]).abs().argmin(dim=1).to(torch.float64)
+        log_s = log_s.clamp(ls[0], ls[-1])
+        hi = torch.searchsorted(ls, log_s).clamp(1, len(ls) - 1)
+        lo = hi - 1
+        w = (log_s - ls[lo]) / (ls[hi] - ls[lo])
+        return lo.to(torch.float64) + w
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        if self.sigma_to_t_mode != "snap":
+            return sigma
+        t = self.sigma_to_t(sigma.reshape(-1)).long()
+        return self.log_sigmas[t].exp().reshape(sigma.shape)
+
+    def native(self, x: Tensor, sigma: Tensor, cond: Conditioning | None) -> Tensor:
+        """The UNet's own output (ε, v or x0) at ``x_vp = x / sqrt(1 + σ²)``, ``t(σ)``."""
+        s = sigma.reshape(-1)
+        t = self.sigma_to_t(s)
+        c_in = 1 / (1 + sigma.to(x.dtype) ** 2).sqrt()
+        dtype = next(self.unet.parameters()).dtype
+        x_in = (x * c_in).to(dtype)
+        t_in = t.to(torch.float32) if self.sigma_to_t_mode == "interp" else t.round().long()
+        kwargs = {} if cond is None else cond.to(x.device, dtype).kwargs
+        return self.unet(x_in, t_in.to(x.device), **kwargs).sample.to(x.dtype)
+
+    def from_native(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.prediction_type == "v_prediction":
+            # VP: x_vp = α x0 + σ_vp ε, v = α ε − σ_vp x0, α = 1/sqrt(1+σ²), σ_vp = σ α.
+            c_in = 1 / (1 + sigma.to(x.dtype) ** 2).sqrt()
+            alpha = c_in
+            return alpha * out + sigma * alpha * (x * c_in)
+        return out
