@@ -6,6 +6,10 @@ solver that consumes the native quantity never pays for a round trip.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -123,3 +127,26 @@ class Denoiser(nn.Module):
 
 def _is_str_list(obj: Any) -> bool:
     return isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(o, str) for o in obj)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence the hub libraries' progress notes and warnings while a model loads.
+
+    A failed load is reported once, by dode, with the fix; diffusers/transformers/huggingface_hub
+    otherwise print their own advice (``accelerate`` missing, deprecated arguments) for every
+    attempt, burying that message.
+    """
+    loggers = []
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        lg = logging.getLogger(name)
+        loggers.append((lg, lg.level))
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for lg, level in loggers:
+            lg.setLevel(level)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .base import quiet_loading
 from .guidance import Conditioning
 from .vp import DiffusersDenoiser, load_alphas_cumprod, resolve_model_path
 
@@ -139,7 +140,8 @@ class LatentDiffusionDenoiser(DiffusersDenoiser):
 
         path = resolve_model_path(path_or_id, "stable-diffusion-v1-5/stable-diffusion-v1-5")
         try:
-            index = DiffusionPipeline.load_config(path, **kwargs)
+            with quiet_loading():
+                index = DiffusionPipeline.load_config(path, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise ValueError(
                 f"{path!r} is not a diffusers pipeline (no model_index.json): {e}. Pass a folder "
@@ -153,7 +155,8 @@ class LatentDiffusionDenoiser(DiffusersDenoiser):
 
         def load(name: str, loader: Any, dtype: bool = True) -> Any:
             try:
-                obj = loader.from_pretrained(path, subfolder=name, **kwargs)
+                with quiet_loading():
+                    obj = loader.from_pretrained(path, subfolder=name, **kwargs)
             except Exception as e:  # noqa: BLE001
                 raise ValueError(
                     f"could not load {name}/ of the pipeline {path!r} ({e}); the folder must "

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import vp_sigmas
+from .base import quiet_loading
 from .guidance import ConditionalDenoiser, Conditioning
 
 __all__ = ["DiffusersDenoiser"]
@@ -42,7 +43,8 @@ def load_alphas_cumprod(path: str, errors: list[str], **kwargs) -> tuple[Tensor,
 
     for sub in (None, "scheduler"):
         try:
-            sched = DDPMScheduler.from_pretrained(path, subfolder=sub, **kwargs)
+            with quiet_loading():
+                sched = DDPMScheduler.from_pretrained(path, subfolder=sub, **kwargs)
             return sched.alphas_cumprod.to(torch.float64), sched.config.prediction_type
         except Exception as e:  # noqa: BLE001 - collect and report by the caller
             errors.append(f"scheduler (subfolder={sub}): {e}")
@@ -199,9 +201,10 @@ class DiffusersDenoiser(ConditionalDenoiser):
         unet = None
         for sub in (None, "unet"):
             try:
-                unet = UNet2DModel.from_pretrained(
-                    path, subfolder=sub, torch_dtype=torch_dtype, **kwargs
-                )
+                with quiet_loading():
+                    unet = UNet2DModel.from_pretrained(
+                        path, subfolder=sub, torch_dtype=torch_dtype, **kwargs
+                    )
                 break
             except Exception as e:  # noqa: BLE001 - collect and report below
                 errors.append(f"unet (subfolder={sub}): {e}")
