@@ -26,6 +26,12 @@ __all__ = [
     "vp_sigmas",
     "get_schedule",
     "SCHEDULES",
+    "flow_shift",
+    "flow_sigmas",
+    "flow_times",
+    "flux_mu",
+    "sigma_to_flow_t",
+    "flow_t_to_sigma",
 ]
 
 Space = Literal["rho", "log", "linear"]
@@ -274,3 +280,188 @@ def get_schedule(name: str, num_steps: int, **kwargs) -> Tensor:
 def refine_space(name: str) -> Space:
     """The parameterisation in which a named schedule is uniform (for :func:`refine`)."""
     return {"karras": "rho", "log_uniform": "log", "logsnr": "log"}.get(name, "log")
+
+
+# ---- flow matching (rectified flow) grids ----------------------------------------------------
+#
+# A rectified flow has ``x_t = (1 − t) x0 + t ε`` with t ∈ [0, 1]; in σ-space
+# ``σ = t / (1 − t)`` and ``x = x_t / (1 − t)`` (see :mod:`dode.flow`). t = 1 is σ = ∞.
+
+FlowSpacing = Literal["euler", "flux", "dpm_solver", "unipc"]
+
+
+def flow_t_to_sigma(t: Tensor | Sequence[float] | float) -> Tensor:
+    """σ = t / (1 − t) (float64); t = 1 gives σ = ∞."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    with torch.no_grad():
+        return torch.where(t < 1, t / (1 - t).clamp(min=1e-300), torch.full_like(t, math.inf))
+
+
+def sigma_to_flow_t(sigma: Tensor | Sequence[float] | float) -> Tensor:
+    """t = σ / (1 + σ) (float64); σ = ∞ gives t = 1."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    return torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))
+
+
+def flux_mu(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """FLUX's resolution-dependent shift μ (diffusers' ``calculate_shift``): linear in the
+    number of latent tokens, ``base_shift`` at ``base_seq_len`` and ``max_shift`` at
+    ``max_seq_len``. A 1024² FLUX image has ``(1024 / 16)² = 4096`` tokens."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + base_shift - m * base_seq_len
+
+
+def flow_shift(
+    t: Tensor | Sequence[float],
+    shift: float = 1.0,
+    mu: float | None = None,
+    shift_type: Literal["exponential", "linear"] = "exponential",
+) -> Tensor:
+    """Time shift of a flow grid, as diffusers applies it.
+
+    Static (SD3's ``shift`` s): ``t' = s t / (1 + (s − 1) t)``. Resolution-dependent (FLUX's μ,
+    ``use_dynamic_shifting``): ``t' = e^μ / (e^μ + (1/t − 1))`` (``shift_type="exponential"``) or
+    ``μ / (μ + (1/t − 1))`` (``"linear"``), which are the static shift with s = e^μ or s = μ. In
+    σ = t/(1 − t) every shift is the scaling ``σ' = s σ``: it changes the grid, not the model.
+
+    Raises:
+        ValueError: a shift that is not a finite number > 0 (the grid would not be monotone in
+            (0, 1]), or both ``shift`` and ``mu`` set.
+    """
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if mu is not None:
+        if shift != 1.0:
+            raise ValueError(
+                f"give either a static shift (SD3: shift={shift}) or a dynamic mu (FLUX: "
+                f"mu={mu}), not both."
+            )
+        if shift_type not in ("exponential", "linear"):
+            raise ValueError(f"shift_type must be 'exponential' or 'linear', got {shift_type!r}.")
+        s = math.exp(mu) if shift_type == "exponential" else float(mu)
+        what = f"mu={mu} ({shift_type}: scale {s:.6g})"
+    else:
+        s = float(shift)
+        what = f"shift={shift}"
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(
+            f"{what} makes the flow grid non-monotone or leave (0, 1]: the time shift "
+            "s·t / (1 + (s − 1)·t) needs a finite scale s > 0. Use shift > 0 (SD3 uses 3.0) or a "
+            "linear mu > 0."
+        )
+    return s * t / (1 + (s - 1) * t)
+
+
+def flow_times(
+    num_steps: int,
+    spacing: FlowSpacing = "euler",
+    shift: float = 1.0,
+    num_train_timesteps: int = 1000,
+    *,
+    dynamic: bool = False,
+) -> Tensor:
+    """The unshifted, descending flow times t (``num_steps`` values, no final 0) of diffusers'
+    schedulers and pipelines.
+
+    * ``"euler"``: ``FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps)``:
+      ``linspace(1, t_min, N)`` with ``t_min = 1/T``, already shifted once by a static
+      ``shift`` (diffusers shifts its training table in ``__init__`` and takes its last entry;
+      ``dynamic=True``, i.e. a μ given, skips that). SD3's pipeline uses this.
+    * ``"flux"``: ``linspace(1, 1/N, N)``, the ``sigmas`` the FLUX pipeline passes.
+    * ``"dpm_solver"``: ``DPMSolverMultistepScheduler(use_flow_sigmas=True)``:
+      ``(1 − 1/T)·k/N`` for k = N … 1 (starts below 1).
+    * ``"unipc"``: ``UniPCMultistepScheduler(use_flow_sigmas=True)``: ``linspace(1, 1/T,
+      N + 1)[:-1]`` (:func:`flow_sigmas` moves a shifted t = 1 to ``1 − 1e-6`` as diffusers does).
+    """
+    _check_steps(num_steps)
+    T = num_train_timesteps
+    if not isinstance(T, int) or T < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}.")
+    if spacing == "euler":
+        t_min = 1 / T if dynamic else float(flow_shift([1 / T], shift)[0])
+        return torch.linspace(1.0, t_min, num_steps, dtype=torch.float64)
+    if spacing == "flux":
+        return torch.linspace(1.0, 1 / num_steps, num_steps, dtype=torch.float64)
+    if spacing == "dpm_solver":
+        return (1 - torch.linspace(1, 1 / T, num_steps + 1, dtype=torch.float64)).flip(0)[:-1]
+    if spacing == "unipc":
+        return torch.linspace(1, 1 / T, num_steps + 1, dtype=torch.float64)[:-1]
+    raise ValueError(
+        f"unknown flow spacing {spacing!r}; use 'euler' (FlowMatchEulerDiscreteScheduler, SD3), "
+        "'flux' (FLUX pipeline), 'dpm_solver' or 'unipc' (use_flow_sigmas=True), or pass "
+        "times=[...]."
+    )
+
+
+def flow_sigmas(
+    num_steps: int | None = None,
+    shift: float = 1.0,
+    mu: float | None = None,
+    *,
+    spacing: FlowSpacing = "euler",
+    times: Sequence[float] | Tensor | None = None,
+    num_train_timesteps: int = 1000,
+    shift_type: Literal["exponential", "linear"] = "exponential",
+) -> Tensor:
+    """A flow-matching grid in σ-space: flow times uniform in t (:func:`flow_times`, or the
+    explicit unshifted ``times``), shifted (:func:`flow_shift`) as diffusers does, mapped to
+    ``σ = t / (1 − t)``, with a final 0.
+
+    A grid that starts at t = 1 (``"euler"``, ``"flux"``, explicit ``times`` starting at 1) starts
+    with σ_0 = ∞, which no solver can step from: map the pipeline's initial latents and the grid
+    with :meth:`dode.flow.FlowDenoiser.start`, which takes the first step exactly (the σ → ∞
+    limit of DDIM, ``x̂0 = ε − v``) and returns the finite rest of the grid. Grids that start
+    below t = 1 (``"dpm_solver"``, ``"unipc"``) are finite; ``start`` then only rescales the
+    latents.
+
+    Args:
+        num_steps: number of model calls N of the diffusers scheduler (not needed with
+            ``times``).
+        shift: SD3's static shift (``FlowMatchEulerDiscreteScheduler(shift=...)``,
+            ``flow_shift`` of the multistep schedulers).
+        mu: FLUX's dynamic shift (:func:`flux_mu`); excludes ``shift``.
+        spacing: which diffusers grid (see :func:`flow_times`).
+        times: explicit unshifted times in (0, 1], strictly descending (diffusers'
+            ``set_timesteps(sigmas=...)``).
+        num_train_timesteps: T of the scheduler config.
+        shift_type: how μ shifts (``time_shift_type``).
+
+    Returns:
+        float64 σ, descending, ending in 0 (``num_steps + 1`` values).
+    """
+    if times is None:
+        if num_steps is None:
+            raise ValueError("give num_steps (or an explicit list of flow times, times=[...]).")
+        t = flow_times(num_steps, spacing, shift, num_train_timesteps, dynamic=mu is not None)
+    else:
+        t = torch.as_tensor(times, dtype=torch.float64).flatten()
+        if t.numel() == 0:
+            raise ValueError("times is empty; give at least one flow time in (0, 1].")
+        if num_steps is not None and t.numel() != num_steps:
+            raise ValueError(f"times has {t.numel()} values but num_steps={num_steps}.")
+    if not torch.isfinite(t).all() or (t <= 0).any() or (t > 1).any():
+        bad = t[~(torch.isfinite(t) & (t > 0) & (t <= 1))][0].item()
+        raise ValueError(
+            f"flow time t = {bad:.6g} is outside (0, 1]: a rectified flow x_t = (1 − t) x0 + t ε "
+            "has t = 1 at pure noise and t → 0 at the data; give times in (0, 1] (the final "
+            "t = 0 is appended for you)."
+        )
+    if not (t[1:] < t[:-1]).all():
+        raise ValueError(
+            "flow times must be strictly descending (largest first, no repeats); got "
+            f"{[round(v, 6) for v in t.tolist()]}."
+        )
+    ts = flow_shift(t, shift, mu, shift_type)
+    if spacing == "unipc" and times is None and abs(ts[0].item() - 1) < 1e-6:
+        ts[0] = ts[0] - 1e-6  # as diffusers' UniPC, which cannot take log(1 − t) at t = 1
+    if not (ts[1:] < ts[:-1]).all() or (ts <= 0).any() or (ts > 1).any():
+        raise ValueError(
+            f"the shift (shift={shift}, mu={mu}) makes the flow grid non-monotone or leave (0, 1]; "
+            "use a shift > 0."
+        )
+    return _with_zero(flow_t_to_sigma(ts))
