@@ -285,7 +285,7 @@ def refine_space(name: str) -> Space:
 # ---- flow matching (rectified flow) grids ----------------------------------------------------
 #
 # A rectified flow has ``x_t = (1 − t) x0 + t ε`` with t ∈ [0, 1]; in σ-space
-# ``σ = t / (1 − t)`` and ``x = x_t / (1 − t)`` (see :mod:`dode.flow`). t = 1 is σ = ∞.
+# ``σ = t / (1 − t)`` and ``x = x_t / (1 − t)`` (see :mod:`dode.denoisers.flow`). t = 1 is σ = ∞.
 
 FlowSpacing = Literal["euler", "flux", "dpm_solver", "unipc"]
 
@@ -414,7 +414,7 @@ def flow_sigmas(
 
     A grid that starts at t = 1 (``"euler"``, ``"flux"``, explicit ``times`` starting at 1) starts
     with σ_0 = ∞, which no solver can step from: map the pipeline's initial latents and the grid
-    with :meth:`dode.flow.FlowDenoiser.start`, which takes the first step exactly (the σ → ∞
+    with :meth:`dode.denoisers.FlowDenoiser.start`, which takes the first step exactly (the σ → ∞
     limit of DDIM, ``x̂0 = ε − v``) and returns the finite rest of the grid. Grids that start
     below t = 1 (``"dpm_solver"``, ``"unipc"``) are finite; ``start`` then only rescales the
     latents.

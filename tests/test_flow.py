@@ -27,8 +27,13 @@ import torch
 from test_convergence import CASES, TOL, _with_exact_unipc_start
 
 import dode
-from dode.denoisers import GaussianMixtureDenoiser, gaussian
-from dode.flow import DiffusersFlowDenoiser, GaussianMixtureFlow, flow_start
+from dode.denoisers import (
+    DiffusersFlowDenoiser,
+    GaussianMixtureDenoiser,
+    GaussianMixtureFlow,
+    flow_start,
+    gaussian,
+)
 from dode.schedules import flow_sigmas, flux_mu, sigma_to_flow_t
 from dode.solvers import get_solver
 

@@ -9,6 +9,8 @@ One module per model family:
                unconditional or class-conditional (``num_class_embeds``, null label for CFG)
 ``latent``     :class:`LatentDiffusionDenoiser`: Stable Diffusion 1.x/2.x and SDXL (latents,
                prompts, VAE decoding)
+``flow``       :class:`FlowDenoiser`, :class:`DiffusersFlowDenoiser`, :class:`GaussianMixtureFlow`:
+               rectified flows (velocity prediction) mapped to σ-space
 ``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
 ``guidance``   :class:`Conditioning`, :class:`ConditionalDenoiser`, :class:`GuidedDenoiser`:
                a conditional model bound to a batch's conditioning, classifier-free guidance
@@ -20,6 +22,7 @@ then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`).
 
 from .base import Denoiser, as_sigma
 from .callable import CallableDenoiser
+from .flow import DiffusersFlowDenoiser, FlowDenoiser, GaussianMixtureFlow, flow_start
 from .gmm import GaussianMixtureDenoiser, gaussian
 from .guidance import (
     ConditionalDenoiser,
@@ -37,6 +40,10 @@ __all__ = [
     "DiffusersDenoiser",
     "LatentDiffusionDenoiser",
     "GaussianMixtureDenoiser",
+    "FlowDenoiser",
+    "DiffusersFlowDenoiser",
+    "GaussianMixtureFlow",
+    "flow_start",
     "as_sigma",
     "gaussian",
     "Conditioning",

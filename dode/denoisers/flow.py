@@ -49,8 +49,9 @@ import os
 import torch
 from torch import Tensor, nn
 
-from .denoisers import Denoiser, GaussianMixtureDenoiser
-from .schedules import flow_t_to_sigma
+from ..schedules import flow_t_to_sigma
+from .base import Denoiser
+from .gmm import GaussianMixtureDenoiser
 
 __all__ = ["FlowDenoiser", "DiffusersFlowDenoiser", "GaussianMixtureFlow", "flow_start"]
 
@@ -294,7 +295,7 @@ class GaussianMixtureFlow(FlowDenoiser):
     @classmethod
     def gaussian(cls, mean: Tensor, cov: Tensor, t_min: float = 1e-3) -> GaussianMixtureFlow:
         """A single Gaussian N(mean, cov) as an exact flow."""
-        from .denoisers import gaussian
+        from .gmm import gaussian
 
         return cls(gaussian(mean, cov), t_min)
 
