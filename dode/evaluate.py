@@ -54,6 +54,7 @@ from .artifact import FittedSolver, atomic_write, weights_hash
 from .denoisers import Denoiser
 from .dode import sample
 from .noise import noise_from_seeds, parse_seeds, shard_seeds
+from .schedules import grid_for_model
 from .solvers import Solver, get_solver
 
 __all__ = [
@@ -182,17 +183,15 @@ def build_grid(
 ) -> Tensor:
     """The σ-grid on which ``solver`` makes exactly ``nfe`` model calls.
 
-    The same grids as ``python -m dode.train`` builds (:func:`dode.lit.module.build_grid`):
+    The same grids as ``python -m dode.train`` builds (:func:`dode.schedules.grid_for_model`):
     ``karras`` and ``log_uniform`` span ``[max(0.002, σ_min), min(80, σ_max)]`` of the model
     unless ``options`` say otherwise (``sigma_min``, ``sigma_max``, ``rho``); ``time_uniform``
     and ``quadratic`` pick timesteps of the model's discrete table (``spacing``, ...).
     """
-    from .lit.module import build_grid as grid_for_steps
-
     solver = get_solver(solver)
     if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")
-    return grid_for_steps(denoiser, schedule, solver.steps_for_nfe(nfe), options)
+    return grid_for_model(denoiser, schedule, solver.steps_for_nfe(nfe), options)
 
 
 def to_uint8(x: Tensor) -> Tensor:
