@@ -44,9 +44,13 @@ class Denoiser(nn.Module):
         prediction: ``"x0"`` or ``"eps"``: what :meth:`denoise` returns.
         sigma_min, sigma_max: the σ range the model was trained on.
         sample_shape: the shape of one sample (without batch), or ``None`` if any shape works.
+        weight_files: the files the weights were loaded from (set by loaders such as
+            :meth:`DiffusersDenoiser.from_pretrained`; empty for in-memory models), so that
+            :func:`dode.artifact.weights_hash` can cache the hash by file identity.
     """
 
     prediction: Literal["x0", "eps"] = "x0"
+    weight_files: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -201,6 +205,7 @@ class DiffusersDenoiser(Denoiser):
                 unet = UNet2DModel.from_pretrained(
                     path, subfolder=sub, torch_dtype=torch_dtype, **kwargs
                 )
+                unet_sub = sub
                 break
             except Exception as e:  # noqa: BLE001 - collect and report below
                 errors.append(f"unet (subfolder={sub}): {e}")
@@ -216,13 +221,15 @@ class DiffusersDenoiser(Denoiser):
                 "id, check the network or download it first (huggingface-cli download "
                 f"{path} --local-dir DIR) and pass DIR. Details: " + " | ".join(errors)
             )
-        return cls(
+        den = cls(
             unet,
             sched.alphas_cumprod.to(torch.float64),
             prediction_type=sched.config.prediction_type,
             sigma_to_t=sigma_to_t,
             model_id=path,
         )
+        den.weight_files = _weight_files(path, unet_sub, kwargs)
+        return den
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Continuous (or snapped) timestep for σ, by log-σ interpolation over the table."""
@@ -256,6 +263,33 @@ class DiffusersDenoiser(Denoiser):
             alpha = c_in
             return alpha * out + sigma * alpha * (x * c_in)
         return out
+
+
+def _weight_files(path: str, subfolder: str | None, kwargs: dict) -> tuple[str, ...]:
+    """The weight files a diffusers model was loaded from (empty when unknown).
+
+    A local folder: every ``*.safetensors`` / ``*.bin`` in it. A hub id: the cached
+    ``diffusion_pytorch_model.safetensors`` of that subfolder (no network access).
+    """
+    folder = os.path.join(path, subfolder) if subfolder else path
+    if os.path.isdir(folder):
+        names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")))
+        return tuple(os.path.join(folder, n) for n in names)
+    if kwargs.get("variant") or kwargs.get("use_safetensors") is False:
+        return ()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        name = "diffusion_pytorch_model.safetensors"
+        found = try_to_load_from_cache(
+            path,
+            f"{subfolder}/{name}" if subfolder else name,
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+        )
+    except Exception:  # noqa: BLE001 - unknown file: the hash falls back to the tensors
+        return ()
+    return (found,) if isinstance(found, str) else ()
 
 
 class GaussianMixtureDenoiser(Denoiser):
