@@ -53,6 +53,7 @@ from . import __version__
 from .artifact import FittedSolver, atomic_write, weights_hash
 from .denoisers import Denoiser
 from .dode import sample
+from .images import image_grid, to_uint8
 from .noise import noise_from_seeds, parse_seeds, shard_seeds
 from .schedules import grid_for_model
 from .solvers import Solver, get_solver
@@ -192,11 +193,6 @@ def build_grid(
     if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")
     return grid_for_model(denoiser, schedule, solver.steps_for_nfe(nfe), options)
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Data in [−1, 1] to uint8 [0, 255] (as diffusers' pipelines round)."""
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 # ---- the sample store (resumable) -----------------------------------------------------------
@@ -519,9 +515,9 @@ def _resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
 def _wandb_log(cfg: EvalConfig, record: dict, store: SampleStore, seeds: list[int]) -> None:
     import wandb
 
-    mode = os.environ.get("WANDB_MODE") or (
-        "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    )
+    from .lit.tracking import wandb_mode
+
+    mode = wandb_mode("auto")
     run = wandb.init(
         project=cfg.wandb_project,
         name=cfg.name,
@@ -532,11 +528,9 @@ def _wandb_log(cfg: EvalConfig, record: dict, store: SampleStore, seeds: list[in
     )
     try:
         grid = next(store.iter_images(seeds[:64], 64))
-        import torchvision.utils as vutils
-
-        img = vutils.make_grid(grid.float() / 255, nrow=8).permute(1, 2, 0).numpy()
+        img = image_grid(grid.permute(0, 2, 3, 1).numpy(), per_row=8, scale=1)
         run.log({"samples": wandb.Image(img)}, commit=False)
-    except (StopIteration, FileNotFoundError, KeyError, ImportError):
+    except (StopIteration, FileNotFoundError, KeyError):
         pass
     if record.get("metric"):
         run.log({f"eval/{record['metric']}": record["value"]}, commit=False)

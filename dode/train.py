@@ -40,6 +40,7 @@ from .lit import (
     NoiseDataModule,
     SampleGridCallback,
 )
+from .lit.tracking import wandb_mode
 
 __all__ = ["DODECLI", "main"]
 
@@ -79,10 +80,7 @@ def _slug(text: str) -> str:
 
 
 def _wandb_online(mode: str) -> bool:
-    if mode in ("online", "offline", "disabled"):
-        return mode == "online"
-    forced = os.environ.get("WANDB_MODE", "").lower()
-    return bool(os.environ.get("WANDB_API_KEY")) and forced not in ("offline", "dryrun", "disabled")
+    return wandb_mode(mode) == "online"
 
 
 class _WandbIdCallback(Callback):

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..artifact import atomic_write
+from ..cache import cache_root
 from ..noise import noise_from_seeds, parse_seeds, shard_seeds
 from .module import DODEModule, _digest
 
@@ -38,8 +39,7 @@ __all__ = ["NoiseDataModule", "TeacherCache", "rank_batches", "split_even", "def
 
 def default_cache_dir() -> Path:
     """``$DODE_CACHE`` or ``~/.cache/dode``, plus ``/teacher``."""
-    root = os.environ.get("DODE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dode")
-    return Path(root) / "teacher"
+    return cache_root("teacher")
 
 
 def split_even(seeds: Sequence[int], num_batches: int) -> list[list[int]]:
