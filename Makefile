@@ -3,7 +3,7 @@ PYTHON ?= python3
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help install test test-all lint format bench
+.PHONY: help install test test-all lint format bench dev-deps
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-22s %s\n", $$1, $$2}'
@@ -11,10 +11,16 @@ help:  ## list the targets
 install:  ## install dode with its dev tools (pip install -e ".[dev]")
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:  ## run the default test suite (CPU, < 10 min)
+# On a fresh machine (no pytest, or dode's dependencies missing) the test targets first install
+# dode with its dev extras, as `make demo` installs what it needs.
+dev-deps:
+	@$(PYTHON) -c "import pytest, dode, lightning, diffusers, sklearn, jsonargparse" 2>/dev/null \
+		|| $(PYTHON) -m pip install -e ".[dev]"
+
+test: dev-deps  ## run the default test suite (CPU, < 10 min; installs the dev extras if missing)
 	$(PYTHON) -m pytest -q -x --durations=15
 
-test-all:  ## run every test, including the slow ones
+test-all: dev-deps  ## run every test, including the slow ones
 	$(PYTHON) -m pytest -q -m "not gpu"
 
 lint:  ## ruff check + format check

@@ -28,8 +28,10 @@ FORMAT = "dode.fitted_solver/1"
 __all__ = ["FittedSolver", "weights_hash", "atomic_write", "atomic_folder"]
 
 
-def weights_hash(module: nn.Module) -> str:
-    """sha256 over a module's state dict (keys sorted; tensors as contiguous CPU bytes)."""
+_HASHES: dict[str, str] = {}  # file-identity key -> weights hash, for this process
+
+
+def _hash_tensors(module: nn.Module) -> str:
     h = hashlib.sha256()
     for key, val in sorted(module.state_dict().items()):
         h.update(key.encode())
@@ -38,6 +40,60 @@ def weights_hash(module: nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _file_key(module: nn.Module) -> str | None:
+    """A key for the module's weights by the identity of the files they were loaded from
+    (path, size, mtime, inode) and the state dict's names, dtypes and shapes; ``None`` if
+    the module does not say which files it came from (or one of them is gone)."""
+    files = getattr(module, "weight_files", ())
+    if not files:
+        return None
+    ident = []
+    try:
+        for f in files:
+            st = os.stat(f)
+            ident.append([os.path.realpath(f), st.st_size, st.st_mtime_ns, st.st_ino])
+    except OSError:
+        return None
+    tensors = [[k, str(v.dtype), list(v.shape)] for k, v in sorted(module.state_dict().items())]
+    blob = json.dumps({"files": ident, "tensors": tensors}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def weights_hash(module: nn.Module, *, cache: bool = True) -> str:
+    """sha256 over a module's state dict (keys sorted; tensors as contiguous CPU bytes).
+
+    Hashing a multi-GB model takes minutes, so for a module loaded from files (its
+    ``weight_files``, set by :meth:`dode.denoisers.DiffusersDenoiser.from_pretrained`) the
+    result is cached by the files' identity (path, size, mtime, inode) and the state dict's
+    names, dtypes and shapes: in memory for this process and under
+    ``$DODE_CACHE/weights-hash`` across processes. A rewritten weight file gets a new key and
+    is hashed again. The value is always the tensor hash; modules without ``weight_files``
+    (built in memory) are hashed every time. A frozen denoiser is assumed to hold the weights
+    of its files (weights changed in memory after loading are not seen; pass
+    ``cache=False`` to hash the tensors).
+    """
+    key = _file_key(module) if cache else None
+    if key is None:
+        return _hash_tensors(module)
+    if key in _HASHES:
+        return _HASHES[key]
+    from .cache import cache_root
+
+    path = cache_root("weights-hash", key)
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        value = ""
+    if len(value) != 64 or not set(value) <= set("0123456789abcdef"):
+        value = _hash_tensors(module)
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_text(value + "\n"))
+        except OSError:  # a read-only cache only costs the time
+            pass
+    _HASHES[key] = value
+    return value
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:

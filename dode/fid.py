@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import os
 import sys
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .artifact import atomic_write
+from .cache import cache_root
 
 __all__ = [
     "INCEPTION_FILE",
@@ -190,14 +190,15 @@ def get_feature_extractor(
     if spec == "pixels":
         return PixelFeatures()
     if isinstance(spec, str) and ":" in spec:
-        mod_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(
-                f"cannot import feature extractor {spec!r} ({e}); give 'package.module:factory' "
-                "where factory() returns a callable from uint8 [B, C, H, W] to [B, F]."
-            ) from None
+        from .loading import import_factory
+
+        factory = import_factory(
+            spec,
+            what="feature extractor",
+            usage="give 'package.module:factory' where factory() returns a callable from uint8 "
+            "[B, C, H, W] to [B, F]",
+            returns="a factory returning a feature extractor",
+        )
         fx = factory()
         if not callable(fx):
             raise ValueError(f"{spec!r} returned {type(fx).__name__}, which is not callable.")
@@ -305,17 +306,17 @@ def load_stats(path: str | os.PathLike, features: str | None = None) -> tuple[np
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """torch-fidelity's Fréchet distance between two Gaussians (float64)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+    """The Fréchet distance between two Gaussians (float64; :mod:`dode.metrics`' formula,
+    equal to torch-fidelity's to rounding), never below 0."""
+    from .metrics import frechet_distance_from_stats
 
-    a = {"mu": np.asarray(mu1, np.float64), "sigma": np.asarray(sigma1, np.float64)}
-    b = {"mu": np.asarray(mu2, np.float64), "sigma": np.asarray(sigma2, np.float64)}
-    if a["mu"].shape != b["mu"].shape or a["sigma"].shape != b["sigma"].shape:
+    a_mu, b_mu = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    if a_mu.shape != b_mu.shape or np.shape(sigma1) != np.shape(sigma2):
         raise ValueError(
-            f"feature statistics have different sizes ({a['mu'].shape[0]} vs "
-            f"{b['mu'].shape[0]}): the two sides were made with different feature extractors."
+            f"feature statistics have different sizes ({a_mu.shape[0]} vs "
+            f"{b_mu.shape[0]}): the two sides were made with different feature extractors."
         )
-    value = float(fid_statistics_to_metric(a, b, verbose=False)[KEY_METRIC_FID])
+    value = frechet_distance_from_stats(a_mu, sigma1, b_mu, sigma2)
     # The true distance is >= 0; eigenvalue round-off can leave a tiny negative number.
     return max(value, 0.0)
 
@@ -378,7 +379,8 @@ def _folder_key(folder: Path, files: list[Path]) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DODE_CACHE", Path.home() / ".cache" / "dode")) / "fid-refs"
+    """``$DODE_CACHE/fid-refs`` or ``~/.cache/dode/fid-refs``."""
+    return cache_root("fid-refs")
 
 
 def reference_stats(

@@ -29,7 +29,15 @@ import torch
 
 from .denoisers import Denoiser, DiffusersDenoiser, GaussianMixtureDenoiser
 
-__all__ = ["load_denoiser", "register_model", "MODELS", "ASSETS", "digits_data", "resolve_dtype"]
+__all__ = [
+    "load_denoiser",
+    "register_model",
+    "import_factory",
+    "MODELS",
+    "ASSETS",
+    "digits_data",
+    "resolve_dtype",
+]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -104,20 +112,34 @@ def _gmm_digits(
     return den
 
 
-def _import_factory(spec: str) -> Callable[..., Denoiser]:
+def import_factory(
+    spec: str,
+    what: str = "model factory",
+    usage: str = "use 'package.module:function' with the package importable (on PYTHONPATH)",
+    returns: str = "a function returning a Denoiser",
+) -> Callable:
+    """The object ``"package.module:name"`` names (``name`` may be dotted), which must be callable.
+
+    Args:
+        spec: ``"package.module:name"``.
+        what, usage, returns: how the errors name the object, the fix and what it must be.
+
+    Raises:
+        ValueError: the module or attribute cannot be imported, or the object is not callable.
+    """
     mod_name, _, attr = spec.partition(":")
     try:
         obj = importlib.import_module(mod_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
-        raise ValueError(
-            f"cannot import model factory {spec!r} ({e}); use 'package.module:function' with "
-            "the package importable (on PYTHONPATH)."
-        ) from None
+        raise ValueError(f"cannot import {what} {spec!r} ({e}); {usage}.") from None
     if not callable(obj):
-        raise ValueError(f"{spec!r} is not callable; it must be a function returning a Denoiser.")
+        raise ValueError(f"{spec!r} is not callable; it must be {returns}.")
     return obj
+
+
+_import_factory = import_factory
 
 
 def load_denoiser(
@@ -172,7 +194,7 @@ def load_denoiser(
             f"registered name ({names})."
         )
     elif ":" in model:
-        den = _import_factory(model)(**kwargs)
+        den = import_factory(model)(**kwargs)
         if not isinstance(den, Denoiser):
             raise ValueError(
                 f"{model!r} returned {type(den).__name__}, not a dode.denoisers.Denoiser; wrap "

@@ -1,15 +1,14 @@
 """Metrics: Fréchet distance between feature sets, trajectory error to the teacher.
 
-The Inception FID lives in the Lightning callback and ``dode.evaluate`` (torchmetrics /
-torch-fidelity); the functions here work on any features (pixels, a digits classifier's
-penultimate layer, Inception pool3).
+The Fréchet distance is computed here and only here (``dode.fid`` and ``dode.evaluate`` use it
+for Inception features); it works on any features (pixels, a digits classifier's penultimate
+layer, Inception pool3).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import Tensor
 
 __all__ = [
@@ -36,19 +35,35 @@ def gaussian_stats(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarra
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a symmetric PSD matrix (negative round-off clipped)."""
+    w, v = np.linalg.eigh((cov + cov.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _frechet(mu, cov, mu_r, sqrt_cov_r, trace_r) -> float:
+    """‖μ − μr‖² + Tr Σ + Tr Σr − 2 Tr (R Σ R)^{1/2} with ``R = Σr^{1/2}``."""
+    m = sqrt_cov_r @ cov @ sqrt_cov_r
+    ev = np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)
+    diff = mu - mu_r
+    return float(diff @ diff + np.trace(cov) + trace_r - 2 * np.sqrt(ev).sum())
+
+
 def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) (Heusel et al., 2017)."""
-    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) (Heusel et al., 2017), in float64.
+
+    ``Tr (Σ1 Σ2)^{1/2} = Tr (R Σ1 R)^{1/2}`` with ``R = Σ2^{1/2}``: the trace of a symmetric
+    PSD matrix's square root, from two symmetric eigendecompositions (the one implementation
+    behind :class:`FrechetReference` and :func:`dode.fid.fid_from_stats`; equal to the general
+    matrix square root formula, scipy's ``sqrtm`` as in torch-fidelity, up to rounding).
+    """
+    mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
+    mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError("feature statistics have different dimensions.")
-    diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(sigma1.shape[0])
-        covmean = linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return _frechet(mu1, sigma1, mu2, _sqrt_psd(sigma2), float(np.trace(sigma2)))
 
 
 def frechet_distance(features_a, features_b) -> float:
@@ -61,8 +76,8 @@ class FrechetReference:
 
     With ``R = Σr^{1/2}`` (symmetric, computed once), ``Tr (Σ Σr)^{1/2} = Tr (R Σ R)^{1/2}``, the
     trace of a symmetric PSD matrix's square root: one symmetric eigendecomposition per
-    distance instead of a general matrix square root (about 10x faster at 128 features; equal
-    to :func:`frechet_distance_from_stats` up to rounding).
+    distance (the reference's square root is computed once); the same arithmetic as
+    :func:`frechet_distance_from_stats`.
 
     Args:
         mu, cov: the reference's mean ``[F]`` and covariance ``[F, F]``.
@@ -76,8 +91,7 @@ class FrechetReference:
                 f"reference covariance has shape {self.cov.shape} but the mean has "
                 f"{len(self.mu)} entries; pass the (mu, cov) of one feature set."
             )
-        w, v = np.linalg.eigh((self.cov + self.cov.T) / 2)
-        self.sqrt_cov = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        self.sqrt_cov = _sqrt_psd(self.cov)
         self.trace = float(np.trace(self.cov))
 
     @classmethod
@@ -94,10 +108,7 @@ class FrechetReference:
             raise ValueError(
                 f"features have dimension {mu.shape[0]} but the reference has {len(self.mu)}."
             )
-        m = self.sqrt_cov @ cov @ self.sqrt_cov
-        ev = np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)
-        diff = mu - self.mu
-        return float(diff @ diff + np.trace(cov) + self.trace - 2 * np.sqrt(ev).sum())
+        return _frechet(mu, cov, self.mu, self.sqrt_cov, self.trace)
 
 
 def mse(a: Tensor, b: Tensor) -> float:

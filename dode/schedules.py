@@ -9,11 +9,14 @@ VP (DDPM) models are described by their discrete ᾱ table; ``σ_t = sqrt((1 −
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .denoisers import Denoiser
 
 __all__ = [
     "karras",
@@ -25,6 +28,8 @@ __all__ = [
     "vp_alphas_cumprod",
     "vp_sigmas",
     "get_schedule",
+    "grid_for_model",
+    "round_grid",
     "SCHEDULES",
     "flow_shift",
     "flow_sigmas",
@@ -465,3 +470,107 @@ def flow_sigmas(
             "use a shift > 0."
         )
     return _with_zero(flow_t_to_sigma(ts))
+
+
+def round_grid(
+    sigmas: Tensor, round_sigma: Callable[[Tensor], Tensor], what: str = "the grid"
+) -> Tensor:
+    """Move every σ > 0 of a grid to the σ the model actually evaluates at (as EDM does).
+
+    A discrete model that snaps σ to its table (``DiffusersDenoiser(sigma_to_t="snap")``) runs
+    the network at the snapped timestep; the solver's σ (``c_in``, the ε → x̂0 conversion, the
+    step sizes) must be that same σ. Points already on the table (relative 1e-12) are kept bit
+    for bit, so grids built from the table (``time_uniform``, ``quadratic``) do not change.
+
+    Args:
+        sigmas: a descending grid ending in 0.
+        round_sigma: the model's ``round_sigma`` (identity for continuous models).
+        what: how to name the grid in an error.
+
+    Raises:
+        ValueError: if rounding merges two grid points (the grid would not be strictly
+            descending).
+    """
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    body = s[:-1]
+    rounded = torch.as_tensor(round_sigma(body), dtype=torch.float64).to(body.device)
+    on_table = (rounded - body).abs() <= 1e-12 * body
+    body = torch.where(on_table, body, rounded)
+    same = (body[1:] >= body[:-1]).nonzero()
+    if len(same):
+        i = int(same[0])
+        raise ValueError(
+            f"{what} has σ = {float(s[i]):.6g} and {float(s[i + 1]):.6g}, which the model "
+            f"evaluates at the same table σ = {float(body[i + 1]):.6g} (sigma_to_t='snap'); "
+            "use fewer steps, a grid on the model's table (time_uniform), or sigma_to_t='interp'."
+        )
+    return torch.cat([body, s[-1:]])
+
+
+def _buffer_device(module: object) -> torch.device | None:
+    buffers = getattr(module, "buffers", None)
+    if buffers is None:
+        return None
+    return next((b.device for b in buffers()), None)
+
+
+def grid_for_model(
+    denoiser: Denoiser, schedule: str, num_steps: int, options: dict | None = None
+) -> Tensor:
+    """The σ grid (descending, final 0) of a named schedule for a model.
+
+    Defaults taken from the model: ``karras`` and ``log_uniform`` span
+    ``[max(0.002, σ_min), min(80, σ_max)]`` of the model; ``time_uniform`` and ``quadratic`` use
+    the model's discrete ᾱ table (diffusers DDPM models only). ``explicit`` takes
+    ``options["sigmas"]``. The grid is then rounded to the σ the model evaluates at
+    (:func:`round_grid`; a no-op unless the model snaps σ to a discrete table).
+
+    Args:
+        denoiser: the model (its σ range, ᾱ table and ``round_sigma`` are used).
+        schedule: ``karras``, ``log_uniform`` (``logsnr``), ``time_uniform`` (``uniform``),
+            ``quadratic`` or ``explicit``.
+        num_steps: number of solver steps (the grid has ``num_steps + 1`` points).
+        options: the schedule's options, e.g. ``{sigma_min: 0.002, sigma_max: 80, rho: 7}``,
+            ``{spacing: trailing}`` or ``{sigmas: [...]}`` for ``explicit``.
+    """
+    opts = dict(options or {})
+    if schedule == "explicit":
+        if "sigmas" not in opts:
+            raise ValueError(
+                "schedule 'explicit' needs schedule_options.sigmas: a descending list of σ."
+            )
+        s = explicit(opts.pop("sigmas"))
+        if opts:
+            raise ValueError(f"schedule 'explicit' takes only 'sigmas', got {sorted(opts)}.")
+        if len(s) - 1 != num_steps:
+            raise ValueError(
+                f"the explicit grid has {len(s) - 1} steps but the solver needs {num_steps} for "
+                "this NFE; give one σ per step (the final 0 is added)."
+            )
+    else:
+        if schedule in ("karras", "log_uniform", "logsnr"):
+            opts.setdefault("sigma_min", max(0.002, float(denoiser.sigma_min)))
+            opts.setdefault("sigma_max", min(80.0, float(denoiser.sigma_max)))
+        elif schedule in ("time_uniform", "uniform", "quadratic"):
+            table = getattr(denoiser, "alphas_cumprod", None)
+            if table is None and "alphas_cumprod" not in opts:
+                raise ValueError(
+                    f"schedule {schedule!r} is uniform in the discrete timesteps of a DDPM "
+                    f"model, but {type(denoiser).__name__} has no ᾱ table; use 'karras' or "
+                    "'log_uniform'."
+                )
+            if table is not None:
+                opts.setdefault("alphas_cumprod", table.detach().cpu())
+        try:
+            s = get_schedule(schedule, num_steps, **opts)
+        except TypeError as e:
+            raise ValueError(f"bad schedule_options for {schedule!r}: {e}") from None
+    round_sigma = getattr(denoiser, "round_sigma", None)
+    if round_sigma is None:
+        return s
+    device = _buffer_device(denoiser)
+    return round_grid(
+        s,
+        lambda body: round_sigma(body if device is None else body.to(device)).cpu(),
+        f"the {schedule!r} grid",
+    )

@@ -38,6 +38,7 @@ from .lit import (
     SampleGridCallback,
 )
 from .lit.api import TRAINER_DEFAULTS, default_run_dir, run_fit, trainer_extras
+from .lit.tracking import wandb_mode
 
 __all__ = ["DODECLI", "main"]
 
@@ -73,10 +74,7 @@ def _quiet() -> None:
 
 
 def _wandb_online(mode: str) -> bool:
-    if mode in ("online", "offline", "disabled"):
-        return mode == "online"
-    forced = os.environ.get("WANDB_MODE", "").lower()
-    return bool(os.environ.get("WANDB_API_KEY")) and forced not in ("offline", "dryrun", "disabled")
+    return wandb_mode(mode) == "online"
 
 
 class _Parser(LightningArgumentParser):

@@ -812,11 +812,13 @@ def _wandb_start(runs: Path, mode: str):
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
+    from dode.lit.tracking import wandb_mode
+
     return wandb.init(
         project="dode",
         name="digits-demo",
         dir=str(runs),
-        mode=mode,
+        mode=wandb_mode(mode),
         config={"columns": COLUMNS},
         reinit="finish_previous",
     )

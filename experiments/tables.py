@@ -497,9 +497,9 @@ def render(spec: dict, cells: list[dict], dry_run: bool = False) -> tuple[str, s
 def _wandb_table(spec: dict, cells: list[dict], md_path: Path, results: Path) -> None:
     import wandb
 
-    mode = os.environ.get("WANDB_MODE") or (
-        "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    )
+    from dode.lit.tracking import wandb_mode
+
+    mode = wandb_mode("auto")
     run = wandb.init(
         project="dode",
         job_type="table",

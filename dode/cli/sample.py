@@ -28,27 +28,11 @@ import numpy as np
 import torch
 
 from ..artifact import FittedSolver, atomic_write, weights_hash
+from ..images import image_grid as _grid
+from ..images import to_uint8_hwc as _uint8
 from ..noise import noise_from_seeds, parse_seeds
 
 __all__ = ["main", "generate"]
-
-
-def _uint8(x: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [−1, 1] → uint8 [N, H, W, C]."""
-    y = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return y.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _grid(images: np.ndarray, per_row: int = 8, scale: int = 4) -> np.ndarray:
-    n, h, w, c = images.shape
-    rows = -(-n // per_row)
-    out = np.full((rows * (h + 1) + 1, per_row * (w + 1) + 1, c), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, q = divmod(i, per_row)
-        out[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = im
-    if c == 1:
-        out = np.repeat(out, 3, axis=2)
-    return out.repeat(scale, 0).repeat(scale, 1)
 
 
 def _device(name: str) -> torch.device:

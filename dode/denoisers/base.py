@@ -38,9 +38,13 @@ class Denoiser(nn.Module):
         prediction: ``"x0"`` or ``"eps"``: what :meth:`denoise` returns.
         sigma_min, sigma_max: the σ range the model was trained on.
         sample_shape: the shape of one sample (without batch), or ``None`` if any shape works.
+        weight_files: the files the weights were loaded from (set by loaders such as
+            :meth:`DiffusersDenoiser.from_pretrained`; empty for in-memory models), so that
+            :func:`dode.artifact.weights_hash` can cache the hash by file identity.
     """
 
     prediction: Literal["x0", "eps"] = "x0"
+    weight_files: tuple[str, ...] = ()
     conditional: bool = False
 
     def __init__(

@@ -205,6 +205,7 @@ class DiffusersDenoiser(ConditionalDenoiser):
                     unet = UNet2DModel.from_pretrained(
                         path, subfolder=sub, torch_dtype=torch_dtype, **kwargs
                     )
+                unet_sub = sub
                 break
             except Exception as e:  # noqa: BLE001 - collect and report below
                 errors.append(f"unet (subfolder={sub}): {e}")
@@ -216,7 +217,7 @@ class DiffusersDenoiser(ConditionalDenoiser):
                 f"{path} --local-dir DIR) and pass DIR. Details: " + " | ".join(errors)
             )
         alphas_cumprod, prediction_type = sched
-        return cls(
+        den = cls(
             unet,
             alphas_cumprod,
             prediction_type=prediction_type,
@@ -224,6 +225,8 @@ class DiffusersDenoiser(ConditionalDenoiser):
             model_id=path,
             num_classes=num_classes,
         )
+        den.weight_files = weight_files(path, unet_sub, kwargs)
+        return den
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Continuous (or snapped) timestep for σ, by log-σ interpolation over the table."""
@@ -262,3 +265,30 @@ class DiffusersDenoiser(ConditionalDenoiser):
             alpha = c_in
             return alpha * out + sigma * alpha * (x * c_in)
         return out
+
+
+def weight_files(path: str, subfolder: str | None, kwargs: dict) -> tuple[str, ...]:
+    """The weight files a diffusers model was loaded from (empty when unknown).
+
+    A local folder: every ``*.safetensors`` / ``*.bin`` in it. A hub id: the cached
+    ``diffusion_pytorch_model.safetensors`` of that subfolder (no network access).
+    """
+    folder = os.path.join(path, subfolder) if subfolder else path
+    if os.path.isdir(folder):
+        names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")))
+        return tuple(os.path.join(folder, n) for n in names)
+    if kwargs.get("variant") or kwargs.get("use_safetensors") is False:
+        return ()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        name = "diffusion_pytorch_model.safetensors"
+        found = try_to_load_from_cache(
+            path,
+            f"{subfolder}/{name}" if subfolder else name,
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+        )
+    except Exception:  # noqa: BLE001 - unknown file: the hash falls back to the tensors
+        return ()
+    return (found,) if isinstance(found, str) else ()

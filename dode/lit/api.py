@@ -31,6 +31,7 @@ from ..artifact import FittedSolver
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
 from .module import DODEModule, FitMode
+from .tracking import wandb_mode as resolve_wandb_mode
 
 __all__ = [
     "fit",
@@ -80,7 +81,6 @@ class WandbIdCallback(Callback):
 def _loggers(
     run_dir: Path, wandb_mode: WandbMode, wandb_project: str, name: str | None, resume: bool
 ) -> list:
-    from ..train import _wandb_online
 
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
     if wandb_mode != "disabled":
@@ -93,7 +93,7 @@ def _loggers(
                 save_dir=str(run_dir),
                 project=wandb_project,
                 name=name or run_dir.name,
-                offline=not _wandb_online(wandb_mode),
+                offline=resolve_wandb_mode(wandb_mode) != "online",
                 id=run_id,
                 resume="allow" if run_id else None,
             )

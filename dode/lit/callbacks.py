@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
+from ..images import image_grid, to_uint8_images
 from ..metrics import frechet_distance_from_stats
 from ..noise import parse_seeds, shard_seeds
 from ..select import best_scale, check_scales
@@ -23,25 +24,9 @@ from ..select import best_scale, check_scales
 __all__ = ["SampleGridCallback", "LambdaPlotCallback", "FrechetCallback", "to_uint8_images"]
 
 
-def to_uint8_images(x: Tensor) -> Tensor:
-    """Samples in [−1, 1], ``[B, C, H, W]`` → uint8 ``[B, C, H, W]``."""
-    if x.ndim != 4:
-        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}.")
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
 def _grid(rows: list[Tensor], scale: int) -> np.ndarray:
     """Rows of uint8 ``[B, C, H, W]`` images → one HWC array with 1-pixel gaps."""
-    b, c, h, w = rows[0].shape
-    pad = 1
-    out = np.full((len(rows) * (h + pad) + pad, b * (w + pad) + pad, c), 255, np.uint8)
-    for r, imgs in enumerate(rows):
-        for i, im in enumerate(imgs.permute(0, 2, 3, 1).numpy()):
-            y, x = pad + r * (h + pad), pad + i * (w + pad)
-            out[y : y + h, x : x + w] = im
-    if c == 1:
-        out = np.repeat(out, 3, axis=2)
-    return out.repeat(scale, 0).repeat(scale, 1)
+    return image_grid(torch.cat(rows).permute(0, 2, 3, 1).numpy(), len(rows[0]), scale)
 
 
 def _run_dir(trainer: pl.Trainer) -> Path:

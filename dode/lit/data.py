@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..artifact import atomic_write
+from ..cache import cache_root
 from ..noise import noise_from_seeds, parse_seeds, shard_seeds
 
 __all__ = [
@@ -76,8 +77,7 @@ class TeacherSource:
 
 def default_cache_dir() -> Path:
     """``$DODE_CACHE`` or ``~/.cache/dode``, plus ``/teacher``."""
-    root = os.environ.get("DODE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dode")
-    return Path(root) / "teacher"
+    return cache_root("teacher")
 
 
 def split_even(seeds: Sequence[int], num_batches: int) -> list[list[int]]:

@@ -40,55 +40,16 @@ from ..artifact import FittedSolver, weights_hash
 from ..correction import DODECorrection, model_fn
 from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
 from ..loading import load_denoiser, resolve_dtype
-from ..schedules import explicit, get_schedule, refine_space
+from ..schedules import grid_for_model, refine_space
 from ..solvers import Solver, get_solver
 from .data import NoiseDataModule, TeacherSource, problem_digest
 
 __all__ = ["DODEModule", "build_grid", "FitMode"]
 
+build_grid = grid_for_model  # the old name (the grid is built in dode.schedules)
+
 FitMode = Literal["lstsq", "sgd-local", "sgd-global"]
 _FIT_MODES = ("lstsq", "sgd-local", "sgd-global")
-
-
-def build_grid(denoiser, schedule: str, num_steps: int, options: dict | None = None) -> Tensor:
-    """The student's σ grid (descending, final 0) for a named schedule.
-
-    Defaults taken from the model: ``karras`` and ``log_uniform`` span
-    ``[max(0.002, σ_min), min(80, σ_max)]`` of the model; ``time_uniform`` and ``quadratic`` use
-    the model's discrete ᾱ table (diffusers DDPM models only). ``explicit`` takes
-    ``options["sigmas"]``.
-    """
-    opts = dict(options or {})
-    if schedule == "explicit":
-        if "sigmas" not in opts:
-            raise ValueError(
-                "schedule 'explicit' needs schedule_options.sigmas: a descending list of σ."
-            )
-        s = explicit(opts.pop("sigmas"))
-        if opts:
-            raise ValueError(f"schedule 'explicit' takes only 'sigmas', got {sorted(opts)}.")
-        if len(s) - 1 != num_steps:
-            raise ValueError(
-                f"the explicit grid has {len(s) - 1} steps but the solver needs {num_steps} for "
-                "this NFE; give one σ per step (the final 0 is added)."
-            )
-        return s
-    if schedule in ("karras", "log_uniform", "logsnr"):
-        opts.setdefault("sigma_min", max(0.002, float(denoiser.sigma_min)))
-        opts.setdefault("sigma_max", min(80.0, float(denoiser.sigma_max)))
-    elif schedule in ("time_uniform", "uniform", "quadratic"):
-        table = getattr(denoiser, "alphas_cumprod", None)
-        if table is None and "alphas_cumprod" not in opts:
-            raise ValueError(
-                f"schedule {schedule!r} is uniform in the discrete timesteps of a DDPM model, "
-                f"but {type(denoiser).__name__} has no ᾱ table; use 'karras' or 'log_uniform'."
-            )
-        if table is not None:
-            opts.setdefault("alphas_cumprod", table.detach().cpu())
-    try:
-        return get_schedule(schedule, num_steps, **opts)
-    except TypeError as e:
-        raise ValueError(f"bad schedule_options for {schedule!r}: {e}") from None
 
 
 class DODEModule(pl.LightningModule):

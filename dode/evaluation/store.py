@@ -1,0 +1,119 @@
+"""The sample store: one PNG per seed (written atomically, so a run resumes), the packed npz,
+and the record of what the samples in a folder were made with."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..artifact import atomic_write
+
+__all__ = ["SampleStore", "claim_out_dir"]
+
+
+class SampleStore:
+    """Per-seed PNG files under ``root/samples`` (written atomically) and the packed npz."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.dir = self.root / "samples"
+        self.npz = self.root / "samples.npz"
+
+    def path(self, seed: int) -> Path:
+        return self.dir / f"{seed // 1000 * 1000:06d}" / f"{seed:06d}.png"
+
+    def done(self) -> set[int]:
+        """Seeds whose sample is already stored (PNG or packed npz)."""
+        seeds: set[int] = set()
+        if self.dir.is_dir():
+            seeds.update(int(p.stem) for p in self.dir.glob("*/*.png") if p.stem.isdigit())
+        if self.npz.is_file():
+            with np.load(self.npz) as z:
+                seeds.update(int(s) for s in z["seeds"])
+        return seeds
+
+    def write(self, seeds: Sequence[int], images: Tensor) -> None:
+        """Write uint8 images ``[B, C, H, W]``, one PNG per seed."""
+        from PIL import Image
+
+        arr = images.permute(0, 2, 3, 1).cpu().numpy()
+        for seed, a in zip(seeds, arr):
+            p = self.path(int(seed))
+            if p.exists():  # seeds already done are never scheduled: this would be a bug
+                raise RuntimeError(f"seed {seed} was generated twice ({p} exists).")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+            tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+            im.save(tmp, format="PNG", compress_level=1)
+            os.replace(tmp, p)
+
+    def iter_images(self, seeds: Sequence[int], batch_size: int = 256) -> Iterator[Tensor]:
+        """uint8 batches ``[B, C, H, W]`` of the given seeds, in order."""
+        packed: dict[int, int] = {}
+        arr = None
+        if self.npz.is_file():
+            z = np.load(self.npz, mmap_mode="r")
+            arr = z["arr_0"]
+            packed = {int(s): i for i, s in enumerate(z["seeds"])}
+        from ..fid import _read_image
+
+        for i in range(0, len(seeds), batch_size):
+            chunk = seeds[i : i + batch_size]
+            imgs = [
+                np.asarray(arr[packed[s]]) if s in packed else _read_image(self.path(s))
+                for s in chunk
+            ]
+            yield torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+
+    def pack(self, seeds: Sequence[int], batch_size: int = 1024) -> Path:
+        """Stream the samples of ``seeds`` into ``samples.npz`` without holding them in memory."""
+        first = next(self.iter_images(seeds[:1]))
+        _, c, h, w = first.shape
+        shape = (len(seeds), h, w, c)
+
+        def write(tmp: str) -> None:
+            with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+                with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array_header_2_0(
+                        f, {"descr": "|u1", "fortran_order": False, "shape": shape}
+                    )
+                    for batch in self.iter_images(seeds, batch_size):
+                        f.write(batch.permute(0, 2, 3, 1).contiguous().numpy().tobytes())
+                with zf.open("seeds.npy", "w") as f:
+                    np.lib.format.write_array(f, np.asarray(seeds, dtype=np.int64))
+
+        return atomic_write(self.npz, write)
+
+    def remove_pngs(self) -> None:
+        if self.dir.is_dir():
+            shutil.rmtree(self.dir)
+
+
+def claim_out_dir(out: Path, model_id, solver_cfg, sigmas, lambdas, shape) -> None:
+    """Record what the samples in ``out`` are made with; refuse to mix in other samples."""
+    ident = {
+        "model": str(model_id),
+        "solver": solver_cfg,
+        "sigmas": [float(s) for s in sigmas],
+        "lambdas": None if lambdas is None else [float(v) for v in lambdas],
+        "sample_shape": list(shape or ()),
+    }
+    path = out / "run.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != ident:
+            diff = sorted(k for k in ident if old.get(k) != ident[k])
+            raise ValueError(
+                f"{str(out)!r} already holds samples made with a different {', '.join(diff)}; "
+                "resume only with the same settings, or use another --out (or delete it)."
+            )
+        return
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(ident, indent=1) + "\n"))
