@@ -110,3 +110,7 @@ sample:  ## PNGs + samples.npz from a fitted solver: make sample SOLVER_FILE=run
 
 bench-train:  ## wall time of python -m dode.train vs a direct dode.fit_lambdas call on the same work, with the breakdown
 	$(PYTHON) -m dode.lit.bench --repeat 2
+
+.PHONY: demo-frontier
+demo-frontier:  ## best learning-free (solver, grid) vs D-solvers vs learned grid + λ per NFE 3-10 on the digits DDPM (CPU); writes experiments/results/digits/frontier.csv, frontier_gmm.csv, frontier.png
+	$(PYTHON) experiments/digits_frontier.py

@@ -39,6 +39,7 @@ from .. import __version__
 from ..artifact import FittedSolver, weights_hash
 from ..correction import DODECorrection, model_fn
 from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
+from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..loading import load_denoiser, resolve_dtype
 from ..schedules import grid_for_model, refine_space
 from ..solvers import Solver, get_solver
@@ -62,8 +63,11 @@ class DODEModule(pl.LightningModule):
             ``dpm_solver_pp``, ``deis``, ``unipc`` and aliases such as ``dpmpp_2m``).
         solver_options: keyword options of the solver, e.g. ``{order: 3}``.
         nfe: number of model calls (NFE) of the student; sets the number of grid steps.
-        schedule: σ grid: ``karras``, ``log_uniform``, ``time_uniform``, ``quadratic`` or
-            ``explicit``.
+        schedule: σ grid: ``karras``, ``log_uniform``, ``time_uniform``, ``quadratic``,
+            ``explicit``, or a grid learned on ``schedule_options.seeds`` (default 0-99) before
+            the λ fit: ``learned_dp`` (dynamic programme over a fine teacher grid) or
+            ``learned_sgd`` (gradient fit of grid and λ; λ are then refitted on that grid by
+            ``fit_mode``); see :mod:`dode.learned_grid` for their options.
         schedule_options: options of the schedule, e.g. ``{sigma_min: 0.002, sigma_max: 80,
             rho: 7}`` for ``karras`` or ``{sigmas: [...]}`` for ``explicit``.
         teacher_factor: C, the teacher's refinement of the student grid (the paper uses 10).
@@ -138,7 +142,16 @@ class DODEModule(pl.LightningModule):
                 f"model {model!r} does not declare its sample shape; set sample_shape on the "
                 "Denoiser your factory returns."
             )
-        self.sigmas = build_grid(self.denoiser, schedule, self.num_steps, schedule_options)
+        # how the grid was obtained (the file's metrics["grid"]); learned grids: dode.learned_grid
+        self.grid_record: dict[str, Any] = {"schedule": schedule}
+        if schedule in LEARNED_SCHEDULES:
+            self.sigmas, rec = learned_schedule(
+                self.denoiser, self.solver, schedule, self.num_steps, schedule_options,
+                self.integration_dtype,
+            )  # fmt: skip
+            self.grid_record.update(rec)
+        else:
+            self.sigmas = build_grid(self.denoiser, schedule, self.num_steps, schedule_options)
         self.solver.check_grid(self.sigmas)
         self.s_list: list[float] = self.sigmas.tolist()
         self.num_calls = self.solver.nfe(self.num_steps)
@@ -514,6 +527,7 @@ class DODEModule(pl.LightningModule):
             "fit_mode": self.fit_mode,
             "nfe": self.num_calls,
             "fit": info if self.fit_mode == "lstsq" else {},
+            "grid": self.grid_record,
             **self.val_metrics,
             **{f"time/{k}": v for k, v in self.timings.items()},
             **scaled,

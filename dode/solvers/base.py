@@ -150,6 +150,17 @@ class Solver:
         raise NotImplementedError
 
 
+def log(v):
+    """``log`` of a float or a tensor (a σ may be a tensor that carries a gradient, e.g. a
+    learned grid; floats keep the exact float arithmetic)."""
+    return torch.log(v) if isinstance(v, torch.Tensor) else math.log(v)
+
+
+def expm1(v):
+    """``exp(v) − 1`` of a float or a tensor (see :func:`log`)."""
+    return torch.expm1(v) if isinstance(v, torch.Tensor) else math.expm1(v)
+
+
 def log_ratio(a: float, b: float) -> float:
     """h = λ_b − λ_a = log(a / b) with λ = −log σ (the log-SNR step); ∞ if b == 0."""
     return math.inf if b == 0 else math.log(a / b)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 
 from .base import Solver, multistep_order
 
@@ -62,6 +63,8 @@ class DEIS(Solver):
         a, b = s[i], s[i + 1]
         if order == 1:
             return [b - a]
+        if any(isinstance(s[i - j], torch.Tensor) for j in range(-1, order)):
+            return self._coefficients_torch(s, i, order)
         nodes = self.u(np.array([s[i - j] for j in range(order)], dtype=np.float64))
         sig = 0.5 * (a + b) + 0.5 * (b - a) * _GL_X
         uu = self.u(sig)
@@ -72,6 +75,31 @@ class DEIS(Solver):
                 if m != j:
                     ell = ell * (uu - nodes[m]) / (nodes[j] - nodes[m])
             out.append(float(0.5 * (b - a) * np.dot(_GL_W, ell)))
+        return out
+
+    def _coefficients_torch(self, s: list, i: int, order: int) -> list:
+        """:meth:`coefficients` in torch, differentiable in σ (a learned grid)."""
+
+        def u(sig):
+            if self.basis == "rho":
+                return sig
+            if self.basis == "logrho":
+                return sig.log()
+            b0, d = self.beta_min, self.beta_max - self.beta_min
+            return (-b0 + (b0**2 + 2 * d * torch.log1p(sig**2)).sqrt()) / d
+
+        f64 = torch.float64
+        a, b = (torch.as_tensor(v, dtype=f64) for v in (s[i], s[i + 1]))
+        nodes = u(torch.stack([torch.as_tensor(s[i - j], dtype=f64) for j in range(order)]))
+        gx, gw = torch.from_numpy(_GL_X), torch.from_numpy(_GL_W)
+        uu = u(0.5 * (a + b) + 0.5 * (b - a) * gx)
+        out = []
+        for j in range(order):
+            ell = torch.ones_like(uu)
+            for m in range(order):
+                if m != j:
+                    ell = ell * (uu - nodes[m]) / (nodes[j] - nodes[m])
+            out.append(0.5 * (b - a) * (gw * ell).sum())
         return out
 
     def solve(self, model, x, s, callback):

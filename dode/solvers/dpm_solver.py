@@ -22,12 +22,11 @@ Two ways to place the stage points (``stages``):
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 
-from .base import Solver
+from .base import Solver, expm1, log
 
 
 class DPMSolver(Solver):
@@ -103,16 +102,16 @@ class DPMSolver(Solver):
         x = x0 - (sigma - sigma_next) * outs[0]
         if k == 1:
             return x
-        h = math.log(sigma / sigma_next)
+        h = log(sigma / sigma_next)
         phi = (sigma - sigma_next) / h - sigma_next  # σ_t ((e^h − 1)/h − 1)
         if k == 2:
-            r0 = math.log(sigma / s[j + 1]) / h
+            r0 = log(sigma / s[j + 1]) / h
             d1 = (outs[1] - outs[0]) / r0
             if self.solver_type == "midpoint":
                 return x - 0.5 * (sigma - sigma_next) * d1
             return x - phi * d1
-        r1 = math.log(sigma / s[j + 1]) / h
-        r0 = math.log(sigma / s[j + 2]) / h
+        r1 = log(sigma / s[j + 1]) / h
+        r0 = log(sigma / s[j + 2]) / h
         d1_0 = (outs[1] - outs[0]) / r1
         d1_1 = (outs[2] - outs[0]) / r0
         if self.solver_type == "midpoint":
@@ -153,15 +152,15 @@ class DPMSolver(Solver):
                 x = x - (sigma - sigma_next) * eps - (sigma - sigma_next) / (2 * r1) * (eps_u - eps)
             else:
                 r1, r2 = self.r1, self.r2
-                h = math.log(sigma / sigma_next)
+                h = log(sigma / sigma_next)
                 s1 = sigma ** (1 - r1) * sigma_next**r1
                 s2 = sigma ** (1 - r2) * sigma_next**r2
                 u1 = x - (sigma - s1) * eps
                 d1 = model(u1, s1) - eps
-                phi_2 = math.expm1(r2 * h) / (r2 * h) - 1  # (e^{r2 h} − 1)/(r2 h) − 1
+                phi_2 = expm1(r2 * h) / (r2 * h) - 1  # (e^{r2 h} − 1)/(r2 h) − 1
                 u2 = x - (sigma - s2) * eps - s2 * (r2 / r1) * phi_2 * d1
                 d2 = model(u2, s2) - eps
-                phi = math.expm1(h) / h - 1
+                phi = expm1(h) / h - 1
                 x = x - (sigma - sigma_next) * eps - (sigma_next / r2) * phi * d2
             if callback is not None:
                 callback(i, sigma_next, x)

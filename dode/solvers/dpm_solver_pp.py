@@ -18,9 +18,7 @@ is always first order (h = ∞ there).
 
 from __future__ import annotations
 
-import math
-
-from .base import Solver, multistep_order
+from .base import Solver, expm1, log, multistep_order
 
 
 class DPMSolverPP(Solver):
@@ -47,15 +45,15 @@ class DPMSolverPP(Solver):
             if order == 1:
                 x = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * m0
             else:
-                h = math.log(sigma / sigma_next)
-                h0 = math.log(s[i - 1] / sigma)
+                h = log(sigma / sigma_next)
+                h0 = log(s[i - 1] / sigma)
                 r0 = h0 / h
                 d1_0 = (m0 - hist[-2]) / r0
-                e = -math.expm1(-h)  # 1 − e^{−h}
+                e = -expm1(-h)  # 1 − e^{−h}
                 if order == 2:
                     x = (sigma_next / sigma) * x + e * m0 + 0.5 * e * d1_0
                 else:
-                    h1 = math.log(s[i - 2] / s[i - 1])
+                    h1 = log(s[i - 2] / s[i - 1])
                     r1 = h1 / h
                     d1_1 = (hist[-2] - hist[-3]) / r1
                     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)

@@ -12,12 +12,23 @@ choice diffusers' UniPCMultistepScheduler also makes.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 
-from .base import Solver
+from .base import Solver, expm1, log
+
+
+def _vector(vals: list) -> torch.Tensor:
+    """float64 vector of floats, or of tensors (a learned grid's σ carry gradients)."""
+    if any(isinstance(v, torch.Tensor) for v in vals):
+        return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in vals])
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def _entries(v: torch.Tensor) -> list:
+    """A vector's entries: floats, or 0-dim tensors when it carries a gradient."""
+    return list(v.unbind()) if v.requires_grad else v.tolist()
 
 
 class UniPC(Solver):
@@ -50,26 +61,26 @@ class UniPC(Solver):
 
     def _system(self, h: float, rks: list[float], order: int):
         hh = -h
-        h_phi_1 = math.expm1(hh)
+        h_phi_1 = expm1(hh)
         h_phi_k = h_phi_1 / hh - 1
         fact = 1
-        B_h = hh if self.variant == "bh1" else math.expm1(hh)
+        B_h = hh if self.variant == "bh1" else expm1(hh)
         R, b = [], []
-        r = torch.tensor(rks, dtype=torch.float64)
+        r = _vector(rks)
         for j in range(1, order + 1):
             R.append(r ** (j - 1))
             b.append(h_phi_k * fact / B_h)
             fact *= j + 1
             h_phi_k = h_phi_k / hh - 1 / fact
-        return torch.stack(R), torch.tensor(b, dtype=torch.float64), h_phi_1, B_h
+        return torch.stack(R), _vector(b), h_phi_1, B_h
 
     def _diffs(self, outs, s, i0, order):
         """r_k and D_k = (m_k − m0)/r_k for the k = 1..order−1 previous outputs."""
-        h = math.log(s[i0] / s[i0 + 1])
+        h = log(s[i0] / s[i0 + 1])
         m0 = outs[-1]
         rks, d1s = [], []
         for k in range(1, order):
-            rk = math.log(s[i0] / s[i0 - k]) / h  # (λ_{s_k} − λ_{s0}) / h
+            rk = log(s[i0] / s[i0 - k]) / h  # (λ_{s_k} − λ_{s0}) / h
             rks.append(rk)
             d1s.append((outs[-(k + 1)] - m0) / rk)
         rks.append(1.0)
@@ -85,7 +96,7 @@ class UniPC(Solver):
         if order == 2:
             rhos = [0.5]
         else:
-            rhos = torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+            rhos = _entries(torch.linalg.solve(R[:-1, :-1], b[:-1]))
         x_t = (sigma_next / sigma) * x - h_phi_1 * m0
         res = sum(rho * d for rho, d in zip(rhos, d1s))
         return x_t - B_h * res
@@ -99,7 +110,7 @@ class UniPC(Solver):
         if order == 1:
             rhos = [0.5]
         else:
-            rhos = torch.linalg.solve(R, b).tolist()
+            rhos = _entries(torch.linalg.solve(R, b))
         x_t = (sigma_next / sigma) * x_last - h_phi_1 * m0
         res = sum(rho * d for rho, d in zip(rhos[:-1], d1s))
         return x_t - B_h * (res + rhos[-1] * (model_t - m0))

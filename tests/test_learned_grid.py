@@ -1,0 +1,167 @@
+"""Learned σ grids fitted with λ (dode.learned_grid)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dode
+from dode.artifact import FittedSolver
+from dode.denoisers import CallableDenoiser
+from dode.learned_grid import (
+    dp_brute_force,
+    dp_search,
+    grid_from_logits,
+    learned_dp,
+    learned_sgd,
+    logits_from_grid,
+)
+from dode.schedules import karras
+from dode.solvers import get_solver
+
+S2 = 0.25
+
+
+def _gauss() -> CallableDenoiser:
+    """Data N(m, S2) per pixel, m = 0.3: D(x, σ) = m + (x − m) · S2 / (S2 + σ²) exactly."""
+    return CallableDenoiser(
+        lambda x, s: 0.3 + (x - 0.3) * S2 / (S2 + s**2), 0.01, 80.0, sample_shape=(4,)
+    )
+
+
+def _noise(b: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("free_start", [False, True])
+def test_dp_search_finds_the_brute_force_optimum(seed, free_start):
+    g = torch.Generator().manual_seed(seed)
+    m = 8
+    cost = torch.rand(m + 1, m + 1, generator=g, dtype=torch.float64)
+    start = torch.rand(m + 1, generator=g, dtype=torch.float64) if free_start else None
+    for n in (1, 2, 3, 5):
+        path, total = dp_search(cost, n, start)
+        want, best = dp_brute_force(cost, n, start)
+        assert total == pytest.approx(best, rel=1e-12)
+        assert path == want and len(path) == n + 1 and path[-1] == m
+        assert all(a < b for a, b in zip(path[:-1], path[1:]))
+        if start is None:
+            assert path[0] == 0
+
+
+def test_grid_from_logits_is_always_a_valid_grid():
+    g = torch.Generator().manual_seed(1)
+    for n in (2, 3, 7):
+        for scale in (0.1, 3.0, 30.0):
+            w = torch.randn(n, generator=g, dtype=torch.float64) * scale
+            s = grid_from_logits(w, 80.0, 0.005)
+            assert len(s) == n + 1 and s[0] == 80.0 and s[-1] == 0
+            assert bool((s[1:] < s[:-1]).all()) and bool((s[:-1] > 0.005).all())
+    k = karras(5, 0.01, 80.0)
+    assert torch.allclose(grid_from_logits(logits_from_grid(k, 0.005), 80.0, 0.005), k, rtol=1e-12)
+
+
+SOLVERS = [
+    ("ddim", {}),
+    ("euler", {}),
+    ("heun", {}),
+    ("ipndm", {}),
+    ("dpm_solver", {"order": 2}),
+    ("dpm_solver", {"order": 3}),
+    ("dpm_solver", {"order": 2, "stages": "grid"}),
+    ("dpm_solver", {"order": 3, "stages": "grid"}),
+    ("dpm_solver_pp", {"order": 2}),
+    ("dpm_solver_pp", {"order": 3}),
+    ("deis", {"order": 3}),
+    ("deis", {"order": 3, "basis": "logrho"}),
+    ("deis", {"order": 2, "basis": "rho"}),
+    ("unipc", {"order": 2}),
+    ("unipc", {"order": 3}),
+    ("unipc", {"order": 3, "variant": "bh1"}),
+]
+
+
+@pytest.mark.parametrize("name,opts", SOLVERS)
+def test_gradients_reach_the_grid_parameters_through_every_solver(name, opts):
+    den = _gauss()
+    solver = get_solver(name, **opts)
+    n = 4 if name != "heun" else 3
+    logits = torch.nn.Parameter(logits_from_grid(karras(n, 0.02, 80.0), 0.01))
+    s = grid_from_logits(logits, 80.0, 0.01)
+    noise = _noise()
+    x = solver.solve(den.x0 if solver.consumes == "x0" else den.eps, noise * 80.0,
+                     [s[0].item(), *s[1:].unbind()], None)  # fmt: skip
+    # the same numbers as the float grid
+    ref = dode.sample(den, solver, noise, s.detach())
+    assert torch.allclose(x.detach(), ref, rtol=1e-9, atol=1e-12)
+    ((x - 0.3) ** 2).mean().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert float(logits.grad.abs().sum()) > 0
+
+
+def test_learned_sgd_grid_is_valid_beats_its_start_and_round_trips(tmp_path):
+    den = _gauss()
+    noise = _noise(32)
+    fs = learned_sgd(den, "dpm_solver_pp", 4, noise, init="karras", steps=25, lr=0.1)
+    s = fs.sigmas
+    assert len(s) == 5 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+    rec = fs.metrics["grid"]
+    assert rec["method"] == "learned_sgd" and rec["loss_best"] < rec["loss_init"]
+    path = fs.save(tmp_path / "sgd.safetensors")
+    back = FittedSolver.load(path)
+    assert torch.equal(back.sigmas, s) and torch.equal(back.lambdas, fs.lambdas)
+    assert back.metrics["grid"]["method"] == "learned_sgd"
+    held = _noise(8, seed=5)
+    assert torch.equal(
+        back.sample(den, held), dode.sample(den, back.build_solver(), held, s, fs.lambdas)
+    )
+
+
+def test_learned_dp_grid_is_valid_and_round_trips(tmp_path):
+    den = _gauss()
+    noise = _noise(32)
+    for free_start in (False, True):
+        fs = learned_dp(den, "ipndm", 4, noise, fine_steps=30, free_start=free_start)
+        s = fs.sigmas
+        assert len(s) == 5 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+        fine = karras(30, 0.01, 80.0)
+        assert set(s.tolist()) <= set(fine.tolist())  # every step is a fine-grid point
+        if not free_start:
+            assert s[0] == 80.0
+        back = FittedSolver.load(fs.save(tmp_path / f"dp{free_start}.safetensors"))
+        assert (
+            torch.equal(back.sigmas, s)
+            and back.metrics["grid"]["indices"] == fs.metrics["grid"]["indices"]
+        )
+
+
+@pytest.mark.parametrize("schedule", ["learned_dp", "learned_sgd"])
+def test_config_schedule_option_builds_a_learned_grid_and_records_it(schedule):
+    from dode.denoisers import GaussianMixtureDenoiser
+    from dode.lit import DODEModule
+    from dode.loading import MODELS, register_model
+
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(2, 4, generator=g, dtype=torch.float64)
+
+    @register_model("test-learned-grid")
+    def _make(**_):
+        covs = 0.1 * torch.eye(4, dtype=torch.float64).expand(2, 4, 4)
+        return GaussianMixtureDenoiser(means, covs, sample_shape=(1, 2, 2))
+
+    try:
+        opts = {"seeds": "0-15", "fine_steps": 20} if schedule == "learned_dp" else {
+            "seeds": "0-15", "steps": 3, "init": "karras"}  # fmt: skip
+        m = DODEModule(model="test-learned-grid", solver="ipndm", nfe=4, dtype="float64",
+                       schedule=schedule, schedule_options=opts)  # fmt: skip
+        s = m.sigmas
+        assert len(s) == 5 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+        rec = m.fitted_solver().metrics["grid"]
+        assert rec["schedule"] == schedule and rec["method"] == schedule and rec["seeds"] == "0-15"
+        assert torch.equal(m.fitted_solver().sigmas, s)
+        with pytest.raises(ValueError, match="bad schedule_options"):
+            DODEModule(model="test-learned-grid", solver="ipndm", nfe=4, schedule=schedule,
+                       schedule_options={"nonsense": 1})  # fmt: skip
+    finally:
+        MODELS.pop("test-learned-grid", None)
