@@ -22,7 +22,14 @@ then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`).
 
 from .base import Denoiser, as_sigma
 from .callable import CallableDenoiser
-from .flow import DiffusersFlowDenoiser, FlowDenoiser, GaussianMixtureFlow, flow_start
+from .flow import (
+    DiffusersFlowDenoiser,
+    FlowDenoiser,
+    GaussianMixtureFlow,
+    GuidedFlowDenoiser,
+    flow_start,
+    is_flow,
+)
 from .gmm import GaussianMixtureDenoiser, gaussian
 from .guidance import (
     ConditionalDenoiser,
@@ -43,7 +50,9 @@ __all__ = [
     "FlowDenoiser",
     "DiffusersFlowDenoiser",
     "GaussianMixtureFlow",
+    "GuidedFlowDenoiser",
     "flow_start",
+    "is_flow",
     "as_sigma",
     "gaussian",
     "Conditioning",
