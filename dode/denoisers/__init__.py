@@ -10,7 +10,9 @@ One module per model family:
 ``latent``     :class:`LatentDiffusionDenoiser`: Stable Diffusion 1.x/2.x and SDXL (latents,
                prompts, VAE decoding)
 ``flow``       :class:`FlowDenoiser`, :class:`DiffusersFlowDenoiser`, :class:`GaussianMixtureFlow`:
-               rectified flows (velocity prediction) mapped to σ-space
+               rectified flows (velocity prediction) mapped to σ-space, class labels + CFG
+``flow_latent`` :class:`SD3Denoiser`, :class:`FluxDenoiser`: SD3 and FLUX latent flows (text
+               embeddings, CFG / embedded guidance, packed latents, VAE decoding)
 ``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
 ``guidance``   :class:`Conditioning`, :class:`ConditionalDenoiser`, :class:`GuidedDenoiser`:
                a conditional model bound to a batch's conditioning, classifier-free guidance
@@ -30,6 +32,7 @@ from .flow import (
     flow_start,
     is_flow,
 )
+from .flow_latent import FluxDenoiser, SD3Denoiser
 from .gmm import GaussianMixtureDenoiser, gaussian
 from .guidance import (
     ConditionalDenoiser,
@@ -51,6 +54,8 @@ __all__ = [
     "DiffusersFlowDenoiser",
     "GaussianMixtureFlow",
     "GuidedFlowDenoiser",
+    "SD3Denoiser",
+    "FluxDenoiser",
     "flow_start",
     "is_flow",
     "as_sigma",
