@@ -64,8 +64,9 @@ tables-dry:  ## DRY_RUN of every paper table on tiny random models: CPU only, no
 
 ## Digits #####################################################################################
 # The bundled default: a DDPM trained on scikit-learn's 8x8 digits (dode/assets/digits_ddpm),
+# class-conditional DDPM and rectified-flow variants (dode/assets/digits_cond_ddpm, digits_flow),
 # a digits classifier for FD-digits (dode/assets/digits_classifier), their hashes (SHA256SUMS).
-.PHONY: demo table-digits pretrain-digits check-digits-assets
+.PHONY: demo table-digits pretrain-digits pretrain-digits-cond pretrain-digits-flow check-digits-assets
 
 demo:  ## D-ODE on the bundled digits model: 6 solvers x NFE 3-10, judged on 10,000 held-out seeds (CPU); writes experiments/results/digits/
 	@$(PYTHON) -c "import dode, lightning, diffusers, wandb, sklearn, matplotlib, jsonargparse" 2>/dev/null \
@@ -77,6 +78,14 @@ table-digits: demo  ## same as demo
 pretrain-digits:  ## retrain the bundled digits DDPM and classifier (CPU, seed 0) and rewrite dode/assets/SHA256SUMS
 	$(PYTHON) -m dode.pretrain -c configs/pretrain/digits.yaml
 	$(PYTHON) -m dode.digits --output dode/assets/digits_classifier
+	$(PYTHON) -c "from dode.digits import write_asset_hashes; print(write_asset_hashes())"
+
+pretrain-digits-cond:  ## retrain the bundled class-conditional digits DDPM (label dropout for CFG; CPU, seed 0) and rewrite dode/assets/SHA256SUMS
+	$(PYTHON) -m dode.pretrain -c configs/pretrain/digits-cond.yaml
+	$(PYTHON) -c "from dode.digits import write_asset_hashes; print(write_asset_hashes())"
+
+pretrain-digits-flow:  ## retrain the bundled class-conditional rectified-flow digits model (CPU, seed 0) and rewrite dode/assets/SHA256SUMS
+	$(PYTHON) -m dode.pretrain -c configs/pretrain/digits-flow.yaml
 	$(PYTHON) -c "from dode.digits import write_asset_hashes; print(write_asset_hashes())"
 
 check-digits-assets:  ## check the shipped digits model and classifier against dode/assets/SHA256SUMS

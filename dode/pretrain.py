@@ -1,4 +1,4 @@
-"""Train a small DDPM (diffusers ``UNet2DModel``) on scikit-learn's 8×8 digits.
+"""Train a small DDPM or rectified flow (diffusers ``UNet2DModel``) on scikit-learn's 8×8 digits.
 
 ``python -m dode.pretrain -c configs/pretrain/digits.yaml`` made the bundled model in
 ``dode/assets/digits_ddpm``: ε-prediction with the DDPM linear β schedule (1e-4..0.02, 1000
@@ -9,10 +9,22 @@ steps, i.e. ``DDPMScheduler()``'s defaults, the same kind of model and scheduler
 ``DiffusersDenoiser.from_pretrained("dode/assets/digits_ddpm")`` or diffusers'
 ``DDPMPipeline.from_pretrained``.
 
+Two more bundled models come from the same module:
+
+* ``dode/assets/digits_cond_ddpm`` (``configs/pretrain/digits-cond.yaml``): the same DDPM,
+  class-conditional (``--model.num_classes 10``: ``UNet2DModel(num_class_embeds=11)``, label
+  ``10`` is the null label of classifier-free guidance) trained with label dropout
+  (``--model.label_dropout 0.1``).
+* ``dode/assets/digits_flow`` (``configs/pretrain/digits-flow.yaml``): a class-conditional
+  rectified flow (``--model.objective flow``): ``x_t = (1 − t) x0 + t ε``, the network predicts
+  ``v = ε − x0`` and sees the timestep ``1000 t`` (as diffusers' ``FlowMatchEulerDiscreteScheduler``
+  and SD3: ``timesteps = sigmas * num_train_timesteps``); exported with a
+  ``FlowMatchEulerDiscreteScheduler`` (shift 1) in ``scheduler/``.
+
 Configuration is a LightningCLI: ``--model.*`` (:class:`DDPMPretrain`), ``--data.*``
-(:class:`DigitsDataModule`), ``--trainer.*``, plus ``--output`` (where the model goes) and
-``--results`` (where the training curve goes: ``pretrain_metrics.csv`` and
-``pretrain_curve.png``).
+(:class:`DigitsDataModule`), ``--trainer.*``, plus ``--output`` (where the model goes),
+``--results`` (where the training curve goes) and ``--curve_name`` (its file names:
+``{curve_name}_metrics.csv`` and ``{curve_name}_curve.png``, default ``pretrain``).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -35,20 +48,25 @@ __all__ = ["DDPMPretrain", "DigitsDataModule", "export_pretrained", "main"]
 
 
 class _Repeat(Dataset):
-    """``images`` repeated so that one epoch has ``length`` items (fewer epoch boundaries)."""
+    """``(image, label)`` pairs repeated so that one epoch has ``length`` items (fewer epoch
+    boundaries)."""
 
-    def __init__(self, images: Tensor, length: int) -> None:
-        self.images, self.length = images, length
+    def __init__(self, images: Tensor, labels: Tensor, length: int) -> None:
+        self.images, self.labels, self.length = images, labels, length
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> Tensor:
-        return self.images[i % len(self.images)]
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        j = i % len(self.images)
+        return self.images[j], self.labels[j]
 
 
 class DigitsDataModule(pl.LightningDataModule):
-    """Training and held-out images of :func:`dode.digits.load_digits_split` in ``[-1, 1]``.
+    """Training and held-out digits of :func:`dode.digits.load_digits_split` in ``[-1, 1]``.
+
+    Training batches are ``(images, labels)``; validation batches ``(images, labels, index)``
+    (the index fixes each held-out image's validation noise).
 
     Args:
         batch_size: training images per step.
@@ -70,24 +88,37 @@ class DigitsDataModule(pl.LightningDataModule):
         from .digits import load_digits_split
 
         split = load_digits_split()
-        self.train_images = split.train_images
-        self.test_images = split.test_images
+        self.train_images, self.train_labels = split.train_images, split.train_labels
+        self.test_images, self.test_labels = split.test_images, split.test_labels
 
     def train_dataloader(self) -> DataLoader:
-        data = _Repeat(self.train_images, self.batch_size * self.steps_per_epoch)
+        n = self.batch_size * self.steps_per_epoch
+        data = _Repeat(self.train_images, self.train_labels, n)
         return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         idx = torch.arange(len(self.test_images))
-        return DataLoader(TensorDataset(self.test_images, idx), batch_size=self.val_batch_size)
+        data = TensorDataset(self.test_images, self.test_labels, idx)
+        return DataLoader(data, batch_size=self.val_batch_size)
 
 
 class DDPMPretrain(pl.LightningModule):
-    """ε-prediction DDPM training of a diffusers ``UNet2DModel``, with an EMA of the weights.
+    """DDPM (ε) or rectified-flow (v) training of a diffusers ``UNet2DModel``, with an EMA of
+    the weights, optionally class-conditional with label dropout for classifier-free guidance.
 
-    Loss: ``E_{t, ε} ‖ε_θ(sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, t) − ε‖²`` with ``t`` uniform over the
-    discrete steps (Ho et al., 2020, Eq. 14). Validation reports the same loss on the held-out
-    images with fixed ``(t, ε)`` per image, for the raw and the EMA weights.
+    ``objective="eps"``: ``E_{t, ε} ‖ε_θ(sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, t) − ε‖²`` with ``t``
+    uniform over the discrete steps (Ho et al., 2020, Eq. 14).
+
+    ``objective="flow"``: ``E_{t, ε} ‖v_θ((1 − t) x0 + t ε, 1000 t) − (ε − x0)‖²`` with
+    ``t ∈ [0, 1]`` drawn by ``flow_time`` (rectified flow, Liu et al., 2023; Esser et al., 2024);
+    the network's timestep input is ``t · num_train_timesteps``, as diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` feeds it.
+
+    With ``num_classes = K`` the UNet has ``K + 1`` class embeddings; label ``K`` is the null
+    (unconditional) label, which replaces the true label of each training image with
+    probability ``label_dropout``. Validation reports the loss on the held-out images with fixed
+    ``(t, ε)`` per image, for the raw and the EMA weights (true labels; for a conditional model
+    also ``val/loss_ema_null`` with the null label).
 
     Args:
         sample_size: image side (8 for the digits).
@@ -109,6 +140,12 @@ class DDPMPretrain(pl.LightningModule):
         ema_warmup: use ``min(ema_decay, (1 + n) / (10 + n))`` at step ``n`` so that early
             weights are forgotten quickly.
         val_seed: seed of the fixed validation ``(t, ε)``.
+        num_classes: number of classes for class conditioning (``None``: unconditional).
+        label_dropout: probability of replacing a training label by the null label
+            ``num_classes`` (classifier-free guidance training); needs ``num_classes``.
+        objective: ``"eps"`` (DDPM ε-prediction) or ``"flow"`` (rectified flow, v-prediction).
+        flow_time: training distribution of the flow time ``t``: ``"uniform"`` on ``[0, 1]`` or
+            ``"logit_normal"`` (``sigmoid(N(0, 1))``, as SD3). Validation always uses uniform.
     """
 
     def __init__(
@@ -131,9 +168,13 @@ class DDPMPretrain(pl.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         val_seed: int = 1234,
+        num_classes: int | None = None,
+        label_dropout: float = 0.0,
+        objective: Literal["eps", "flow"] = "eps",
+        flow_time: Literal["uniform", "logit_normal"] = "uniform",
     ) -> None:
         super().__init__()
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 
         n = len(block_out_channels)
         if len(down_block_types) != n or len(up_block_types) != n:
@@ -156,6 +197,18 @@ class DDPMPretrain(pl.LightningModule):
             )
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
+        if objective not in ("eps", "flow"):
+            raise ValueError(f"objective must be 'eps' or 'flow', got {objective!r}.")
+        if flow_time not in ("uniform", "logit_normal"):
+            raise ValueError(f"flow_time must be 'uniform' or 'logit_normal', got {flow_time!r}.")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}.")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")
+        if label_dropout > 0 and num_classes is None:
+            raise ValueError(
+                "label_dropout needs a class-conditional model: set --model.num_classes too."
+            )
         self.save_hyperparameters()
         self.unet = UNet2DModel(
             sample_size=sample_size,
@@ -167,30 +220,82 @@ class DDPMPretrain(pl.LightningModule):
             layers_per_block=layers_per_block,
             norm_num_groups=norm_num_groups,
             attention_head_dim=attention_head_dim,
+            num_class_embeds=None if num_classes is None else num_classes + 1,
         )
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        self.scheduler = DDPMScheduler(
+        if objective == "flow":
+            self.scheduler = FlowMatchEulerDiscreteScheduler(
+                num_train_timesteps=num_train_timesteps, shift=1.0
+            )
+        else:
+            self.scheduler = DDPMScheduler(
+                num_train_timesteps=num_train_timesteps,
+                beta_start=beta_start,
+                beta_end=beta_end,
+                beta_schedule="linear",
+                prediction_type="epsilon",
+            )
+        # (a flow never reads it; kept so that both objectives have the same buffers)
+        ddpm = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
             beta_end=beta_end,
             beta_schedule="linear",
-            prediction_type="epsilon",
         )
         self.register_buffer(
-            "alphas_cumprod", self.scheduler.alphas_cumprod.to(torch.float32), persistent=False
+            "alphas_cumprod", ddpm.alphas_cumprod.to(torch.float32), persistent=False
         )
         self.ema_updates = 0
 
-    # ------------------------------------------------------------------ training
-    def _loss(self, net: nn.Module, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        return ((net(xt, t).sample - eps) ** 2).mean(dim=(1, 2, 3))
+    @property
+    def null_label(self) -> int | None:
+        """The unconditional class label (``num_classes``), ``None`` for an unconditional model."""
+        return self.hparams.num_classes
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x0 = batch
-        t = torch.randint(0, self.hparams.num_train_timesteps, (len(x0),), device=x0.device)
-        loss = self._loss(self.unet, x0, t, torch.randn_like(x0)).mean()
+    # ------------------------------------------------------------------ training
+    def noisy_and_target(self, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x_t, network timestep, regression target)`` of clean ``x0``, time ``t`` and
+        noise ``eps``: DDPM ``(sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, t, ε)`` for integer ``t``; flow
+        ``((1 − t) x0 + t ε, 1000 t, ε − x0)`` for ``t ∈ [0, 1]``."""
+        if self.hparams.objective == "flow":
+            tt = t.to(x0.dtype).reshape(-1, 1, 1, 1)
+            xt = (1 - tt) * x0 + tt * eps
+            return xt, t * self.hparams.num_train_timesteps, eps - x0
+        a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, eps
+
+    def _loss(
+        self, net: nn.Module, x0: Tensor, t: Tensor, eps: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
+        xt, timestep, target = self.noisy_and_target(x0, t, eps)
+        if self.hparams.num_classes is None:
+            labels = None
+        return ((net(xt, timestep, class_labels=labels).sample - target) ** 2).mean(dim=(1, 2, 3))
+
+    def sample_time(self, n: int, device, generator: torch.Generator | None = None) -> Tensor:
+        """Training times: integer steps (DDPM) or ``t ∈ [0, 1]`` by ``flow_time`` (flow)."""
+        if self.hparams.objective == "eps":
+            hi = self.hparams.num_train_timesteps
+            return torch.randint(0, hi, (n,), device=device, generator=generator)
+        if self.hparams.flow_time == "logit_normal":
+            return torch.sigmoid(torch.randn(n, device=device, generator=generator))
+        return torch.rand(n, device=device, generator=generator)
+
+    def drop_labels(self, labels: Tensor) -> Tensor:
+        """``labels`` with each entry replaced by the null label with probability
+        ``label_dropout`` (unchanged, and no random numbers drawn, when it is 0)."""
+        p = self.hparams.label_dropout
+        if self.hparams.num_classes is None or p == 0:
+            return labels
+        drop = torch.rand(labels.shape, device=labels.device) < p
+        return torch.where(drop, torch.full_like(labels, self.null_label), labels)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x0, labels = batch
+        t = self.sample_time(len(x0), x0.device)
+        eps = torch.randn_like(x0)
+        labels = self.drop_labels(labels)
+        loss = self._loss(self.unet, x0, t, eps, labels).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
@@ -208,14 +313,20 @@ class DDPMPretrain(pl.LightningModule):
         self.ema_updates += 1
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x0, idx = batch
+        x0, labels, idx = batch
         gen = torch.Generator().manual_seed(self.hparams.val_seed)
         n_all = int(idx.max()) + 1
-        t_all = torch.randint(0, self.hparams.num_train_timesteps, (n_all,), generator=gen)
+        if self.hparams.objective == "flow":
+            t_all = torch.rand(n_all, generator=gen)
+        else:
+            t_all = torch.randint(0, self.hparams.num_train_timesteps, (n_all,), generator=gen)
         eps_all = torch.randn((n_all, *x0.shape[1:]), generator=gen)
         t, eps = t_all[idx.cpu()].to(x0.device), eps_all[idx.cpu()].to(x0.device)
-        self.log("val/loss", self._loss(self.unet, x0, t, eps).mean(), prog_bar=False)
-        self.log("val/loss_ema", self._loss(self.ema, x0, t, eps).mean(), prog_bar=True)
+        self.log("val/loss", self._loss(self.unet, x0, t, eps, labels).mean(), prog_bar=False)
+        self.log("val/loss_ema", self._loss(self.ema, x0, t, eps, labels).mean(), prog_bar=True)
+        if self.null_label is not None:
+            null = torch.full_like(labels, self.null_label)
+            self.log("val/loss_ema_null", self._loss(self.ema, x0, t, eps, null).mean())
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(
@@ -243,9 +354,15 @@ class DDPMPretrain(pl.LightningModule):
 def export_pretrained(
     module: DDPMPretrain, output: str | os.PathLike, card: dict | None = None
 ) -> Path:
-    """Write the EMA UNet (``unet/``) and its ``DDPMScheduler`` (``scheduler/``) to ``output``
-    in diffusers pipeline layout, plus ``training.json`` (how it was made). Atomic: a
-    temporary folder is renamed into place."""
+    """Write the EMA UNet (``unet/``) and its scheduler (``scheduler/``: ``DDPMScheduler`` for
+    ε, ``FlowMatchEulerDiscreteScheduler`` for a flow) to ``output`` in diffusers pipeline
+    layout, plus ``training.json`` (how it was made). Atomic: a temporary folder is renamed
+    into place.
+
+    ``model_index.json`` names ``DDPMPipeline`` for an ε model; a flow ``UNet2DModel`` has no
+    diffusers pipeline, so there ``_class_name`` is ``null`` and the components are loaded one
+    by one (``UNet2DModel.from_pretrained(output, subfolder="unet")`` and
+    ``FlowMatchEulerDiscreteScheduler.from_pretrained(output, subfolder="scheduler")``)."""
     from .artifact import atomic_folder
 
     output = Path(output)
@@ -254,8 +371,8 @@ def export_pretrained(
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         module.scheduler.save_pretrained(tmp / "scheduler")
         index = {
-            "_class_name": "DDPMPipeline",
-            "scheduler": ["diffusers", "DDPMScheduler"],
+            "_class_name": "DDPMPipeline" if module.hparams.objective == "eps" else None,
+            "scheduler": ["diffusers", type(module.scheduler).__name__],
             "unet": ["diffusers", "UNet2DModel"],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -264,9 +381,16 @@ def export_pretrained(
     return output
 
 
-def write_curve(metrics_csv: str | os.PathLike, results: str | os.PathLike) -> list[Path]:
-    """Condense Lightning's ``metrics.csv`` into ``pretrain_metrics.csv`` (one row per epoch:
-    step, train loss, held-out loss raw/EMA) and plot ``pretrain_curve.png``."""
+def write_curve(
+    metrics_csv: str | os.PathLike,
+    results: str | os.PathLike,
+    name: str = "pretrain",
+    ylabel: str = "ε-prediction MSE",
+    title: str = "digits DDPM pretraining",
+) -> list[Path]:
+    """Condense Lightning's ``metrics.csv`` into ``{name}_metrics.csv`` (one row per epoch:
+    step, train loss, held-out loss raw/EMA, and with the null label for a conditional model)
+    and plot ``{name}_curve.png``."""
     import csv
 
     rows = list(csv.DictReader(open(metrics_csv)))
@@ -276,20 +400,23 @@ def write_curve(metrics_csv: str | os.PathLike, results: str | os.PathLike) -> l
             continue
         e = int(float(r["epoch"]))
         d = by_epoch.setdefault(e, {"epoch": e})
-        for key, name in (
+        for key, col in (
             ("train/loss_epoch", "train_loss"),
             ("val/loss", "val_loss"),
             ("val/loss_ema", "val_loss_ema"),
+            ("val/loss_ema_null", "val_loss_ema_null"),
         ):
             if r.get(key):
-                d[name] = float(r[key])
+                d[col] = float(r[key])
         if r.get("step"):
             d["step"] = max(d.get("step", 0), int(float(r["step"])) + 1)
     table = [by_epoch[e] for e in sorted(by_epoch)]
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
-    out_csv = results / "pretrain_metrics.csv"
+    out_csv = results / f"{name}_metrics.csv"
     cols = ["epoch", "step", "train_loss", "val_loss", "val_loss_ema"]
+    if any("val_loss_ema_null" in d for d in table):
+        cols.append("val_loss_ema_null")
     with open(out_csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -306,17 +433,18 @@ def write_curve(metrics_csv: str | os.PathLike, results: str | os.PathLike) -> l
         ("train_loss", "train (epoch mean)"),
         ("val_loss", "held-out, raw weights"),
         ("val_loss_ema", "held-out, EMA weights"),
+        ("val_loss_ema_null", "held-out, EMA, null label"),
     ):
         pts = [(d["step"], d[key]) for d in table if key in d and "step" in d]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker=".", label=label)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("ε-prediction MSE")
-    ax.set_title("digits DDPM pretraining")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out_png = results / "pretrain_curve.png"
+    out_png = results / f"{name}_curve.png"
     fig.savefig(out_png)
     plt.close(fig)
     return [out_csv, out_png]
@@ -331,7 +459,10 @@ class _PretrainCLI(LightningCLI):
             "--results",
             type=str | None,
             default="experiments/results/digits",
-            help="where pretrain_metrics.csv and pretrain_curve.png go (null: nowhere)",
+            help="where {curve_name}_metrics.csv and {curve_name}_curve.png go (null: nowhere)",
+        )
+        parser.add_argument(
+            "--curve_name", type=str, default="pretrain", help="file-name stem of the curve"
         )
 
 
@@ -357,11 +488,27 @@ def main(args: list[str] | None = None) -> Path:
     if not cli.trainer.is_global_zero:
         return Path(cfg.output)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+    hp = cli.model.hparams
     card = {
         "command": "python -m dode.pretrain " + " ".join(argv),
         "seed": cfg.seed_everything,
         "data": "sklearn.datasets.load_digits, fixed stratified split (seed 0, 20% held out), "
         "x / 8 - 1",
+        "objective": hp.objective,
+        "prediction": "epsilon" if hp.objective == "eps" else "velocity v = eps - x0",
+        **(
+            {
+                "flow": "x_t = (1 - t) x0 + t eps, t in [0, 1]; UNet timestep = t * "
+                f"{hp.num_train_timesteps}",
+                "flow_time": hp.flow_time,
+            }
+            if hp.objective == "flow"
+            else {}
+        ),
+        "num_classes": hp.num_classes,
+        "null_label": hp.num_classes,
+        "label_dropout": hp.label_dropout,
+        "scheduler": type(cli.model.scheduler).__name__,
         "steps": int(cli.trainer.global_step),
         "train_seconds": round(seconds, 1),
         "final_metrics": metrics,
@@ -372,7 +519,16 @@ def main(args: list[str] | None = None) -> Path:
     logger = cli.trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
     if cfg.results and log_dir and os.path.isfile(os.path.join(log_dir, "metrics.csv")):
-        for p in write_curve(os.path.join(log_dir, "metrics.csv"), cfg.results):
+        what = "rectified flow" if hp.objective == "flow" else "DDPM"
+        if hp.num_classes is not None:
+            what = f"class-conditional {what}"
+        for p in write_curve(
+            os.path.join(log_dir, "metrics.csv"),
+            cfg.results,
+            name=cfg.curve_name,
+            ylabel="v-prediction MSE" if hp.objective == "flow" else "ε-prediction MSE",
+            title=f"digits {what} pretraining",
+        ):
             print(f"wrote {p}")
     return out
 

@@ -49,6 +49,8 @@ SOLVERS = [
     ("deis", {}),
     ("unipc", {"order": 2}),
     ("unipc", {"order": 3, "variant": "bh1"}),
+    ("pndm", {}),
+    ("pndm", {"skip_prk_steps": True}),
 ]
 
 

@@ -193,3 +193,86 @@ def test_pretrain_rejects_mismatched_block_lists():
 
     with pytest.raises(ValueError, match="one entry per block_out_channels"):
         DDPMPretrain(block_out_channels=(16, 32), down_block_types=("DownBlock2D",))
+
+
+# ------------------------------------------- class-conditional DDPM and rectified flow (CFG)
+
+COND_MODELS = {"digits_cond_ddpm": "eps", "digits_flow": "flow"}
+
+
+def _x0_prediction(folder, x0, labels, sigma: float, seed: int = 0):
+    """One network call: the model's clean-image estimate of ``x0 + σ ε`` with ``labels``, at
+    flow time ``t = σ / (1 + σ)`` (``x_t = (1 − t) x0 + t ε``) or at the DDPM step whose
+    ``sqrt((1 − ᾱ) / ᾱ)`` is closest to σ."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet").eval()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        if COND_MODELS[folder.name] == "flow":
+            t = sigma / (1 + sigma)
+            xt = (1 - t) * x0 + t * eps
+            v = unet(xt, torch.full((len(x0),), t * 1000), class_labels=labels).sample
+            return xt - t * v
+        ac = DDPMScheduler.from_pretrained(folder, subfolder="scheduler").alphas_cumprod
+        t = int(((1 - ac).sqrt() / ac.sqrt() - sigma).abs().argmin())
+        a = ac[t]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        e = unet(xt, torch.full((len(x0),), t), class_labels=labels).sample
+        return (xt - (1 - a).sqrt() * e) / a.sqrt()
+
+
+@pytest.mark.parametrize("name", sorted(COND_MODELS))
+def test_conditional_models_load_and_record_how_they_were_made(name):
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+
+    folder = DIGITS_MODEL.parent / name
+    objective = COND_MODELS[name]
+    card = json.loads((folder / "training.json").read_text())
+    assert card["objective"] == objective and card["seed"] == 0
+    assert card["num_classes"] == 10 and card["null_label"] == 10
+    assert card["label_dropout"] == 0.1
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    assert unet.config.num_class_embeds == 11 and unet.config.sample_size == 8
+    assert tuple(unet.config.block_out_channels) == (8, 16, 32)
+    if objective == "flow":
+        sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+        assert sched.config.shift == 1.0 and sched.config.num_train_timesteps == 1000
+    else:
+        sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+        assert sched.config.prediction_type == "epsilon"
+        torch.testing.assert_close(sched.alphas_cumprod, DDPMScheduler().alphas_cumprod)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size <= 1 * 2**20
+
+
+@pytest.mark.parametrize("name", sorted(COND_MODELS))
+def test_conditional_models_denoise_held_out_digits(name):
+    """At moderate noise, the clean-image estimate with the true label is far closer to the
+    held-out digit than the noisy input is."""
+    split = load_digits_split()
+    y, labels = split.test_images, split.test_labels
+    folder = DIGITS_MODEL.parent / name
+    for sigma in (0.3, 1.0):
+        d = _x0_prediction(folder, y, labels, sigma)
+        eps = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+        err_in = float(((sigma * eps) ** 2).mean())
+        err_out = float(((d - y) ** 2).mean())
+        assert err_out < 0.35 * err_in, (sigma, err_in, err_out)
+
+
+@pytest.mark.parametrize("name", sorted(COND_MODELS))
+def test_conditional_models_follow_the_label_and_the_null_label_does_not(name):
+    """From heavy noise, the clean-image estimate for label k is classified as k (the shipped
+    classifier), even when the noisy digit is another one; with the null label it is not."""
+    split = load_digits_split()
+    y = split.test_images
+    asked = (split.test_labels + 3) % 10  # every image asked to become another digit
+    folder = DIGITS_MODEL.parent / name
+    clf = load_classifier()
+    with torch.no_grad():
+        cond = clf(_x0_prediction(folder, y, asked, 2.0)).argmax(1)
+        null = clf(_x0_prediction(folder, y, torch.full_like(asked, 10), 2.0)).argmax(1)
+    acc_cond = float((cond == asked).float().mean())
+    acc_null = float((null == asked).float().mean())
+    assert acc_cond > 0.8 and acc_null < 0.3, (acc_cond, acc_null)
