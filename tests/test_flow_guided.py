@@ -112,3 +112,39 @@ def test_cfg_dpm_solver_pp_parity(cfg_flow):
         noise, grid = bound.start(latents, flow_sigmas(6, 3.0, spacing="dpm_solver"))
         out = dode.sample(bound, "dpm_solver_pp", noise, grid)
     assert (out - ref).abs().max() <= 1e-4
+
+
+# ---- the bundled digits-flow model and the named "flow" schedule ---------------------------------
+
+
+def test_digits_flow_registered():
+    from dode.loading import load_denoiser
+    from dode.schedules import grid_for_model
+
+    den = load_denoiser("digits-flow")
+    assert isinstance(den, DiffusersFlowDenoiser) and den.model_id == "digits-flow"
+    assert den.num_classes == 10 and den.null_label == NULL and den.sample_shape == (1, 8, 8)
+    bound = den.bind(torch.arange(10), guidance_scale=2.0)
+    s = grid_for_model(bound, "flow", 5)
+    assert torch.allclose(s, flow_sigmas(5, den.shift, spacing="dpm_solver"))
+    noise = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = dode.sample(bound, "dpm_solver_pp", noise, s)
+    assert torch.isfinite(x).all() and x.abs().max() < 3
+
+
+def test_flow_schedule_bad_input(cfg_flow):
+    from dode.denoisers import gaussian
+    from dode.schedules import grid_for_model
+
+    _, den = cfg_flow
+    with pytest.raises(ValueError, match="starts at t = 1"):
+        grid_for_model(den, "flow", 4, {"spacing": "euler"})
+    with pytest.raises(ValueError, match="rectified-flow grid"):
+        grid_for_model(gaussian(torch.zeros(2), torch.eye(2)), "flow", 4)
+    # the model's shift is the default; an explicit one wins
+    assert torch.allclose(grid_for_model(den, "flow", 4), flow_sigmas(4, 3.0, spacing="dpm_solver"))
+    assert torch.allclose(
+        grid_for_model(den, "flow", 4, {"shift": 1.0, "spacing": "unipc"}),
+        flow_sigmas(4, 1.0, spacing="unipc"),
+    )

@@ -257,7 +257,10 @@ def test_flux_loads_and_packs(flux):
     assert torch.equal(den.unpack(den.pack(x)), x)
     with pytest.raises(ValueError, match="guidance-distilled"):
         den.bind(emb, negative_prompt=emb)
-    b1, b2 = den.bind(emb, guidance_scale=1.0), den.bind(emb, guidance_scale=3.5)
+    with pytest.raises(ValueError, match=r"guidance-distilled.*bind\(cond, guidance=3.5\)"):
+        den.bind(emb, guidance_scale=3.5)
+    b1, b2 = den.bind(emb, guidance=1.0), den.bind(emb)  # default: den.guidance = 3.5
+    assert b2.embedded_guidance == den.guidance == 3.5
     with torch.no_grad():
         assert (b1.x0(x, 2.0) - b2.x0(x, 2.0)).abs().max() > 1e-4  # guidance is an input
 
@@ -278,9 +281,17 @@ def test_flux_euler_parity(flux, n, g):
             output_type="latent",
         ).images
     ref = den.unpack(ref)
-    bound = den.bind(emb, guidance_scale=g)
+    bound = den.bind(emb, guidance=g)
     with torch.no_grad():
         noise, grid = bound.start(latents, flow_sigmas(n, mu=den.mu, spacing="flux"))
         out = dode.sample(bound, "euler", noise, grid)
     assert out.abs().max() > 0.1
     assert (out - ref).abs().max() <= 1e-4
+
+
+def test_flux_mu_is_the_default_flow_grid(flux):
+    from dode.schedules import grid_for_model
+
+    _, den, emb = flux
+    s = grid_for_model(den.bind(emb), "flow", 5)
+    assert torch.allclose(s, flow_sigmas(5, mu=den.mu, spacing="dpm_solver"))

@@ -21,16 +21,17 @@ SD3 (:class:`SD3Denoiser`)
         images = den.decode(dode.sample(bound, "dpm_solver_pp", noise, sigmas))
 
 FLUX (:class:`FluxDenoiser`)
-    ``FluxTransformer2DModel`` at time ``t``. Guidance-distilled: ``bind``'s ``guidance_scale``
-    is the *embedded* guidance (an input of the network, FluxPipeline's ``guidance_scale``,
-    default 3.5), so there is no unconditional pass. dode's state is the unpacked latent
+    ``FluxTransformer2DModel`` at time ``t``. Guidance-distilled: the *embedded* guidance
+    (FluxPipeline's ``guidance_scale``, default 3.5) is an input of the network, ``bind(cond,
+    guidance=g)`` or the model option ``guidance``; there is no unconditional pass, so bind's
+    CFG scale ``guidance_scale`` stays 1. dode's state is the unpacked latent
     ``[B, C, h, w]`` (``C = in_channels / 4``); the network sees it packed into 2×2 patches
     ``[B, h/2·w/2, 4C]`` with ``img_ids`` / ``txt_ids``, exactly as ``FluxPipeline``. The grid is
     shifted by μ from the image sequence length (:attr:`FluxDenoiser.mu`)::
 
         den = FluxDenoiser.from_pretrained("black-forest-labs/FLUX.1-dev",
                                            model_dtype=torch.bfloat16).to("cuda")
-        bound = den.bind(["a red cube"] * 4, guidance_scale=3.5)
+        bound = den.bind(["a red cube"] * 4, guidance=3.5)  # the default: den.guidance
         noise, sigmas = bound.start(latents, flow_sigmas(8, mu=den.mu, spacing="flux"))
 
     Pipeline latents are packed; :meth:`FluxDenoiser.pack` / :meth:`FluxDenoiser.unpack` convert.
@@ -199,6 +200,10 @@ class _LatentFlow(FlowDenoiser):
         import transformers
         from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
+        if isinstance(model_dtype, str):  # from configs: "float16", "bfloat16", ...
+            if not isinstance(getattr(torch, model_dtype, None), torch.dtype):
+                raise ValueError(f"unknown model_dtype {model_dtype!r}; use e.g. 'bfloat16'.")
+            model_dtype = getattr(torch, model_dtype)
         path = resolve_model_path(path_or_id, cls._example)
         try:
             with quiet_loading():
@@ -410,6 +415,7 @@ class FluxDenoiser(_LatentFlow):
             T5, "tokenizer_2": ...}`` for string prompts.
         model_id: where the model came from.
         max_sequence_length: T5 tokens for string prompts (the pipeline's default 512).
+        guidance: the embedded guidance bound by default (FluxPipeline's ``guidance_scale``).
     """
 
     _pipeline_class = "FluxPipeline"
@@ -425,6 +431,7 @@ class FluxDenoiser(_LatentFlow):
         text_encoders: dict[str, Any] | None = None,
         model_id: str | None = None,
         max_sequence_length: int = 512,
+        guidance: float = 3.5,
     ) -> None:
         cfg = transformer.config
         if cfg.in_channels % 4:
@@ -451,6 +458,7 @@ class FluxDenoiser(_LatentFlow):
         self.guidance_embeds = bool(getattr(cfg, "guidance_embeds", False))
         self.has_unconditional = False
         self.max_sequence_length = int(max_sequence_length)
+        self.guidance = float(guidance)
 
     @property
     def image_seq_len(self) -> int:
@@ -478,6 +486,7 @@ class FluxDenoiser(_LatentFlow):
         model_dtype: torch.dtype | None = None,
         image_size: tuple[int, int] | int = 1024,
         text_encoders: bool = True,
+        guidance: float = 3.5,
         **kwargs,
     ) -> FluxDenoiser:
         """Load a ``FluxPipeline`` folder or hub id (``transformer/``, ``vae/``, ``scheduler/``;
@@ -485,7 +494,7 @@ class FluxDenoiser(_LatentFlow):
         path, tr, vae, sched, parts = cls._load_parts(
             path_or_id, "FluxTransformer2DModel", model_dtype, text_encoders, kwargs
         )
-        return cls(tr, vae, image_size, sched, parts, path)
+        return cls(tr, vae, image_size, sched, parts, path, guidance=guidance)
 
     # ---- packing (FluxPipeline._pack_latents / _unpack_latents) --------------------------------
 
@@ -520,28 +529,33 @@ class FluxDenoiser(_LatentFlow):
         self,
         cond: Any = None,
         *,
-        guidance_scale: float = 3.5,
+        guidance_scale: float = 1.0,
         guidance_rescale: float = 0.0,
         negative_prompt: Any = None,
+        guidance: float | None = None,
     ) -> Denoiser:
         """Bind prompts (or ``prompt_embeds`` + ``pooled_prompt_embeds``) and the embedded
         guidance.
 
-        FLUX is guidance-distilled: ``guidance_scale`` (FluxPipeline's, default 3.5) is fed to
-        the network as an input, in every row; there is no unconditional pass, so
-        ``negative_prompt`` and ``guidance_rescale`` are not taken. Models without a guidance
-        embedding (FLUX.1-schnell) ignore it.
+        FLUX is guidance-distilled: its guidance value (FluxPipeline's ``guidance_scale``) is a
+        network input, in every row — ``guidance`` here, default :attr:`guidance` (3.5) — and
+        there is no unconditional pass. ``guidance_scale`` keeps its meaning for every dode
+        model, the CFG scale w, and must stay 1 (no negative prompt, no rescale). Models
+        without a guidance embedding (FLUX.1-schnell) ignore ``guidance``.
         """
-        g, _ = check_guidance(guidance_scale, guidance_rescale)
+        check_guidance(guidance_scale, guidance_rescale)
+        g = self.guidance if guidance is None else float(guidance)
         if cond is None:
             raise ValueError(
                 "FluxDenoiser is text-conditional: pass prompts or {'prompt_embeds': ..., "
                 "'pooled_prompt_embeds': ...} to bind()."
             )
-        if negative_prompt is not None or guidance_rescale:
+        if guidance_scale != 1.0 or negative_prompt is not None or guidance_rescale:
             raise ValueError(
-                "FLUX is guidance-distilled (guidance_scale is a network input, no "
-                "unconditional pass): negative_prompt and guidance_rescale do not apply."
+                "FLUX is guidance-distilled: its guidance (FluxPipeline's guidance_scale) is a "
+                f"network input, bind(cond, guidance={guidance_scale if guidance_scale != 1 else g}"
+                ") or the model option guidance; there is no unconditional pass, so CFG "
+                "(guidance_scale != 1), negative_prompt and guidance_rescale do not apply."
             )
         if _is_prompts(cond):
             prompts = [cond] if isinstance(cond, str) else list(cond)
@@ -557,8 +571,8 @@ class FluxDenoiser(_LatentFlow):
             c = self._embeds(cond, "cond")
         if self.guidance_embeds and "guidance" not in c.kwargs:
             ref = c.kwargs["pooled_projections"]
-            guidance = torch.full((len(c),), g, dtype=torch.float32, device=ref.device)
-            c = Conditioning({**c.kwargs, "guidance": guidance})
+            rows = torch.full((len(c),), g, dtype=torch.float32, device=ref.device)
+            c = Conditioning({**c.kwargs, "guidance": rows})
         bound = GuidedFlowDenoiser(self, c, None, 1.0, 0.0)
         bound.embedded_guidance = g if self.guidance_embeds else None
         return bound
