@@ -25,7 +25,32 @@ from .solvers import Solver, get_solver
 
 FORMAT = "dode.fitted_solver/1"
 
-__all__ = ["FittedSolver", "weights_hash", "atomic_write", "atomic_folder"]
+__all__ = ["FittedSolver", "weights_hash", "atomic_write", "atomic_folder", "model_family"]
+
+FAMILIES = ("vp", "flow")
+
+
+def model_family(denoiser_or_class) -> str:
+    """``"flow"`` for rectified flows (SD3, FLUX, flow UNets: σ = t/(1 − t)), ``"vp"`` for
+    diffusion models in σ-space (DDPM / Stable Diffusion, EDM-style denoisers, the mixtures).
+
+    Takes a denoiser or the class name a fitted-solver file records (``model["class"]``).
+    A σ grid and its λ belong to one family: the same σ means another noise level in the other.
+    """
+    if isinstance(denoiser_or_class, str):
+        from . import denoisers
+
+        known = getattr(denoisers, denoiser_or_class, None)
+        if isinstance(known, type) and getattr(known, "family", None) in FAMILIES:
+            return known.family
+        return "flow" if "Flow" in denoiser_or_class else "vp"
+    family = getattr(denoiser_or_class, "family", None)
+    if family in FAMILIES:
+        return family
+    inner = getattr(denoiser_or_class, "model", None)  # a bound (guided) denoiser
+    if inner is not None and getattr(inner, "family", None) in FAMILIES:
+        return inner.family
+    return "vp"
 
 
 _HASHES: dict[str, str] = {}  # file-identity key -> weights hash, for this process
@@ -146,6 +171,13 @@ class FittedSolver:
     def __post_init__(self) -> None:
         self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
         self.lambdas = torch.as_tensor(self.lambdas, dtype=torch.float64).flatten()
+        if self.model and "family" not in self.model and self.model.get("class"):
+            self.model = {**self.model, "family": model_family(str(self.model["class"]))}
+        family = (self.model or {}).get("family")
+        if family is not None and family not in FAMILIES:
+            raise ValueError(
+                f"unknown model family {family!r} in the fitted solver; use 'vp' or 'flow'."
+            )
         solver = self.build_solver()
         nfe = solver.nfe(len(self.sigmas) - 1)
         if len(self.lambdas) != nfe:
@@ -161,10 +193,28 @@ class FittedSolver:
     def nfe(self) -> int:
         return len(self.lambdas)
 
+    def check_model(self, denoiser) -> None:
+        """Refuse a model of the other family than the one this solver was fitted on (a flow
+        solver file with a DDPM model, or the reverse): ``ValueError``."""
+        recorded = (self.model or {}).get("family")
+        if recorded is None or denoiser is None:
+            return
+        actual = model_family(denoiser)
+        if actual != recorded:
+            names = {"vp": "diffusion (DDPM/VP, σ-space)", "flow": "rectified-flow"}
+            name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
+            raise ValueError(
+                f"this solver was fitted on a {names[recorded]} model "
+                f"({self.model.get('id') or self.model.get('class')}) but {name!r} is a "
+                f"{names[actual]} model: its σ grid and λ do not apply. Sample with the model "
+                "the file records, or fit a solver for this model."
+            )
+
     def sample(self, denoiser, noise: Tensor, *, dode: bool = True, **kwargs) -> Tensor:
         """Sample with this solver (``dode=False``: the base solver on the same grid)."""
         from .sampling import sample
 
+        self.check_model(denoiser)
         return sample(
             denoiser,
             self.build_solver(),

@@ -9,6 +9,8 @@ Registered names:
 ``gmm-digits`` an exact Gaussian-mixture denoiser fitted to the sklearn digits (20 full-covariance
                components, seed 0, data ``img / 8 − 1`` in [−1, 1], shape 1×8×8): a ground-truth
                model for quick experiments, no network involved
+``digits-flow`` the bundled class-conditional rectified-flow digits model (``dode/assets/digits_flow``,
+               labels 0..9, null label 10 for CFG: ``den.bind(labels, guidance_scale=w)``)
 =============  ===================================================================================
 
 Add your own with :func:`register_model`, or point at any importable factory with
@@ -27,7 +29,12 @@ from pathlib import Path
 
 import torch
 
-from .denoisers import Denoiser, DiffusersDenoiser, GaussianMixtureDenoiser
+from .denoisers import (
+    Denoiser,
+    DiffusersDenoiser,
+    DiffusersFlowDenoiser,
+    GaussianMixtureDenoiser,
+)
 
 __all__ = [
     "load_denoiser",
@@ -94,6 +101,15 @@ def _digits(
         path, sigma_to_t=sigma_to_t, torch_dtype=dtype, **kwargs
     )
     den.model_id = "digits"
+    return den
+
+
+@register_model("digits-flow")
+def _digits_flow(dtype=None, sigma_to_t=None, **kw) -> DiffusersFlowDenoiser:  # σ→t: t = σ/(1+σ)
+    den = DiffusersFlowDenoiser.from_pretrained(
+        ASSETS / "digits_flow", torch_dtype=dtype, num_classes=10, **kw
+    )
+    den.model_id = "digits-flow"
     return den
 
 

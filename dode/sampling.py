@@ -35,11 +35,23 @@ def _check_denoiser(denoiser) -> Denoiser:
     return denoiser
 
 
+def _check_finite_start(sigmas) -> None:
+    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if s.numel() and torch.isposinf(s[0]):
+        raise ValueError(
+            "the σ grid starts at ∞ (a flow grid from t = 1, as FlowMatchEulerDiscreteScheduler "
+            "uses): no solver can step from there. Map the pipeline's latents and the grid "
+            "first, noise, sigmas = den.start(latents, sigmas) (FlowDenoiser.start, or "
+            "dode.denoisers.flow_start(den, latents, sigmas)), then sample on the finite grid."
+        )
+
+
 def _prepare(denoiser, solver, noise, sigmas) -> tuple[Denoiser, Solver, Tensor]:
     """The checked denoiser, the solver instance and the checked grid (float64)."""
     denoiser = _check_denoiser(denoiser)
     solver = get_solver(solver)
     denoiser.check_noise(noise)
+    _check_finite_start(sigmas)
     s = torch.tensor(solver.check_grid(sigmas), dtype=torch.float64)
     return denoiser, solver, s
 

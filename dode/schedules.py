@@ -33,6 +33,7 @@ __all__ = [
     "SCHEDULES",
     "flow_shift",
     "flow_sigmas",
+    "flow_schedule",
     "flow_times",
     "flux_mu",
     "sigma_to_flow_t",
@@ -548,7 +549,24 @@ def grid_for_model(
                 "this NFE; give one σ per step (the final 0 is added)."
             )
     else:
-        if schedule in ("karras", "log_uniform", "logsnr"):
+        if schedule == "flow":
+            from .artifact import model_family
+
+            if model_family(denoiser) != "flow":
+                raise ValueError(
+                    f"schedule 'flow' is a rectified-flow grid, but {type(denoiser).__name__} "
+                    "is a diffusion (σ-space) model; use 'karras', 'log_uniform' or "
+                    "'time_uniform'."
+                )
+            net = getattr(denoiser, "model", denoiser)  # a bound (guided) flow
+            if "shift" not in opts and "mu" not in opts:
+                if getattr(net, "mu", None) is not None:
+                    opts["mu"] = float(net.mu)  # FLUX: from the image sequence length
+                else:
+                    opts["shift"] = float(getattr(net, "shift", 1.0))
+            if hasattr(net, "num_train_timesteps"):
+                opts.setdefault("num_train_timesteps", int(net.num_train_timesteps))
+        elif schedule in ("karras", "log_uniform", "logsnr"):
             opts.setdefault("sigma_min", max(0.002, float(denoiser.sigma_min)))
             opts.setdefault("sigma_max", min(80.0, float(denoiser.sigma_max)))
         elif schedule in ("time_uniform", "uniform", "quadratic"):
@@ -574,3 +592,35 @@ def grid_for_model(
         lambda body: round_sigma(body if device is None else body.to(device)).cpu(),
         f"the {schedule!r} grid",
     )
+
+
+def flow_schedule(
+    num_steps: int,
+    shift: float = 1.0,
+    mu: float | None = None,
+    spacing: FlowSpacing = "dpm_solver",
+    num_train_timesteps: int = 1000,
+    shift_type: Literal["exponential", "linear"] = "exponential",
+) -> Tensor:
+    """The named schedule ``"flow"`` (configs, :func:`grid_for_model`): :func:`flow_sigmas` on
+    a grid that starts at a finite σ (``spacing`` ``"dpm_solver"`` — diffusers' multistep
+    schedulers with ``use_flow_sigmas`` — or ``"unipc"``), so a solver can start there from
+    ``noise · σ_0``. FlowMatchEuler's grids (``"euler"``, ``"flux"``) start at t = 1 (σ = ∞)
+    and need :meth:`dode.denoisers.FlowDenoiser.start` (Python API) instead."""
+    if spacing in ("euler", "flux"):
+        raise ValueError(
+            f"the 'flow' schedule with spacing {spacing!r} starts at t = 1 (σ = ∞), where no "
+            "solver can start from noise; use spacing 'dpm_solver' or 'unipc' (start at "
+            "t = shift(1 − 1/T)), or in Python FlowDenoiser.start(latents, flow_sigmas(...))."
+        )
+    return flow_sigmas(
+        num_steps,
+        shift,
+        mu,
+        spacing=spacing,
+        num_train_timesteps=num_train_timesteps,
+        shift_type=shift_type,
+    )
+
+
+SCHEDULES["flow"] = flow_schedule

@@ -10,7 +10,9 @@ One module per model family:
 ``latent``     :class:`LatentDiffusionDenoiser`: Stable Diffusion 1.x/2.x and SDXL (latents,
                prompts, VAE decoding)
 ``flow``       :class:`FlowDenoiser`, :class:`DiffusersFlowDenoiser`, :class:`GaussianMixtureFlow`:
-               rectified flows (velocity prediction) mapped to σ-space
+               rectified flows (velocity prediction) mapped to σ-space, class labels + CFG
+``flow_latent`` :class:`SD3Denoiser`, :class:`FluxDenoiser`: SD3 and FLUX latent flows (text
+               embeddings, CFG / embedded guidance, packed latents, VAE decoding)
 ``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
 ``guidance``   :class:`Conditioning`, :class:`ConditionalDenoiser`, :class:`GuidedDenoiser`:
                a conditional model bound to a batch's conditioning, classifier-free guidance
@@ -22,7 +24,15 @@ then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`).
 
 from .base import Denoiser, as_sigma
 from .callable import CallableDenoiser
-from .flow import DiffusersFlowDenoiser, FlowDenoiser, GaussianMixtureFlow, flow_start
+from .flow import (
+    DiffusersFlowDenoiser,
+    FlowDenoiser,
+    GaussianMixtureFlow,
+    GuidedFlowDenoiser,
+    flow_start,
+    is_flow,
+)
+from .flow_latent import FluxDenoiser, SD3Denoiser
 from .gmm import GaussianMixtureDenoiser, gaussian
 from .guidance import (
     ConditionalDenoiser,
@@ -43,7 +53,11 @@ __all__ = [
     "FlowDenoiser",
     "DiffusersFlowDenoiser",
     "GaussianMixtureFlow",
+    "GuidedFlowDenoiser",
+    "SD3Denoiser",
+    "FluxDenoiser",
     "flow_start",
+    "is_flow",
     "as_sigma",
     "gaussian",
     "Conditioning",

@@ -45,15 +45,25 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..schedules import flow_t_to_sigma
-from .base import Denoiser
+from .base import Denoiser, quiet_loading
 from .gmm import GaussianMixtureDenoiser
+from .guidance import ConditionalDenoiser, Conditioning, GuidedDenoiser, rescale_noise_cfg
+from .vp import DiffusersDenoiser, weight_files
 
-__all__ = ["FlowDenoiser", "DiffusersFlowDenoiser", "GaussianMixtureFlow", "flow_start"]
+__all__ = [
+    "FlowDenoiser",
+    "GuidedFlowDenoiser",
+    "DiffusersFlowDenoiser",
+    "GaussianMixtureFlow",
+    "flow_start",
+    "is_flow",
+]
 
 
 def _t_and_scale(sigma, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,11 +86,15 @@ def _t_and_scale(sigma, x: Tensor) -> tuple[Tensor, Tensor]:
     return s / (1 + s), 1 / (1 + s)
 
 
-class FlowDenoiser(Denoiser):
+class FlowDenoiser(ConditionalDenoiser):
     """A rectified-flow model seen as a σ-space denoiser (see the module docstring).
 
     Subclasses implement :meth:`velocity` ``v(x_t, t) ≈ ε − x0``; :meth:`x0` and :meth:`eps`
-    follow from it without round trips.
+    follow from it without round trips. A conditional flow (``conditional = True``) takes the
+    batch's :class:`~dode.denoisers.Conditioning` as a third argument and is bound to it with
+    :meth:`bind`, as every conditional model: ``den.bind(cond, guidance_scale=w)`` gives a
+    :class:`GuidedFlowDenoiser`, whose classifier-free guidance combines the velocities
+    (the flow's native prediction) ``v = v_u + w (v_c − v_u)`` from one forward of ``2B``.
 
     Args:
         sample_shape: the shape of one sample, or ``None``.
@@ -88,20 +102,37 @@ class FlowDenoiser(Denoiser):
     """
 
     prediction = "x0"
+    family = "flow"
 
     def __init__(self, sample_shape: tuple[int, ...] | None = None, t_min: float = 1e-3) -> None:
         if not 0 <= t_min < 1:
             raise ValueError(f"t_min must be in [0, 1), got {t_min}.")
         super().__init__(t_min / (1 - t_min), math.inf, sample_shape)
 
-    def velocity(self, x_t: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def velocity(
+        self, x_t: Tensor, t: Tensor, cond: Conditioning | None = None
+    ) -> Tensor:  # pragma: no cover - abstract
         """The flow's velocity at ``x_t`` (the flow's own variable) and time ``t``.
 
         Args:
             x_t: ``[B, ...]``.
             t: float64, shape ``[B, 1, ...]`` (broadcastable to ``x_t``), in (0, 1].
+            cond: conditional flows: the batch's conditioning (``B`` rows).
         """
         raise NotImplementedError
+
+    def _velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning | None) -> Tensor:
+        # unconditional subclasses may define velocity(x_t, t) without ``cond``
+        return self.velocity(x_t, t) if cond is None else self.velocity(x_t, t, cond)
+
+    # the ConditionalDenoiser contract: the native prediction is v at x_t = x/(1 + σ)
+    def native(self, x: Tensor, sigma: Tensor, cond: Conditioning | None) -> Tensor:
+        t, c = _t_and_scale(sigma, x)
+        return self._velocity(x * c.to(x.dtype), t, cond)
+
+    def from_native(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        t, c = _t_and_scale(sigma, x)
+        return x * c.to(x.dtype) - t.to(x.dtype) * out
 
     def x0(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x̂0 = x_t − t·v with x_t = x/(1 + σ), t = σ/(1 + σ)."""
@@ -117,6 +148,28 @@ class FlowDenoiser(Denoiser):
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.x0(x, sigma.reshape(-1))
+
+    def bind(
+        self,
+        cond: Any = None,
+        *,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+        negative_prompt: Any = None,
+    ) -> Denoiser:
+        """:meth:`ConditionalDenoiser.bind`, returning a :class:`GuidedFlowDenoiser` (which
+        keeps :meth:`start` and the velocity form of :meth:`x0` / :meth:`eps`)."""
+        bound = super().bind(
+            cond,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            negative_prompt=negative_prompt,
+        )
+        if isinstance(bound, GuidedDenoiser) and not isinstance(bound, GuidedFlowDenoiser):
+            bound = GuidedFlowDenoiser(
+                self, bound.cond, bound.uncond, bound.guidance_scale, bound.guidance_rescale
+            )
+        return bound
 
     def start(self, latents: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
         """Map a diffusers pipeline's initial latents (``x_{t0}``, standard normal) and a flow
@@ -151,9 +204,61 @@ class FlowDenoiser(Denoiser):
         return latents + x0 / s[1].item(), s[1:]
 
 
+class GuidedFlowDenoiser(GuidedDenoiser):
+    """A conditional flow bound to a batch's conditioning and the CFG scale (made by
+    :meth:`FlowDenoiser.bind`).
+
+    Guidance acts on the velocity, the flow's native prediction, from one forward of ``2B``
+    (unconditional rows first, as the SD3 pipeline does): ``v = v_u + w (v_c − v_u)``. It is
+    still a flow: :meth:`velocity` is the guided velocity, :meth:`x0`, :meth:`eps` and
+    :meth:`start` are :class:`FlowDenoiser`'s.
+    """
+
+    family = "flow"
+
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
+        """The guided velocity (``cond`` must be ``None``: the bound rows are used)."""
+        if cond is not None:
+            raise ValueError("a bound flow already holds its conditioning; call velocity(x_t, t).")
+        b = x_t.shape[0]
+        c = self.cond.rows(b)
+        if self.uncond is None:
+            return self.model.velocity(x_t, t, c)
+        u = self.uncond.rows(b)
+        tt = t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t
+        both = self.model.velocity(
+            torch.cat([x_t, x_t]), torch.cat([tt, tt]), Conditioning.cat([u, c])
+        )
+        v_u, v_c = both.chunk(2)
+        v = v_u + self.guidance_scale * (v_c - v_u)
+        if self.guidance_rescale > 0:
+            v = rescale_noise_cfg(v, v_c, self.guidance_rescale)
+        return v
+
+    x0 = FlowDenoiser.x0
+    eps = FlowDenoiser.eps
+    denoise = FlowDenoiser.denoise
+    start = FlowDenoiser.start
+
+    def __getitem__(self, index) -> GuidedFlowDenoiser:
+        return GuidedFlowDenoiser(
+            self.model,
+            self.cond[index],
+            None if self.uncond is None else self.uncond[index],
+            self.guidance_scale,
+            self.guidance_rescale,
+        )
+
+
+def is_flow(denoiser: Any) -> bool:
+    """Whether ``denoiser`` is a rectified flow (a :class:`FlowDenoiser` or one bound to its
+    conditioning)."""
+    return isinstance(denoiser, (FlowDenoiser, GuidedFlowDenoiser))
+
+
 def flow_start(denoiser: FlowDenoiser, latents: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
-    """:meth:`FlowDenoiser.start` as a function."""
-    if not isinstance(denoiser, FlowDenoiser):
+    """:meth:`FlowDenoiser.start` as a function (also for a bound :class:`GuidedFlowDenoiser`)."""
+    if not is_flow(denoiser):
         raise ValueError(
             f"flow_start needs a FlowDenoiser, got {type(denoiser).__name__}; a VP (DDPM) model "
             "starts from noise · σ_0 directly."
@@ -164,17 +269,27 @@ def flow_start(denoiser: FlowDenoiser, latents: Tensor, sigmas: Tensor) -> tuple
 class DiffusersFlowDenoiser(FlowDenoiser):
     """A diffusers ``UNet2DModel`` trained as a rectified flow (velocity at timestep ``t·T``).
 
-    Class-conditional UNets (``num_class_embeds``) get the labels set with
-    :meth:`set_class_labels` (one per sample, or one for all).
+    Class-conditional UNets (``num_class_embeds``) follow :class:`~dode.denoisers.
+    DiffusersDenoiser`'s convention: ``num_classes = num_class_embeds − 1`` makes the last index
+    the null label, used for classifier-free guidance. Bind labels (one per sample, or one for
+    all) with ``den.bind(labels, guidance_scale=w)``; :meth:`set_class_labels` fixes labels on
+    the model itself (no guidance).
 
     Args:
         unet: the network (kept frozen).
         num_train_timesteps: T: the network sees timestep ``t·T`` (float), as in
             ``FlowMatchEulerDiscreteScheduler``.
         shift: the scheduler config's static shift (recorded, for building grids).
-        class_labels: labels for a class-conditional UNet.
+        class_labels: labels for a class-conditional UNet (see :meth:`set_class_labels`).
         model_id: where the model came from.
+        num_classes: class-conditional UNets: the number of real classes (default
+            ``num_class_embeds``: no null label, no guidance).
     """
+
+    # the class-label convention (null label, checks, messages) of the DDPM UNet2DModel adapter
+    _init_classes = DiffusersDenoiser._init_classes
+    make_conditioning = DiffusersDenoiser.make_conditioning
+    describe_conditioning = DiffusersDenoiser.describe_conditioning
 
     def __init__(
         self,
@@ -183,6 +298,7 @@ class DiffusersFlowDenoiser(FlowDenoiser):
         shift: float = 1.0,
         class_labels: Tensor | int | None = None,
         model_id: str | None = None,
+        num_classes: int | None = None,
     ) -> None:
         cfg = getattr(unet, "config", None)
         shape = None
@@ -195,24 +311,26 @@ class DiffusersFlowDenoiser(FlowDenoiser):
         self.num_train_timesteps = int(num_train_timesteps)
         self.shift = float(shift)
         self.model_id = model_id
-        self.num_classes = getattr(cfg, "num_class_embeds", None) if cfg is not None else None
+        self._init_classes(cfg, num_classes)
+        self.num_class_embeds = getattr(cfg, "num_class_embeds", None) if cfg is not None else None
         self.class_labels: Tensor | None = None
         if class_labels is not None:
             self.set_class_labels(class_labels)
 
     def set_class_labels(self, labels: Tensor | int | None) -> DiffusersFlowDenoiser:
-        """Labels for the following calls (``[B]`` or one int for every sample)."""
+        """Labels for the following unbound calls (``[B]`` or one int for every sample; the
+        null label, if any, samples unconditionally). ``bind`` is the general way."""
         if labels is None:
             self.class_labels = None
             return self
-        if self.num_classes is None:
+        if self.num_class_embeds is None:
             raise ValueError(
                 "this UNet has no class embedding (num_class_embeds=None); drop labels."
             )
         lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        if ((lab < 0) | (lab >= self.num_classes)).any():
+        if ((lab < 0) | (lab >= self.num_class_embeds)).any():
             raise ValueError(
-                f"class labels must be in [0, {self.num_classes}), got {lab.tolist()}."
+                f"class labels must be in [0, {self.num_class_embeds}), got {lab.tolist()}."
             )
         self.class_labels = lab
         return self
@@ -222,10 +340,12 @@ class DiffusersFlowDenoiser(FlowDenoiser):
         cls,
         path_or_id: str | os.PathLike,
         torch_dtype: torch.dtype | None = None,
+        num_classes: int | None = None,
         **kwargs,
     ) -> DiffusersFlowDenoiser:
         """Load ``unet/`` (a ``UNet2DModel``) and ``scheduler/`` (a
-        ``FlowMatchEulerDiscreteScheduler`` config) from a hub id or a local folder."""
+        ``FlowMatchEulerDiscreteScheduler`` config) from a hub id or a local folder.
+        ``num_classes``: see the class docstring (class-conditional models only)."""
         from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 
         path = os.path.expanduser(str(path_or_id))
@@ -236,34 +356,41 @@ class DiffusersFlowDenoiser(FlowDenoiser):
                 "(written by save_pretrained) or a hub id."
             )
         try:
-            unet = UNet2DModel.from_pretrained(
-                path, subfolder="unet", torch_dtype=torch_dtype, **kwargs
-            )
-            sched = FlowMatchEulerDiscreteScheduler.from_pretrained(
-                path, subfolder="scheduler", **kwargs
-            )
+            with quiet_loading():
+                unet = UNet2DModel.from_pretrained(
+                    path, subfolder="unet", torch_dtype=torch_dtype, **kwargs
+                )
+                sched = FlowMatchEulerDiscreteScheduler.from_pretrained(
+                    path, subfolder="scheduler", **kwargs
+                )
         except Exception as e:  # noqa: BLE001 - reported with the fix
             raise ValueError(
                 f"could not load a flow UNet2DModel (unet/) and a FlowMatchEulerDiscreteScheduler "
                 f"config (scheduler/) from {path!r}; check the folder layout or, for a hub id, "
                 f"download it first. Details: {e}"
             ) from None
-        return cls(
+        den = cls(
             unet,
             num_train_timesteps=sched.config.num_train_timesteps,
             shift=sched.config.shift,
             model_id=path,
+            num_classes=num_classes,
         )
+        den.weight_files = weight_files(path, "unet", kwargs)
+        return den
 
-    def velocity(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
         b = x_t.shape[0]
         timestep = (t.reshape(-1) * self.num_train_timesteps).to(torch.float32).expand(b)
         kw = {}
-        if self.num_classes is not None:
+        if cond is not None:
+            kw = cond.to(x_t.device).kwargs
+        elif self.num_class_embeds is not None:
             if self.class_labels is None:
                 raise ValueError(
                     "this UNet is class-conditional (num_class_embeds="
-                    f"{self.num_classes}); set labels with set_class_labels(labels)."
+                    f"{self.num_class_embeds}); bind labels with den.bind(labels, "
+                    "guidance_scale=w), or fix them with set_class_labels(labels)."
                 )
             lab = self.class_labels.to(x_t.device)
             if lab.numel() == 1:

@@ -1,0 +1,297 @@
+"""SD3 and FLUX latent flows against their diffusers pipelines (tiny random models, float32).
+
+* SD3: a tiny ``StableDiffusion3Pipeline`` (``SD3Transformer2DModel`` + ``AutoencoderKL`` with
+  ``shift_factor``; no text encoders: ``prompt_embeds`` / ``pooled_prompt_embeds`` and their
+  negative ones are passed in), ``output_type="latent"``, CFG. dode's Euler after ``start``
+  equals ``FlowMatchEulerDiscreteScheduler`` (from t = 1, same latents); DPM-Solver++ and UniPC
+  equal ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler`` with
+  ``use_flow_sigmas=True, prediction_type="flow_prediction"`` and the same ``flow_shift``.
+  Those two schedulers hand the network ``timesteps`` cast to int64 (the state is at the float
+  ``t·T``); the pipeline here runs them with the float ``t·T`` (a subclass that only keeps the
+  timesteps float), the time dode evaluates at.
+* FLUX: a tiny ``FluxPipeline`` (packed latents, embedded guidance, μ from the image sequence
+  length), ``output_type="latent"``, same initial latents: dode's Euler equals
+  ``FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)``.
+
+Max abs diff ≤ 1e-4 everywhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dode
+from dode.denoisers import FluxDenoiser, GuidedFlowDenoiser, SD3Denoiser
+from dode.schedules import flow_sigmas
+from dode.solvers import get_solver
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+T = 1000
+SHIFT = 3.0
+
+
+def _vae(shift_factor: float, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
+    ).eval()
+
+
+def _perturb(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def _float_timesteps(cls):
+    """The scheduler, with the network's timesteps kept at the float ``t·T`` of its σ."""
+
+    class Float(cls):
+        def set_timesteps(self, *args, **kwargs):
+            super().set_timesteps(*args, **kwargs)
+            self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float()
+
+    return Float
+
+
+# ---- SD3 ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(0)
+    tr = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=12,
+        out_channels=4,
+        pos_embed_max_size=16,
+    )
+    _perturb(tr, 1)  # zero-initialised output layers would make v ≡ 0
+    pipe = StableDiffusion3Pipeline(
+        transformer=tr,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
+        vae=_vae(0.0609, 1.5035),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    root = tmp_path_factory.mktemp("sd3")
+    pipe.save_pretrained(root)
+    den = SD3Denoiser.from_pretrained(str(root))
+    g = torch.Generator().manual_seed(2)
+    emb = {
+        "prompt_embeds": torch.randn(3, 7, 16, generator=g),
+        "pooled_prompt_embeds": torch.randn(3, 12, generator=g),
+        "negative_prompt_embeds": torch.randn(3, 7, 16, generator=g),
+        "negative_pooled_prompt_embeds": torch.randn(3, 12, generator=g),
+    }
+    return pipe, den, emb
+
+
+def _sd3_pipe(pipe, scheduler, emb, latents, n, w):
+    pipe.scheduler = scheduler
+    with torch.no_grad():
+        return pipe(
+            **emb,
+            latents=latents.clone(),
+            height=16,
+            width=16,
+            num_inference_steps=n,
+            guidance_scale=w,
+            output_type="latent",
+        ).images
+
+
+def test_sd3_loads(sd3):
+    _, den, emb = sd3
+    assert den.shift == SHIFT and den.sample_shape == (4, 8, 8) and den.has_unconditional
+    assert den.vae is not None and not den.text_encoders
+    bound = den.bind(emb, guidance_scale=5.0)
+    assert isinstance(bound, GuidedFlowDenoiser) and bound.uncond is not None
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):
+        den.bind({k: emb[k] for k in ("prompt_embeds", "pooled_prompt_embeds")}, guidance_scale=5)
+    with pytest.raises(ValueError, match="no text encoders"):
+        den.bind(["a cube"] * 3, guidance_scale=5.0)
+    with pytest.raises(ValueError, match="bind"):
+        den.x0(torch.randn(3, 4, 8, 8), 1.0)
+    images = den.decode(torch.zeros(2, 4, 8, 8))
+    assert images.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("w", [1.0, 5.0])
+@pytest.mark.parametrize("n", [4, 7])
+def test_sd3_euler_parity(sd3, n, w):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, den, emb = sd3
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(n))
+    ref = _sd3_pipe(pipe, FlowMatchEulerDiscreteScheduler(shift=SHIFT), emb, latents, n, w)
+    bound = den.bind(emb, guidance_scale=w)
+    with torch.no_grad():
+        noise, grid = bound.start(latents, flow_sigmas(n, shift=den.shift))
+        out = dode.sample(bound, "euler", noise, grid)
+    assert out.abs().max() > 0.1
+    assert (out - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "name,order,sched",
+    [("dpm_solver_pp", 2, "dpm"), ("dpm_solver_pp", 3, "dpm"), ("unipc", 2, "unipc")],
+)
+def test_sd3_multistep_parity(sd3, name, order, sched):
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    pipe, den, emb = sd3
+    n, w = 6, 4.0
+    cls = _float_timesteps(
+        DPMSolverMultistepScheduler if sched == "dpm" else UniPCMultistepScheduler
+    )
+    scheduler = cls(
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=SHIFT,
+        solver_order=order,
+    )
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(11))
+    ref = _sd3_pipe(pipe, scheduler, emb, latents, n, w)
+    bound = den.bind(emb, guidance_scale=w)
+    spacing = "dpm_solver" if sched == "dpm" else "unipc"
+    with torch.no_grad():
+        noise, grid = bound.start(latents, flow_sigmas(n, shift=SHIFT, spacing=spacing))
+        out = dode.sample(bound, get_solver(name, order=order), noise, grid)
+    assert out.abs().max() > 0.1
+    assert (out - ref).abs().max() <= 1e-4
+
+
+# ---- FLUX -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    tr = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=24,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    _perturb(tr, 3)
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=4,
+        max_image_seq_len=64,
+    )
+    pipe = FluxPipeline(
+        scheduler=sched,
+        vae=_vae(0.1159, 0.3611),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=tr,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    root = tmp_path_factory.mktemp("flux")
+    pipe.save_pretrained(root)
+    den = FluxDenoiser.from_pretrained(str(root), image_size=(16, 24))
+    g = torch.Generator().manual_seed(4)
+    emb = {
+        "prompt_embeds": torch.randn(2, 5, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(2, 24, generator=g),
+    }
+    return pipe, den, emb
+
+
+def test_flux_loads_and_packs(flux):
+    _, den, emb = flux
+    assert den.sample_shape == (4, 8, 12) and den.image_seq_len == 4 * 6
+    assert den.guidance_embeds and not den.has_unconditional
+    x = torch.randn(2, 4, 8, 12)
+    assert torch.equal(den.unpack(den.pack(x)), x)
+    with pytest.raises(ValueError, match="guidance-distilled"):
+        den.bind(emb, negative_prompt=emb)
+    with pytest.raises(ValueError, match=r"guidance-distilled.*bind\(cond, guidance=3.5\)"):
+        den.bind(emb, guidance_scale=3.5)
+    b1, b2 = den.bind(emb, guidance=1.0), den.bind(emb)  # default: den.guidance = 3.5
+    assert b2.embedded_guidance == den.guidance == 3.5
+    with torch.no_grad():
+        assert (b1.x0(x, 2.0) - b2.x0(x, 2.0)).abs().max() > 1e-4  # guidance is an input
+
+
+@pytest.mark.parametrize("n", [3, 6])
+@pytest.mark.parametrize("g", [1.0, 3.5])
+def test_flux_euler_parity(flux, n, g):
+    pipe, den, emb = flux
+    latents = torch.randn(2, *den.sample_shape, generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        ref = pipe(
+            **emb,
+            latents=den.pack(latents),
+            height=16,
+            width=24,
+            num_inference_steps=n,
+            guidance_scale=g,
+            output_type="latent",
+        ).images
+    ref = den.unpack(ref)
+    bound = den.bind(emb, guidance=g)
+    with torch.no_grad():
+        noise, grid = bound.start(latents, flow_sigmas(n, mu=den.mu, spacing="flux"))
+        out = dode.sample(bound, "euler", noise, grid)
+    assert out.abs().max() > 0.1
+    assert (out - ref).abs().max() <= 1e-4
+
+
+def test_flux_mu_is_the_default_flow_grid(flux):
+    from dode.schedules import grid_for_model
+
+    _, den, emb = flux
+    s = grid_for_model(den.bind(emb), "flow", 5)
+    assert torch.allclose(s, flow_sigmas(5, mu=den.mu, spacing="dpm_solver"))
