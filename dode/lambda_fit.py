@@ -22,7 +22,7 @@ from torch import Tensor
 from .correction import _check_finite, _correct, model_fn
 from .denoisers import Denoiser
 from .sampling import _check_denoiser, _prepare, sample
-from .schedules import refine
+from .schedules import refine, round_refined
 from .solvers import Solver, get_solver
 
 __all__ = [
@@ -62,6 +62,8 @@ def teacher_states(
     stages = solver.stage_sigmas(s)
     grid = refine(s, teacher_factor, space=space, rho=rho, include=stages)
     needed = set(s[1:].tolist()) | set(stages.tolist())
+    # A model that snaps σ to its table evaluates the teacher's extra points at table σ too.
+    grid = round_refined(grid, denoiser.round_sigma, keep=[float(s[0]), *needed])
     states: dict[float, Tensor] = {}
 
     def record(i: int, sigma_next: float, x: Tensor) -> None:

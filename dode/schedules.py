@@ -30,6 +30,7 @@ __all__ = [
     "get_schedule",
     "grid_for_model",
     "round_grid",
+    "round_refined",
     "SCHEDULES",
     "flow_shift",
     "flow_sigmas",
@@ -506,6 +507,29 @@ def round_grid(
             "use fewer steps, a grid on the model's table (time_uniform), or sigma_to_t='interp'."
         )
     return torch.cat([body, s[-1:]])
+
+
+def round_refined(
+    grid: Tensor, round_sigma: Callable[[Tensor], Tensor], keep: Sequence[float] = ()
+) -> Tensor:
+    """Round a refined (teacher) grid to the σ the model evaluates at, keeping ``keep`` exact.
+
+    The teacher's extra points are moved onto the model's table like :func:`round_grid` does
+    for the student; points that land on a kept σ or on each other are dropped (the teacher
+    takes one step fewer there), so the grid stays strictly descending and still contains every
+    kept σ bit for bit. For a continuous model (``round_sigma`` the identity) the grid is
+    returned unchanged.
+    """
+    g = torch.as_tensor(grid, dtype=torch.float64)
+    keep_set = {float(k) for k in keep}
+    body = g[:-1]
+    rounded = torch.as_tensor(round_sigma(body), dtype=torch.float64).to(body.device)
+    values = {
+        orig if orig in keep_set or abs(new - orig) <= 1e-12 * orig else new
+        for orig, new in zip(body.tolist(), rounded.tolist())
+    }
+    pts = sorted(values, reverse=True)
+    return torch.tensor([*pts, float(g[-1])], dtype=torch.float64)
 
 
 def _buffer_device(module: object) -> torch.device | None:

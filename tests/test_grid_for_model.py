@@ -111,3 +111,30 @@ def test_rounding_that_merges_points_is_refused(unet):
     # the same grid is fine for a model that does not snap
     interp = DiffusersDenoiser(unet, ac, sigma_to_t="interp")
     assert len(grid_for_model(interp, "karras", 400)) == 401
+
+
+def test_snap_model_teacher_runs_at_table_sigmas(unet):
+    """The teacher's refined grid is rounded to the table too (the student's points kept), so
+    every σ the teacher calls the network at is the σ of the timestep the network receives."""
+    ac, tab = table()
+    den = DiffusersDenoiser(unet, ac, sigma_to_t="snap")
+    grid = grid_for_model(den, "karras", 4)
+    called, steps = [], []
+    inner = den.denoise
+    den.denoise = lambda x, s: (called.append(s.reshape(-1)[0].item()), inner(x, s))[1]
+    hook = den.unet.register_forward_pre_hook(lambda m, a: steps.append(int(a[1].reshape(-1)[0])))
+    try:
+        states = dode.teacher_states(den, "ddim", torch.randn(2, 3, 8, 8), grid, 10)
+    finally:
+        hook.remove()
+    assert set(states) == set(grid[1:].tolist())
+    assert len(called) == len(steps) > 4 * 5  # refined: several teacher steps per student step
+    for s, t in zip(called, steps):
+        assert s == tab[t].float().item(), (s, t)
+
+
+def test_round_refined_identity_keeps_the_grid():
+    from dode.schedules import refine, round_refined
+
+    g = refine(karras(4, 0.01, 80.0), 10)
+    assert torch.equal(round_refined(g, lambda s: s, keep=g[1:4].tolist()), g)
