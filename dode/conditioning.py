@@ -28,7 +28,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["SeedConditioning", "read_prompts", "prompts_hash", "label_rule"]
+__all__ = [
+    "SeedConditioning",
+    "read_prompts",
+    "prompts_hash",
+    "label_rule",
+    "conditioning_for_solver",
+    "bind_seeds",
+]
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -226,3 +233,86 @@ class SeedConditioning:
             "prompts_hash": prompts_hash(self.prompts),
             "negative_prompt": self.negative_prompt,
         }
+
+
+def conditioning_for_solver(
+    model_meta: dict,
+    denoiser,
+    *,
+    prompt: str | None = None,
+    prompts_file: str | os.PathLike | None = None,
+    class_labels: Any = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float | None = None,
+    guidance_rescale: float | None = None,
+) -> tuple[SeedConditioning | None, float, float]:
+    """The conditioning rule and guidance ``(w, φ)`` to sample a fitted solver with.
+
+    ``model_meta`` is the file's ``model`` record. Without class labels or prompts, a file
+    fitted with a label rule reuses it; one fitted with prompts is an error (the file keeps
+    only their hash). The guidance comes from the file unless given; another scale than the
+    fitted one warns (λ depend on it).
+
+    Raises:
+        ValueError: conditioning the model does not take, labels out of range, a missing or
+            empty prompts file, guidance for a model without an unconditional input, prompts
+            missing for a solver fitted with prompts.
+    """
+    import warnings
+
+    from .denoisers import check_guidance
+
+    rule = SeedConditioning.from_options(
+        class_labels=class_labels, prompts_file=prompts_file, prompts=prompt,
+        negative_prompt=negative_prompt,
+    )  # fmt: skip
+    fitted = model_meta.get("conditioning") or None
+    if rule is None and fitted is not None:
+        if fitted.get("kind") == "prompts":
+            raise ValueError(
+                f"this solver was fitted with prompts ({fitted.get('num_prompts')} prompts, hash "
+                f"{fitted.get('prompts_hash')}); pass --prompt TEXT or --prompts-file FILE."
+            )
+        labels = label_rule(fitted.get("labels", "all"))
+        rule = SeedConditioning(
+            "class_labels", labels=labels if isinstance(labels, str) else tuple(labels)
+        )
+    w_fit = float(model_meta.get("guidance_scale", 1.0))
+    phi_fit = float(model_meta.get("guidance_rescale", 0.0))
+    w, phi = check_guidance(
+        w_fit if guidance_scale is None else guidance_scale,
+        phi_fit if guidance_rescale is None else guidance_rescale,
+    )
+    if w != w_fit or phi != phi_fit:
+        warnings.warn(
+            f"the λ were fitted for guidance scale {w_fit:g} (rescale {phi_fit:g}) but sampling "
+            f"uses {w:g} (rescale {phi:g}); λ depend on the guidance scale, so fit again for "
+            "this scale for the best samples.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if rule is not None:
+        rule.check(denoiser, w)
+    elif getattr(denoiser, "conditional", False):
+        raise ValueError(
+            f"the model is conditional {denoiser.describe_conditioning()}: pass --class-labels "
+            "(class-conditional) or --prompt / --prompts-file (text models)."
+        )
+    elif w != 1.0:
+        raise ValueError(
+            f"guidance scale {w:g} needs a conditional model with an unconditional input; this "
+            "model is unconditional: use guidance scale 1."
+        )
+    return rule, w, phi
+
+
+def bind_seeds(denoiser, rule: SeedConditioning | None, seeds: Sequence[int], w: float,
+               phi: float):  # fmt: skip
+    """``denoiser`` bound to the conditioning of ``seeds`` (itself when ``rule`` is None)."""
+    if rule is None:
+        return denoiser
+    cond = rule.for_seeds(seeds, getattr(denoiser, "num_classes", None))
+    if isinstance(cond, Tensor):
+        cond = cond.to(next(denoiser.parameters()).device)
+    return denoiser.bind(cond, guidance_scale=w, guidance_rescale=phi,
+                         negative_prompt=rule.negative_prompt)  # fmt: skip
