@@ -138,3 +138,69 @@ def test_fit_bad_conditioning_writes_nothing(folders, tmp_path):
     with pytest.raises(ValueError, match="is conditional"):
         dode.fit(model=str(folders / "cond"), model_options={"num_classes": 3}, **kw)
     assert not (run / "solver.safetensors").exists()
+
+
+def _tiny_clip(folder):
+    from _tiny import write_clip_tokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
+
+    tok = write_clip_tokenizer(folder / "_vocab")
+    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37,
+                          num_attention_heads=4, num_hidden_layers=2, projection_dim=16,
+                          bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1,
+                          pad_token_id=len(tok) - 1)  # fmt: skip
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                              num_attention_heads=4, num_hidden_layers=2, projection_dim=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                 projection_dim=16))  # fmt: skip
+    proc = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                           crop_size={"height": 32, "width": 32}),
+        tokenizer=tok,
+    )  # fmt: skip
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_prompts_clip_score(folders, tmp_path):
+    from dode.evaluation import EvalConfig, evaluate
+
+    f = _solver_file(tmp_path / "sd.safetensors", folders / "sd", PROMPTS_REC)
+    (tmp_path / "p.txt").write_text("a red cube\na blue ball\n")
+    base = dict(solver_file=str(f), seeds="0-3", batch_size=2, fid=False, log=None, wandb=False,
+                progress=False, accelerator="cpu", devices=1,
+                prompts_file=str(tmp_path / "p.txt"))  # fmt: skip
+    # No CLIP weights in the folder: one clear error naming it, before generating anything.
+    with pytest.raises(ValueError, match="no CLIP weights in .*noclip"):
+        evaluate(EvalConfig(**base, out=str(tmp_path / "e0"), clip_model=str(tmp_path / "noclip")))
+    assert not (tmp_path / "e0").exists()
+    clip = _tiny_clip(tmp_path / "clip")
+    rec = evaluate(EvalConfig(**base, out=str(tmp_path / "e1"), clip_model=str(clip)))
+    assert rec["conditioning"]["kind"] == "prompts" and rec["guidance_scale"] == 2.0
+    assert np.isfinite(rec["clip_score"]) and rec["clip_score"] >= 0
+    from PIL import Image
+
+    pngs = sorted((tmp_path / "e1" / "samples").glob("*/*.png"))
+    assert len(pngs) == 4 and Image.open(pngs[0]).size == (16, 16)  # decoded images
+    # The CLIP score against the same prompts, computed directly from the stored images.
+    from transformers import CLIPModel, CLIPProcessor
+
+    model, proc = CLIPModel.from_pretrained(clip), CLIPProcessor.from_pretrained(clip)
+    imgs = [np.array(Image.open(p).convert("RGB")) for p in pngs]
+    inputs = proc(text=["a red cube", "a blue ball"] * 2, images=imgs, return_tensors="pt",
+                  padding=True)  # fmt: skip
+    with torch.no_grad():
+        out = model(**inputs)
+    a = torch.nn.functional.normalize(out.image_embeds, dim=-1)
+    b = torch.nn.functional.normalize(out.text_embeds, dim=-1)
+    want = (100 * (a * b).sum(-1)).mean().clamp(min=0)  # torchmetrics: max(mean, 0)
+    assert abs(float(want) - rec["clip_score"]) < 1e-3
