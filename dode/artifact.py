@@ -25,7 +25,14 @@ from .solvers import Solver, get_solver
 
 FORMAT = "dode.fitted_solver/1"
 
-__all__ = ["FittedSolver", "weights_hash", "atomic_write", "atomic_folder", "model_family"]
+__all__ = [
+    "FittedSolver",
+    "weights_hash",
+    "atomic_write",
+    "atomic_folder",
+    "model_family",
+    "model_schedule",
+]
 
 FAMILIES = ("vp", "flow")
 
@@ -119,6 +126,31 @@ def weights_hash(module: nn.Module, *, cache: bool = True) -> str:
             pass
     _HASHES[key] = value
     return value
+
+
+def model_schedule(denoiser) -> dict | None:
+    """The model family's noise schedule, as the fitted-solver file records it under
+    ``model["schedule"]`` (what :meth:`dode.diffusers.DODEScheduler.from_solver_file` needs to
+    run the solver in a pipeline): ``{"family": "vp", "alphas_cumprod": [...],
+    "prediction_type": ..., "num_train_timesteps": T}`` for diffusers VP models (pixel and
+    latent), ``{"family": "flow", "prediction_type": "flow", "num_train_timesteps": T,
+    "shift": s}`` for diffusers flows; ``None`` for other denoisers."""
+    table = getattr(denoiser, "alphas_cumprod", None)
+    if isinstance(table, Tensor) and getattr(denoiser, "prediction_type", None) is not None:
+        return {
+            "family": "vp",
+            "alphas_cumprod": table.to(torch.float64).tolist(),
+            "prediction_type": denoiser.prediction_type,
+            "num_train_timesteps": len(table),
+        }
+    if hasattr(denoiser, "num_train_timesteps") and hasattr(denoiser, "shift"):
+        return {
+            "family": "flow",
+            "prediction_type": "flow",
+            "num_train_timesteps": int(denoiser.num_train_timesteps),
+            "shift": float(denoiser.shift),
+        }
+    return None
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:

@@ -225,7 +225,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         fitted = FittedSolver.load(path)
         model = dict(fitted.model or {})
         cls_name = model.get("class")
-        if cls_name is not None and "Diffusers" not in cls_name and "Flow" not in cls_name:
+        diffusers_model = cls_name is None or any(
+            k in cls_name for k in ("Diffusers", "Flow", "LatentDiffusion")
+        )
+        if not diffusers_model and model.get("schedule") is None:
             if "family" not in overrides and like is None:
                 raise ValueError(
                     f"{str(path)!r} was fitted on a {cls_name}, not a diffusers model; a diffusers "

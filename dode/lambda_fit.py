@@ -269,25 +269,35 @@ class LambdaFit:
 
     def __init__(
         self,
-        denoiser: Denoiser,
+        denoiser: Denoiser | Sequence[Denoiser],
         solver: Solver | str,
         sigmas: Tensor | Sequence[float],
         noises: Sequence[Tensor],
         teachers: Sequence[dict[float, Tensor]],
         check_finite: bool = True,
     ) -> None:
-        self.denoiser = _check_denoiser(denoiser)
+        # One denoiser for all batches, or one per batch (a conditional model bound to each
+        # batch's conditioning: ``bound.split(batch_size)`` beside ``noise.split(batch_size)``).
+        dens = list(denoiser) if isinstance(denoiser, (list, tuple)) else [denoiser] * len(noises)
+        if len(dens) != len(noises):
+            raise ValueError(
+                f"{len(dens)} denoisers for {len(noises)} noise batches; give one denoiser, or "
+                "one per batch (bound.split(batch_size) beside noise.split(batch_size))."
+            )
+        self.denoisers = [_check_denoiser(d) for d in dens]
+        self.denoiser = self.denoisers[0] if self.denoisers else _check_denoiser(denoiser)
         self.solver = get_solver(solver)
         if len(noises) != len(teachers):
             raise ValueError("need one teacher-state dict per noise batch.")
         self.s = torch.tensor(self.solver.check_grid(sigmas), dtype=torch.float64)
-        for n in noises:
-            self.denoiser.check_noise(n)
+        for d, n in zip(self.denoisers, noises):
+            d.check_noise(n)
         self.noises = list(noises)
         self.teachers = list(teachers)
         self.num_calls = self.solver.nfe(len(self.s) - 1)
         self.lambdas = torch.zeros(self.num_calls, dtype=torch.float64)
-        self.fn = model_fn(self.denoiser, self.solver.consumes)
+        self.fns = [model_fn(d, self.solver.consumes) for d in self.denoisers]
+        self.fn = self.fns[0] if self.fns else model_fn(self.denoiser, self.solver.consumes)
         self.caches: list[list[Tensor]] = [[] for _ in noises]
         self.check_finite = check_finite
         self.info = FitInfo()
@@ -300,7 +310,7 @@ class LambdaFit:
         for b in range(len(self.noises)):
             st, sigma = batch_stats(
                 self.solver,
-                self.fn,
+                self.fns[b],
                 self.s.tolist(),
                 self.noises[b],
                 self.teachers[b],
@@ -353,6 +363,17 @@ class LambdaFit:
         return self.lambdas.clone()
 
 
+def _split_denoiser(denoiser: Denoiser, n: int, batch_size: int | None) -> list[Denoiser]:
+    """One denoiser per chunk of ``noise.split(batch_size)``: a denoiser bound to one
+    conditioning row per sample (:class:`~dode.denoisers.GuidedDenoiser` with ``N > 1`` rows)
+    is split along with the noise; any other serves every chunk."""
+    rows = len(denoiser) if hasattr(denoiser, "split") else 1
+    chunks = math.ceil(n / batch_size) if batch_size else 1
+    if rows > 1 and batch_size:
+        return denoiser.split(batch_size)
+    return [denoiser] * chunks
+
+
 def fit_lambdas(
     denoiser: Denoiser,
     solver: Solver | str,
@@ -380,7 +401,9 @@ def fit_lambdas(
         sigmas: the student grid (descending, ending in 0).
         teacher_factor: C, the teacher's refinement (≥ 2; the paper uses 10).
         teacher_solver: the teacher's solver; default: the student's own.
-        batch_size: process the noise in chunks of this size (statistics are summed).
+        batch_size: process the noise in chunks of this size (statistics are summed); a
+            denoiser bound to one conditioning row per sample (``den.bind(labels)``) is split
+            along with the noise (:meth:`~dode.denoisers.GuidedDenoiser.split`).
         space, rho: parameterisation of the refinement (see :func:`dode.schedules.refine`).
         return_info: also return a :class:`FitInfo` with per-call MSE before/after.
 
@@ -391,9 +414,10 @@ def fit_lambdas(
     if not isinstance(teacher_factor, int) or teacher_factor < 2:
         raise ValueError(f"teacher_factor must be an integer >= 2, got {teacher_factor!r}.")
     chunks = list(noise.split(batch_size)) if batch_size else [noise]
+    dens = _split_denoiser(denoiser, noise.shape[0], batch_size)
     teachers = [
         teacher_states(
-            denoiser,
+            d,
             solver,
             c,
             s,
@@ -402,8 +426,8 @@ def fit_lambdas(
             space=space,
             rho=rho,
         )
-        for c in chunks
+        for d, c in zip(dens, chunks)
     ]
-    fit = LambdaFit(denoiser, solver, s, chunks, teachers)
+    fit = LambdaFit(dens, solver, s, chunks, teachers)
     lambdas = fit.run()
     return (lambdas, fit.info) if return_info else lambdas

@@ -6,6 +6,9 @@ Registered names:
 =============  ===================================================================================
 ``digits``     the DDPM bundled with the package (``dode/assets/digits_ddpm``, diffusers format,
                8×8 sklearn digits, data in [−1, 1])
+``digits-cond`` the class-conditional DDPM bundled with the package
+               (``dode/assets/digits_cond_ddpm``: labels 0–9, null label 10 for classifier-free
+               guidance)
 ``gmm-digits`` an exact Gaussian-mixture denoiser fitted to the sklearn digits (20 full-covariance
                components, seed 0, data ``img / 8 − 1`` in [−1, 1], shape 1×8×8): a ground-truth
                model for quick experiments, no network involved
@@ -34,7 +37,9 @@ from .denoisers import (
     DiffusersDenoiser,
     DiffusersFlowDenoiser,
     GaussianMixtureDenoiser,
+    LatentDiffusionDenoiser,
 )
+from .denoisers.base import quiet_loading
 
 __all__ = [
     "load_denoiser",
@@ -44,6 +49,7 @@ __all__ = [
     "ASSETS",
     "digits_data",
     "resolve_dtype",
+    "is_latent_pipeline",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -113,6 +119,59 @@ def _digits_flow(dtype=None, sigma_to_t=None, **kw) -> DiffusersFlowDenoiser:  #
     return den
 
 
+@register_model("digits-cond")
+def _digits_cond(
+    sigma_to_t: str = "interp", dtype: torch.dtype | None = None, num_classes: int = 10, **kwargs
+) -> DiffusersDenoiser:
+    path = ASSETS / "digits_cond_ddpm"
+    if not path.is_dir():
+        raise ValueError(
+            f"the bundled 'digits-cond' model is missing: no diffusers folder at {str(path)!r}. "
+            "Reinstall dode from a complete checkout, or make it with `python -m dode.pretrain`; "
+            "or pass another model (a registered name, a hub id or a local diffusers folder)."
+        )
+    den = DiffusersDenoiser.from_pretrained(
+        path, sigma_to_t=sigma_to_t, torch_dtype=dtype, num_classes=num_classes, **kwargs
+    )
+    den.model_id = "digits-cond"
+    return den
+
+
+_TEXT_PARTS = ("text_encoder", "text_encoder_2")
+
+
+def is_latent_pipeline(path: str, **kwargs) -> bool:
+    """Whether ``path`` (a folder or hub id) is a Stable Diffusion (XL) pipeline: its
+    ``model_index.json`` lists a ``unet``, a ``vae`` and a text encoder. ``False`` when there
+    is no readable ``model_index.json`` (a bare ``UNet2DModel`` folder, or an unreachable hub
+    id: the UNet loader then reports the error)."""
+    if os.path.isdir(path):
+        index_file = os.path.join(path, "model_index.json")
+        if not os.path.isfile(index_file):
+            return False
+        import json
+
+        try:
+            with open(index_file) as f:
+                index = json.load(f)
+        except (OSError, ValueError):
+            return False
+    else:
+        from diffusers import DiffusionPipeline
+
+        try:
+            with quiet_loading():
+                index = DiffusionPipeline.load_config(path, **kwargs)
+        except Exception:  # noqa: BLE001 - not a pipeline (or offline): the UNet path reports
+            return False
+
+    def present(name: str) -> bool:
+        entry = index.get(name)
+        return isinstance(entry, (list, tuple)) and len(entry) > 0 and entry[0] is not None
+
+    return present("unet") and present("vae") and any(present(n) for n in _TEXT_PARTS)
+
+
 @functools.lru_cache(maxsize=4)
 def _gmm_digits_fit(n_components: int, seed: int) -> GaussianMixtureDenoiser:
     return GaussianMixtureDenoiser.fit(digits_data(), n_components=n_components, seed=seed)
@@ -158,6 +217,11 @@ def import_factory(
 _import_factory = import_factory
 
 
+def _hub_kwargs(kwargs: dict) -> dict:
+    keys = ("revision", "cache_dir", "token", "local_files_only")
+    return {k: kwargs[k] for k in keys if k in kwargs}
+
+
 def load_denoiser(
     model: str,
     *,
@@ -168,13 +232,20 @@ def load_denoiser(
     """Load a frozen denoiser.
 
     Args:
-        model: a registered name (``digits``, ``gmm-digits``; see :data:`MODELS`), a local
-            diffusers folder (``save_pretrained`` output: a pipeline folder with ``unet/`` and
-            ``scheduler/``, or a flat one), a hub id such as ``google/ddpm-cifar10-32``, or
+        model: a registered name (``digits``, ``digits-cond``, ``gmm-digits``; see
+            :data:`MODELS`), a local diffusers folder (``save_pretrained`` output: a
+            ``StableDiffusion(XL)Pipeline`` folder, loaded as a
+            :class:`~dode.denoisers.LatentDiffusionDenoiser`; a ``UNet2DModel`` pipeline folder
+            with ``unet/`` and ``scheduler/``, or a flat one), a hub id such as
+            ``google/ddpm-cifar10-32`` or ``stable-diffusion-v1-5/stable-diffusion-v1-5``, or
             ``package.module:function``.
         sigma_to_t: how a diffusers model maps σ to its timestep (``interp`` or ``snap``).
-        dtype: weights dtype for network models (``None``: as stored).
-        **kwargs: passed to the factory (``from_pretrained`` for diffusers models).
+        dtype: weights dtype for network models (``None``: as stored); ``float16`` /
+            ``bfloat16`` run the network in half precision while the solver integrates in the
+            noise's dtype (float32 / float64).
+        **kwargs: passed to the factory (``from_pretrained`` for diffusers models), e.g.
+            ``num_classes`` for a class-conditional ``UNet2DModel`` (see
+            :class:`~dode.denoisers.DiffusersDenoiser`), ``image_size`` for SDXL.
 
     Returns:
         The denoiser in ``eval()`` mode with gradients off for its weights; ``model_id`` is set
@@ -197,10 +268,16 @@ def load_denoiser(
             kw["sigma_to_t"] = sigma_to_t
         den = MODELS[model](**kw)
     elif os.path.isdir(path) or (model.count("/") == 1 and not model.startswith((".", "~"))):
-        # A local diffusers folder, or a hub id "org/name".
-        den = DiffusersDenoiser.from_pretrained(
-            path, sigma_to_t=sigma_to_t, torch_dtype=dt, **kwargs
-        )
+        # A local diffusers folder, or a hub id "org/name": a Stable Diffusion (XL) pipeline
+        # (model_index.json with unet, vae and a text encoder) or a UNet2DModel DDPM.
+        if is_latent_pipeline(path, **_hub_kwargs(kwargs)):
+            den = LatentDiffusionDenoiser.from_pretrained(
+                path, sigma_to_t=sigma_to_t, model_dtype=dt, **kwargs
+            )
+        else:
+            den = DiffusersDenoiser.from_pretrained(
+                path, sigma_to_t=sigma_to_t, torch_dtype=dt, **kwargs
+            )
         den.model_id = model
     elif model.startswith((os.path.sep, ".", "~")) or os.path.sep in model:
         raise ValueError(

@@ -10,6 +10,13 @@ writes ``seed_000000.png`` … (one PNG per seed, for image models), ``grid.png`
 each sample's seed alone, so the same seeds give the same samples for any batch size and on
 any machine (up to the floating-point differences of the device).
 
+Conditional models: ``--class-labels 0,1,2`` (seed ``s`` gets ``labels[s % n]``; also ``all``
+and ``uniform``), ``--prompt "…"`` (every seed) or ``--prompts-file FILE`` (one prompt per line,
+seed ``s`` gets line ``s % n``), ``--negative-prompt``; a file fitted with a label rule reuses
+it. The guidance scale is the file's unless ``--guidance-scale`` is given (another scale warns:
+λ were fitted for the file's). Latent models (Stable Diffusion) sample latents and decode them
+with the VAE, batched, once per image: ``samples`` then holds the decoded images.
+
 The model defaults to the one recorded in the file (its id: a registered name, hub id or
 folder); pass ``--model`` when it lives elsewhere on this machine. Its weights hash must match
 the file's (``--ignore-model-hash`` overrides).
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 
 from ..artifact import FittedSolver, atomic_write, weights_hash
+from ..conditioning import SeedConditioning, bind_seeds, conditioning_for_solver
 from ..images import image_grid as _grid
 from ..images import to_uint8_hwc as _uint8
 from ..noise import noise_from_seeds, parse_seeds
@@ -50,15 +58,47 @@ def generate(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     dode: bool = True,
+    conditioning: SeedConditioning | None = None,
+    guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
 ) -> torch.Tensor:
-    """Samples for ``seeds`` with a fitted solver (``dode=False``: its base solver), on CPU."""
+    """Samples for ``seeds`` with a fitted solver (``dode=False``: its base solver), on CPU.
+
+    A conditional model is bound to each batch's per-seed ``conditioning`` and the guidance;
+    a latent model's samples are decoded to images in [−1, 1] (batched, once per image)."""
     denoiser = denoiser.to(device)
+    decode = getattr(denoiser, "decode", None)
     out = []
     for i in range(0, len(seeds), batch_size):
-        noise = noise_from_seeds(seeds[i : i + batch_size], denoiser.sample_shape, dtype, device)
+        chunk = seeds[i : i + batch_size]
+        noise = noise_from_seeds(chunk, denoiser.sample_shape, dtype, device)
+        den = bind_seeds(denoiser, conditioning, chunk, guidance_scale, guidance_rescale)
         with torch.no_grad():
-            out.append(fs.sample(denoiser, noise, dode=dode).cpu())
+            x = fs.sample(den, noise, dode=dode)
+            out.append((decode(x, batch_size) if decode is not None else x).cpu())
     return torch.cat(out)
+
+
+def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
+    """``--prompt``, ``--prompts-file``, ``--negative-prompt``, ``--class-labels``,
+    ``--guidance-scale``, ``--guidance-rescale`` (shared by dode.sample and dode.evaluate)."""
+    g = p.add_argument_group("conditional models")
+    g.add_argument("--prompt", default=None, help="text models: one prompt for every seed")
+    g.add_argument(
+        "--prompts-file", default=None, help="text models: one prompt per line (seed s: s %% n)"
+    )
+    g.add_argument("--negative-prompt", default=None, help="text models: the negative prompt")
+    g.add_argument(
+        "--class-labels",
+        default=None,
+        help="class-conditional models: 0,1,2 (seed s: labels[s %% n]), all or uniform",
+    )
+    g.add_argument(
+        "--guidance-scale", type=float, default=None, help="CFG scale (default: the file's)"
+    )
+    g.add_argument(
+        "--guidance-rescale", type=float, default=None, help="CFG rescale φ (default: the file's)"
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -89,6 +129,7 @@ def main(argv: list[str] | None = None) -> Path:
         help="sample even if the model's weights differ from the ones the λ were fitted for",
     )
     p.add_argument("--no-png", action="store_true", help="write only samples.npz and grid.png")
+    add_conditioning_arguments(p)
     args = p.parse_args(argv)
     from diffusers.utils import logging as diffusers_logging
 
@@ -126,6 +167,11 @@ def _run(args) -> Path:
             f"{weights_hash(den)[:12]}… vs {want[:12]}…); pass the right --model, or "
             "--ignore-model-hash to sample anyway."
         )
+    rule, w, phi = conditioning_for_solver(
+        meta, den, prompt=args.prompt, prompts_file=args.prompts_file,
+        class_labels=args.class_labels, negative_prompt=args.negative_prompt,
+        guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
+    )  # fmt: skip
     dtype = resolve_dtype(args.dtype or meta.get("integration_dtype") or "float32")
     x = generate(
         fs,
@@ -135,6 +181,9 @@ def _run(args) -> Path:
         dtype=dtype,
         device=_device(args.device),
         dode=not args.base,
+        conditioning=rule,
+        guidance_scale=w,
+        guidance_rescale=phi,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +193,13 @@ def _run(args) -> Path:
         "lambdas": (fs.lambdas * (0 if args.base else 1)).numpy(),
         "sigmas": fs.sigmas.numpy(),
     }
+    if rule is not None:
+        cond = rule.for_seeds(seeds, getattr(den, "num_classes", None))
+        arrays["guidance_scale"] = np.float64(w)
+        if isinstance(cond, torch.Tensor):
+            arrays["class_labels"] = cond.numpy()
+        else:
+            arrays["prompts"] = np.asarray(cond)
     if x.ndim == 4:
         images = _uint8(x)
         arrays["images"] = images

@@ -62,6 +62,14 @@ class EvalConfig:
         wandb_project: W&B project.
         name: a name for the run (W&B and the log).
         progress: show progress bars (with ETA).
+        model_options: extra options of the model loader (``{num_classes: 10}``, ...).
+        prompt, prompts_file, negative_prompt, class_labels: conditional models: the per-seed
+            conditioning, as ``python -m dode.sample`` takes it (seed ``s`` gets
+            ``prompts[s % n]`` / ``labels[s % n]``; ``all`` / ``uniform`` labels); a solver file
+            fitted with a label rule reuses it.
+        guidance_scale, guidance_rescale: CFG (default: the solver file's, else 1 and 0).
+        clip_model: a local folder with a CLIP model and processor (``save_pretrained``):
+            also report the CLIP score (torchmetrics) of the samples against their prompts.
     """
 
     model: str | None = None
@@ -92,6 +100,14 @@ class EvalConfig:
     wandb_project: str = "dode"
     name: str | None = None
     progress: bool = True
+    model_options: dict | None = None
+    prompt: str | None = None
+    prompts_file: str | None = None
+    negative_prompt: str | None = None
+    class_labels: str | None = None
+    guidance_scale: float | None = None
+    guidance_rescale: float | None = None
+    clip_model: str | None = None
 
 
 def seed_list(cfg: EvalConfig) -> list[int]:
@@ -111,6 +127,7 @@ def load_model(
     model: str | None,
     sigma_to_t: Literal["interp", "snap"] = "interp",
     model_dtype: str = "float32",
+    **options,
 ) -> Denoiser:
     """Load a model (hub id, diffusers folder, or a name ``dode.loading`` knows) as a denoiser.
 
@@ -122,7 +139,7 @@ def load_model(
             "no model given; pass --model (a hub id such as google/ddpm-cifar10-32 or a folder "
             "written by save_pretrained), or a --solver_file that records its model."
         )
-    return load_denoiser(model, sigma_to_t=sigma_to_t, dtype=model_dtype)
+    return load_denoiser(model, sigma_to_t=sigma_to_t, dtype=model_dtype, **options)
 
 
 def build_grid(
@@ -157,7 +174,8 @@ def resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
         meta = fitted.model or {}
         model = cfg.model or meta.get("id")
         if denoiser is None:
-            denoiser = load_model(model, cfg.sigma_to_t, cfg.model_dtype)
+            options = {**(meta.get("options") or {}), **(cfg.model_options or {})}
+            denoiser = load_model(model, cfg.sigma_to_t, cfg.model_dtype, **options)
         recorded = meta.get("weights_hash")
         if recorded and recorded != weights_hash(denoiser):
             warnings.warn(
@@ -175,7 +193,9 @@ def resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
             "FILE (a fitted D-solver)."
         )
     if denoiser is None:
-        denoiser = load_model(cfg.model, cfg.sigma_to_t, cfg.model_dtype)
+        denoiser = load_model(
+            cfg.model, cfg.sigma_to_t, cfg.model_dtype, **(cfg.model_options or {})
+        )
     solver = get_solver(cfg.solver, **(cfg.solver_options or {}))
     sigmas = build_grid(denoiser, solver, cfg.nfe, cfg.schedule, cfg.schedule_options)
     return denoiser, solver.config(), sigmas, None, solver.describe(), cfg.model

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ..conditioning import bind_seeds
 from ..denoisers import Denoiser
 from ..images import to_uint8
 from ..noise import noise_from_seeds, shard_seeds
@@ -67,8 +68,12 @@ class GenerateModule(L.LightningModule):
         lambdas: Tensor | None,
         sample_shape: Sequence[int],
         store: SampleStore,
+        conditioning=None,
+        guidance: tuple[float, float] = (1.0, 0.0),
     ) -> None:
         super().__init__()
+        self.conditioning = conditioning
+        self.guidance = guidance
         self.denoiser = denoiser
         self.solver = get_solver(**solver_cfg)
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
@@ -90,7 +95,11 @@ class GenerateModule(L.LightningModule):
     def predict_step(self, batch: Tensor, batch_idx: int = 0) -> None:
         seeds = [int(s) for s in batch.tolist()]
         noise = noise_from_seeds(seeds, self.sample_shape, torch.float32, self.device)
-        x = sample(self.denoiser, self.solver, noise, self.sigmas, self.lambdas)
+        den = bind_seeds(self.denoiser, self.conditioning, seeds, *self.guidance)
+        x = sample(den, self.solver, noise, self.sigmas, self.lambdas)
+        decode = getattr(self.denoiser, "decode", None)
+        if decode is not None:  # latent models: images from the VAE, once per image
+            x = decode(x)
         images = to_uint8(x).cpu()
         self._drain(keep=2)
         self._pending.append(self._writer.submit(self.store.write, seeds, images))
@@ -140,6 +149,8 @@ def generate(
     num_nodes: int = 1,
     accelerator: str = "auto",
     progress: bool = True,
+    conditioning=None,
+    guidance: tuple[float, float] = (1.0, 0.0),
 ) -> dict:
     """Generate the samples of ``seeds`` into ``out`` (skipping those already there).
 
@@ -158,7 +169,9 @@ def generate(
         world = int(os.environ.get("WORLD_SIZE", 1))
         return {"rank": rank, "world_size": world, "is_global_zero": rank == 0,
                 "generated": 0, "seconds": 0.0, "device": "cpu"}  # fmt: skip
-    module = GenerateModule(denoiser, solver_cfg, sigmas, lambdas, shape, store)
+    module = GenerateModule(
+        denoiser, solver_cfg, sigmas, lambdas, shape, store, conditioning, guidance
+    )
     data = SeedDataModule(seeds, store, batch_size)
     multi = num_nodes > 1 or num_devices(devices, accelerator) > 1
     trainer = L.Trainer(

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
+from ..artifact import FittedSolver
+from ..conditioning import conditioning_for_solver
 from ..denoisers import Denoiser
 from ..solvers import get_solver
+from .clip import check_clip, clip_score
 from .config import EvalConfig, resolve_solver, seed_list
 from .report import append_jsonl, wandb_log
 from .score import check_reference, score, seed_digest
@@ -33,6 +36,14 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
 
     seeds = seed_list(cfg)
     denoiser, solver_cfg, sigmas, lambdas, label, model_id = resolve_solver(cfg, denoiser)
+    meta = (FittedSolver.load(cfg.solver_file).model or {}) if cfg.solver_file else {}
+    rule, w, phi = conditioning_for_solver(
+        meta, denoiser, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
+        class_labels=cfg.class_labels, negative_prompt=cfg.negative_prompt,
+        guidance_scale=cfg.guidance_scale, guidance_rescale=cfg.guidance_rescale,
+    )  # fmt: skip
+    if cfg.clip_model is not None:
+        check_clip(cfg.clip_model, rule)
     extractor = check_reference(cfg)
     out = Path(cfg.out)
     claim_out_dir(out, model_id, solver_cfg, sigmas, lambdas, denoiser.sample_shape)
@@ -49,6 +60,8 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
         num_nodes=cfg.num_nodes,
         accelerator=cfg.accelerator,
         progress=cfg.progress,
+        conditioning=rule,
+        guidance=(w, phi),
     )
     if not info["is_global_zero"]:
         return None
@@ -84,8 +97,15 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
         "metric": None,
         "value": None,
     }
+    if rule is not None:
+        record["guidance_scale"] = w
+        record["guidance_rescale"] = phi
+        record["conditioning"] = rule.describe()
     if extractor is not None:
         record.update(score(cfg, extractor, store, seeds))
+    if cfg.clip_model is not None:
+        prompts = rule.for_seeds(seeds)
+        record["clip_score"] = clip_score(cfg.clip_model, store, seeds, prompts)
     if cfg.save in ("npz", "both"):
         store.pack(seeds)
         record["samples_npz"] = str(store.npz)

@@ -186,6 +186,8 @@ def run_fit(
     Raises ``ValueError`` on bad input and ``RuntimeError`` if the fit was interrupted (nothing
     is written then).
     """
+    # Check the conditioning against the model before anything starts (one clear error).
+    module.use_conditioning(datamodule.conditioning)
     t_wandb = time.perf_counter()
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger):
@@ -235,10 +237,15 @@ def fit(
     cache_outputs: bool = True,
     activation_checkpointing: bool = True,
     check_finite: bool = True,
+    guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
     fit_seeds: str | int | list[int] = "0-1023",
     val_seeds: str | int | list[int] = "1000000-1000255",
     batch_size: int = 128,
     cache_dir: str | None = "auto",
+    class_labels: str | list[int] | None = None,
+    prompts: str | None = None,
+    negative_prompt: str | None = None,
     trainer: dict[str, Any] | None = None,
     samples: dict[str, Any] | None = None,
     lambda_plot: dict[str, Any] | None = None,
@@ -254,9 +261,9 @@ def fit(
     """Fit D-ODE λ with Lightning and return the fitted solver (also written to a file).
 
     The Python form of ``python -m dode.train``, with the same settings and defaults: the
-    arguments from ``model`` to ``check_finite`` are those of :class:`~dode.lit.DODEModule`
-    (``--model.*``), ``fit_seeds`` to ``cache_dir`` those of :class:`~dode.lit.NoiseDataModule`
-    (``--data.*``); ``trainer``, ``samples``, ``lambda_plot`` and ``fid`` are the keyword
+    arguments from ``model`` to ``guidance_rescale`` are those of :class:`~dode.lit.DODEModule`
+    (``--model.*``), ``fit_seeds`` to ``negative_prompt`` those of
+    :class:`~dode.lit.NoiseDataModule` (``--data.*``); ``trainer``, ``samples``, ``lambda_plot`` and ``fid`` are the keyword
     options of ``lightning.Trainer``, :class:`~dode.lit.SampleGridCallback`,
     :class:`~dode.lit.LambdaPlotCallback` and :class:`~dode.lit.FrechetCallback`
     (``--trainer.*``, ``--samples.*``, ...).
@@ -289,11 +296,14 @@ def fit(
         teacher_space=teacher_space, fit_mode=fit_mode, lr=lr, dtype=dtype,
         model_dtype=model_dtype, sigma_to_t=sigma_to_t, model_options=model_options,
         cache_outputs=cache_outputs, activation_checkpointing=activation_checkpointing,
-        check_finite=check_finite,
+        check_finite=check_finite, guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
     )  # fmt: skip
     data = NoiseDataModule(
-        fit_seeds=fit_seeds, val_seeds=val_seeds, batch_size=batch_size, cache_dir=cache_dir
-    )
+        fit_seeds=fit_seeds, val_seeds=val_seeds, batch_size=batch_size, cache_dir=cache_dir,
+        class_labels=class_labels, prompts=prompts, negative_prompt=negative_prompt,
+    )  # fmt: skip
+    module.use_conditioning(data.conditioning)
     callbacks = [
         SampleGridCallback(**(samples or {})),
         LambdaPlotCallback(**(lambda_plot or {})),
@@ -315,9 +325,12 @@ _MODEL_KEYS = (
     "model", "solver", "solver_options", "nfe", "schedule", "schedule_options", "teacher_factor",
     "teacher_solver", "teacher_solver_options", "teacher_space", "fit_mode", "lr", "dtype",
     "model_dtype", "sigma_to_t", "model_options", "cache_outputs", "activation_checkpointing",
-    "check_finite",
+    "check_finite", "guidance_scale", "guidance_rescale",
 )  # fmt: skip
-_DATA_KEYS = ("fit_seeds", "val_seeds", "batch_size", "cache_dir")
+_DATA_KEYS = (
+    "fit_seeds", "val_seeds", "batch_size", "cache_dir", "class_labels", "prompts",
+    "negative_prompt",
+)  # fmt: skip
 _SECTIONS = ("trainer", "samples", "lambda_plot", "fid")
 _TOP = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project", "name")
 

@@ -73,9 +73,10 @@ class SampleGridCallback(pl.Callback):
             return
         dm = trainer.datamodule
         batch = dm.states_for(dm.val_seeds[: self.num_samples])
-        base = pl_module.sample_final(batch["noise"], dode=False)
-        dode = pl_module.sample_final(batch["noise"], dode=True)
-        teacher = batch["teacher"][:, -1]
+        cond = batch.get("cond")
+        base = pl_module.decoded(pl_module.sample_final(batch["noise"], dode=False, cond=cond))
+        dode = pl_module.decoded(pl_module.sample_final(batch["noise"], dode=True, cond=cond))
+        teacher = pl_module.decoded(batch["teacher"][:, -1].to(pl_module.device))
         if base.ndim == 4:
             image = _grid([to_uint8_images(t.cpu()) for t in (base, dode, teacher)], self.scale)
         else:
@@ -315,9 +316,12 @@ class FrechetCallback(pl.Callback):
         for g in groups:
             batch = dm.states_for(g.tolist())
             if ref_stats is None:
-                real.update(feats(to_uint8_images(batch["teacher"][:, -1]).to(pl_module.device)))
+                teacher = pl_module.decoded(batch["teacher"][:, -1].to(pl_module.device))
+                real.update(feats(to_uint8_images(teacher.cpu()).to(pl_module.device)))
             for a, moments in fakes.items():
-                x = pl_module.sample_final(batch["noise"], scale=a)
+                x = pl_module.decoded(
+                    pl_module.sample_final(batch["noise"], scale=a, cond=batch.get("cond"))
+                )
                 moments.update(feats(to_uint8_images(x).to(pl_module.device)))
         if ref_stats is None:
             ref_stats = real.stats(trainer)

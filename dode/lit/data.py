@@ -6,6 +6,10 @@
   is served twice. Each rank splits its share into the same number of batches (sizes differ
   by at most one sample), so collective operations line up across ranks. Use
   ``Trainer(use_distributed_sampler=False)`` (``python -m dode.train`` does).
+* Conditioning (class labels, prompts) is a function of the seed too
+  (:class:`dode.conditioning.SeedConditioning`): ``class_labels``, ``prompts`` (a file, one
+  prompt per line, seed ``s`` → line ``s % n``) and ``negative_prompt``. Each batch then carries
+  ``cond`` (labels ``[B]`` or a list of prompts), which the module binds into its denoiser.
 * Teacher states at every σ the student visits are computed once per seed and cached on disk
   (:class:`TeacherCache`), keyed by everything they depend on (model id and weights hash,
   dtypes, solver, σ grid, teacher factor/solver/refinement); each rank computes only the seeds
@@ -33,6 +37,7 @@ from tqdm import tqdm
 
 from ..artifact import atomic_write
 from ..cache import cache_root
+from ..conditioning import SeedConditioning
 from ..noise import noise_from_seeds, parse_seeds, shard_seeds
 
 __all__ = [
@@ -62,6 +67,8 @@ class TeacherSource:
         dtype: the integration dtype of noise and states.
         compute: standard-normal noise ``[B, ...]`` → teacher states ``[B, M, ...]`` (CPU).
         description: how the teacher is made, for the log line.
+        condition: seeds → their conditioning (labels ``[B]`` or prompts), for a conditional
+            problem; ``compute`` then takes it as its second argument.
     """
 
     problem: dict
@@ -69,6 +76,7 @@ class TeacherSource:
     dtype: torch.dtype
     compute: Callable[[Tensor], Tensor]
     description: str = "teacher"
+    condition: Callable[[list[int]], Any] | None = None
 
     def key(self) -> str:
         """The cache key: 24 hex digits of :func:`problem_digest` of ``problem``."""
@@ -203,6 +211,12 @@ def _seeds(spec, what: str) -> list[int]:
     return seeds
 
 
+def _rows(cond: Any, index: list[int]) -> Any:
+    if isinstance(cond, Tensor):
+        return cond[index]
+    return [cond[i] for i in index]
+
+
 class NoiseDataModule(pl.LightningDataModule):
     """Noise batches (from per-sample seeds) with their teacher states.
 
@@ -219,6 +233,10 @@ class NoiseDataModule(pl.LightningDataModule):
         batch_size: samples per batch (per process).
         cache_dir: where teacher states are cached; ``"auto"``: ``$DODE_CACHE/teacher`` or
             ``~/.cache/dode/teacher``; ``null``: no cache (recomputed every run).
+        class_labels: class-conditional models: ``all`` (seed ``s`` → label ``s % num_classes``),
+            ``uniform`` (drawn from the seed) or a list (seed ``s`` → ``labels[s % n]``).
+        prompts: text models: a file with one prompt per line (seed ``s`` → line ``s % n``).
+        negative_prompt: text models: the unconditional prompt for every sample.
     """
 
     def __init__(
@@ -227,9 +245,15 @@ class NoiseDataModule(pl.LightningDataModule):
         val_seeds: str | int | list[int] = "1000000-1000255",
         batch_size: int = 128,
         cache_dir: str | None = "auto",
+        class_labels: str | list[int] | None = None,
+        prompts: str | None = None,
+        negative_prompt: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.conditioning: SeedConditioning | None = SeedConditioning.from_options(
+            class_labels=class_labels, prompts_file=prompts, negative_prompt=negative_prompt
+        )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         self.fit_seeds = _seeds(fit_seeds, "fit_seeds")
@@ -293,14 +317,21 @@ class NoiseDataModule(pl.LightningDataModule):
         noise = noise_from_seeds(seeds, teacher.sample_shape, teacher.dtype)
         cache = self.cache(teacher)
         have = cache.get(seeds)
+        cond = teacher.condition(seeds) if teacher.condition is not None else None
         missing = [i for i, s in enumerate(seeds) if s not in have]
         if missing:
-            new = teacher.compute(noise[missing])
+            if cond is None:
+                new = teacher.compute(noise[missing])
+            else:
+                new = teacher.compute(noise[missing], _rows(cond, missing))
             cache.put([seeds[i] for i in missing], new)
             for j, i in enumerate(missing):
                 have[seeds[i]] = new[j]
         states = torch.stack([have[s] for s in seeds]).to(teacher.dtype)
-        return {"seeds": torch.tensor(seeds, dtype=torch.long), "noise": noise, "teacher": states}
+        batch = {"seeds": torch.tensor(seeds, dtype=torch.long), "noise": noise, "teacher": states}
+        if cond is not None:
+            batch["cond"] = cond
+        return batch
 
     def _loader(self, seeds: list[int], what: str) -> DataLoader:
         teacher = self._source(None)

@@ -17,6 +17,12 @@ The module defines the problem (model, solver, σ grid, teacher) and fits one λ
     Adam on the MSE of every state of the whole trajectory, backpropagated through the
     network (activation checkpointing per call).
 
+Conditional models (class-conditional UNets, Stable Diffusion): the data module's
+per-seed conditioning (``--data.class_labels`` / ``--data.prompts``) comes with each batch and
+is bound into the denoiser (``den.bind(cond, guidance_scale=w)``) for the teacher, the fit and
+validation; the guidance scale and the conditioning rule are part of the problem (the teacher
+cache key, the checkpoint key and the fitted-solver file).
+
 The denoiser is never part of a checkpoint: ``state_dict`` holds only ``lambdas`` and
 ``num_fitted``; the extra ``dode`` entry holds the fit record and a key of the problem, checked
 on resume.
@@ -36,8 +42,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import __version__
-from ..artifact import FittedSolver, weights_hash
+from ..artifact import FittedSolver, model_schedule, weights_hash
+from ..conditioning import SeedConditioning
 from ..correction import DODECorrection, model_fn
+from ..denoisers import check_guidance
 from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
 from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..loading import load_denoiser, resolve_dtype
@@ -86,6 +94,8 @@ class DODEModule(pl.LightningModule):
             sample in memory) instead of re-evaluating calls < k (K²/2 calls).
         activation_checkpointing: ``sgd-global``: recompute network activations in backward.
         check_finite: raise on non-finite model outputs.
+        guidance_scale: classifier-free guidance scale w of a conditional model (1: none).
+        guidance_rescale: φ in [0, 1] of diffusers' guidance rescale (0: off).
     """
 
     def __init__(
@@ -109,6 +119,8 @@ class DODEModule(pl.LightningModule):
         cache_outputs: bool = True,
         activation_checkpointing: bool = True,
         check_finite: bool = True,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -137,6 +149,19 @@ class DODEModule(pl.LightningModule):
             model, sigma_to_t=sigma_to_t, dtype=model_dtype or dtype, **(model_options or {})
         )
         t_load = time.perf_counter() - t_load
+        self.guidance_scale, self.guidance_rescale = check_guidance(
+            guidance_scale, guidance_rescale
+        )
+        if self.guidance_scale != 1.0 and not getattr(self.denoiser, "has_unconditional", False):
+            what = (
+                "conditional" if getattr(self.denoiser, "conditional", False) else "unconditional"
+            )
+            raise ValueError(
+                f"guidance_scale {self.guidance_scale:g} needs the model's unconditional output, "
+                f"but {model!r} is {what} with no unconditional input (no null label / not "
+                "trained with condition dropout); use guidance_scale 1."
+            )
+        self.conditioning: SeedConditioning | None = None
         if self.denoiser.sample_shape is None:
             raise ValueError(
                 f"model {model!r} does not declare its sample shape; set sample_shape on the "
@@ -186,8 +211,68 @@ class DODEModule(pl.LightningModule):
             "rho": self.teacher_rho,
         }
 
+    def use_conditioning(self, conditioning: SeedConditioning | None) -> None:
+        """Fit with this per-seed conditioning (the data module's); checked against the model.
+
+        Raises:
+            ValueError: conditioning for an unconditional model, the wrong kind for the model,
+                a label out of range, or a conditional model without conditioning.
+        """
+        if conditioning is None:
+            if getattr(self.denoiser, "conditional", False):
+                kind = "prompts" if hasattr(self.denoiser, "encode_prompts") else "class_labels"
+                hint = "--data.prompts FILE" if kind == "prompts" else "--data.class_labels all"
+                raise ValueError(
+                    f"model {self.hparams.model!r} is conditional "
+                    f"{self.denoiser.describe_conditioning()}: give the fit's conditioning "
+                    f"({hint})."
+                )
+        else:
+            conditioning.check(self.denoiser, self.guidance_scale)
+        self.conditioning = conditioning
+
+    def condition(self, seeds: list[int]):
+        """The conditioning of ``seeds`` (labels ``[B]`` or prompts), or ``None``."""
+        if self.conditioning is None:
+            return None
+        return self.conditioning.for_seeds(seeds, getattr(self.denoiser, "num_classes", None))
+
+    def bound(self, cond=None):
+        """The denoiser bound to a batch's conditioning and the guidance scale."""
+        if cond is None:
+            if getattr(self.denoiser, "conditional", False):
+                raise ValueError(
+                    f"model {self.hparams.model!r} is conditional: pass the batch's conditioning "
+                    "(batch['cond'], from a NoiseDataModule with class_labels or prompts)."
+                )
+            return self.denoiser
+        if isinstance(cond, Tensor):
+            cond = cond.to(self.device)
+        neg = self.conditioning.negative_prompt if self.conditioning is not None else None
+        return self.denoiser.bind(
+            cond,
+            guidance_scale=self.guidance_scale,
+            guidance_rescale=self.guidance_rescale,
+            negative_prompt=neg,
+        )
+
+    def decoded(self, x: Tensor) -> Tensor:
+        """Samples as images: latents decoded by the model's VAE (latent models), else ``x``."""
+        decode = getattr(self.denoiser, "decode", None)
+        return decode(x) if decode is not None else x
+
     def model_config(self) -> dict:
-        """Model id, weights hash and how it is evaluated."""
+        """Model id, weights hash and how it is evaluated (with the guidance scale and the
+        conditioning rule for a conditional model)."""
+        extra = {}
+        if getattr(self.denoiser, "conditional", False) or self.conditioning is not None:
+            extra = {
+                "guidance_scale": self.guidance_scale,
+                "guidance_rescale": self.guidance_rescale,
+                "conditioning": (
+                    self.conditioning.describe() if self.conditioning is not None else None
+                ),
+            }
         return {
             "id": self.hparams.model,
             "class": type(self.denoiser).__name__,
@@ -196,6 +281,7 @@ class DODEModule(pl.LightningModule):
             "integration_dtype": self.hparams.dtype,
             "sigma_to_t": self.hparams.sigma_to_t,
             "options": dict(self.hparams.model_options or {}),
+            **extra,
         }
 
     def problem(self) -> dict:
@@ -222,23 +308,25 @@ class DODEModule(pl.LightningModule):
             dtype=self.integration_dtype,
             compute=self.compute_teacher,
             description=f"{self.hparams.teacher_factor}x refined grid",
+            condition=self.condition if self.conditioning is not None else None,
         )
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.denoiser.sample_shape)
 
-    def _fn(self):
-        return model_fn(self.denoiser, self.solver.consumes)
+    def _fn(self, cond=None):
+        return model_fn(self.bound(cond), self.solver.consumes)
 
     @torch.no_grad()
-    def compute_teacher(self, noise: Tensor) -> Tensor:
+    def compute_teacher(self, noise: Tensor, cond=None) -> Tensor:
         """Teacher states at every student σ (``target_sigmas`` order): ``[B, M, ...]``, CPU.
-        ``noise`` is standard normal; the time taken is added to ``timings["teacher_s"]``."""
+        ``noise`` is standard normal, ``cond`` its conditioning (conditional models); the time
+        taken is added to ``timings["teacher_s"]``."""
         t0 = time.perf_counter()
         noise = noise.to(device=self.device, dtype=self.integration_dtype)
         states = teacher_states(
-            self.denoiser,
+            self.bound(cond),
             self.solver,
             noise,
             self.sigmas,
@@ -259,12 +347,12 @@ class DODEModule(pl.LightningModule):
 
     # ---- sampling ----------------------------------------------------------------------------
     def trajectory(
-        self, noise: Tensor, lambdas: Tensor | None, fn: Callable | None = None
+        self, noise: Tensor, lambdas: Tensor | None, fn: Callable | None = None, cond=None
     ) -> tuple[list[float], list[Tensor]]:
         """The student's states after each call (the input of call k + 1; the sample last) and
         their σ. ``lambdas=None``: the base solver. ``fn``: the model callable (default: the
-        denoiser's consumed output)."""
-        corr = DODECorrection(self._fn() if fn is None else fn, lambdas, self.check_finite)
+        denoiser, bound to ``cond``, its consumed output)."""
+        corr = DODECorrection(self._fn(cond) if fn is None else fn, lambdas, self.check_finite)
         sig: list[float] = []
         states: list[Tensor] = []
 
@@ -280,12 +368,15 @@ class DODEModule(pl.LightningModule):
         return sig, states
 
     @torch.no_grad()
-    def sample_final(self, noise: Tensor, dode: bool = True, scale: float = 1.0) -> Tensor:
-        """Samples from standard-normal ``noise`` with the fitted λ times ``scale`` (or, with
-        ``dode=False`` or ``scale=0``, the base solver)."""
+    def sample_final(
+        self, noise: Tensor, dode: bool = True, scale: float = 1.0, cond=None
+    ) -> Tensor:
+        """Samples from standard-normal ``noise`` (conditioned on ``cond``, conditional models)
+        with the fitted λ times ``scale`` (or, with ``dode=False`` or ``scale=0``, the base
+        solver)."""
         noise = noise.to(device=self.device, dtype=self.integration_dtype)
         lam = self.lambdas.detach() * scale if dode and scale != 0 else None
-        return self.trajectory(noise, lam)[1][-1]
+        return self.trajectory(noise, lam, cond=cond)[1][-1]
 
     # ---- checkpoints: λ and progress only ----------------------------------------------------
     def state_dict(self, *args, **kwargs):
@@ -335,6 +426,7 @@ class DODEModule(pl.LightningModule):
         # The data module serves this problem's noise and teacher states.
         datamodule = getattr(self.trainer, "datamodule", None)
         if isinstance(datamodule, NoiseDataModule):
+            self.use_conditioning(datamodule.conditioning)
             datamodule.attach(self.teacher_source())
         # The one place max_epochs is set for lstsq (epoch k fits λ_k), whoever built the Trainer.
         if stage == "fit" and self.fit_mode == "lstsq":
@@ -354,9 +446,9 @@ class DODEModule(pl.LightningModule):
             self._lstsq_step(batch, batch_idx, noise, target)
             return None
         if self.fit_mode == "sgd-local":
-            sig, states = self._local_states(noise)
+            sig, states = self._local_states(noise, batch.get("cond"))
         else:
-            sig, states = self._global_states(noise)
+            sig, states = self._global_states(noise, batch.get("cond"))
         errs = torch.stack([((x - target(s)) ** 2).mean() for s, x in zip(sig, states)])
         loss = errs.mean()
         bs = noise.shape[0]
@@ -378,7 +470,7 @@ class DODEModule(pl.LightningModule):
                 self._caches[batch_idx] = cached
         st, sigma = batch_stats(
             self.solver,
-            self._fn(),
+            self._fn(batch.get("cond")),
             self.s_list,
             noise,
             target,
@@ -417,8 +509,8 @@ class DODEModule(pl.LightningModule):
             for k, v in enumerate(self.lambdas.detach().tolist()):
                 self.log(f"train/lambda_{k}", v)
 
-    def _local_states(self, noise: Tensor) -> tuple[list[float], list[Tensor]]:
-        fn = self._fn()
+    def _local_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
+        fn = self._fn(cond)
 
         def frozen(x: Tensor, sigma: float) -> Tensor:
             with torch.no_grad():
@@ -436,8 +528,8 @@ class DODEModule(pl.LightningModule):
             states.append(x)
         return sig, states
 
-    def _global_states(self, noise: Tensor) -> tuple[list[float], list[Tensor]]:
-        fn = self._fn()
+    def _global_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
+        fn = self._fn(cond)
         if self.activation_checkpointing:
 
             def call(x: Tensor, sigma: float) -> Tensor:
@@ -476,10 +568,10 @@ class DODEModule(pl.LightningModule):
         seeds = tuple(batch["seeds"].tolist())
         base = self._base_val.get(batch_idx)
         if base is None or base[0] != seeds:
-            sig, states = self.trajectory(noise, None)
+            sig, states = self.trajectory(noise, None, cond=batch.get("cond"))
             base = (seeds, [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)])
             self._base_val[batch_idx] = base
-        sig, states = self.trajectory(noise, self.lambdas.detach())
+        sig, states = self.trajectory(noise, self.lambdas.detach(), cond=batch.get("cond"))
         dode = [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)]
         n = float(states[-1].numel())
         acc = torch.stack([torch.stack(dode), torch.stack(base[1]), torch.full_like(dode[0], n)
@@ -533,11 +625,15 @@ class DODEModule(pl.LightningModule):
             **scaled,
             **(metrics or {}),
         }
+        model = self.model_config()
+        schedule = model_schedule(self.denoiser)
+        if schedule is not None:
+            model["schedule"] = schedule
         return FittedSolver(
             solver=self.solver.config(),
             sigmas=self.sigmas,
             lambdas=lam,
             teacher=self.teacher_config(),
-            model=self.model_config(),
+            model=model,
             metrics=m,
         )
