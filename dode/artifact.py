@@ -7,14 +7,17 @@ another machine and sampling from the same seeds reproduces the same samples.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import types
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -24,10 +27,13 @@ from . import __version__
 from .solvers import Solver, get_solver
 
 FORMAT = "dode.fitted_solver/1"
+_FORMAT_NAME, _FORMAT_MAJOR = "dode.fitted_solver", 1
 
 __all__ = [
     "FittedSolver",
     "weights_hash",
+    "check_model_weights",
+    "ensure_writable",
     "atomic_write",
     "atomic_folder",
     "model_family",
@@ -93,8 +99,99 @@ def _file_key(module: nn.Module) -> str | None:
     return hashlib.sha256(blob).hexdigest()
 
 
-def weights_hash(module: nn.Module, *, cache: bool = True) -> str:
+def _reachable_tensors(obj, path: str, out: dict[str, Tensor], seen: set[int], depth: int) -> None:
+    """Collect the tensors reachable from ``obj`` (modules' state dicts, tensors, closures,
+    globals a function names, bound methods' ``self``, ``functools.partial`` arguments,
+    containers and plain objects' attributes), keyed by a path that names where they sit."""
+    if depth < 0 or id(obj) in seen or obj is None:
+        return
+    if isinstance(obj, (str, bytes, int, float, bool, complex, type, types.ModuleType)):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Tensor):
+        out[path] = obj
+    elif isinstance(obj, nn.Module):
+        for k, v in obj.state_dict(keep_vars=True).items():
+            out[f"{path}.{k}"] = v
+        _reachable_tensors(
+            {k: v for k, v in vars(obj).items() if not k.startswith("_")},
+            path,
+            out,
+            seen,
+            depth - 1,
+        )
+    elif isinstance(obj, types.MethodType):
+        _reachable_tensors(obj.__self__, f"{path}.__self__", out, seen, depth)
+        _reachable_tensors(obj.__func__, path, out, seen, depth)
+    elif isinstance(obj, functools.partial):
+        _reachable_tensors(obj.func, f"{path}.func", out, seen, depth - 1)
+        _reachable_tensors(list(obj.args), f"{path}.args", out, seen, depth - 1)
+        _reachable_tensors(dict(obj.keywords), f"{path}.kw", out, seen, depth - 1)
+    elif isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+            try:
+                val = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            _reachable_tensors(val, f"{path}.<{name}>", out, seen, depth - 1)
+        for name in code.co_names:
+            if name in obj.__globals__:
+                _reachable_tensors(obj.__globals__[name], f"{path}.{name}", out, seen, depth - 1)
+        _reachable_tensors(list(obj.__defaults__ or ()), f"{path}.defaults", out, seen, depth - 1)
+        _reachable_tensors(
+            dict(obj.__kwdefaults__ or {}), f"{path}.kwdefaults", out, seen, depth - 1
+        )
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _reachable_tensors(v, f"{path}.{k}", out, seen, depth - 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _reachable_tensors(v, f"{path}[{i}]", out, seen, depth - 1)
+    elif hasattr(obj, "__dict__") and not callable(getattr(obj, "__get__", None)):
+        _reachable_tensors(
+            {k: v for k, v in vars(obj).items() if not k.startswith("__")},
+            path,
+            out,
+            seen,
+            depth - 1,
+        )
+
+
+def _hash_reachable(module: nn.Module) -> str | None:
+    """The hash of a module without weights of its own (e.g. a ``CallableDenoiser`` over a
+    closure): the tensors reachable from its attributes, else the factory it was made by
+    (``weights_spec``: ``package.module:factory`` or a registered name, and its arguments),
+    else ``None`` (nothing identifies the weights)."""
+    found: dict[str, Tensor] = {}
+    attrs = {k: v for k, v in vars(module).items() if not k.startswith("_")}
+    _reachable_tensors(attrs, "", found, {id(module)}, depth=6)
+    if found:
+        h = hashlib.sha256(b"reachable-tensors\n")
+        for key in sorted(found):
+            t = found[key].detach().cpu().contiguous()
+            h.update(key.encode())
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+    spec = getattr(module, "weights_spec", None)
+    if spec is not None:
+        blob = json.dumps({"factory": spec}, sort_keys=True, default=repr).encode()
+        return hashlib.sha256(blob).hexdigest()
+    return None
+
+
+def weights_hash(module: nn.Module, *, cache: bool = True) -> str | None:
     """sha256 over a module's state dict (keys sorted; tensors as contiguous CPU bytes).
+
+    A module with an empty state dict (a ``CallableDenoiser`` over a closure, a factory's
+    analytic model) is hashed by what can identify it: the tensors reachable from its
+    attributes (modules, closures, globals its functions name, bound methods' ``self``,
+    ``functools.partial`` arguments), else the factory and arguments it was loaded with
+    (``weights_spec``, set by :func:`dode.loading.load_denoiser`). ``None`` means nothing
+    identifies its weights: the teacher cache is then off for it and the model checks of
+    ``dode.sample``/``dode.evaluate`` cannot vouch for it (see :func:`check_model_weights`).
 
     Hashing a multi-GB model takes minutes, so for a module loaded from files (its
     ``weight_files``, set by :meth:`dode.denoisers.DiffusersDenoiser.from_pretrained`) the
@@ -106,6 +203,8 @@ def weights_hash(module: nn.Module, *, cache: bool = True) -> str:
     of its files (weights changed in memory after loading are not seen; pass
     ``cache=False`` to hash the tensors).
     """
+    if not module.state_dict():
+        return _hash_reachable(module)
     key = _file_key(module) if cache else None
     if key is None:
         return _hash_tensors(module)
@@ -151,6 +250,96 @@ def model_schedule(denoiser) -> dict | None:
             "shift": float(denoiser.shift),
         }
     return None
+
+
+def check_model_weights(
+    recorded: str | None,
+    denoiser: nn.Module,
+    model: str,
+    *,
+    source: str,
+    ignore: bool = False,
+    flag: str = "--ignore_model_hash",
+) -> str:
+    """Check that ``denoiser`` has the weights a fitted solver was fitted on.
+
+    Args:
+        recorded: the weights hash the file records (``None``: none).
+        denoiser: the model to sample with.
+        model: its name, for the message.
+        source: the file, for the message.
+        ignore: go on anyway (the override flag was given).
+        flag: the override flag's name, for the message.
+
+    Returns:
+        ``"match"``, or ``"ignored"`` when ``ignore`` let a mismatch or an unverifiable model
+        through.
+
+    Raises:
+        ValueError: the weights differ, or either side cannot identify them, and not
+            ``ignore``.
+    """
+    have = weights_hash(denoiser)
+    if recorded and have and recorded == have:
+        return "match"
+    if ignore:
+        return "ignored"
+    if recorded and have:
+        raise ValueError(
+            f"model {model!r} has other weights than the ones the λ in {source} were fitted "
+            f"for (hash {have[:12]}… vs {recorded[:12]}…); pass the right --model, or {flag} "
+            "to use them anyway."
+        )
+    which = (
+        "the file records no weights hash"
+        if not recorded
+        else (
+            f"nothing identifies the weights of {model!r} (no tensors reachable from it and no "
+            "factory name)"
+        )
+    )
+    raise ValueError(
+        f"cannot check that {model!r} has the weights the λ in {source} were fitted for: "
+        f"{which}; pass {flag} to use them anyway."
+    )
+
+
+def ensure_writable(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """Check, creating nothing, that folder ``path`` can be written (or made, where it does
+    not exist yet): raise one ``ValueError`` naming ``what`` and ``fix`` otherwise.
+
+    Probes with a temporary file in the nearest existing folder, so a read-only mount, a
+    folder without write permission or a path under a regular file all fail here, before
+    any work is done (a root user may write into a folder without write permission).
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(
+            f"{what} {str(path)!r} cannot be made: {str(probe)!r} is a file, not a folder; {fix}."
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".dode-write-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(
+            f"{what} {str(path)!r} is not writable ({e.strerror or e} in {str(probe)!r}); {fix}."
+        ) from None
+    return path
+
+
+def _check_values(sigmas: Tensor, lambdas: Tensor, where: str = "") -> None:
+    """``ValueError`` naming σ or λ if either holds NaN or ±inf."""
+    for name, t in (("λ", lambdas), ("σ", sigmas)):
+        bad = (~torch.isfinite(t)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"{where}{name}[{bad[0]}] = {t[bad[0]].item()} is not finite ({len(bad)} of "
+                f"{len(t)} values); every {name} must be a finite number. Refit, or fix the file."
+            )
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -199,6 +388,8 @@ class FittedSolver:
     model: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     version: str = __version__
+    #: metadata keys of a newer minor version of the format, kept as they are and written back.
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
@@ -210,6 +401,7 @@ class FittedSolver:
             raise ValueError(
                 f"unknown model family {family!r} in the fitted solver; use 'vp' or 'flow'."
             )
+        _check_values(self.sigmas, self.lambdas)
         solver = self.build_solver()
         nfe = solver.nfe(len(self.sigmas) - 1)
         if len(self.lambdas) != nfe:
@@ -260,13 +452,24 @@ class FittedSolver:
         meta = asdict(self)
         meta.pop("sigmas")
         meta.pop("lambdas")
-        meta["format"] = FORMAT
+        extra = meta.pop("extra")
+        meta = {**extra, **meta}
+        meta["format"] = meta.get("format", FORMAT) if extra else FORMAT
         return meta
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (a partial file is never left behind)."""
+        """Write atomically (a partial file is never left behind). Non-finite σ or λ and a
+        path that cannot be written raise ``ValueError``."""
         from safetensors.torch import save_file
 
+        _check_values(self.sigmas, self.lambdas)
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(
+                f"fitted-solver path {str(path)!r} is a folder; pass a file name such as "
+                f"{str(path / 'solver.safetensors')!r}."
+            )
+        ensure_writable(path.parent, "the fitted-solver file's folder", "pass a writable path")
         tensors = {"sigmas": self.sigmas.contiguous(), "lambdas": self.lambdas.contiguous()}
         meta = {"dode": json.dumps(self.metadata(), sort_keys=True)}
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -276,6 +479,11 @@ class FittedSolver:
         """Load a fitted-solver file; a missing or corrupt file raises ``ValueError``."""
         from safetensors import safe_open
 
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise ValueError(
+                f"FittedSolver.load needs the path of a fitted-solver file, got {path!r}; "
+                "`python -m dode.train` writes one at the end of a fit."
+            )
         path = Path(path)
         if not path.is_file():
             raise ValueError(
@@ -292,10 +500,35 @@ class FittedSolver:
                 f"{str(path)!r} is not a readable fitted-solver file ({e}); re-run the fit or "
                 "copy the file again."
             ) from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        name, _, version = str(fmt).partition("/")
+        if name != _FORMAT_NAME:
             raise ValueError(
                 f"{str(path)!r} is a safetensors file but not a dode fitted solver "
                 f"(expected format {FORMAT!r})."
             )
-        meta.pop("format")
-        return cls(sigmas=sigmas, lambdas=lambdas, **meta)
+        major = version.split(".")[0]
+        if major != str(_FORMAT_MAJOR):
+            raise ValueError(
+                f"{str(path)!r} has fitted-solver format {fmt!r} (written by dode "
+                f"{meta.get('version', '?')}); this dode ({__version__}) reads format version "
+                f"{_FORMAT_MAJOR}. Upgrade dode (pip install -U dode) to read it."
+            )
+        _check_values(sigmas.double(), lambdas.double(), f"{str(path)!r}: ")
+        known = {f.name for f in fields(cls)} - {"sigmas", "lambdas", "extra"}
+        extra = {k: v for k, v in meta.items() if k not in known}
+        if set(extra) - {"format"}:
+            warnings.warn(
+                f"{str(path)!r} (format {fmt}, dode {meta.get('version', '?')}) has metadata "
+                f"this dode ({__version__}) does not know: {', '.join(sorted(set(extra) - {'format'}))}; "
+                "kept as they are but not used.",
+                stacklevel=2,
+            )
+        else:
+            extra = {}
+        if not isinstance(meta.get("solver"), dict):
+            raise ValueError(
+                f"{str(path)!r} records no solver (metadata 'solver' missing); re-run the fit."
+            )
+        kept = {k: v for k, v in meta.items() if k in known}
+        return cls(sigmas=sigmas, lambdas=lambdas, **kept, extra=extra)

@@ -75,5 +75,11 @@ class DODECorrection:
                 "were fitted for another NFE or solver. Refit, or use the grid they came with."
             )
         out = _correct(o, self.prev, self.lambdas[k])
+        if self.check_finite and k > 0 and not torch.isfinite(out).all():
+            raise ValueError(
+                f"the D-ODE correction made non-finite values at call {k} (σ = "
+                f"{float(sigma):.6g}, λ_{k} = {float(self.lambdas[k]):.6g}) from finite model "
+                "outputs; λ is too large or not finite: refit, or check the solver file."
+            )
         self.prev = o
         return out

@@ -374,6 +374,23 @@ def _split_denoiser(denoiser: Denoiser, n: int, batch_size: int | None) -> list[
     return [denoiser] * chunks
 
 
+def _warn_degenerate(solver: Solver, steps: int, num_samples: int) -> None:
+    """Warn where a fit's result says little: one model call (λ_0 = 0 by definition: the
+    D-solver is the base solver) or one sample (λ fitted to a single trajectory)."""
+    if solver.nfe(steps) == 1:
+        warnings.warn(
+            f"{solver.describe()} on {steps} step(s) makes one model call, whose λ_0 is 0 by "
+            "definition (no previous output): the fitted D-solver is the base solver. Use NFE >= 2.",
+            stacklevel=3,
+        )
+    if num_samples == 1:
+        warnings.warn(
+            "fitting λ on one sample: the λ fit that one trajectory and say little about other "
+            "samples; fit on many (the paper uses 1000s; dozens at the least).",
+            stacklevel=3,
+        )
+
+
 def fit_lambdas(
     denoiser: Denoiser,
     solver: Solver | str,
@@ -413,6 +430,7 @@ def fit_lambdas(
     denoiser, solver, s = _prepare(denoiser, solver, noise, sigmas)
     if not isinstance(teacher_factor, int) or teacher_factor < 2:
         raise ValueError(f"teacher_factor must be an integer >= 2, got {teacher_factor!r}.")
+    _warn_degenerate(solver, len(s) - 1, len(noise))
     chunks = list(noise.split(batch_size)) if batch_size else [noise]
     dens = _split_denoiser(denoiser, noise.shape[0], batch_size)
     teachers = [

@@ -46,12 +46,33 @@ def _check_finite_start(sigmas) -> None:
         )
 
 
+def _check_batch(noise: Tensor) -> None:
+    """``ValueError`` for an empty batch (nothing to sample or fit)."""
+    if noise.shape[0] == 0:
+        raise ValueError(
+            f"the noise batch is empty (shape {tuple(noise.shape)}); pass at least one sample, "
+            "noise of shape [B, ...] with B >= 1."
+        )
+
+
+def _check_lambdas(lambdas: Tensor) -> None:
+    """``ValueError`` naming λ if any is NaN or ±inf."""
+    finite = torch.isfinite(lambdas.detach())
+    if not finite.all():
+        k = int((~finite).nonzero()[0])
+        raise ValueError(
+            f"λ[{k}] = {lambdas[k].item()} is not finite; every λ must be a finite number. "
+            "Refit, or check the solver file."
+        )
+
+
 def _prepare(denoiser, solver, noise, sigmas) -> tuple[Denoiser, Solver, Tensor]:
     """The checked denoiser, the solver instance and the checked grid (float64)."""
     denoiser = _check_denoiser(denoiser)
     solver = get_solver(solver)
     denoiser.check_noise(noise)
     _check_finite_start(sigmas)
+    _check_batch(noise)
     s = torch.tensor(solver.check_grid(sigmas), dtype=torch.float64)
     return denoiser, solver, s
 
@@ -90,9 +111,16 @@ def sample(
                 f"need one λ per model call: {solver.describe()} on {len(s) - 1} steps makes "
                 f"{nfe} calls, got λ of shape {tuple(lambdas.shape)}."
             )
+        _check_lambdas(lambdas)
     wrapped = DODECorrection(model_fn(denoiser, solver.consumes), lambdas, check_finite)
     x = noise * s[0].item()
-    return solver(wrapped, x, s, callback)
+    out = solver(wrapped, x, s, callback)
+    if check_finite and not torch.isfinite(out).all():
+        raise ValueError(
+            f"the final state of {solver.describe()} is not finite although every model output "
+            "was; check the σ grid and λ (refit), or integrate in float64."
+        )
+    return out
 
 
 class _SharedFirstCall(Denoiser):

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 import warnings
@@ -509,6 +510,8 @@ def _cell_task(spec: SolverSpec, nfe: int, job: DemoSettings) -> dict:
     row: dict[str, Any] = {"solver": spec.label, "nfe": nfe}
     cell_dir = Path(job.run_dir) / f"{spec.name}-nfe{nfe}"
     t0 = time.perf_counter()
+    if cell_dir.is_dir():  # every demo run refits: the previous run's folder goes
+        shutil.rmtree(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     fitted = _fit(spec, nfe, job, cell_dir)
     row["fit_seconds"] = time.perf_counter() - t0

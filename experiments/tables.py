@@ -218,6 +218,10 @@ def fit_cell(spec: dict, entry: dict, nfe: int, file: Path, run_dir: Path, opts:
         if opts.get("accelerator"):
             trainer["accelerator"] = opts["accelerator"]
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        if not resume and run_dir.is_dir():  # a fit stopped before its first checkpoint
+            import shutil
+
+            shutil.rmtree(run_dir)
         try:
             dode.fit(
                 str(opts["model"]),

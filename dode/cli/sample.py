@@ -19,7 +19,8 @@ with the VAE, batched, once per image: ``samples`` then holds the decoded images
 
 The model defaults to the one recorded in the file (its id: a registered name, hub id or
 folder); pass ``--model`` when it lives elsewhere on this machine. Its weights hash must match
-the file's (``--ignore-model-hash`` overrides).
+the file's (``--ignore_model_hash`` overrides, as in ``python -m dode.evaluate``). ``--out``
+must be new, empty, or hold the ``run.json`` of a run with the same model, solver, grid and λ.
 
 This module holds the implementation; ``dode/sample.py`` only runs :func:`main`, so the
 package attribute ``dode.sample`` stays the sampling function.
@@ -34,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact import FittedSolver, atomic_write, weights_hash
+from ..artifact import FittedSolver, atomic_write, check_model_weights
 from ..conditioning import SeedConditioning, bind_seeds, conditioning_for_solver
+from ..evaluation.store import claim_out_dir
 from ..images import image_grid as _grid
 from ..images import to_uint8_hwc as _uint8
 from ..noise import noise_from_seeds, parse_seeds
@@ -124,9 +126,12 @@ def main(argv: list[str] | None = None) -> Path:
     )
     p.add_argument("--base", action="store_true", help="sample with the base solver (λ = 0)")
     p.add_argument(
+        "--ignore_model_hash",
         "--ignore-model-hash",
+        dest="ignore_model_hash",
         action="store_true",
-        help="sample even if the model's weights differ from the ones the λ were fitted for",
+        help="sample even if the model's weights differ from the ones the λ were fitted for, "
+        "or cannot be identified (the same flag as python -m dode.evaluate's)",
     )
     p.add_argument("--no-png", action="store_true", help="write only samples.npz and grid.png")
     add_conditioning_arguments(p)
@@ -148,6 +153,11 @@ def _run(args) -> Path:
     seeds = parse_seeds(args.seeds)
     if not seeds:
         raise ValueError("--seeds is empty; give seeds such as 0-63.")
+    if len(set(seeds)) != len(seeds):
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ValueError(
+            f"--seeds lists seed {twice[0]} more than once; every sample needs its own seed."
+        )
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1.")
     meta = fs.model or {}
@@ -160,19 +170,41 @@ def _run(args) -> Path:
         dtype=meta.get("dtype"),
         **(meta.get("options") or {}),
     )
-    want = meta.get("weights_hash")
-    if want and not args.ignore_model_hash and weights_hash(den) != want:
+    check_model_weights(
+        meta.get("weights_hash"),
+        den,
+        str(model),
+        source=str(args.solver_file),
+        ignore=args.ignore_model_hash,
+    )
+    dtype_name = args.dtype or meta.get("integration_dtype") or "float32"
+    if dtype_name in ("float16", "bfloat16"):
         raise ValueError(
-            f"model {model!r} has other weights than the ones these λ were fitted for (hash "
-            f"{weights_hash(den)[:12]}… vs {want[:12]}…); pass the right --model, or "
-            "--ignore-model-hash to sample anyway."
+            f"{args.solver_file} asks to integrate in {dtype_name}, too coarse for the ODE "
+            "(samples differ from float32 ones by up to 0.87 on [-1, 1] data); pass --dtype "
+            "float32 (or float64)."
         )
     rule, w, phi = conditioning_for_solver(
         meta, den, prompt=args.prompt, prompts_file=args.prompts_file,
         class_labels=args.class_labels, negative_prompt=args.negative_prompt,
         guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
     )  # fmt: skip
-    dtype = resolve_dtype(args.dtype or meta.get("integration_dtype") or "float32")
+    dtype = resolve_dtype(dtype_name)
+    out = Path(args.out)
+    claim_out_dir(
+        out,
+        model,
+        fs.solver,
+        fs.sigmas,
+        None if args.base else fs.lambdas,
+        den.sample_shape,
+        extra={
+            "tool": "dode.sample",
+            "dtype": str(dtype).removeprefix("torch."),
+            "conditioning": rule.describe() if rule is not None else None,
+            "guidance_scale": w if rule is not None else None,
+        },
+    )
     x = generate(
         fs,
         den,
@@ -185,8 +217,6 @@ def _run(args) -> Path:
         guidance_scale=w,
         guidance_rescale=phi,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     arrays = {
         "samples": x.float().numpy(),
         "seeds": np.asarray(seeds, np.int64),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
 
-from ..artifact import FittedSolver, weights_hash
+from ..artifact import FittedSolver, check_model_weights
 from ..denoisers import Denoiser
 from ..loading import load_denoiser
 from ..noise import parse_seeds
@@ -38,6 +37,9 @@ class EvalConfig:
         solver_file: a fitted-solver file (``python -m dode.train`` writes one); overrides
             solver/schedule/nfe.
         base: with ``solver_file``: sample with its base solver (λ = 0) on the same grid.
+        ignore_model_hash: with ``solver_file``: evaluate even if the model's weights are not
+            the ones the file was fitted on, or cannot be identified (the JSON-lines record
+            says so: ``model_check: ignored``); the same flag as ``python -m dode.sample``'s.
         num_samples: how many samples (seeds ``seed_start`` ... ``seed_start + N − 1``).
         seed_start: the first seed.
         seeds: an explicit seed list such as ``"0-9999"`` (overrides num_samples/seed_start).
@@ -80,6 +82,7 @@ class EvalConfig:
     schedule_options: dict | None = None
     solver_file: str | None = None
     base: bool = False
+    ignore_model_hash: bool = False
     num_samples: int = 50_000
     seed_start: int = 0
     seeds: str | None = None
@@ -166,8 +169,8 @@ def resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
     """What ``cfg`` samples with: ``(denoiser, solver config, σ grid, λ or None, label, model id)``.
 
     A fitted-solver file gives its solver, grid and λ (λ = None with ``cfg.base``) and names its
-    model unless ``cfg.model`` does; a warning says when the model's weights are not the ones
-    the file was fitted on. Otherwise ``cfg.solver`` on a grid built for ``cfg.nfe``.
+    model unless ``cfg.model`` does; a model whose weights are not the ones the file was fitted
+    on (or cannot be identified) is refused unless ``cfg.ignore_model_hash``. Otherwise ``cfg.solver`` on a grid built for ``cfg.nfe``.
     """
     if cfg.solver_file:
         fitted = FittedSolver.load(cfg.solver_file)
@@ -176,13 +179,14 @@ def resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
         if denoiser is None:
             options = {**(meta.get("options") or {}), **(cfg.model_options or {})}
             denoiser = load_model(model, cfg.sigma_to_t, cfg.model_dtype, **options)
-        recorded = meta.get("weights_hash")
-        if recorded and recorded != weights_hash(denoiser):
-            warnings.warn(
-                f"{cfg.solver_file} was fitted on weights with hash {recorded[:12]}…, not those of "
-                f"{model!r}; its λ belong to that other model.",
-                stacklevel=2,
-            )
+        check_model_weights(
+            meta.get("weights_hash"),
+            denoiser,
+            str(model),
+            source=str(cfg.solver_file),
+            ignore=cfg.ignore_model_hash,
+        )
+        fitted.check_model(denoiser)
         lambdas = None if cfg.base else fitted.lambdas
         solver = fitted.build_solver()
         label = ("" if cfg.base else "D-") + solver.describe()

@@ -101,6 +101,8 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
         record["guidance_scale"] = w
         record["guidance_rescale"] = phi
         record["conditioning"] = rule.describe()
+    if cfg.solver_file:  # resolve_solver refused a mismatch unless told to ignore it
+        record["model_check"] = "ignored" if cfg.ignore_model_hash else "match"
     if extractor is not None:
         record.update(score(cfg, extractor, store, seeds))
     if cfg.clip_model is not None:

@@ -63,15 +63,32 @@ class SampleStore:
             z = np.load(self.npz, mmap_mode="r")
             arr = z["arr_0"]
             packed = {int(s): i for i, s in enumerate(z["seeds"])}
-        from ..fid import _read_image
-
+        shape = None
         for i in range(0, len(seeds), batch_size):
             chunk = seeds[i : i + batch_size]
-            imgs = [
-                np.asarray(arr[packed[s]]) if s in packed else _read_image(self.path(s))
-                for s in chunk
-            ]
+            imgs = [np.asarray(arr[packed[s]]) if s in packed else self._read(s) for s in chunk]
+            for s, im in zip(chunk, imgs):
+                shape = im.shape if shape is None else shape
+                if im.shape != shape:
+                    raise ValueError(
+                        f"sample {str(self.path(s))!r} has shape {im.shape}, the others "
+                        f"{shape}: it was not written by this run. Delete it and re-run to "
+                        "regenerate it."
+                    )
             yield torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+
+    def _read(self, seed: int) -> np.ndarray:
+        """The PNG of ``seed`` as uint8 ``[H, W, C]``; ``ValueError`` if it is unreadable."""
+        from ..fid import _read_image
+
+        p = self.path(seed)
+        try:
+            return _read_image(p)
+        except Exception as e:  # noqa: BLE001 - any decoding failure is a bad sample file
+            raise ValueError(
+                f"sample {str(p)!r} is not a readable PNG ({type(e).__name__}: {e}); delete it "
+                "and re-run with the same --out to regenerate it."
+            ) from None
 
     def pack(self, seeds: Sequence[int], batch_size: int = 1024) -> Path:
         """Stream the samples of ``seeds`` into ``samples.npz`` without holding them in memory."""
@@ -97,23 +114,47 @@ class SampleStore:
             shutil.rmtree(self.dir)
 
 
-def claim_out_dir(out: Path, model_id, solver_cfg, sigmas, lambdas, shape) -> None:
-    """Record what the samples in ``out`` are made with; refuse to mix in other samples."""
+def claim_out_dir(
+    out: Path, model_id, solver_cfg, sigmas, lambdas, shape, extra: dict | None = None
+) -> None:
+    """Record what the samples in ``out`` are made with (``run.json``); refuse to mix in
+    other samples: a ``run.json`` of other settings, or a non-empty folder without one (files
+    this run did not write). ``extra``: more settings that must match (e.g. the tool)."""
+    from ..artifact import ensure_writable
+
+    out = Path(out)
     ident = {
         "model": str(model_id),
         "solver": solver_cfg,
         "sigmas": [float(s) for s in sigmas],
         "lambdas": None if lambdas is None else [float(v) for v in lambdas],
         "sample_shape": list(shape or ()),
+        **(extra or {}),
     }
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder; pass a folder.")
     path = out / "run.json"
     if path.is_file():
-        old = json.loads(path.read_text())
-        if old != ident:
-            diff = sorted(k for k in ident if old.get(k) != ident[k])
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"{str(path)!r} is not a readable run record ({e}); use another --out, or "
+                "delete the folder to start over."
+            ) from None
+        if not isinstance(old, dict) or old != ident:
+            old = old if isinstance(old, dict) else {}
+            diff = sorted(k for k in set(ident) | set(old) if old.get(k) != ident.get(k))
             raise ValueError(
                 f"{str(out)!r} already holds samples made with a different {', '.join(diff)}; "
                 "resume only with the same settings, or use another --out (or delete it)."
             )
+        ensure_writable(out, "--out", "pass a folder you can write to")
         return
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(
+            f"--out {str(out)!r} is not empty and holds no run record (run.json) of these "
+            "samples: its files were not written by this run. Pass an empty or new folder."
+        )
+    ensure_writable(out, "--out", "pass a folder you can write to")
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(ident, indent=1) + "\n"))

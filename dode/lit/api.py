@@ -15,8 +15,11 @@ file (rank 0), finish the W&B run, return the :class:`~dode.artifact.FittedSolve
 
 from __future__ import annotations
 
+import csv
 import os
 import re
+import socket
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,10 +27,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..artifact import FittedSolver
+from ..artifact import FittedSolver, ensure_writable
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
 from .module import DODEModule, FitMode
@@ -78,11 +83,33 @@ class WandbIdCallback(Callback):
                     (self.run_dir / "wandb_id.txt").write_text(str(lg.version))
 
 
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing ``metrics.csv`` is kept and appended to (its
+    header read first), so a resumed fit keeps the history of the epochs before the resume."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(next(csv.reader(f), []))
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` survives a resume (rows are appended)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def _loggers(
     run_dir: Path, wandb_mode: WandbMode, wandb_project: str, name: str | None, resume: bool
 ) -> list:
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="")]
     if wandb_mode != "disabled":
         id_file = run_dir / "wandb_id.txt"
         run_id = None
@@ -172,6 +199,176 @@ def _chosen_scale_and_metrics(trainer: pl.Trainer) -> tuple[float, dict[str, flo
     return scale, metrics
 
 
+LOCK_NAME = ".fit.lock"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _holds_run(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` shows that a fit ran there (its checkpoint, metrics, solver file)."""
+    names = ("checkpoints/last.ckpt", "metrics.csv", "solver.safetensors")
+    return [n for n in names if (run_dir / n).exists()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _acquire_lock(run_dir: Path) -> Path:
+    """Take ``run_dir/.fit.lock`` (pid and host); refuse a live lock of another process.
+
+    A lock of a process that is gone (same host) is taken over; one of another host cannot be
+    checked and is refused (the message says which file to delete)."""
+    lock = run_dir / LOCK_NAME
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid_s, _, host = lock.read_text().strip().partition(" ")
+                pid = int(pid_s)
+            except (OSError, ValueError):
+                pid, host = -1, ""
+            here = host == socket.gethostname()
+            if pid in (os.getpid(), os.getppid()) and here:
+                return lock
+            if here and pid > 0 and _pid_alive(pid):
+                raise ValueError(
+                    f"run folder {str(run_dir)!r} is in use by another fit (pid {pid}; lock "
+                    f"{str(lock)!r}); wait for it to finish, or pass another run folder."
+                ) from None
+            if not here and host:
+                raise ValueError(
+                    f"run folder {str(run_dir)!r} is locked by a fit on host {host!r} (pid "
+                    f"{pid}); wait for it, or delete {str(lock)!r} if that fit is gone."
+                ) from None
+            print(f"dode: taking over the stale lock {str(lock)!r} (pid {pid} is gone).",
+                  file=sys.stderr)  # fmt: skip
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return lock
+    raise ValueError(f"could not take the lock {str(lock)!r}; try again.")
+
+
+def _release_lock(lock: Path | None) -> None:
+    if lock is None:
+        return
+    try:
+        if lock.read_text().split(" ")[0] == str(os.getpid()):
+            lock.unlink()
+    except OSError:
+        pass
+
+
+def _resolve_checkpoint(module: DODEModule, run_dir: Path, ckpt_path: str | None) -> str | None:
+    """The checkpoint to resume from, checked before anything in the run folder is touched.
+
+    ``"last"``: ``run_dir/checkpoints/last.ckpt``; when there is none and the folder holds no
+    run, the fit starts fresh with a one-line notice (``ckpt_path="last"`` is safe for a job
+    that may or may not have run before). A missing, unreadable (truncated, empty, random) or
+    foreign checkpoint, or one of another problem, raises ``ValueError``.
+    """
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            held = _holds_run(run_dir)
+            if held:
+                raise ValueError(
+                    f"nothing to resume: run folder {str(run_dir)!r} holds {', '.join(held)} "
+                    "but no checkpoints/last.ckpt; delete the folder to start over, or pass "
+                    "another run folder."
+                )
+            print(
+                f"dode: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from; "
+                "starting a fresh fit.",
+                file=sys.stderr,
+            )
+            return None
+    else:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise ValueError(
+                f"checkpoint {ckpt_path!r} does not exist; pass 'last' (the run folder's last "
+                "checkpoint) or the path of a .ckpt file."
+            )
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is a damaged file
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {_one_line(e)}): it "
+            "is truncated, empty or not a checkpoint. Delete it (and the run folder) to start "
+            "over, or resume from another checkpoint."
+        ) from None
+    meta = ckpt.get("dode") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "state_dict" not in ckpt:
+        raise ValueError(
+            f"{str(path)!r} is not a dode checkpoint (no 'dode' entry); start a new fit."
+        )
+    if meta.get("problem_key") != module.problem_key() or meta.get("fit_mode") != module.fit_mode:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written for another problem (model, solver, grid, "
+            "teacher or fit mode differ); resume with the same config, or start a new run folder."
+        )
+    return str(path)
+
+
+def _prepare_run(
+    module: DODEModule, run_dir: Path, solver_file: Path, ckpt_path: str | None
+) -> tuple[str | None, Path | None]:
+    """Every check of the run folder, before anything in it is touched: the folders can be
+    written, the lock is ours (rank 0), the checkpoint resumes this problem, and a fresh fit
+    does not go into a folder holding another run. Returns the checkpoint path and the lock."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if solver_file.is_dir():
+        raise ValueError(
+            f"solver_file {str(solver_file)!r} is a folder; pass a file name such as "
+            f"{str(solver_file / 'solver.safetensors')!r}."
+        )
+    ensure_writable(run_dir, "run folder", "pass a run folder you can write to")
+    ensure_writable(
+        solver_file.parent,
+        "the fitted-solver file's folder",
+        "pass a solver_file in a folder you can write to",
+    )
+    rank = getattr(rank_zero_only, "rank", 0) or 0
+    created = not run_dir.exists()
+    lock = None
+    try:
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = _acquire_lock(run_dir)
+        ckpt = _resolve_checkpoint(module, run_dir, ckpt_path)
+        held = _holds_run(run_dir)
+        if ckpt is None and held and rank == 0:
+            raise ValueError(
+                f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); resume "
+                "it with ckpt_path last (--ckpt_path last), pass another run folder, or delete "
+                "it to start over."
+            )
+    except BaseException:
+        _release_lock(lock)
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+    return ckpt, lock
+
+
 def run_fit(
     module: DODEModule,
     datamodule: NoiseDataModule,
@@ -184,10 +381,28 @@ def run_fit(
 
     The code path of both :func:`fit` and ``python -m dode.train`` once their objects exist.
     Raises ``ValueError`` on bad input and ``RuntimeError`` if the fit was interrupted (nothing
-    is written then).
+    is written then). The run folder is checked before anything in it is touched (see
+    :func:`_prepare_run`) and locked for the fit (``.fit.lock``: two fits never share one).
     """
     # Check the conditioning against the model before anything starts (one clear error).
     module.use_conditioning(datamodule.conditioning)
+    ckpt_path, lock = _prepare_run(
+        module, Path(trainer.default_root_dir), Path(solver_file), ckpt_path
+    )
+    try:
+        return _run_fit(module, datamodule, trainer, solver_file=solver_file, ckpt_path=ckpt_path)
+    finally:
+        _release_lock(lock)
+
+
+def _run_fit(
+    module: DODEModule,
+    datamodule: NoiseDataModule,
+    trainer: pl.Trainer,
+    *,
+    solver_file: str | os.PathLike,
+    ckpt_path: str | None,
+) -> FitResult:
     t_wandb = time.perf_counter()
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger):

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,17 +124,52 @@ def rank_batches(
     return split_even(mine, num)
 
 
+def _notice(msg: str) -> None:
+    """One line on stderr, on whichever rank it concerns."""
+    print(f"dode: {msg}", file=sys.stderr, flush=True)
+
+
+def _checksum(seeds: Tensor, states: Tensor) -> str:
+    """sha256 of a cache entry: seeds and states (dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for t in (seeds, states):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 class TeacherCache:
     """Teacher states per seed on disk: one safetensors file per computed chunk.
 
     Directory: ``root/<problem key>/``, with ``problem.json`` (what the key stands for) and
-    files holding ``seeds`` [n] and ``states`` [n, M, ...]. Any file with a seed is used, so
-    the cache works across batch sizes and world sizes. ``root=None`` keeps nothing.
+    files holding ``seeds`` [n] and ``states`` [n, M, ...] and, in their metadata, the sha256
+    of both. Any file with a seed is used, so the cache works across batch sizes and world
+    sizes. ``root=None`` keeps nothing.
+
+    Entries are verified when read: a file whose checksum does not match (overwritten bytes),
+    that has none (written before checksums) or whose states are not finite is not used: a
+    one-line notice names it, it is deleted and its states are recomputed (a cache only costs
+    time). A cache folder that cannot be written turns the cache off for the run, with a
+    notice; so does a model whose weights nothing identifies (the problem's
+    ``model.weights_hash`` is ``None``), since two such models would share entries.
     """
 
     def __init__(self, root: str | os.PathLike | None, problem: dict) -> None:
         self.problem = problem
         self.key = problem_digest(problem)[:24]
+        model = problem.get("model") if isinstance(problem, dict) else None
+        if (
+            root is not None
+            and isinstance(model, dict)
+            and "weights_hash" in model
+            and model["weights_hash"] is None
+        ):
+            _notice(
+                f"nothing identifies the weights of model {model.get('id')!r} (no tensors "
+                "reachable from it, no factory name), so its teacher states are not cached."
+            )
+            root = None
         self.dir = Path(root) / self.key if root is not None else None
         self.index: dict[int, tuple[Path, int]] = {}
         if self.dir is not None and self.dir.is_dir():
@@ -151,10 +187,37 @@ class TeacherCache:
             for row, s in enumerate(seeds):
                 self.index.setdefault(int(s), (f, row))
 
-    def get(self, seeds: Sequence[int]) -> dict[int, Tensor]:
-        """The cached states of those seeds that have them."""
-        from safetensors.torch import load_file
+    def _load(self, f: Path) -> Tensor | None:
+        """The states of cache file ``f`` if it verifies, else ``None`` (after a notice; the
+        file is deleted and its seeds dropped from the index)."""
+        from safetensors import safe_open
 
+        problem = None
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                want = (h.metadata() or {}).get("sha256")
+                seeds, states = h.get_tensor("seeds"), h.get_tensor("states")
+            if not want:
+                problem = "it has no checksum (written by an older dode)"
+            elif _checksum(seeds, states) != want:
+                problem = "its checksum does not match (the file was changed or damaged)"
+            elif states.is_floating_point() and not torch.isfinite(states).all():
+                problem = "its states hold NaN or inf"
+        except Exception as e:  # noqa: BLE001 - any read failure is a damaged file
+            problem = f"it cannot be read ({e})"
+        if problem is None:
+            return states
+        _notice(f"teacher cache file {str(f)!r} is not used: {problem}; recomputing its states.")
+        for s in [s for s, (g, _) in self.index.items() if g == f]:
+            del self.index[s]
+        try:
+            f.unlink()
+        except OSError:
+            pass
+        return None
+
+    def get(self, seeds: Sequence[int]) -> dict[int, Tensor]:
+        """The cached states of those seeds that have them (verified; see the class)."""
         by_file: dict[Path, list[tuple[int, int]]] = {}
         for s in seeds:
             if s in self.index:
@@ -162,28 +225,43 @@ class TeacherCache:
                 by_file.setdefault(f, []).append((s, row))
         out: dict[int, Tensor] = {}
         for f, items in by_file.items():
-            states = load_file(str(f))["states"]
+            states = self._load(f)
+            if states is None:
+                continue
             for s, row in items:
                 out[s] = states[row]
         return out
 
     def put(self, seeds: Sequence[int], states: Tensor) -> None:
-        """Store states ``[len(seeds), M, ...]`` (atomic write)."""
+        """Store states ``[len(seeds), M, ...]`` (atomic write, with their checksum); states
+        that are not finite are not stored."""
         if self.dir is None or not len(seeds):
+            return
+        if states.is_floating_point() and not torch.isfinite(states).all():
             return
         from safetensors.torch import save_file
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta_path = self.dir / "problem.json"
-        if not meta_path.exists():
-            text = json.dumps(self.problem, indent=1, sort_keys=True)
-            atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
         path = self.dir / f"{problem_digest(list(map(int, seeds)))[:20]}.safetensors"
         tensors = {
             "seeds": torch.tensor(list(seeds), dtype=torch.long),
             "states": states.detach().cpu().contiguous(),
         }
-        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        meta = {"sha256": _checksum(tensors["seeds"], tensors["states"])}
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            meta_path = self.dir / "problem.json"
+            if not meta_path.exists():
+                text = json.dumps(self.problem, indent=1, sort_keys=True)
+                atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        except OSError as e:
+            _notice(
+                f"teacher cache folder {str(self.dir)!r} cannot be written ({e.strerror or e}); "
+                "teacher states are not cached this run. Set data.cache_dir to a writable "
+                "folder (or null)."
+            )
+            self.dir = None
+            return
         for row, s in enumerate(seeds):
             self.index.setdefault(int(s), (path, row))
 

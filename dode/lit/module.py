@@ -128,6 +128,11 @@ class DODEModule(pl.LightningModule):
             raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(_FIT_MODES)}.")
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")
+        if nfe == 1:
+            raise ValueError(
+                "nfe 1 leaves nothing to fit: the one model call's λ_0 is 0 by definition (no "
+                "previous output), so the D-solver would be the base solver; use nfe >= 2."
+            )
         if not isinstance(teacher_factor, int) or teacher_factor < 2:
             raise ValueError(
                 f"teacher_factor must be an integer >= 2 (the paper uses 10), got {teacher_factor!r}."

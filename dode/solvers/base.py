@@ -117,7 +117,19 @@ class Solver:
         s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
         if s.numel() < 2:
             raise ValueError("the σ grid needs at least two points (σ_max, ..., 0).")
-        if not torch.isfinite(s).all() or (s[:-1] <= 0).any() or s[-1] < 0:
+        if not torch.isfinite(s).all():
+            i = int((~torch.isfinite(s)).nonzero()[0])
+            raise ValueError(
+                f"σ[{i}] = {s[i].item()} is not finite; every σ of the grid must be a finite "
+                "number (start at the model's largest finite σ)."
+            )
+        if s[0] < s[-1] and (s[1:] >= s[:-1]).all():
+            raise ValueError(
+                f"the σ grid is reversed: it ascends from σ[0] = {s[0].item():.6g} to σ[-1] = "
+                f"{s[-1].item():.6g}, but dode grids run from σ_max down to 0; reverse it "
+                "(sigmas.flip(0))."
+            )
+        if (s[:-1] <= 0).any() or s[-1] < 0:
             raise ValueError("the σ grid must be finite, positive, and end with σ >= 0.")
         if not (s[1:] < s[:-1]).all():
             i = int((s[1:] >= s[:-1]).nonzero()[0])
