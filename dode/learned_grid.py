@@ -602,7 +602,7 @@ def learned_schedule(
 ) -> tuple[Tensor, dict[str, Any]]:
     """The config hook: ``--model.schedule learned_dp|learned_sgd`` with its settings in
     ``--model.schedule_options`` (``seeds``, default ``"0-99"``, plus the keyword options of
-    :func:`dp_grid` or :func:`sgd_grid`). Returns the grid and the record for the file's
+    :func:`learned_dp` (those of :func:`dp_grid` and the refinement's) or :func:`sgd_grid`). Returns the grid and the record for the file's
     ``metrics["grid"]``; the module then fits λ on that grid as on any other."""
     from .noise import noise_from_seeds, parse_seeds
 
@@ -617,7 +617,9 @@ def learned_schedule(
     noise = noise_from_seeds(seeds, denoiser.sample_shape).to(dtype)
     try:
         if schedule == "learned_dp":
-            grid, record = dp_grid(denoiser, num_steps, noise, **opts)
+            fs = learned_dp(denoiser, solver, solver.nfe(num_steps), noise, **opts)
+            grid, record = fs.sigmas, fs.metrics["grid"]
+            record["lambdas"] = fs.lambdas.tolist()
         else:
             grid, lam, record = sgd_grid(denoiser, solver, num_steps, noise, **opts)
             record["lambdas"] = lam.tolist()
