@@ -9,6 +9,10 @@ the usual candidates for a model:
   ``trailing``, ``linspace``; DDIM's ``quadratic`` skip (DDPM models only);
 * Karras ρ = 7 with σ_max ∈ {80, the model's max} and σ_min ∈ {the model's min, 0.002};
 * uniform in log-SNR over the same ranges;
+* flow models (σ_max = ∞, :class:`~dode.denoisers.FlowDenoiser`): shifted-uniform flow grids,
+  uniform in flow time t and shifted as SD3/FLUX shift (:func:`dode.schedules.flow_sigmas`,
+  shifts :data:`FLOW_SHIFTS`), all starting at the same finite σ (:data:`FLOW_SIGMA_MAX`, the
+  t = 1 − 1/1000 of diffusers' multistep flow schedulers) and ending in a step to 0;
 * every one of those also as a *jump* variant: the first N points of the family's N + 1-step
   grid, so the last step goes straight to 0 from a larger σ (no model call is spent at σ_min).
 
@@ -27,22 +31,56 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .schedules import explicit, karras, log_uniform, quadratic, time_uniform
+from .schedules import explicit, flow_sigmas, karras, log_uniform, quadratic, time_uniform
 from .solvers import Solver, get_solver
 
 __all__ = [
+    "FLOW_SHIFTS",
+    "FLOW_SIGMA_MAX",
     "GridSpec",
     "GridChoice",
     "standard_grids",
     "reference_solution",
     "select_grid",
+    "model_sigma_range",
+    "flow_grid",
 ]
+
+FLOW_SIGMA_MAX = 999.0
+"""Where grids of a flow model (σ_max = ∞) start: σ at flow time t = 1 − 1/1000."""
+FLOW_SHIFTS = (0.5, 1.0, 3.0, 6.0)
+"""The time shifts of the standard flow grids (SD3 uses 3; FLUX's μ = 0.5–1.15 is 1.6–3.2)."""
+
+
+def model_sigma_range(denoiser) -> tuple[float, float]:
+    """The finite σ range a grid of ``denoiser`` spans: ``(max(σ_min, 1e-6), σ_max)``, with
+    σ_max = :data:`FLOW_SIGMA_MAX` for a flow model (whose σ_max is ∞)."""
+    lo, hi = float(denoiser.sigma_min), float(denoiser.sigma_max)
+    return max(lo, 1e-6), (hi if math.isfinite(hi) else FLOW_SIGMA_MAX)
+
+
+def flow_grid(num_steps: int, shift: float = 1.0, sigma_max: float = FLOW_SIGMA_MAX) -> Tensor:
+    """A shifted-uniform flow grid that starts at ``sigma_max``: unshifted flow times
+    ``u_0 · k / N`` (k = N … 1, as diffusers' ``use_flow_sigmas`` multistep schedulers space
+    them) with ``u_0`` chosen so that the shifted first point is ``sigma_max``, shifted by
+    ``shift`` (:func:`dode.schedules.flow_sigmas`), then 0.
+    """
+    if not (math.isfinite(sigma_max) and sigma_max > 0):
+        raise ValueError(f"sigma_max must be finite and > 0, got {sigma_max}.")
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be finite and > 0, got {shift}.")
+    s0 = sigma_max / shift  # σ' = shift · σ
+    u0 = s0 / (1 + s0)
+    times = u0 * torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
+    return flow_sigmas(times=times, shift=shift)
+
 
 _BUILDERS: dict[str, Callable[..., Tensor]] = {
     "karras": karras,
     "log_uniform": log_uniform,
     "time_uniform": time_uniform,
     "quadratic": quadratic,
+    "flow": flow_grid,
 }
 
 
@@ -51,7 +89,8 @@ class GridSpec:
     """One member of the grid family: a named schedule with its options.
 
     Args:
-        schedule: ``karras``, ``log_uniform``, ``time_uniform``, ``quadratic`` or ``explicit``
+        schedule: ``karras``, ``log_uniform``, ``time_uniform``, ``quadratic``, ``flow``
+            (:func:`flow_grid`) or ``explicit``
             (``options={"sigmas": [...]}``, a fixed number of steps).
         options: the schedule's keyword options (σ range, ρ, spacing, ᾱ table, ...).
         jump: build the ``N + 1``-step grid and drop its smallest non-zero σ, so the last step
@@ -97,14 +136,21 @@ def standard_grids(denoiser, *, jump: bool = True) -> list[GridSpec]:
     """The standard grid family for ``denoiser`` (see the module docstring).
 
     Args:
-        denoiser: the model; its ``sigma_min``/``sigma_max`` set the σ ranges, and its
-            ``alphas_cumprod`` (diffusers DDPM models) enables the time-uniform and quadratic
-            grids.
+        denoiser: the model; its ``sigma_min``/``sigma_max`` set the σ ranges
+            (:func:`model_sigma_range`), its ``alphas_cumprod`` (diffusers DDPM models) enables
+            the time-uniform and quadratic grids, and an infinite ``sigma_max`` (a flow model)
+            the shifted-uniform flow grids.
         jump: also list the variants that end in a direct step to 0 from a larger σ.
     """
-    lo_model, hi_model = float(denoiser.sigma_min), float(denoiser.sigma_max)
-    lo_model = max(lo_model, 1e-6)
+    lo_model, hi_model = model_sigma_range(denoiser)
     specs: list[GridSpec] = []
+    if not math.isfinite(float(denoiser.sigma_max)):
+        for shift in FLOW_SHIFTS:
+            specs.append(
+                GridSpec(
+                    "flow", {"shift": shift, "sigma_max": hi_model}, False, f"flow(shift={shift:g})"
+                )
+            )
     table = getattr(denoiser, "alphas_cumprod", None)
     if table is not None:
         table = table.detach().cpu().to(torch.float64)
@@ -149,7 +195,8 @@ def reference_solution(
     """A converged solution of the probability-flow ODE from ``noise``.
 
     Default: DPM-Solver++(3M) with 40 model calls on a Karras grid (ρ = 7) over the model's
-    whole σ range, so it starts where the model's ODE starts (``σ_max`` of the model).
+    whole σ range, so it starts where the model's ODE starts (``σ_max`` of the model;
+    :data:`FLOW_SIGMA_MAX` for a flow model, see :func:`model_sigma_range`).
     """
     from . import sample_many
 
@@ -158,11 +205,7 @@ def reference_solution(
         opts.setdefault("order", 3)
     solver = get_solver(solver, **opts) if isinstance(solver, str) else solver
     if sigmas is None:
-        sigmas = karras(
-            solver.steps_for_nfe(nfe),
-            max(float(denoiser.sigma_min), 1e-6),
-            float(denoiser.sigma_max),
-        )
+        sigmas = karras(solver.steps_for_nfe(nfe), *model_sigma_range(denoiser))
     (x,) = sample_many(denoiser, solver, noise, sigmas, [None], batch_size=batch_size)
     return x
 

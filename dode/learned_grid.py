@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .artifact import FittedSolver
 from .denoisers import Denoiser
-from .grids import reference_solution, standard_grids
+from .grids import model_sigma_range, reference_solution, standard_grids
 from .schedules import explicit, karras
 from .solvers import Solver, get_solver
 
@@ -188,7 +188,7 @@ def step_costs(xs: Tensor, ds: Tensor, fine: Tensor, weight: str = "vp") -> Tens
 
 
 def _model_range(denoiser: Denoiser) -> tuple[float, float]:
-    return max(float(denoiser.sigma_min), 1e-6), float(denoiser.sigma_max)
+    return model_sigma_range(denoiser)
 
 
 def dp_grid(
@@ -196,7 +196,7 @@ def dp_grid(
     num_steps: int,
     noise: Tensor,
     *,
-    fine_steps: int = 100,
+    fine_steps: int = 40,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     rho: float = 7.0,
@@ -247,6 +247,8 @@ def dp_grid(
         "dp_cost": total,
         "seconds": time.perf_counter() - t0,
     }
+    if return_states == "all":
+        return grid, record, {float(fine[i]): xs[i] for i in path[1:]}, fine, xs
     if return_states:
         return grid, record, {float(fine[i]): xs[i] for i in path[1:]}
     return grid, record
@@ -303,7 +305,9 @@ def _pick_init(denoiser, solver, num_steps, noise, reference, init) -> tuple[Ten
     if init == "karras":
         lo, hi = _model_range(denoiser)
         return karras(num_steps, lo, hi), "karras"
-    raise ValueError(f"unknown init {init!r}; use 'best_standard', 'karras' or an explicit σ list.")
+    raise ValueError(
+        f"unknown init {init!r}; use 'dp', 'best_standard', 'karras' or an explicit σ list."
+    )
 
 
 def sgd_grid(
@@ -313,12 +317,13 @@ def sgd_grid(
     noise: Tensor,
     *,
     reference: Tensor | None = None,
-    init: str | Tensor | Sequence[float] = "best_standard",
+    init: str | Tensor | Sequence[float] = "dp",
     init_lambdas: str | Tensor | None = "fit",
-    steps: int = 60,
+    steps: int = 4,
     lr: float = 0.05,
     lr_lambdas: float = 0.02,
     teacher_factor: int = 10,
+    dp_options: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Fit the grid and λ jointly by Adam on the final-sample MSE to ``reference``.
 
@@ -327,13 +332,17 @@ def sgd_grid(
         solver: the solver.
         num_steps: N (grid intervals).
         noise: standard-normal fit noise ``[B, ...]`` (~100 seeds).
-        reference: the converged solution on ``noise`` (default: :func:`reference_solution`).
-        init: the starting grid: ``best_standard`` (the best of :func:`standard_grids` on the
-            fit noise by the same MSE), ``karras`` or an explicit σ list.
-        init_lambdas: ``fit`` (closed form on the starting grid), ``None`` (zeros) or a tensor.
+        reference: the converged solution on ``noise`` (default: :func:`reference_solution`;
+            with ``init="dp"``, the DP's fine teacher, which is that same solution).
+        init: the starting grid: ``dp`` (warm start: :func:`learned_dp`'s grid and λ, the
+            cheapest), ``best_standard`` (the best of :func:`standard_grids` on the fit noise by
+            the same MSE), ``karras`` or an explicit σ list.
+        init_lambdas: ``fit`` (closed form on the starting grid; with ``init="dp"`` the DP's
+            λ), ``None`` (zeros) or a tensor.
         steps: Adam iterations (full batch); the best iterate is kept.
         lr, lr_lambdas: Adam learning rates of the logits and of λ.
         teacher_factor: C of the closed-form λ fit that starts λ.
+        dp_options: options of :func:`learned_dp` for ``init="dp"``.
 
     Returns:
         ``(sigmas, lambdas, record)``.
@@ -342,15 +351,31 @@ def sgd_grid(
 
     solver = get_solver(solver)
     t0 = time.perf_counter()
-    if reference is None:
-        reference = reference_solution(denoiser, noise)
-    t_ref = time.perf_counter() - t0
-    init_grid, init_label = _pick_init(denoiser, solver, num_steps, noise, reference, init)
+    k = solver.nfe(num_steps)
+    dp_lam, dp_record = None, None
+    if isinstance(init, str) and init == "dp":
+        fdp, teacher = learned_dp(
+            denoiser, solver, k, noise, teacher_factor=teacher_factor, _with_teacher=True,
+            **(dp_options or {}),
+        )  # fmt: skip
+        init_grid, init_label, dp_lam = fdp.sigmas, "dp", fdp.lambdas
+        dp_record = fdp.metrics["grid"]
+        if reference is None:
+            reference = teacher
+        t_ref = 0.0
+    else:
+        if dp_options:
+            raise ValueError("dp_options apply only to init='dp'.")
+        if reference is None:
+            reference = reference_solution(denoiser, noise)
+        t_ref = time.perf_counter() - t0
+        init_grid, init_label = _pick_init(denoiser, solver, num_steps, noise, reference, init)
     if len(init_grid) - 1 != num_steps:
         raise ValueError(f"the initial grid has {len(init_grid) - 1} steps, need {num_steps}.")
     solver.check_grid(init_grid)
-    k = solver.nfe(num_steps)
-    if isinstance(init_lambdas, Tensor):
+    if init_lambdas == "fit" and dp_lam is not None:
+        lam0 = dp_lam.to(torch.float64).clone()
+    elif isinstance(init_lambdas, Tensor):
         lam0 = init_lambdas.to(torch.float64).clone()
     elif init_lambdas == "fit":
         lam0 = fit_lambdas(denoiser, solver, noise, init_grid, teacher_factor, space="log")
@@ -374,7 +399,7 @@ def sgd_grid(
         return ((x.to(torch.float64) - ref) ** 2).mean(), s
 
     losses: list[float] = []
-    if num_steps == 1:  # nothing to learn in the grid
+    if num_steps == 1 or steps == 0:  # nothing to learn in the grid / no iterations asked
         with torch.no_grad():
             return init_grid, lam0, {"method": "learned_sgd", "init": init_label, "losses": []}
     logits = torch.nn.Parameter(logits_from_grid(init_grid, floor))
@@ -416,6 +441,8 @@ def sgd_grid(
         "reference_seconds": t_ref,
         "seconds": time.perf_counter() - t0,
     }
+    if dp_record is not None:
+        record["dp"] = dp_record
     return grid, best[2], record
 
 
@@ -431,6 +458,38 @@ def _fitted(solver, grid, lam, record, denoiser) -> FittedSolver:
     )
 
 
+def _refine_path(
+    evaluate, path: list[int], m: int, max_evals: int, free_start: bool
+) -> tuple[list[int], float, int]:
+    """Coordinate descent on the node indices of ``path`` (its last node ``m`` fixed): move one
+    node by ±1 fine point at a time while ``evaluate(path)`` decreases, at most ``max_evals``
+    evaluations (the start counts). Returns the best path, its value and the evaluations made."""
+    seen: dict[tuple[int, ...], float] = {}
+
+    def value(p: list[int]) -> float:
+        key = tuple(p)
+        if key not in seen:
+            seen[key] = evaluate(p)
+        return seen[key]
+
+    best = value(path)
+    improved = True
+    while improved and len(seen) < max_evals:
+        improved = False
+        for pos in range(0 if free_start else 1, len(path) - 1):
+            for d in (-1, 1):
+                cand = list(path)
+                cand[pos] += d
+                if cand[0] < 0 or any(a >= b for a, b in zip(cand[:-1], cand[1:])):
+                    continue
+                if tuple(cand) not in seen and len(seen) >= max_evals:
+                    break
+                v = value(cand)
+                if v < best:
+                    best, path, improved = v, cand, True
+    return path, best, len(seen)
+
+
 def learned_dp(
     denoiser: Denoiser,
     solver: Solver | str,
@@ -439,32 +498,85 @@ def learned_dp(
     *,
     teacher_factor: int = 10,
     fit: bool = True,
+    refine_budget: float = 1.0,
+    refine_seeds: int | None = 50,
+    _with_teacher: bool = False,
     **options: Any,
 ) -> FittedSolver:
     """The DP-searched grid (:func:`dp_grid`, ``options`` are its settings) with λ fitted on it
-    in closed form (``fit=False``: λ = 0, the base solver on the learned grid). The λ targets
-    are the DP's own fine teacher states at the grid's σ (no second teacher run), or, for
-    solvers with stage points off the grid, :func:`dode.fit_lambdas`'s teacher."""
-    from . import LambdaFit, fit_lambdas
+    in closed form (``fit=False``: λ = 0, the base solver on the learned grid).
+
+    The DP's cost is a first-order (Euler) step; the student is usually of higher order. So the
+    DP's grid is then refined *with the student solver itself*: coordinate descent over the fine
+    grid's points (one node ±1 fine point at a time) on the MSE of the student's final sample
+    (with λ fitted on each candidate grid when ``fit``) to the teacher's, on the first
+    ``refine_seeds`` fit seeds. Every evaluation reuses the DP's fine teacher states (no new
+    teacher run), and the refinement stops after ``refine_budget`` × the fine teacher's model
+    calls (counted in calls on the full batch; 0 turns it off).
+
+    The λ targets are the DP's own fine teacher states at the grid's σ (no second teacher run),
+    or, for solvers with stage points off the grid, :func:`dode.fit_lambdas`'s teacher (those
+    solvers are refined without λ: only the final state is known at σ = 0)."""
+    from . import LambdaFit, fit_lambdas, sample
 
     solver = get_solver(solver)
     steps = solver.steps_for_nfe(nfe)
+    if not (math.isfinite(refine_budget) and refine_budget >= 0):
+        raise ValueError(f"refine_budget must be a number >= 0, got {refine_budget!r}.")
     t0 = time.perf_counter()
-    grid, record, states = dp_grid(denoiser, steps, noise, return_states=True, **options)
+    grid, record, states, fine, xs = dp_grid(denoiser, steps, noise, return_states="all", **options)
     solver.check_grid(grid)
-    if fit and not len(solver.stage_sigmas(grid)):
+    staged = bool(len(solver.stage_sigmas(grid)))
+    k = solver.nfe(steps)
+    b = int(noise.shape[0])
+    nb = b if refine_seeds is None else max(1, min(int(refine_seeds), b))
+    with_lam = fit and not staged
+    # model calls (full batch) per evaluation: the λ fit replays two branches (2k), sampling k
+    per_eval = (3 if with_lam else 1) * k * nb / b
+    max_evals = int(refine_budget * (len(fine) - 1) / per_eval)
+    if max_evals >= 2 and steps >= 1:
+        sub, target = noise[:nb], xs[-1][:nb].to(torch.float64)
+        sub_states = [{float(f): x[:nb] for f, x in zip(fine, xs)}]
+
+        def evaluate(path: list[int]) -> float:
+            g = fine[path].clone()
+            try:
+                solver.check_grid(g)
+                lam = LambdaFit(denoiser, solver, g, [sub], sub_states).run() if with_lam else None
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    x = sample(denoiser, solver, sub, g, lam)
+            except ValueError:
+                return math.inf
+            v = float(((x.to(torch.float64) - target) ** 2).mean())
+            return v if math.isfinite(v) else math.inf
+
+        path, value, evals = _refine_path(
+            evaluate, list(record["indices"]), len(fine) - 1, max_evals,
+            record["free_start"],
+        )  # fmt: skip
+        record["refine"] = {
+            "indices_dp": record["indices"], "evaluations": evals, "budget": refine_budget,
+            "seeds": nb, "objective": "final MSE" + (" with λ" if with_lam else ""),
+            "value": value,
+        }  # fmt: skip
+        record["indices"] = path
+        grid = fine[path].clone()
+        states = {float(fine[i]): xs[i] for i in path[1:]}
+    if fit and not staged:
         # the fine teacher already holds a state at every σ the student visits
-        fitter = LambdaFit(denoiser, solver, grid, [noise], [states])
-        lam = fitter.run()
+        lam = LambdaFit(denoiser, solver, grid, [noise], [states]).run()
         record["lambda_teacher"] = "dp fine trajectory"
     elif fit:
         lam = fit_lambdas(denoiser, solver, noise, grid, teacher_factor, space="log")
         record["lambda_teacher"] = f"student solver, {teacher_factor}x refined grid"
     else:
-        lam = torch.zeros(solver.nfe(steps), dtype=torch.float64)
+        lam = torch.zeros(k, dtype=torch.float64)
     record["teacher_factor"] = teacher_factor
     record["fit_lambdas"] = fit
     record["total_seconds"] = time.perf_counter() - t0
+    if _with_teacher:
+        return _fitted(solver, grid, lam, record, denoiser), xs[-1]
     return _fitted(solver, grid, lam, record, denoiser)
 
 
@@ -490,7 +602,7 @@ def learned_schedule(
 ) -> tuple[Tensor, dict[str, Any]]:
     """The config hook: ``--model.schedule learned_dp|learned_sgd`` with its settings in
     ``--model.schedule_options`` (``seeds``, default ``"0-99"``, plus the keyword options of
-    :func:`dp_grid` or :func:`sgd_grid`). Returns the grid and the record for the file's
+    :func:`learned_dp` (those of :func:`dp_grid` and the refinement's) or :func:`sgd_grid`). Returns the grid and the record for the file's
     ``metrics["grid"]``; the module then fits λ on that grid as on any other."""
     from .noise import noise_from_seeds, parse_seeds
 
@@ -505,7 +617,9 @@ def learned_schedule(
     noise = noise_from_seeds(seeds, denoiser.sample_shape).to(dtype)
     try:
         if schedule == "learned_dp":
-            grid, record = dp_grid(denoiser, num_steps, noise, **opts)
+            fs = learned_dp(denoiser, solver, solver.nfe(num_steps), noise, **opts)
+            grid, record = fs.sigmas, fs.metrics["grid"]
+            record["lambdas"] = fs.lambdas.tolist()
         else:
             grid, lam, record = sgd_grid(denoiser, solver, num_steps, noise, **opts)
             record["lambdas"] = lam.tolist()

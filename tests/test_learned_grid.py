@@ -165,3 +165,72 @@ def test_config_schedule_option_builds_a_learned_grid_and_records_it(schedule):
                        schedule_options={"nonsense": 1})  # fmt: skip
     finally:
         MODELS.pop("test-learned-grid", None)
+
+
+def test_learned_dp_refinement_uses_the_student_and_never_ends_worse():
+    """The refinement starts from the DP's path and only accepts improvements of the student's
+    own final MSE (with λ) to the teacher, within its evaluation budget."""
+    den = _gauss()
+    noise = _noise(32)
+    plain = learned_dp(den, "dpm_solver_pp", 4, noise, fine_steps=30, refine_budget=0.0)
+    ref = learned_dp(den, "dpm_solver_pp", 4, noise, fine_steps=30, refine_budget=3.0,
+                     refine_seeds=None)  # fmt: skip
+    rec = ref.metrics["grid"]["refine"]
+    assert "refine" not in plain.metrics["grid"]
+    assert rec["indices_dp"] == plain.metrics["grid"]["indices"]
+    assert 2 <= rec["evaluations"] <= int(3.0 * 30 / (3 * 4))
+    teacher = dode.sample(den, get_solver("dpm_solver_pp", order=3), noise, karras(30, 0.01, 80.0))
+
+    def err(fs):
+        x = dode.sample(den, fs.build_solver(), noise, fs.sigmas, fs.lambdas)
+        return float(((x - teacher) ** 2).mean())
+
+    assert err(ref) <= err(plain) * (1 + 1e-9)
+    assert rec["value"] == pytest.approx(err(ref), rel=1e-6)
+
+
+def test_learned_sgd_warm_starts_from_the_dp_grid():
+    den = _gauss()
+    noise = _noise(32)
+    fs = learned_sgd(den, "unipc", 4, noise, steps=3, dp_options={"fine_steps": 30})
+    rec = fs.metrics["grid"]
+    assert rec["init"] == "dp" and rec["dp"]["method"] == "learned_dp"
+    dp = learned_dp(den, "unipc", 4, noise, fine_steps=30)
+    assert rec["init_sigmas"] == dp.sigmas.tolist()
+    assert rec["loss_best"] <= rec["loss_init"]
+    s = fs.sigmas
+    assert len(s) == 5 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+    with pytest.raises(ValueError, match="dp_options"):
+        learned_sgd(den, "unipc", 4, noise, init="karras", dp_options={"fine_steps": 30})
+
+
+def test_learned_dp_on_a_flow_model_beats_the_best_standard_flow_grid():
+    """A rectified flow (σ_max = ∞): the standard family holds shifted-uniform flow grids, and
+    the learned grid + λ lands closer to the converged ODE solution than the best of them."""
+    from dode.denoisers import GaussianMixtureDenoiser, GaussianMixtureFlow
+    from dode.grids import reference_solution, select_grid, standard_grids
+
+    g = torch.Generator().manual_seed(0)
+    means = 1.5 * torch.randn(3, 6, generator=g, dtype=torch.float64)
+    covs = 0.05 * torch.eye(6, dtype=torch.float64).expand(3, 6, 6)
+    den = GaussianMixtureFlow(GaussianMixtureDenoiser(means, covs, sample_shape=(6,)))
+    grids = standard_grids(den)
+    assert {"flow(shift=1)", "flow(shift=3)", "flow(shift=3)+jump"} <= {s.label for s in grids}
+    for spec in grids:
+        s = spec.build(4)
+        assert len(s) == 5 and s[-1] == 0 and bool((s[1:] < s[:-1]).all()) and s[0] < 1e4
+    fit = torch.randn(64, 6, generator=g, dtype=torch.float64)
+    held = torch.randn(128, 6, generator=g, dtype=torch.float64)
+    ref_fit = reference_solution(den, fit, nfe=60)
+    ref_held = reference_solution(den, held, nfe=60)
+    solver = get_solver("dpm_solver_pp", order=2)
+    best = select_grid(den, solver, 4, fit, grids=grids, reference=ref_fit)
+    fs = learned_dp(den, solver, 4, fit)
+    assert fs.sigmas[0] <= 999.0 and fs.sigmas[-1] == 0
+
+    def err(s, lam=None):
+        return float(((dode.sample(den, solver, held, s, lam) - ref_held) ** 2).mean())
+
+    base = err(best.sigmas)
+    learned = err(fs.sigmas, fs.lambdas)
+    assert learned < base
