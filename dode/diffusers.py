@@ -129,6 +129,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         use_flow_sigmas: set automatically for ``family="flow"`` (read by FLUX pipelines).
         embedded_guidance: FLUX: the embedded guidance (FluxPipeline's ``guidance_scale``) the λ
             were fitted at; another value in a FLUX pipeline warns.
+        base_shift, max_shift, base_image_seq_len, max_image_seq_len: FLUX: the model
+            scheduler's dynamic-shift settings; FluxPipeline reads them from this scheduler to
+            compute the μ it passes, which is checked against ``mu``.
 
     Raises:
         ValueError: unknown solver or family, λ of the wrong length, a grid the solver cannot
@@ -156,6 +159,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         model: dict | None = None,
         use_flow_sigmas: bool | None = None,
         embedded_guidance: float | None = None,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
     ) -> None:
         if solver is None or sigmas is None:
             raise ValueError(
@@ -323,6 +330,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             out["num_train_timesteps"] = int(cfg.get("num_train_timesteps", 1000))
             if cfg.get("shift") is not None:
                 out["shift"] = float(cfg["shift"])
+            for k in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
+                if cfg.get(k) is not None:
+                    out[k] = cfg[k]
             return out
         if "beta_start" not in cfg and "trained_betas" not in cfg:
             raise ValueError(
