@@ -30,10 +30,20 @@ Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
   (:meth:`DODEScheduler.dode_noise`). (diffusers' own VP schedulers use
   ``init_noise_sigma = 1``; at SD's σ_0 ≈ 14.6 the two starts differ by 0.2 %.)
 * **Flow models** (SD3, FLUX; ``family="flow"``): latents ``x_t = x / (1 + σ)`` with
-  ``t = σ / (1 + σ)``, the network sees ``t · num_train_timesteps`` and predicts
-  ``v ≈ ε − x0``, so ``x̂0 = x_t − t v``. ``init_noise_sigma = t_0`` and dode's noise is again
-  ``latents / init_noise_sigma``. Shifts are part of the fitted grid; ``use_flow_sigmas`` is set
-  so FLUX pipelines do not impose their own σ list.
+  ``t = σ / (1 + σ)``, the network sees ``t · num_train_timesteps`` (FLUX pipelines divide by
+  1000 themselves) and predicts ``v ≈ ε − x0``, so ``x̂0 = x_t − t v``. The pipelines pass
+  their standard-normal latents unscaled. A grid below t = 1 (DPM-Solver / UniPC flow grids):
+  ``init_noise_sigma = t_0`` and dode's noise is ``latents / t_0``. A grid from t = 1
+  (``sigmas[0] = inf``, as ``FlowMatchEulerDiscreteScheduler``): the first model call, at
+  timestep T, takes :func:`dode.denoisers.flow_start`'s exact step (``x̂0 = latents − v``, then
+  dode's noise ``latents + x̂0 / σ_1`` on the rest of the grid) and the λ belong to the solver's
+  calls after it. Either way the same latents give ``dode.sample(den, solver,
+  *flow_start(den, latents, sigmas), lambdas)``. Shifts are part of the fitted grid;
+  ``use_flow_sigmas`` is set so FLUX pipelines do not impose their own σ list, and the μ a FLUX
+  pipeline passes is checked against the fitted ``mu``. FLUX's ``guidance_scale`` is its
+  embedded guidance, checked against ``embedded_guidance``.
+* A pipeline of the other family (a VP solver in an SD3/FLUX pipeline, a flow solver in a
+  DDPM/DDIM/Stable Diffusion pipeline) is refused in ``set_timesteps`` with one clear error.
 
 The scheduler integrates in float32 (float64 if the latents are float64) whatever the network's
 dtype, and ignores the ``sample`` the pipeline passes back after the first step (it is the
@@ -425,7 +435,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         return t.round().long() if self.config.timestep_mode == "snap" else t.to(torch.float32)
 
     def dode_noise(self, latents: Tensor) -> Tensor:
-        """dode's ``noise`` for a pipeline's first latents (``latents / init_noise_sigma``)."""
+        """dode's ``noise`` for a pipeline's first latents (``latents / init_noise_sigma``; for
+        a flow grid from t = 1 that is the latents, to map with ``flow_start``)."""
         return latents / self.init_noise_sigma
 
     def _reset(self) -> None:

@@ -365,11 +365,11 @@ def flux(tmp_path_factory):
         "prompt_embeds": torch.randn(2, 5, 32, generator=g),
         "pooled_prompt_embeds": torch.randn(2, 24, generator=g),
     }
-    return pipe, den, emb
+    return pipe, den, emb, folder
 
 
 def run_flux(flux, sched, latents, steps=None, g=G):
-    pipe, den, emb = flux
+    pipe, den, emb, _ = flux
     pipe.scheduler = sched
     with torch.no_grad():
         out = pipe(
@@ -396,7 +396,7 @@ FLUX_CASES = [("euler", {}, "flux"), ("dpm_solver_pp", {"order": 2}, "dpm_solver
 @pytest.mark.parametrize("with_lambda", [True, False], ids=["lambda", "base"])
 @pytest.mark.parametrize("name, kw, spacing", FLUX_CASES, ids=[c[0] for c in FLUX_CASES])
 def test_flux_equals_dode_sample(flux, name, kw, spacing, with_lambda):
-    _, den, emb = flux
+    _, den, emb, _ = flux
     solver = dode.get_solver(name, **kw)
     grid = flow_sigmas(5, mu=den.mu, spacing=spacing)
     lam = lambdas(with_lambda, solver, grid, seed=6)
@@ -419,7 +419,7 @@ def test_flux_equals_dode_sample(flux, name, kw, spacing, with_lambda):
 
 
 def test_flux_base_euler_equals_flow_match_euler(flux):
-    pipe, den, _ = flux
+    pipe, den, _, _ = flux
     ref_sched = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
         pipe.original_scheduler.config
     )
@@ -429,8 +429,33 @@ def test_flux_base_euler_equals_flow_match_euler(flux):
     check(out, run_flux(flux, ref_sched, latents, steps=5))
 
 
+def test_flux_solver_file(flux, tmp_path):
+    """A FLUX solver file (μ grid, embedded guidance in the model options): the schedule and
+    FLUX's dynamic-shift settings come from the model folder it names; the pipeline at the
+    fitted guidance runs without a warning and equals ``FittedSolver.sample``."""
+    _, den, emb, folder = flux
+    solver = dode.get_solver("unipc", order=2)
+    grid = flow_sigmas(4, mu=den.mu, spacing="dpm_solver")
+    fs = FittedSolver(
+        solver=solver.config(),
+        sigmas=grid,
+        lambdas=random_lambdas(solver.nfe(4), 7),
+        model={"id": str(folder), "class": "FluxDenoiser", "options": {"guidance": G}},
+    )
+    sched = DODEScheduler.from_solver_file(fs.save(tmp_path / "flux.safetensors"), mu=den.mu)
+    assert sched.config.embedded_guidance == G and sched.config.base_image_seq_len == 4
+    latents = torch.randn(2, *den.sample_shape, generator=torch.Generator().manual_seed(17))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out = run_flux(flux, sched, latents)
+    bound = den.bind(emb, guidance=G)
+    with torch.no_grad():
+        ref = fs.sample(bound, flow_start(bound, latents, grid)[0])
+    check(out, ref)
+
+
 def test_flux_other_guidance_warns(flux):
-    _, den, _ = flux
+    _, den, _, _ = flux
     grid = flow_sigmas(3, mu=den.mu, spacing="flux")
     sched = flow_scheduler(dode.get_solver("euler"), grid, None, embedded_guidance=G)
     latents = torch.randn(2, *den.sample_shape)
@@ -477,7 +502,7 @@ def test_flow_wrong_step_count(sd3, flux):
     assert sched.num_steps == 4 and sched.nfe == 1 + 2 * 3 - 1
     with pytest.raises(ValueError, match=r"num_inference_steps=28 .* 4 steps \(NFE 6\)"):
         run_sd3(sd3, sched, sd3_latents(), steps=28)
-    _, den, _ = flux
+    _, den, _, _ = flux
     flux_sched = flow_scheduler(dode.get_solver("euler"), flow_sigmas(4, mu=den.mu), None)
     with pytest.raises(ValueError, match=r"num_inference_steps=5 .* 4 steps"):
         run_flux(flux, flux_sched, torch.randn(2, *den.sample_shape), steps=5)
