@@ -30,10 +30,20 @@ Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
   (:meth:`DODEScheduler.dode_noise`). (diffusers' own VP schedulers use
   ``init_noise_sigma = 1``; at SD's σ_0 ≈ 14.6 the two starts differ by 0.2 %.)
 * **Flow models** (SD3, FLUX; ``family="flow"``): latents ``x_t = x / (1 + σ)`` with
-  ``t = σ / (1 + σ)``, the network sees ``t · num_train_timesteps`` and predicts
-  ``v ≈ ε − x0``, so ``x̂0 = x_t − t v``. ``init_noise_sigma = t_0`` and dode's noise is again
-  ``latents / init_noise_sigma``. Shifts are part of the fitted grid; ``use_flow_sigmas`` is set
-  so FLUX pipelines do not impose their own σ list.
+  ``t = σ / (1 + σ)``, the network sees ``t · num_train_timesteps`` (FLUX pipelines divide by
+  1000 themselves) and predicts ``v ≈ ε − x0``, so ``x̂0 = x_t − t v``. The pipelines pass
+  their standard-normal latents unscaled. A grid below t = 1 (DPM-Solver / UniPC flow grids):
+  ``init_noise_sigma = t_0`` and dode's noise is ``latents / t_0``. A grid from t = 1
+  (``sigmas[0] = inf``, as ``FlowMatchEulerDiscreteScheduler``): the first model call, at
+  timestep T, takes :func:`dode.denoisers.flow_start`'s exact step (``x̂0 = latents − v``, then
+  dode's noise ``latents + x̂0 / σ_1`` on the rest of the grid) and the λ belong to the solver's
+  calls after it. Either way the same latents give ``dode.sample(den, solver,
+  *flow_start(den, latents, sigmas), lambdas)``. Shifts are part of the fitted grid;
+  ``use_flow_sigmas`` is set so FLUX pipelines do not impose their own σ list, and the μ a FLUX
+  pipeline passes is checked against the fitted ``mu``. FLUX's ``guidance_scale`` is its
+  embedded guidance, checked against ``embedded_guidance``.
+* A pipeline of the other family (a VP solver in an SD3/FLUX pipeline, a flow solver in a
+  DDPM/DDIM/Stable Diffusion pipeline) is refused in ``set_timesteps`` with one clear error.
 
 The scheduler integrates in float32 (float64 if the latents are float64) whatever the network's
 dtype, and ignores the ``sample`` the pipeline passes back after the first step (it is the
@@ -60,6 +70,22 @@ __all__ = ["DODEScheduler"]
 
 FAMILIES = ("vp", "flow")
 VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+# pipelines by class-name prefix (most specific first); others are not checked
+PIPELINE_FAMILIES = (
+    ("StableDiffusion3", "flow"),
+    ("Flux", "flow"),
+    ("StableDiffusion", "vp"),
+    ("DDPM", "vp"),
+    ("DDIM", "vp"),
+    ("LatentDiffusion", "vp"),
+)
+
+
+def pipeline_family(name: str) -> str | None:
+    """``"flow"`` / ``"vp"`` for a known diffusers pipeline class name, else ``None``."""
+    return next((fam for prefix, fam in PIPELINE_FAMILIES if name.startswith(prefix)), None)
 
 
 class _NeedModel(Exception):  # noqa: N818 - control flow, not an error
@@ -92,8 +118,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     Args:
         solver: the solver config (``{"name": ..., **options}``, as ``Solver.config()``) or name.
-        sigmas: the fitted σ grid (descending, usually ending in 0).
-        lambdas: one λ per model call; ``None`` runs the base solver.
+        sigmas: the fitted σ grid (descending, usually ending in 0). A flow grid may start at
+            σ = ∞ (t = 1, as ``FlowMatchEulerDiscreteScheduler``): the first model call then
+            takes :func:`dode.denoisers.flow_start`'s exact step and the solver runs on the rest.
+        lambdas: one λ per solver call (not for that exact first step); ``None`` runs the base
+            solver.
         family: ``"vp"`` (DDPM, Stable Diffusion) or ``"flow"`` (SD3, FLUX).
         alphas_cumprod: the VP model's discrete ᾱ table (ascending in t); VP only.
         prediction_type: VP: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``; flow:
@@ -108,6 +137,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             recorded / unguided); another scale in the pipeline warns.
         model: metadata of the fitted model (id, weights hash), recorded only.
         use_flow_sigmas: set automatically for ``family="flow"`` (read by FLUX pipelines).
+        embedded_guidance: FLUX: the embedded guidance (FluxPipeline's ``guidance_scale``) the λ
+            were fitted at; another value in a FLUX pipeline warns.
+        base_shift, max_shift, base_image_seq_len, max_image_seq_len: FLUX: the model
+            scheduler's dynamic-shift settings; FluxPipeline reads them from this scheduler to
+            compute the μ it passes, which is checked against ``mu``.
 
     Raises:
         ValueError: unknown solver or family, λ of the wrong length, a grid the solver cannot
@@ -134,6 +168,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         guidance_scale: float | None = None,
         model: dict | None = None,
         use_flow_sigmas: bool | None = None,
+        embedded_guidance: float | None = None,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
     ) -> None:
         if solver is None or sigmas is None:
             raise ValueError(
@@ -143,22 +182,37 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         self.solver: Solver = (
             get_solver(**solver) if isinstance(solver, dict) else get_solver(solver)
         )
-        self.grid = torch.tensor(self.solver.check_grid(sigmas), dtype=torch.float64)
+        if family not in FAMILIES:
+            raise ValueError(f"unknown model family {family!r}; use 'vp' or 'flow'.")
+        self.family = family
+        grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+        # flow grids from t = 1 (σ = ∞): the first call is flow_start's exact step
+        self.flow_start = family == "flow" and grid.numel() > 0 and bool(torch.isposinf(grid[0]))
+        if self.flow_start and grid.numel() < 3:
+            raise ValueError(
+                "a flow grid from t = 1 (σ = ∞) needs at least two steps: the exact first step "
+                "and one solver step."
+            )
+        self.solver_grid = torch.tensor(
+            self.solver.check_grid(grid[1:] if self.flow_start else grid), dtype=torch.float64
+        )
+        inf = torch.tensor([math.inf], dtype=torch.float64)
+        self.grid = torch.cat([inf, self.solver_grid]) if self.flow_start else self.solver_grid
         self.num_steps = len(self.grid) - 1
-        self.nfe = self.solver.nfe(self.num_steps)
+        solver_nfe = self.solver.nfe(len(self.solver_grid) - 1)
+        self.nfe = solver_nfe + int(self.flow_start)
         if lambdas is not None:
             lam = torch.as_tensor(lambdas, dtype=torch.float64).flatten()
-            if len(lam) != self.nfe or not torch.isfinite(lam).all():
+            if len(lam) != solver_nfe or not torch.isfinite(lam).all():
+                start = " after the exact step from t = 1" if self.flow_start else ""
                 raise ValueError(
-                    f"{self.solver.describe()} on {self.num_steps} steps makes {self.nfe} model "
-                    f"calls; need {self.nfe} finite λ, got {len(lam)}. Re-export the solver file."
+                    f"{self.solver.describe()} on {len(self.solver_grid) - 1} steps{start} makes "
+                    f"{solver_nfe} model calls; need {solver_nfe} finite λ, got {len(lam)}. "
+                    "Re-export the solver file."
                 )
             self.lambdas: Tensor | None = lam
         else:
             self.lambdas = None
-        if family not in FAMILIES:
-            raise ValueError(f"unknown model family {family!r}; use 'vp' or 'flow'.")
-        self.family = family
         if family == "vp":
             if alphas_cumprod is None or len(alphas_cumprod) < 2:
                 raise ValueError(
@@ -182,18 +236,19 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(
                     f"a flow DODEScheduler predicts v (prediction_type='flow'), got {prediction_type!r}."
                 )
-            if self.grid[0] == math.inf:
-                raise ValueError("a flow grid must start at a finite σ (t < 1).")
             if not use_flow_sigmas:
                 self.register_to_config(use_flow_sigmas=True)
         self.prediction_type = prediction_type
-        self.call_sigmas = self._dry_run()
+        self.call_sigmas = [math.inf] * int(self.flow_start) + self._dry_run()
         self.order = max(1, round(self.nfe / self.num_steps))
         self.timesteps = self._timesteps_for(self.call_sigmas)
         self.sigmas = self.grid.to(torch.float32)
         self.num_inference_steps = self.num_steps
         s0 = float(self.grid[0])
-        self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0) if family == "vp" else s0 / (1 + s0)
+        if family == "vp":
+            self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0)
+        else:  # t_0 (1 from t = 1)
+            self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + s0)
         self._reset()
 
     # ---- construction -----------------------------------------------------------------------
@@ -226,7 +281,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         model = dict(fitted.model or {})
         cls_name = model.get("class")
         diffusers_model = cls_name is None or any(
-            k in cls_name for k in ("Diffusers", "Flow", "LatentDiffusion")
+            k in cls_name for k in ("Diffusers", "Flow", "LatentDiffusion", "SD3", "Flux")
         )
         if not diffusers_model and model.get("schedule") is None:
             if "family" not in overrides and like is None:
@@ -238,9 +293,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         kw: dict[str, Any] = {}
         if model.get("sigma_to_t") in ("interp", "snap"):
             kw["timestep_mode"] = model["sigma_to_t"]
-        guidance = model.get("guidance_scale", (model.get("options") or {}).get("guidance_scale"))
+        options = model.get("options") or {}
+        guidance = model.get("guidance_scale", options.get("guidance_scale"))
         if guidance is not None:
             kw["guidance_scale"] = float(guidance)
+        embedded = model.get("guidance", options.get("guidance"))
+        if embedded is not None:  # FLUX's embedded guidance (FluxPipeline's guidance_scale)
+            kw["embedded_guidance"] = float(embedded)
         schedule = model.get("schedule")
         if schedule is None and like is None and "alphas_cumprod" not in overrides:
             like = cls._scheduler_from_model_id(model.get("id"), path)
@@ -249,6 +308,17 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         elif like is not None:
             kw.update(cls._schedule_of(like))
         kw.update(overrides)
+        recorded = model.get("family")
+        family = kw.get("family", "vp")
+        if recorded in FAMILIES and family != recorded:
+            names = {"vp": "a diffusion (DDPM/VP)", "flow": "a rectified-flow"}
+            where = "the given scheduler (like=)" if like is not None else "the overrides"
+            raise ValueError(
+                f"{str(path)!r} was fitted on {names[recorded]} model "
+                f"({model.get('id') or cls_name}) but {where} belongs to {names[family]} "
+                "model: its σ grid and λ do not apply. Use a solver fitted on this pipeline's "
+                "model."
+            )
         return cls(
             solver=fitted.solver,
             sigmas=fitted.sigmas.tolist(),
@@ -270,6 +340,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             out["num_train_timesteps"] = int(cfg.get("num_train_timesteps", 1000))
             if cfg.get("shift") is not None:
                 out["shift"] = float(cfg["shift"])
+            for k in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
+                if cfg.get(k) is not None:
+                    out[k] = cfg[k]
             return out
         if "beta_start" not in cfg and "trained_betas" not in cfg:
             raise ValueError(
@@ -345,9 +418,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             calls.append(float(sigma))
             return torch.zeros_like(x)
 
-        self.solver.solve(model, torch.zeros(1, dtype=torch.float64), self.grid.tolist(), None)
-        if len(calls) != self.nfe:  # pragma: no cover - a solver breaking its contract
-            raise RuntimeError(f"{self.solver.describe()} made {len(calls)} calls, not {self.nfe}.")
+        grid = self.solver_grid.tolist()
+        self.solver.solve(model, torch.zeros(1, dtype=torch.float64), grid, None)
+        if len(calls) != self.solver.nfe(len(grid) - 1):  # pragma: no cover - broken contract
+            raise RuntimeError(f"{self.solver.describe()} made {len(calls)} calls.")
         return calls
 
     def _timesteps_for(self, sigmas: list[float]) -> Tensor:
@@ -355,12 +429,14 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         s = torch.tensor(sigmas, dtype=torch.float32)
         if self.family == "flow":
             sd = s.to(torch.float64)
-            return (sd / (1 + sd) * self.config.num_train_timesteps).to(torch.float32)
+            t = torch.where(torch.isinf(sd), torch.ones_like(sd), sd / (1 + sd))
+            return (t * self.config.num_train_timesteps).to(torch.float32)
         t = _vp_sigma_to_t(s, self.log_table, self.config.timestep_mode)
         return t.round().long() if self.config.timestep_mode == "snap" else t.to(torch.float32)
 
     def dode_noise(self, latents: Tensor) -> Tensor:
-        """dode's ``noise`` for a pipeline's first latents (``latents / init_noise_sigma``)."""
+        """dode's ``noise`` for a pipeline's first latents (``latents / init_noise_sigma``; for
+        a flow grid from t = 1 that is the latents, to map with ``flow_start``)."""
         return latents / self.init_noise_sigma
 
     def _reset(self) -> None:
@@ -405,6 +481,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         A guidance scale other than the fitted one (given here, or read from the calling
         pipeline's ``guidance_scale``) warns.
         """
+        pipe = self._calling_pipeline()
+        if pipe is not None:
+            self._check_pipeline(pipe)
         fitted = (
             f"this DODEScheduler runs the fitted {self.solver.describe()} schedule: "
             f"{self.num_steps} steps (NFE {self.nfe})"
@@ -444,7 +523,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 )
         if kwargs.get("shift") is not None and self.family == "vp":
             raise ValueError("a flow shift was passed to a DODEScheduler fitted on a VP model.")
-        self._check_guidance(guidance_scale)
+        self._check_guidance(guidance_scale, pipe)
         self.timesteps = self._timesteps_for(self.call_sigmas).to(device)
         self._reset()
 
@@ -453,7 +532,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         grid = self.grid
         cands = [grid, grid[:-1]]
         if self.family == "flow":  # FLUX-style lists are in t, without the final 0
-            t = grid / (1 + grid)
+            t = torch.where(torch.isinf(grid), torch.ones_like(grid), grid / (1 + grid))
             cands += [t, t[:-1]]
         if not any(c.shape == s.shape and torch.allclose(c, s, rtol=1e-5) for c in cands):
             raise ValueError(
@@ -461,25 +540,49 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"{[round(float(v), 4) for v in grid]}; pass none."
             )
 
-    def _check_guidance(self, guidance_scale: float | None) -> None:
-        w_fit = self.config.guidance_scale
+    def _calling_pipeline(self) -> Any:
+        """The diffusers pipeline calling :meth:`set_timesteps` (found on the stack), or None."""
+        from diffusers import DiffusionPipeline
+
+        frame = inspect.currentframe()
+        try:
+            for _ in range(8):
+                frame = frame.f_back if frame is not None else None
+                if frame is None:
+                    return None
+                obj = frame.f_locals.get("self")
+                if isinstance(obj, DiffusionPipeline):
+                    return obj
+            return None
+        finally:
+            del frame
+
+    def _check_pipeline(self, pipe: Any) -> None:
+        """A pipeline of the other model family (flow vs VP) gets one clear error."""
+        name = type(pipe).__name__
+        family = pipeline_family(name)
+        if family is None or family == self.family:
+            return
+        names = {"vp": "a diffusion (DDPM/VP)", "flow": "a rectified-flow"}
+        raise ValueError(
+            f"{name} runs {names[family]} model, but this DODEScheduler was fitted on "
+            f"{names[self.family]} model ({(self.config.model or {}).get('id') or 'see its config'})"
+            ": its σ grid and λ do not apply. Use a solver fitted on this pipeline's model."
+        )
+
+    def _check_guidance(self, guidance_scale: float | None, pipe: Any = None) -> None:
+        # FLUX's guidance_scale is its embedded guidance (a network input), not CFG
+        embedded = pipe is not None and type(pipe).__name__.startswith("Flux")
+        w_fit = self.config.embedded_guidance if embedded else self.config.guidance_scale
         if w_fit is None:
             return
         w = guidance_scale
-        if w is None:  # best effort: the calling pipeline's guidance scale
-            frame = inspect.currentframe()
-            for _ in range(6):
-                frame = frame.f_back if frame is not None else None
-                if frame is None:
-                    break
-                obj = frame.f_locals.get("self")
-                if obj is not None and obj is not self and hasattr(obj, "_guidance_scale"):
-                    w = getattr(obj, "_guidance_scale", None)
-                    break
-            del frame
+        if w is None and pipe is not None:  # best effort: the calling pipeline's scale
+            w = getattr(pipe, "_guidance_scale", None)
         if w is not None and abs(float(w) - float(w_fit)) > 1e-6:
+            what = "embedded guidance" if embedded else "scale"
             warnings.warn(
-                f"guidance_scale={float(w):g} differs from the scale the λ were fitted at "
+                f"guidance_scale={float(w):g} differs from the {what} the λ were fitted at "
                 f"({float(w_fit):g}); the correction may not help. Sample with "
                 f"guidance_scale={float(w_fit):g} or fit for {float(w):g}.",
                 stacklevel=3,
@@ -522,7 +625,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
         model.k = 0
         try:
-            x = self.solver.solve(model, self._x_init, self.grid.tolist(), None)
+            x = self.solver.solve(model, self._x_init, self.solver_grid.tolist(), None)
         except _NeedModel as need:
             return need.x, need.sigma
         return x, None
@@ -574,6 +677,20 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if k == 0:
             dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
             self._dtype = dtype
+            if self.flow_start:  # flow_start: x̂0 = latents − v(latents, 1), then noise
+                latents = sample.to(dtype)
+                x0 = latents - model_output.to(dtype)
+                if not torch.isfinite(x0).all():
+                    raise ValueError(
+                        "the model returned non-finite values at t = 1; check the model "
+                        "weights and dtype."
+                    )
+                s1 = float(self.solver_grid[0])
+                self._x_init = (latents + x0 / s1) * s1
+                self._x_cur = self._x_init
+                self._k += 1
+                prev = (self._x_init * self._c_in(_sigma(s1, latents))).to(sample.dtype)
+                return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
             # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
             self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
             x = self._x_init
@@ -585,8 +702,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"the model returned non-finite values at call {k} (σ = {sigma:.6g}); check the "
                 "model weights and dtype."
             )
+        j = k - int(self.flow_start)  # the solver's call index (λ_j)
         if self.lambdas is not None and self._prev is not None:
-            corrected = o + self.lambdas[k] * (o - self._prev)
+            corrected = o + self.lambdas[j] * (o - self._prev)
         else:
             corrected = o
         self._prev = o
@@ -618,6 +736,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         s = torch.tensor([self.call_sigmas[i] for i in idx.tolist()], dtype=torch.float64)
         s = s.to(original_samples.device, original_samples.dtype)
         s = s.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        if self.family == "flow":  # (1 − t) x0 + t n, t = 1 at σ = ∞
+            t = torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))
+            return (1 - t) * original_samples + t * noise
         return (original_samples + s * noise) * self._c_in(s)
 
     def __len__(self) -> int:

@@ -222,3 +222,117 @@ def make_tiny_sd(
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(os.fspath(tmp_path))
     return pipe
+
+
+def _tiny_flow_vae(shift_factor: float, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
+    ).eval()
+
+
+def _perturb_all(module, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def make_tiny_sd3(tmp_path: str | os.PathLike, shift: float = 3.0, seed: int = 0):
+    """A tiny random ``StableDiffusion3Pipeline`` (4×8×8 latents, no text encoders: pass
+    ``prompt_embeds`` [B, L, 16] / ``pooled_prompt_embeds`` [B, 12]) saved to ``tmp_path``.
+    The same configuration as tests/test_flow_latent.py."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tr = SD3Transformer2DModel(
+            sample_size=8,
+            patch_size=2,
+            in_channels=4,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            caption_projection_dim=16,
+            pooled_projection_dim=12,
+            out_channels=4,
+            pos_embed_max_size=16,
+        )
+        vae = _tiny_flow_vae(0.0609, 1.5035)
+    _perturb_all(tr, seed + 1)  # zero-initialised output layers would make v ≡ 0
+    pipe = StableDiffusion3Pipeline(
+        transformer=tr,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(os.fspath(tmp_path))
+    return pipe
+
+
+def make_tiny_flux(tmp_path: str | os.PathLike, seed: int = 0):
+    """A tiny random ``FluxPipeline`` (guidance-distilled, packed latents; 16×24 images give
+    4×8×12 latents; pass ``prompt_embeds`` [B, L, 32] / ``pooled_prompt_embeds`` [B, 24])
+    saved to ``tmp_path``. The same configuration as tests/test_flow_latent.py."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tr = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=24,
+            guidance_embeds=True,
+            axes_dims_rope=(4, 4, 8),
+        )
+        vae = _tiny_flow_vae(0.1159, 0.3611)
+    _perturb_all(tr, seed + 3)
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=4,
+        max_image_seq_len=64,
+    )
+    pipe = FluxPipeline(
+        scheduler=sched,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=tr,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(os.fspath(tmp_path))
+    return pipe
