@@ -254,8 +254,7 @@ def _perturb_all(module, seed: int):
 
 def make_tiny_sd3(tmp_path: str | os.PathLike, shift: float = 3.0, seed: int = 0):
     """A tiny random ``StableDiffusion3Pipeline`` (4×8×8 latents, no text encoders: pass
-    ``prompt_embeds`` [B, L, 16] / ``pooled_prompt_embeds`` [B, 12]) saved to ``tmp_path``.
-    The same configuration as tests/test_flow_latent.py."""
+    ``prompt_embeds`` [B, L, 16] / ``pooled_prompt_embeds`` [B, 12]) saved to ``tmp_path``."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
@@ -298,7 +297,7 @@ def make_tiny_sd3(tmp_path: str | os.PathLike, shift: float = 3.0, seed: int = 0
 def make_tiny_flux(tmp_path: str | os.PathLike, seed: int = 0):
     """A tiny random ``FluxPipeline`` (guidance-distilled, packed latents; 16×24 images give
     4×8×12 latents; pass ``prompt_embeds`` [B, L, 32] / ``pooled_prompt_embeds`` [B, 24])
-    saved to ``tmp_path``. The same configuration as tests/test_flow_latent.py."""
+    saved to ``tmp_path``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     with torch.random.fork_rng(devices=[]):

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _tiny import make_tiny_unet
 from test_convergence import CASES, TOL, _with_exact_unipc_start
 
 import dode
@@ -277,36 +278,12 @@ def test_bad_start(mixture):
 # ---- parity with diffusers on a tiny random flow UNet2DModel -----------------------------------
 
 
-def _tiny_flow_unet(num_class_embeds: int | None = None, seed: int = 0):
-    from diffusers import UNet2DModel
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DModel(
-            sample_size=8,
-            in_channels=3,
-            out_channels=3,
-            layers_per_block=1,
-            block_out_channels=(16, 32),
-            norm_num_groups=8,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            num_class_embeds=num_class_embeds,
-        )
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if name.endswith("bias") or name.startswith("conv_out"):
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return unet.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny_flow(tmp_path_factory):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     root = tmp_path_factory.mktemp("flow_unet")
-    unet = _tiny_flow_unet(num_class_embeds=10)
+    unet = make_tiny_unet(num_class_embeds=10)
     unet.save_pretrained(root / "unet")
     FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(root / "scheduler")
     return unet, DiffusersFlowDenoiser.from_pretrained(str(root))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_flow import T, _tiny_flow_unet
+from _tiny import make_tiny_unet
+from test_flow import T
 
 import dode
 from dode.denoisers import DiffusersFlowDenoiser, GuidedFlowDenoiser, flow_start
@@ -30,7 +31,7 @@ def cfg_flow(tmp_path_factory):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     root = tmp_path_factory.mktemp("flow_cfg")
-    unet = _tiny_flow_unet(num_class_embeds=11, seed=3)
+    unet = make_tiny_unet(num_class_embeds=11, seed=3)
     unet.save_pretrained(root / "unet")
     FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(root / "scheduler")
     return unet, DiffusersFlowDenoiser.from_pretrained(str(root), num_classes=10)
@@ -75,7 +76,7 @@ def test_bind_gives_a_guided_flow(cfg_flow):
 
 
 def test_no_null_label_no_guidance(tmp_path):
-    den = DiffusersFlowDenoiser(_tiny_flow_unet(num_class_embeds=10))
+    den = DiffusersFlowDenoiser(make_tiny_unet(num_class_embeds=10))
     assert den.conditional and not den.has_unconditional
     den.bind([1, 2])  # w = 1: fine
     with pytest.raises(ValueError, match="no unconditional input"):

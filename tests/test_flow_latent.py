@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny import make_tiny_flux, make_tiny_sd3
 
 import dode
 from dode.denoisers import FluxDenoiser, GuidedFlowDenoiser, SD3Denoiser
@@ -33,34 +34,6 @@ pytestmark = [
 
 T = 1000
 SHIFT = 3.0
-
-
-def _vae(shift_factor: float, scaling_factor: float):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=shift_factor,
-        scaling_factor=scaling_factor,
-    ).eval()
-
-
-def _perturb(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return module.eval()
 
 
 def _float_timesteps(cls):
@@ -79,41 +52,8 @@ def _float_timesteps(cls):
 
 @pytest.fixture(scope="module")
 def sd3(tmp_path_factory):
-    from diffusers import (
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-
-    torch.manual_seed(0)
-    tr = SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=4,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        caption_projection_dim=16,
-        pooled_projection_dim=12,
-        out_channels=4,
-        pos_embed_max_size=16,
-    )
-    _perturb(tr, 1)  # zero-initialised output layers would make v ≡ 0
-    pipe = StableDiffusion3Pipeline(
-        transformer=tr,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
-        vae=_vae(0.0609, 1.5035),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
     root = tmp_path_factory.mktemp("sd3")
-    pipe.save_pretrained(root)
+    pipe = make_tiny_sd3(root, shift=SHIFT)
     den = SD3Denoiser.from_pretrained(str(root))
     g = torch.Generator().manual_seed(2)
     emb = {
@@ -205,41 +145,8 @@ def test_sd3_multistep_parity(sd3, name, order, sched):
 
 @pytest.fixture(scope="module")
 def flux(tmp_path_factory):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    tr = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=24,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 4, 8),
-    )
-    _perturb(tr, 3)
-    sched = FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=4,
-        max_image_seq_len=64,
-    )
-    pipe = FluxPipeline(
-        scheduler=sched,
-        vae=_vae(0.1159, 0.3611),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=tr,
-    )
-    pipe.set_progress_bar_config(disable=True)
     root = tmp_path_factory.mktemp("flux")
-    pipe.save_pretrained(root)
+    pipe = make_tiny_flux(root)
     den = FluxDenoiser.from_pretrained(str(root), image_size=(16, 24))
     g = torch.Generator().manual_seed(4)
     emb = {
