@@ -335,3 +335,37 @@ def make_tiny_flux(tmp_path: str | os.PathLike, seed: int = 0):
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(os.fspath(tmp_path))
     return pipe
+
+
+def sd3_embeds(seed: int = 2) -> dict[str, torch.Tensor]:
+    """Random conditioning for :func:`make_tiny_sd3`: 3 prompts of 7 tokens, with negatives."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "prompt_embeds": torch.randn(3, 7, 16, generator=g),
+        "pooled_prompt_embeds": torch.randn(3, 12, generator=g),
+        "negative_prompt_embeds": torch.randn(3, 7, 16, generator=g),
+        "negative_pooled_prompt_embeds": torch.randn(3, 12, generator=g),
+    }
+
+
+def flux_embeds(seed: int = 4) -> dict[str, torch.Tensor]:
+    """Random conditioning for :func:`make_tiny_flux`: 2 prompts of 5 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "prompt_embeds": torch.randn(2, 5, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(2, 24, generator=g),
+    }
+
+
+def float_timesteps(cls):
+    """The diffusers scheduler class ``cls``, with the network's timesteps kept at the float
+    ``t·T`` of its σ. diffusers' multistep flow schedulers (``use_flow_sigmas=True``) hand the
+    network int64 timesteps while the state is at the float ``t·T``, the time dode evaluates at.
+    """
+
+    class Float(cls):
+        def set_timesteps(self, *args, **kwargs):
+            super().set_timesteps(*args, **kwargs)
+            self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float()
+
+    return Float

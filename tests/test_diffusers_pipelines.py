@@ -23,7 +23,14 @@ import warnings
 
 import pytest
 import torch
-from _tiny import make_tiny_flux, make_tiny_sd, make_tiny_sd3
+from _tiny import (
+    float_timesteps,
+    flux_embeds,
+    make_tiny_flux,
+    make_tiny_sd,
+    make_tiny_sd3,
+    sd3_embeds,
+)
 
 import dode
 from dode.artifact import FittedSolver
@@ -200,13 +207,7 @@ def sd3(tmp_path_factory):
     pipe = make_tiny_sd3(folder, shift=SHIFT)
     pipe.original_scheduler = pipe.scheduler
     den = SD3Denoiser.from_pretrained(str(folder))
-    g = torch.Generator().manual_seed(2)
-    emb = {
-        "prompt_embeds": torch.randn(3, 7, 16, generator=g),
-        "pooled_prompt_embeds": torch.randn(3, 12, generator=g),
-        "negative_prompt_embeds": torch.randn(3, 7, 16, generator=g),
-        "negative_pooled_prompt_embeds": torch.randn(3, 12, generator=g),
-    }
+    emb = sd3_embeds()
     return pipe, den, emb, folder
 
 
@@ -269,18 +270,6 @@ def test_sd3_equals_dode_sample(sd3, name, kw, spacing, with_lambda):
     check(out, flow_reference(bound, solver, latents, grid, lam), base)
 
 
-def _float_timesteps(cls):
-    """diffusers' multistep flow schedulers hand the network int64 timesteps; keep the float
-    ``t·T`` of their σ (what dode and DODEScheduler evaluate at), as tests/test_flow_latent.py."""
-
-    class Float(cls):
-        def set_timesteps(self, *args, **kwargs):
-            super().set_timesteps(*args, **kwargs)
-            self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float()
-
-    return Float
-
-
 @pytest.mark.parametrize("name", ["euler", "dpm_solver_pp", "unipc"])
 def test_sd3_base_equals_diffusers_scheduler(sd3, name):
     n = 6
@@ -291,7 +280,7 @@ def test_sd3_base_equals_diffusers_scheduler(sd3, name):
         cls = (
             "DPMSolverMultistepScheduler" if name == "dpm_solver_pp" else "UniPCMultistepScheduler"
         )
-        ref_sched = _float_timesteps(getattr(diffusers, cls))(
+        ref_sched = float_timesteps(getattr(diffusers, cls))(
             use_flow_sigmas=True,
             prediction_type="flow_prediction",
             flow_shift=SHIFT,
@@ -360,11 +349,7 @@ def flux(tmp_path_factory):
     pipe = make_tiny_flux(folder)
     pipe.original_scheduler = pipe.scheduler
     den = FluxDenoiser.from_pretrained(str(folder), image_size=(16, 24))
-    g = torch.Generator().manual_seed(4)
-    emb = {
-        "prompt_embeds": torch.randn(2, 5, 32, generator=g),
-        "pooled_prompt_embeds": torch.randn(2, 24, generator=g),
-    }
+    emb = flux_embeds()
     return pipe, den, emb, folder
 
 

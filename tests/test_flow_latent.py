@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import make_tiny_flux, make_tiny_sd3
+from _tiny import float_timesteps, flux_embeds, make_tiny_flux, make_tiny_sd3, sd3_embeds
 
 import dode
 from dode.denoisers import FluxDenoiser, GuidedFlowDenoiser, SD3Denoiser
@@ -36,17 +36,6 @@ T = 1000
 SHIFT = 3.0
 
 
-def _float_timesteps(cls):
-    """The scheduler, with the network's timesteps kept at the float ``t·T`` of its σ."""
-
-    class Float(cls):
-        def set_timesteps(self, *args, **kwargs):
-            super().set_timesteps(*args, **kwargs)
-            self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float()
-
-    return Float
-
-
 # ---- SD3 ------------------------------------------------------------------------------------------
 
 
@@ -55,13 +44,7 @@ def sd3(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd3")
     pipe = make_tiny_sd3(root, shift=SHIFT)
     den = SD3Denoiser.from_pretrained(str(root))
-    g = torch.Generator().manual_seed(2)
-    emb = {
-        "prompt_embeds": torch.randn(3, 7, 16, generator=g),
-        "pooled_prompt_embeds": torch.randn(3, 12, generator=g),
-        "negative_prompt_embeds": torch.randn(3, 7, 16, generator=g),
-        "negative_pooled_prompt_embeds": torch.randn(3, 12, generator=g),
-    }
+    emb = sd3_embeds()
     return pipe, den, emb
 
 
@@ -120,7 +103,7 @@ def test_sd3_multistep_parity(sd3, name, order, sched):
 
     pipe, den, emb = sd3
     n, w = 6, 4.0
-    cls = _float_timesteps(
+    cls = float_timesteps(
         DPMSolverMultistepScheduler if sched == "dpm" else UniPCMultistepScheduler
     )
     scheduler = cls(
@@ -148,11 +131,7 @@ def flux(tmp_path_factory):
     root = tmp_path_factory.mktemp("flux")
     pipe = make_tiny_flux(root)
     den = FluxDenoiser.from_pretrained(str(root), image_size=(16, 24))
-    g = torch.Generator().manual_seed(4)
-    emb = {
-        "prompt_embeds": torch.randn(2, 5, 32, generator=g),
-        "pooled_prompt_embeds": torch.randn(2, 24, generator=g),
-    }
+    emb = flux_embeds()
     return pipe, den, emb
 
 
