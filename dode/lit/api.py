@@ -16,6 +16,7 @@ file (rank 0), finish the W&B run, return the :class:`~dode.artifact.FittedSolve
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 import re
 import socket
@@ -503,21 +504,10 @@ def fit(
         ValueError: bad settings (one message naming the problem).
         RuntimeError: the fit was interrupted (nothing written; resume with ``ckpt_path="last"``).
     """
+    settings = dict(locals())
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = DODEModule(
-        model=model, solver=solver, solver_options=solver_options, nfe=nfe, schedule=schedule,
-        schedule_options=schedule_options, teacher_factor=teacher_factor,
-        teacher_solver=teacher_solver, teacher_solver_options=teacher_solver_options,
-        teacher_space=teacher_space, fit_mode=fit_mode, lr=lr, dtype=dtype,
-        model_dtype=model_dtype, sigma_to_t=sigma_to_t, model_options=model_options,
-        cache_outputs=cache_outputs, activation_checkpointing=activation_checkpointing,
-        check_finite=check_finite, guidance_scale=guidance_scale,
-        guidance_rescale=guidance_rescale,
-    )  # fmt: skip
-    data = NoiseDataModule(
-        fit_seeds=fit_seeds, val_seeds=val_seeds, batch_size=batch_size, cache_dir=cache_dir,
-        class_labels=class_labels, prompts=prompts, negative_prompt=negative_prompt,
-    )  # fmt: skip
+    module = DODEModule(**{k: settings[k] for k in _MODEL_KEYS})
+    data = NoiseDataModule(**{k: settings[k] for k in _DATA_KEYS})
     module.use_conditioning(data.conditioning)
     callbacks = [
         SampleGridCallback(**(samples or {})),
@@ -536,16 +526,13 @@ def fit(
     return run_fit(module, data, pl_trainer, solver_file=out, ckpt_path=ckpt_path).fitted
 
 
-_MODEL_KEYS = (
-    "model", "solver", "solver_options", "nfe", "schedule", "schedule_options", "teacher_factor",
-    "teacher_solver", "teacher_solver_options", "teacher_space", "fit_mode", "lr", "dtype",
-    "model_dtype", "sigma_to_t", "model_options", "cache_outputs", "activation_checkpointing",
-    "check_finite", "guidance_scale", "guidance_rescale",
-)  # fmt: skip
-_DATA_KEYS = (
-    "fit_seeds", "val_seeds", "batch_size", "cache_dir", "class_labels", "prompts",
-    "negative_prompt",
-)  # fmt: skip
+def _init_keys(cls: type) -> tuple[str, ...]:
+    """The constructor arguments of ``cls`` (the ``--model.*`` / ``--data.*`` settings)."""
+    return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+
+
+_MODEL_KEYS = _init_keys(DODEModule)
+_DATA_KEYS = _init_keys(NoiseDataModule)
 _SECTIONS = ("trainer", "samples", "lambda_plot", "fid")
 _TOP = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project", "name")
 
