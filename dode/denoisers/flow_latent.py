@@ -51,10 +51,10 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import flux_mu
-from .base import Denoiser, quiet_loading
+from .base import Denoiser
 from .flow import FlowDenoiser, GuidedFlowDenoiser
 from .guidance import Conditioning, check_guidance
-from .vp import resolve_model_path
+from .vp import PipelineFolder
 
 __all__ = ["SD3Denoiser", "FluxDenoiser"]
 
@@ -198,38 +198,21 @@ class _LatentFlow(FlowDenoiser):
     ) -> tuple[str, nn.Module, nn.Module | None, dict, dict]:
         import diffusers
         import transformers
-        from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+        from diffusers import FlowMatchEulerDiscreteScheduler
 
         if isinstance(model_dtype, str):  # from configs: "float16", "bfloat16", ...
             if not isinstance(getattr(torch, model_dtype, None), torch.dtype):
                 raise ValueError(f"unknown model_dtype {model_dtype!r}; use e.g. 'bfloat16'.")
             model_dtype = getattr(torch, model_dtype)
-        path = resolve_model_path(path_or_id, cls._example)
-        try:
-            with quiet_loading():
-                index = DiffusionPipeline.load_config(path, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(
-                f"{path!r} is not a diffusers pipeline (no model_index.json): {e}. Pass a folder "
-                f"written by {cls._pipeline_class}.save_pretrained() or a hub id; if it is a hub "
-                f"id, download it first (huggingface-cli download {path} --local-dir DIR)."
-            ) from None
-
-        def present(name: str) -> bool:
-            entry = index.get(name)
-            return isinstance(entry, (list, tuple)) and entry[0] is not None
-
-        def load(name: str, loader: Any, dtype: bool = True) -> Any:
-            try:
-                with quiet_loading():
-                    obj = loader.from_pretrained(path, subfolder=name, **kwargs)
-            except Exception as e:  # noqa: BLE001
-                raise ValueError(
-                    f"could not load {name}/ of the pipeline {path!r} ({e}); the folder must "
-                    f"hold a {cls._pipeline_class} ({transformer_class} in transformer/)."
-                ) from None
-            return obj.to(model_dtype) if dtype and model_dtype is not None else obj
-
+        folder = PipelineFolder(
+            path_or_id,
+            cls._example,
+            cls._pipeline_class,
+            f"{cls._pipeline_class} ({transformer_class} in transformer/)",
+            model_dtype,
+            kwargs,
+        )
+        path, index, present, load = folder.path, folder.index, folder.present, folder.load
         if not present("transformer"):
             raise ValueError(
                 f"the pipeline {path!r} has no transformer/; it is not a {cls._pipeline_class}."

@@ -31,9 +31,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .base import quiet_loading
 from .guidance import Conditioning
-from .vp import DiffusersDenoiser, load_alphas_cumprod, resolve_model_path
+from .vp import DiffusersDenoiser, PipelineFolder, load_alphas_cumprod
 
 __all__ = ["LatentDiffusionDenoiser"]
 
@@ -135,35 +134,18 @@ class LatentDiffusionDenoiser(DiffusersDenoiser):
             image_size: SDXL size ids (default: the UNet sample size × the VAE factor).
             **kwargs: passed to every ``from_pretrained`` (``revision``, ``cache_dir``, …).
         """
-        from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        path = resolve_model_path(path_or_id, "stable-diffusion-v1-5/stable-diffusion-v1-5")
-        try:
-            with quiet_loading():
-                index = DiffusionPipeline.load_config(path, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(
-                f"{path!r} is not a diffusers pipeline (no model_index.json): {e}. Pass a folder "
-                "written by StableDiffusionPipeline.save_pretrained() or a hub id; if it is a "
-                f"hub id, download it first (huggingface-cli download {path} --local-dir DIR)."
-            ) from None
-
-        def present(name: str) -> bool:
-            entry = index.get(name)
-            return isinstance(entry, (list, tuple)) and entry[0] is not None
-
-        def load(name: str, loader: Any, dtype: bool = True) -> Any:
-            try:
-                with quiet_loading():
-                    obj = loader.from_pretrained(path, subfolder=name, **kwargs)
-            except Exception as e:  # noqa: BLE001
-                raise ValueError(
-                    f"could not load {name}/ of the pipeline {path!r} ({e}); the folder must "
-                    "hold a complete StableDiffusion(XL)Pipeline."
-                ) from None
-            return obj.to(model_dtype) if dtype and model_dtype is not None else obj
-
+        folder = PipelineFolder(
+            path_or_id,
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "StableDiffusionPipeline",
+            "complete StableDiffusion(XL)Pipeline",
+            model_dtype,
+            kwargs,
+        )
+        path, index, present, load = folder.path, folder.index, folder.present, folder.load
         xl = present("text_encoder_2")
         unet = load("unet", UNet2DConditionModel)
         vae = load("vae", AutoencoderKL)

@@ -37,6 +37,62 @@ def resolve_model_path(path_or_id: str | os.PathLike, example: str) -> str:
     return path
 
 
+class PipelineFolder:
+    """A diffusers pipeline folder (or hub id) whose parts load one by one, each failure with one
+    clear message.
+
+    Args:
+        path_or_id: the folder (with ``model_index.json``) or hub id.
+        example: a hub id to name in the error for a missing folder.
+        pipeline_class: the pipeline class that writes such folders (named in errors).
+        holds: what the folder must hold, for the error of a part that does not load.
+        model_dtype: dtype the networks are cast to (``None``: as stored).
+        kwargs: passed to every ``from_pretrained`` (``revision``, ``cache_dir``, …).
+    """
+
+    def __init__(
+        self,
+        path_or_id: str | os.PathLike,
+        example: str,
+        pipeline_class: str,
+        holds: str,
+        model_dtype: torch.dtype | None,
+        kwargs: dict,
+    ) -> None:
+        from diffusers import DiffusionPipeline
+
+        self.path = path = resolve_model_path(path_or_id, example)
+        self.holds, self.model_dtype, self.kwargs = holds, model_dtype, kwargs
+        try:
+            with quiet_loading():
+                self.index = DiffusionPipeline.load_config(path, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"{path!r} is not a diffusers pipeline (no model_index.json): {e}. Pass a folder "
+                f"written by {pipeline_class}.save_pretrained() or a hub id; if it is a hub "
+                f"id, download it first (huggingface-cli download {path} --local-dir DIR)."
+            ) from None
+
+    def present(self, name: str) -> bool:
+        """Whether ``model_index.json`` lists the part ``name``."""
+        entry = self.index.get(name)
+        return isinstance(entry, (list, tuple)) and entry[0] is not None
+
+    def load(self, name: str, loader: Any, dtype: bool = True) -> Any:
+        """``loader.from_pretrained`` on the subfolder ``name`` (cast to ``model_dtype`` if
+        ``dtype``)."""
+        try:
+            with quiet_loading():
+                obj = loader.from_pretrained(self.path, subfolder=name, **self.kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"could not load {name}/ of the pipeline {self.path!r} ({e}); the folder must "
+                f"hold a {self.holds}."
+            ) from None
+        model_dtype = self.model_dtype
+        return obj.to(model_dtype) if dtype and model_dtype is not None else obj
+
+
 def load_alphas_cumprod(path: str, errors: list[str], **kwargs) -> tuple[Tensor, str] | None:
     """The ᾱ table and prediction type from a scheduler config (``scheduler/`` or flat)."""
     from diffusers import DDPMScheduler
