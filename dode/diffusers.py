@@ -113,6 +113,19 @@ def _vp_sigma_to_t(sigma: Tensor, log_table: Tensor, mode: str) -> Tensor:
     return lo.to(torch.float64) + w
 
 
+def read_scheduler_config(path: str, errors: list[str]) -> dict | None:
+    """The scheduler config of a pipeline folder (``scheduler/``) or of a scheduler folder (or
+    hub id); ``None`` if neither reads, with the first line of each failure added to ``errors``."""
+    from diffusers import DDPMScheduler
+
+    for sub in ("scheduler", None):
+        try:
+            return DDPMScheduler.load_config(path, subfolder=sub)
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            errors.append(str(e).splitlines()[0])
+    return None
+
+
 class DODEScheduler(SchedulerMixin, ConfigMixin):
     """A fitted D-ODE solver (solver, σ grid, λ) that runs inside diffusers pipelines.
 
@@ -366,15 +379,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _scheduler_from_model_id(model_id: str | None, path) -> Any:
-        from diffusers import DDPMScheduler
-
-        errors = []
+        errors: list[str] = []
         if model_id:
-            for sub in ("scheduler", None):
-                try:
-                    return DDPMScheduler.load_config(model_id, subfolder=sub)
-                except Exception as e:  # noqa: BLE001 - reported below
-                    errors.append(str(e).splitlines()[0])
+            config = read_scheduler_config(model_id, errors)
+            if config is not None:
+                return config
         raise ValueError(
             f"{str(path)!r} does not record the model's noise schedule and its model "
             f"{model_id!r} has no readable scheduler config; pass the pipeline's scheduler: "

@@ -27,14 +27,12 @@ __all__ = ["main", "export"]
 
 
 def _like_config(path: str) -> dict:
-    from diffusers import DDPMScheduler
+    from .diffusers import read_scheduler_config
 
-    errors = []
-    for sub in ("scheduler", None):
-        try:
-            return DDPMScheduler.load_config(path, subfolder=sub)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(str(e).splitlines()[0])
+    errors: list[str] = []
+    config = read_scheduler_config(path, errors)
+    if config is not None:
+        return config
     raise ValueError(
         f"--like {path!r}: no scheduler config found there (a pipeline folder with scheduler/ "
         f"or a scheduler folder); {'; '.join(errors)}"
