@@ -91,23 +91,31 @@ def digits_data() -> torch.Tensor:
     return (images / 8.0 - 1.0)[:, None]
 
 
-@register_model("digits")
-def _digits(
-    sigma_to_t: str = "interp", dtype: torch.dtype | None = None, **kwargs
+def _bundled_ddpm(
+    name: str, folder: str, make: str, sigma_to_t: str, dtype: torch.dtype | None, /, **kwargs
 ) -> DiffusersDenoiser:
-    path = ASSETS / "digits_ddpm"
+    """The DDPM bundled with dode in ``ASSETS / folder``, registered as ``name``; ``make`` is
+    the command that writes it (named in the error when the folder is missing)."""
+    path = ASSETS / folder
     if not path.is_dir():
         raise ValueError(
-            f"the bundled 'digits' model is missing: no diffusers folder at {str(path)!r}. "
-            "Reinstall dode from a complete checkout, or make it with `python -m dode.pretrain "
-            "-c configs/pretrain/digits.yaml`; or pass another model (a registered name, a hub "
-            "id or a local diffusers folder)."
+            f"the bundled {name!r} model is missing: no diffusers folder at {str(path)!r}. "
+            f"Reinstall dode from a complete checkout, or make it with `{make}`; or pass another "
+            "model (a registered name, a hub id or a local diffusers folder)."
         )
     den = DiffusersDenoiser.from_pretrained(
         path, sigma_to_t=sigma_to_t, torch_dtype=dtype, **kwargs
     )
-    den.model_id = "digits"
+    den.model_id = name
     return den
+
+
+@register_model("digits")
+def _digits(
+    sigma_to_t: str = "interp", dtype: torch.dtype | None = None, **kwargs
+) -> DiffusersDenoiser:
+    make = "python -m dode.pretrain -c configs/pretrain/digits.yaml"
+    return _bundled_ddpm("digits", "digits_ddpm", make, sigma_to_t, dtype, **kwargs)
 
 
 @register_model("digits-flow")
@@ -123,18 +131,10 @@ def _digits_flow(dtype=None, sigma_to_t=None, **kw) -> DiffusersFlowDenoiser:  #
 def _digits_cond(
     sigma_to_t: str = "interp", dtype: torch.dtype | None = None, num_classes: int = 10, **kwargs
 ) -> DiffusersDenoiser:
-    path = ASSETS / "digits_cond_ddpm"
-    if not path.is_dir():
-        raise ValueError(
-            f"the bundled 'digits-cond' model is missing: no diffusers folder at {str(path)!r}. "
-            "Reinstall dode from a complete checkout, or make it with `python -m dode.pretrain`; "
-            "or pass another model (a registered name, a hub id or a local diffusers folder)."
-        )
-    den = DiffusersDenoiser.from_pretrained(
-        path, sigma_to_t=sigma_to_t, torch_dtype=dtype, num_classes=num_classes, **kwargs
-    )
-    den.model_id = "digits-cond"
-    return den
+    return _bundled_ddpm(
+        "digits-cond", "digits_cond_ddpm", "python -m dode.pretrain", sigma_to_t, dtype,
+        num_classes=num_classes, **kwargs,
+    )  # fmt: skip
 
 
 _TEXT_PARTS = ("text_encoder", "text_encoder_2")
