@@ -54,7 +54,7 @@ from ..schedules import flow_t_to_sigma
 from .base import Denoiser, quiet_loading
 from .gmm import GaussianMixtureDenoiser
 from .guidance import ConditionalDenoiser, Conditioning, GuidedDenoiser, rescale_noise_cfg
-from .vp import DiffusersDenoiser, weight_files
+from .vp import DiffusersDenoiser, unet_sample_shape, weight_files
 
 __all__ = [
     "FlowDenoiser",
@@ -301,12 +301,7 @@ class DiffusersFlowDenoiser(FlowDenoiser):
         num_classes: int | None = None,
     ) -> None:
         cfg = getattr(unet, "config", None)
-        shape = None
-        if cfg is not None and getattr(cfg, "sample_size", None) is not None:
-            size = cfg.sample_size
-            hw = (size, size) if isinstance(size, int) else tuple(size)
-            shape = (cfg.in_channels, *hw)
-        super().__init__(shape, t_min=1 / num_train_timesteps)
+        super().__init__(unet_sample_shape(unet), t_min=1 / num_train_timesteps)
         self.unet = unet.eval().requires_grad_(False)
         self.num_train_timesteps = int(num_train_timesteps)
         self.shift = float(shift)

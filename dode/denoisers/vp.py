@@ -93,6 +93,17 @@ class PipelineFolder:
         return obj.to(model_dtype) if dtype and model_dtype is not None else obj
 
 
+def unet_sample_shape(unet: nn.Module) -> tuple[int, ...] | None:
+    """``(C, H, W)`` of a sample from a diffusers UNet's config (``None`` without
+    ``sample_size``)."""
+    cfg = getattr(unet, "config", None)
+    if cfg is None or getattr(cfg, "sample_size", None) is None:
+        return None
+    size = cfg.sample_size
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return (cfg.in_channels, *hw)
+
+
 def load_alphas_cumprod(path: str, errors: list[str], **kwargs) -> tuple[Tensor, str] | None:
     """The ᾱ table and prediction type from a scheduler config (``scheduler/`` or flat)."""
     from diffusers import DDPMScheduler
@@ -137,12 +148,7 @@ class DiffusersDenoiser(ConditionalDenoiser):
     ) -> None:
         table = vp_sigmas(alphas_cumprod)
         cfg = getattr(unet, "config", None)
-        shape = None
-        if cfg is not None and getattr(cfg, "sample_size", None) is not None:
-            size = cfg.sample_size
-            hw = (size, size) if isinstance(size, int) else tuple(size)
-            shape = (cfg.in_channels, *hw)
-        super().__init__(float(table[0]), float(table[-1]), shape)
+        super().__init__(float(table[0]), float(table[-1]), unet_sample_shape(unet))
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(
                 f"unknown prediction_type {prediction_type!r}; use 'epsilon', 'v_prediction' "
