@@ -173,11 +173,6 @@ def expm1(v):
     return torch.expm1(v) if isinstance(v, torch.Tensor) else math.expm1(v)
 
 
-def log_ratio(a: float, b: float) -> float:
-    """h = λ_b − λ_a = log(a / b) with λ = −log σ (the log-SNR step); ∞ if b == 0."""
-    return math.inf if b == 0 else math.log(a / b)
-
-
 def multistep_order(i: int, n: int, s: list[float], order: int, lower_order_final: bool) -> int:
     """Order of step ``i`` of ``n`` for a multistep method: warm start with lower orders; with
     ``lower_order_final`` (diffusers' rule for fewer than 15 steps) the last step is first order
