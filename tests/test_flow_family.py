@@ -82,3 +82,37 @@ def test_grid_from_infinity_says_start(models):
             call()
     noise, grid = flow.start(noise, s)  # the fix works
     assert torch.isfinite(dode.sample(flow, "euler", noise, grid)).all()
+
+
+@pytest.mark.parametrize("tool", ["sample", "evaluate"])
+def test_cli_refuses_the_other_family_first(tmp_path, capsys, tool):
+    """A flow solver file with the bundled DDPM: one error naming the family, before the
+    weights check (whose override could not make the λ apply) and before anything is written."""
+    from dode.loading import load_denoiser
+    from dode.schedules import flow_sigmas
+
+    flow = load_denoiser("digits-flow")
+    fs = FittedSolver(
+        solver={"name": "euler"},
+        sigmas=flow_sigmas(4, 1.0, spacing="dpm_solver"),
+        lambdas=torch.zeros(4),
+        model={"id": "digits-flow", "class": type(flow).__name__, "weights_hash": "0" * 64},
+    )
+    path = fs.save(tmp_path / "flow.safetensors")
+    out = tmp_path / "out"
+    if tool == "sample":
+        from dode.cli.sample import main
+
+        argv = ["--solver-file", str(path), "--model", "digits", "--seeds", "0-1"]
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--out", str(out), "--ignore_model_hash"])
+        code = e.value.code
+    else:
+        from dode.evaluate import main
+
+        argv = ["--solver_file", str(path), "--model", "digits", "--seeds", "0-1", "--out"]
+        code = main([*argv, str(out), "--fid", "false", "--wandb", "false", "--log", "null"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "rectified-flow model" in err[0] and "diffusion" in err[0], err
+    assert not out.exists()

@@ -170,6 +170,7 @@ def _run(args) -> Path:
         dtype=meta.get("dtype"),
         **(meta.get("options") or {}),
     )
+    fs.check_model(den)  # the model family first: no override makes another family's λ apply
     check_model_weights(
         meta.get("weights_hash"),
         den,

@@ -179,6 +179,7 @@ def resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
         if denoiser is None:
             options = {**(meta.get("options") or {}), **(cfg.model_options or {})}
             denoiser = load_model(model, cfg.sigma_to_t, cfg.model_dtype, **options)
+        fitted.check_model(denoiser)  # the family first: no override makes its λ apply
         check_model_weights(
             meta.get("weights_hash"),
             denoiser,
@@ -186,7 +187,6 @@ def resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
             source=str(cfg.solver_file),
             ignore=cfg.ignore_model_hash,
         )
-        fitted.check_model(denoiser)
         lambdas = None if cfg.base else fitted.lambdas
         solver = fitted.build_solver()
         label = ("" if cfg.base else "D-") + solver.describe()
