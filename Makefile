@@ -66,7 +66,7 @@ tables-dry:  ## DRY_RUN of every paper table on tiny random models: CPU only, no
 # The bundled default: a DDPM trained on scikit-learn's 8x8 digits (dode/assets/digits_ddpm),
 # class-conditional DDPM and rectified-flow variants (dode/assets/digits_cond_ddpm, digits_flow),
 # a digits classifier for FD-digits (dode/assets/digits_classifier), their hashes (SHA256SUMS).
-.PHONY: demo table-digits pretrain-digits pretrain-digits-cond pretrain-digits-flow check-digits-assets
+.PHONY: demo demo-guided demo-flow table-digits pretrain-digits pretrain-digits-cond pretrain-digits-flow check-digits-assets
 
 demo:  ## D-ODE on the bundled digits model: 6 solvers x NFE 3-10, judged on 10,000 held-out seeds (CPU); writes experiments/results/digits/
 	@$(PYTHON) -c "import dode, lightning, diffusers, wandb, sklearn, matplotlib, jsonargparse" 2>/dev/null \
@@ -74,6 +74,16 @@ demo:  ## D-ODE on the bundled digits model: 6 solvers x NFE 3-10, judged on 10,
 	$(PYTHON) experiments/digits_demo.py -c configs/demo/digits.yaml
 
 table-digits: demo  ## same as demo
+
+demo-guided:  ## D-ODE with classifier-free guidance on the class-conditional digits DDPM: DDIM, DPM-Solver++(2M), UniPC x NFE 3-10 x guidance 1, 2, 4, FD-digits + class accuracy (CPU); writes experiments/results/digits-guided/
+	@$(PYTHON) -c "import dode, diffusers, sklearn, matplotlib, jsonargparse" 2>/dev/null \
+		|| $(PYTHON) -m pip install -e .
+	$(PYTHON) experiments/digits_guided_demo.py -c configs/demo/digits-guided.yaml
+
+demo-flow:  ## D-ODE on the class-conditional rectified-flow digits model: Euler, DPM-Solver++(2M), UniPC x NFE 3-10, FD-digits + class accuracy (CPU); writes experiments/results/digits-flow/
+	@$(PYTHON) -c "import dode, diffusers, sklearn, matplotlib, jsonargparse" 2>/dev/null \
+		|| $(PYTHON) -m pip install -e .
+	$(PYTHON) experiments/digits_flow_demo.py -c configs/demo/digits-flow.yaml
 
 pretrain-digits:  ## retrain the bundled digits DDPM and classifier (CPU, seed 0) and rewrite dode/assets/SHA256SUMS
 	$(PYTHON) -m dode.pretrain -c configs/pretrain/digits.yaml
