@@ -14,7 +14,7 @@ install:  ## install dode with its dev tools (pip install -e ".[dev]")
 # On a fresh machine (no pytest, or dode's dependencies missing) the test targets first install
 # dode with its dev extras, as `make demo` installs what it needs.
 dev-deps:
-	@$(PYTHON) -c "import pytest, dode, lightning, diffusers, sklearn, jsonargparse" 2>/dev/null \
+	@$(PYTHON) -c "import pytest, dode, lightning, diffusers, transformers, sklearn, jsonargparse" 2>/dev/null \
 		|| $(PYTHON) -m pip install -e ".[dev]"
 
 test: dev-deps  ## run the default test suite (CPU, < 10 min; installs the dev extras if missing)
