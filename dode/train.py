@@ -21,6 +21,7 @@ the fitted-solver file (``--solver_file``, default ``<run_dir>/solver.safetensor
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -65,6 +66,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", r".*The anonymous setting has no effect.*")
     warnings.filterwarnings("ignore", r".*LightningCLI's args parameter is intended.*")
     os.environ.setdefault("WANDB_SILENT", "true")
+    # Lightning's advertisement for its hosted logger (one line per Trainer, before any error).
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "litlogger" not in record.getMessage())
     try:
         from diffusers.utils import logging as diffusers_logging
 
