@@ -24,9 +24,10 @@ for the best standard grid + λ, the DP grid without λ and with λ (``--model d
 
 ``--model digits-cond`` (``make demo-frontier-guided``, CFG ``--guidance 2``) and ``--model
 digits-flow`` (``make demo-frontier-flow``, guidance 1) run the same frontier on the bundled
-class-conditional models, with fewer solvers and NFEs (:data:`PRESETS`) to stay under 5 minutes:
-labels are seed mod 10, bound per noise set (fit, selection, judged) with
-``den.bind(labels, guidance_scale=w)`` as in ``experiments/digits_guided_demo.py``. The flow's
+class-conditional models (the same solvers and NFEs, :data:`PRESETS`; each run is under 5
+minutes on 2 cores, ``--solvers`` / ``--nfes`` narrow it): labels are seed mod 10, bound per
+noise set (fit, selection, judged) with ``den.bind(labels, guidance_scale=w)`` as in
+``experiments/digits_guided_demo.py``. The flow's
 standard grids start at the finite σ = 999 (t = 0.999), so no :meth:`FlowDenoiser.start` is
 needed. FD-digits is against the 360 held-out real digits as for the DDPM.
 
@@ -68,13 +69,14 @@ SOLVERS = {
     "UniPC": ("unipc", {}),
 }
 #: Per model: the solvers (keys of :data:`SOLVERS`), NFEs, guidance scale and output folder.
+#: (DDIM on the flow is its Euler step: both are the first-order step in σ-space.)
 PRESETS = {
     "digits": {"solvers": list(SOLVERS), "nfes": list(range(3, 11)), "guidance": 1.0,
                "out": "experiments/results/digits"},
-    "digits-cond": {"solvers": ["iPNDM", "DPM-Solver++(2M)", "UniPC"], "nfes": [3, 4, 5, 6, 8, 10],
-                    "guidance": 2.0, "out": "experiments/results/digits-guided"},
-    "digits-flow": {"solvers": ["DDIM", "DPM-Solver++(2M)", "UniPC"], "nfes": [3, 4, 5, 6, 8, 10],
-                    "guidance": 1.0, "out": "experiments/results/digits-flow"},
+    "digits-cond": {"solvers": list(SOLVERS), "nfes": list(range(3, 11)), "guidance": 2.0,
+                    "out": "experiments/results/digits-guided"},
+    "digits-flow": {"solvers": list(SOLVERS), "nfes": list(range(3, 11)), "guidance": 1.0,
+                    "out": "experiments/results/digits-flow"},
 }  # fmt: skip
 COLUMNS = [
     "nfe", "best_base", "best_base_fd", "best_base_mse", "best_dode", "best_dode_fd",
@@ -98,10 +100,12 @@ def run(
     solvers: list[str] | None = None,
     sgd_nfes: tuple[int, ...] = (4, 5),
     gmm: bool | None = None,
+    fit: int = 100,
 ) -> list[dict]:
     """The frontier of ``model`` (a key of :data:`PRESETS`) at ``guidance``; see the module
     docstring. ``solvers``: keys of :data:`SOLVERS` (default: all); ``sgd_nfes``: where
-    :func:`learned_sgd` also runs; ``gmm``: also the exact-GMM table (default: for ``digits``)."""
+    :func:`learned_sgd` also runs; ``gmm``: also the exact-GMM table (default: for ``digits``);
+    ``fit``: the fit seeds (0 to fit − 1) for λ and the learned grids."""
     if model not in PRESETS:
         raise ValueError(f"unknown model {model!r}; pick one of {sorted(PRESETS)}.")
     solvers = list(SOLVERS) if solvers is None else solvers
@@ -123,7 +127,7 @@ def run(
         return ref.distance(digits_features(check_images(x.float().clamp(-1, 1)), clf))
 
     shape = base.sample_shape
-    fit_seeds = list(range(100))
+    fit_seeds = list(range(fit))
     sel_seeds = list(range(3_000_000, 3_000_000 + select))
     jud_seeds = list(range(1_000_000, 1_000_000 + judge))
     fit_noise = noise_from_seeds(fit_seeds, shape)
@@ -219,7 +223,8 @@ def run(
     }
     header = (
         f"# {what[model]} frontier (issue 14): {', '.join(solvers)}; judged on {judge} held-out seeds (the demo uses 10,000), "
-        f"grids chosen on 50 and α on {select} other seeds, λ/grids fitted on seeds 0-99; teacher "
+        f"grids chosen on {len(grid_noise)} and α on {select} other seeds, λ/grids fitted on seeds "
+        f"0-{fit - 1}; teacher "
         f"(fit seeds) {teacher_s:.1f} s; run {total:.0f} s on {torch.get_num_threads()} thread(s)"
     )
     with open(out / "frontier.csv", "w", newline="") as f:
@@ -312,6 +317,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="CFG scale (digits-cond only; default: the preset's, 2)")  # fmt: skip
     p.add_argument("--judge", type=int, default=500, help="held-out seeds judged per cell")
     p.add_argument("--select", type=int, default=100, help="seeds for grid and α selection")
+    p.add_argument("--fit", type=int, default=100, help="fit seeds (0 to FIT-1) for λ and grids")
     p.add_argument("--solvers", nargs="+", default=None, help=f"from {list(SOLVERS)}")
     p.add_argument("--nfes", type=int, nargs="+", default=None)
     p.add_argument("--sgd-nfes", type=int, nargs="*", default=[4, 5],
@@ -332,6 +338,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         solvers=a.solvers or pre["solvers"],
         sgd_nfes=tuple(a.sgd_nfes),
         gmm=False if a.no_gmm else None,
+        fit=a.fit,
     )
 
 
