@@ -121,6 +121,12 @@ sample:  ## PNGs + samples.npz from a fitted solver: make sample SOLVER_FILE=run
 bench-train:  ## wall time of python -m dode.train vs a direct dode.fit_lambdas call on the same work, with the breakdown
 	$(PYTHON) -m dode.lit.bench --repeat 2
 
-.PHONY: demo-frontier
+.PHONY: demo-frontier demo-frontier-guided demo-frontier-flow
 demo-frontier:  ## best learning-free (solver, grid) vs D-solvers vs learned grid + λ per NFE 3-10 on the digits DDPM (CPU); writes experiments/results/digits/frontier.csv, frontier_gmm.csv, frontier.png
 	$(PYTHON) experiments/digits_frontier.py
+
+demo-frontier-guided:  ## the same frontier on digits-cond at CFG 2 (4 solvers, NFE 3-10); writes experiments/results/digits-guided/frontier.csv, frontier.png
+	$(PYTHON) experiments/digits_frontier.py --model digits-cond --guidance 2
+
+demo-frontier-flow:  ## the same frontier on the digits-flow rectified flow (4 solvers, NFE 3-10); writes experiments/results/digits-flow/frontier.csv, frontier.png
+	$(PYTHON) experiments/digits_frontier.py --model digits-flow
