@@ -68,11 +68,11 @@ from digits_demo import (  # noqa: E402
 )
 
 import dode  # noqa: E402
-from dode.denoisers import Denoiser, DiffusersDenoiser, DiffusersFlowDenoiser  # noqa: E402
-from dode.denoisers.flow import FlowDenoiser  # noqa: E402
+from dode.denoisers import Denoiser  # noqa: E402
+from dode.denoisers.flow import FlowDenoiser, flow_start  # noqa: E402
 from dode.digits import digits_features, load_classifier, load_digits_split  # noqa: E402
 from dode.lambda_fit import at_sigma  # noqa: E402
-from dode.loading import ASSETS  # noqa: E402
+from dode.loading import load_denoiser  # noqa: E402
 from dode.metrics import FrechetReference, mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.sampling import sample_many  # noqa: E402
@@ -102,11 +102,12 @@ COLUMNS = [
     "lambdas",
 ]
 
-#: The bundled class-conditional models (10 classes; label = seed mod 10).
-MODELS = {
-    "digits-cond": ASSETS / "digits_cond_ddpm",  # ε, DDPM linear β, null label 10 for CFG
-    "digits-flow": ASSETS / "digits_flow",  # rectified flow, v = ε − x0 at timestep 1000·t
-}
+#: The bundled class-conditional models, by their registered names (:func:`dode.load_denoiser`;
+#: 10 classes, label = seed mod 10).
+MODELS = (
+    "digits-cond",  # dode/assets/digits_cond_ddpm: ε, DDPM linear β, null label 10 for CFG
+    "digits-flow",  # dode/assets/digits_flow: rectified flow, v = ε − x0 at timestep 1000·t
+)
 NUM_CLASSES = 10
 
 # Each on diffusers' DDIM grid (time-uniform, "leading": t_i = i·(1000 // N)), as `make demo`.
@@ -123,11 +124,9 @@ TEACHER = SolverSpec("teacher", "dpm_solver_pp", {"order": 3})
 
 
 def load_model(name: str) -> Denoiser:
-    """The bundled conditional digits model ``name`` (a key of :data:`MODELS`)."""
-    path = MODELS[name]
-    if name == "digits-flow":
-        return DiffusersFlowDenoiser.from_pretrained(path)
-    return DiffusersDenoiser.from_pretrained(path, num_classes=NUM_CLASSES)
+    """The bundled conditional digits model ``name`` (a key of :data:`MODELS`), loaded by its
+    registered name (:func:`dode.loading.load_denoiser`)."""
+    return load_denoiser(name)
 
 
 def labels_of(seeds: list[int]) -> Tensor:
@@ -135,39 +134,10 @@ def labels_of(seeds: list[int]) -> Tensor:
     return torch.tensor(seeds, dtype=torch.long) % NUM_CLASSES
 
 
-class _FlowWithLabels(Denoiser):
-    """A class-conditional flow with fixed labels, one per sample (guidance 1).
-
-    :class:`~dode.denoisers.DiffusersFlowDenoiser` holds its labels as state
-    (``set_class_labels``); this wrapper sets them on every call, so several label sets can be
-    in use side by side.
-    """
-
-    def __init__(self, flow: DiffusersFlowDenoiser, labels: Tensor) -> None:
-        super().__init__(flow.sigma_min, flow.sigma_max, flow.sample_shape)
-        self.flow, self.labels = flow, labels
-        self.prediction = flow.prediction
-
-    def check_noise(self, noise: Tensor) -> None:
-        super().check_noise(noise)
-        if noise.shape[0] != len(self.labels):
-            raise ValueError(f"{len(self.labels)} labels for a batch of {noise.shape[0]}.")
-
-    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return self.flow.set_class_labels(self.labels).denoise(x, sigma)
-
-    def start(self, latents: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow.set_class_labels(self.labels).start(latents, sigmas)
-
-
 def bind(den: Denoiser, seeds: list[int], w: float) -> Denoiser:
-    """``den`` conditioned on the seeds' labels, guidance scale ``w``."""
-    labels = labels_of(seeds)
-    if isinstance(den, FlowDenoiser):
-        if w != 1:  # checked in DemoSettings.check; kept here for direct callers
-            raise ValueError(f"the flow demo takes guidance 1 only, got {w}.")
-        return _FlowWithLabels(den, labels)
-    return den.bind(labels, guidance_scale=w)
+    """``den`` conditioned on the seeds' labels, guidance scale ``w`` (a flow stays a flow:
+    :meth:`~dode.denoisers.FlowDenoiser.bind` keeps ``start``)."""
+    return den.bind(labels_of(seeds), guidance_scale=w)
 
 
 def problem(den: Denoiser, spec: SolverSpec, nfe: int, seeds: list[int], w: float):
@@ -187,7 +157,7 @@ def problem(den: Denoiser, spec: SolverSpec, nfe: int, seeds: list[int], w: floa
         opts = {"shift": getattr(den, "shift", 1.0), **(spec.schedule_options or {})}
         grid = flow_sigmas(steps, spacing=spec.schedule or "flux", **opts)
         with torch.no_grad():
-            noise, sigmas = model.start(latents, grid)
+            noise, sigmas = flow_start(model, latents, grid)
         return model, noise.clone(), sigmas
     sigmas = grid_for_model(
         den, spec.schedule or "time_uniform", solver.steps_for_nfe(nfe), spec.schedule_options
