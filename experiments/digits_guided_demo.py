@@ -35,10 +35,8 @@ Usage::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
-import os
 import sys
 import time
 import warnings
@@ -57,23 +55,26 @@ for _p in (ROOT, ROOT / "experiments"):
 
 from digits_demo import (  # noqa: E402
     SolverSpec,
+    _alphas,
     _as_images,
+    _checked_run,
     _fmt,
-    _paired_fd_diff_std,
+    _judge_fd,
     _peak,
     _pool,
     _quiet,
-    _threads,
+    _shared,
+    _write_csv,
+    cli,
     plot_samples,
 )
 
 import dode  # noqa: E402
 from dode.denoisers import Denoiser  # noqa: E402
 from dode.denoisers.flow import FlowDenoiser, flow_start  # noqa: E402
-from dode.digits import digits_features, load_classifier, load_digits_split  # noqa: E402
+from dode.digits import digits_features  # noqa: E402
 from dode.lambda_fit import at_sigma  # noqa: E402
-from dode.loading import load_denoiser  # noqa: E402
-from dode.metrics import FrechetReference, mse  # noqa: E402
+from dode.metrics import mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.sampling import sample_many  # noqa: E402
 from dode.schedules import flow_sigmas, grid_for_model, refine_space  # noqa: E402
@@ -121,12 +122,6 @@ TEACHER = SolverSpec("teacher", "dpm_solver_pp", {"order": 3})
 
 
 # -- the model, bound to a set of seeds ----------------------------------------------------------
-
-
-def load_model(name: str) -> Denoiser:
-    """The bundled conditional digits model ``name`` (a key of :data:`MODELS`), loaded by its
-    registered name (:func:`dode.loading.load_denoiser`)."""
-    return load_denoiser(name)
 
 
 def labels_of(seeds: list[int]) -> Tensor:
@@ -285,34 +280,12 @@ def run_demo(settings: DemoSettings | None = None, **changes: Any) -> list[dict]
     table's rows (cells, then the reference rows).
     """
     s = dataclasses.replace(settings or DemoSettings(), **changes)
-    s.scales = [float(a) for a in s.scales]
     s.guidance_scales = [float(w) for w in s.guidance_scales]
-    s.check()
-    if s.workers and not s.threads:
-        s.threads = max(1, (os.cpu_count() or 1) // s.workers)
-    with _threads(s.threads):
-        return _run_demo(s)
+    return _checked_run(s, _run_demo)
 
 
 # -- work that runs in a worker process (or inline with workers=0) -------------------------------
-
-_CACHE: dict[str, Any] = {}
-
-
-def _shared(model: str) -> dict[str, Any]:
-    """The model, classifier and reference statistics, loaded once per process."""
-    if _CACHE.get("model") != model:
-        split = load_digits_split()
-        clf = load_classifier()
-        _CACHE.update(
-            model=model,
-            den=load_model(model),
-            clf=clf,
-            split=split,
-            test_digits=FrechetReference.from_features(digits_features(split.test_images, clf)),
-            train_digits=FrechetReference.from_features(digits_features(split.train_images, clf)),
-        )
-    return _CACHE
+# (the model, classifier and reference statistics: digits_demo's ``_shared``, once per process)
 
 
 def accuracy(images: Tensor, labels: Tensor, clf) -> float:
@@ -384,16 +357,11 @@ def _cell_task(spec: SolverSpec, nfe: int, w: float, s: DemoSettings) -> dict:
     with torch.inference_mode():
         runs = [x.float() for x in sample_many(model, solver, noise, sigmas, sets)]
     xb_raw, xd_raw = runs[0], runs[-1]
-    xb, xd = _as_images(xb_raw), _as_images(xd_raw)
-    fb = digits_features(xb, clf)
-    fd = fb if alpha == 0 else digits_features(xd, clf)
-    ref = sh["test_digits"]
+    xb, xd, fds = _judge_fd(xb_raw, xd_raw, alpha, clf, sh["test_digits"], s.bootstrap, nfe)
     row.update(
         status="ok",
         lambda_scale=alpha,
-        fd_digits_base=ref.distance(fb),
-        fd_digits_dode=ref.distance(fd),
-        fd_digits_diff_std=_paired_fd_diff_std(fb, fd, ref, s.bootstrap, seed=nfe),
+        **fds,
         acc_base=accuracy(xb, labels, clf),
         acc_dode=accuracy(xd, labels, clf),
         judge_seconds=time.perf_counter() - t0,
@@ -409,13 +377,8 @@ def _cell_task(spec: SolverSpec, nfe: int, w: float, s: DemoSettings) -> dict:
 
 def write_table(rows: list[dict], refs: list[dict], out: Path, header: list[str]) -> str:
     """Write ``table.csv`` and ``table.md``; returns the markdown."""
-    with open(out / "table.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=COLUMNS)
-        wr.writeheader()
-        for r in [*rows, *refs]:
-            wr.writerow({c: "" if r.get(c) is None else r[c] for c in COLUMNS})
-    ok = [r for r in rows if r["status"] == "ok"]
-    alphas = [kv.split(":")[0] for kv in ok[0]["select_scores"].split()] if ok else []
+    _write_csv([*rows, *refs], out / "table.csv", COLUMNS)
+    alphas = _alphas(rows)
     lines = [*header, ""]
     lines.append(
         "| w | solver | NFE | FD-digits base | FD-digits D | ± (D − base) | accuracy base | "
@@ -668,25 +631,10 @@ def _run_demo(s: DemoSettings) -> list[dict]:
 def main(argv: list[str] | None = None, prog: str = "digits_guided_demo",
          defaults: dict[str, Any] | None = None) -> list[dict]:  # fmt: skip
     """Command line: ``-c CONFIG`` and any :class:`DemoSettings` field as an option."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(
-        prog=f"python experiments/{prog}.py",
-        description="D-ODE on a bundled class-conditional digits model: fit, judge, table, plot.",
-        default_env=False,
-    )
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config")
-    parser.add_class_arguments(DemoSettings)
-    if defaults:
-        parser.set_defaults(**defaults)
-    _quiet()
-    cfg = parser.instantiate(parser.parse_args(argv))
-    settings = DemoSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(DemoSettings)})
-    try:
-        return run_demo(settings)
-    except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return cli(
+        argv, DemoSettings, run_demo, prog,
+        "D-ODE on a bundled class-conditional digits model: fit, judge, table, plot.", defaults,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
