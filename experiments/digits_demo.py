@@ -39,6 +39,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,32 @@ def _paired_fd_diff_std(fb, fd, ref: FrechetReference, n_boot: int, seed: int) -
     return float(np.std(diffs, ddof=1))
 
 
+def _judge_fd(
+    xb_raw: torch.Tensor,
+    xd_raw: torch.Tensor,
+    alpha: float,
+    clf,
+    ref: FrechetReference,
+    n_boot: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The judged base and D-solver samples as images, and their FD-digits to ``ref`` with the
+    bootstrap std of the difference (the columns ``fd_digits_base/dode/diff_std``); with
+    ``alpha`` 0 the D-solver is the base solver and its features are reused."""
+    xb, xd = _as_images(xb_raw), _as_images(xd_raw)
+    fb = digits_features(xb, clf)
+    fd = fb if alpha == 0 else digits_features(xd, clf)
+    return (
+        xb,
+        xd,
+        {
+            "fd_digits_base": ref.distance(fb),
+            "fd_digits_dode": ref.distance(fd),
+            "fd_digits_diff_std": _paired_fd_diff_std(fb, fd, ref, n_boot, seed=seed),
+        },
+    )
+
+
 def _fit(spec: SolverSpec, nfe: int, s: DemoSettings, run_dir: Path) -> FittedSolver:
     """Fit one cell's λ with :func:`dode.fit`: the fit config, the solver, its NFE and grid."""
     kwargs = {**(fit_kwargs(s.fit_config) if s.fit_config else {}), **s.fit_overrides}
@@ -182,16 +209,26 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def _write_csv(rows: list[dict], path: Path, columns: list[str]) -> None:
+    """Write ``rows`` as a CSV table of ``columns`` (``None`` and missing: empty)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: "" if r.get(c) is None else r[c] for c in columns})
+
+
+def _alphas(rows: list[dict]) -> list[str]:
+    """The α tried, as written in the first fitted row's ``select_scores`` (none: [])."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    return [kv.split(":")[0] for kv in ok[0]["select_scores"].split()] if ok else []
+
+
 def write_table(rows: list[dict], refs: list[dict], out: Path, header: list[str]) -> str:
     """Write ``table.csv`` and ``table.md``; returns the markdown."""
-    with open(out / "table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in [*rows, *refs]:
-            w.writerow({c: "" if r.get(c) is None else r[c] for c in COLUMNS})
+    _write_csv([*rows, *refs], out / "table.csv", COLUMNS)
     lines = [*header, ""]
-    ok = [r for r in rows if r["status"] == "ok"]
-    alphas = [kv.split(":")[0] for kv in ok[0]["select_scores"].split()] if ok else []
+    alphas = _alphas(rows)
     lines.append(
         "| solver | NFE | FD-digits base | FD-digits D | ± (D − base) | FD-pixel base | "
         f"FD-pixel D | MSE→teacher base | MSE→teacher D | α | α-selection FD-digits, α = "
@@ -423,13 +460,19 @@ def run_demo(settings: DemoSettings | None = None, **changes: Any) -> list[dict]
     ``changes`` replace fields of ``settings`` (default :class:`DemoSettings`). Returns the
     table's rows (cells, then the reference rows).
     """
-    s = dataclasses.replace(settings or DemoSettings(), **changes)
+    return _checked_run(dataclasses.replace(settings or DemoSettings(), **changes), _run_demo)
+
+
+def _checked_run(s: Any, run: Callable[[Any], list[dict]]) -> list[dict]:
+    """Check the settings ``s`` (α scales as floats), give each worker process its share of the
+    cores unless ``s.threads`` says, and return ``run(s)`` under that thread limit (also the
+    guided and flow demos')."""
     s.scales = [float(a) for a in s.scales]
     s.check()
     if s.workers and not s.threads:
         s.threads = max(1, (os.cpu_count() or 1) // s.workers)
     with _threads(s.threads):
-        return _run_demo(s)
+        return run(s)
 
 
 @contextlib.contextmanager
@@ -465,7 +508,8 @@ def _worker_init(threads: int | None) -> None:
 
 
 def _shared(model: str) -> dict[str, Any]:
-    """The model, classifier and reference statistics, loaded once per process."""
+    """The model (a registered name, :func:`dode.load_denoiser`), classifier and reference
+    statistics, loaded once per process (also the guided and flow demos')."""
     if _CACHE.get("model") != model:
         split = load_digits_split()
         clf = load_classifier()
@@ -556,16 +600,12 @@ def _cell_task(spec: SolverSpec, nfe: int, job: DemoSettings) -> dict:
         runs = [x.float() for x in sample_many(den, solver, noise, sigmas, sets,
                                                batch_size=job.batch_size)]  # fmt: skip
     xb_raw, xd_raw = runs[0], runs[-1]
-    xb, xd = _as_images(xb_raw), _as_images(xd_raw)
-    fb = digits_features(xb, clf)
-    fd = fb if alpha == 0 else digits_features(xd, clf)
-    ref, pix = sh["test_digits"], sh["test_pixels"]
+    xb, xd, fds = _judge_fd(xb_raw, xd_raw, alpha, clf, sh["test_digits"], job.bootstrap, nfe)
+    pix = sh["test_pixels"]
     row.update(
         status="ok",
         lambda_scale=alpha,
-        fd_digits_base=ref.distance(fb),
-        fd_digits_dode=ref.distance(fd),
-        fd_digits_diff_std=_paired_fd_diff_std(fb, fd, ref, job.bootstrap, seed=nfe),
+        **fds,
         fd_pixel_base=pix.distance(_pixels(xb)),
         fd_pixel_dode=pix.distance(_pixels(xd)),
         judge_seconds=time.perf_counter() - t0,
@@ -850,22 +890,40 @@ def _wandb_log(run, rows, refs, out_dir: Path, total: float, peak_mb: float) -> 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """Command line: ``-c CONFIG`` and any :class:`DemoSettings` field as an option."""
+    return cli(
+        argv, DemoSettings, run_demo, "digits_demo",
+        "D-ODE on the bundled digits DDPM: fit, judge, table, plots, W&B.",
+    )  # fmt: skip
+
+
+def cli(
+    argv: list[str] | None,
+    settings_cls: type,
+    run: Callable[[Any], list[dict]],
+    prog: str,
+    description: str,
+    defaults: dict[str, Any] | None = None,
+) -> list[dict]:
+    """A demo's command line: ``-c CONFIG`` and every field of the dataclass ``settings_cls``
+    as an option (``defaults`` over its own); returns ``run(settings)``, or exits with status 2
+    and one line ``PROG: error: …`` on a ``ValueError``."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
-        prog="python experiments/digits_demo.py",
-        description="D-ODE on the bundled digits DDPM: fit, judge, table, plots, W&B.",
-        default_env=False,
+        prog=f"python experiments/{prog}.py", description=description, default_env=False
     )
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config")
-    parser.add_class_arguments(DemoSettings)
+    parser.add_class_arguments(settings_cls)
+    if defaults:
+        parser.set_defaults(**defaults)
     _quiet()
     cfg = parser.instantiate(parser.parse_args(argv))
-    settings = DemoSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(DemoSettings)})
+    settings = settings_cls(**{f.name: cfg[f.name] for f in dataclasses.fields(settings_cls)})
     try:
-        return run_demo(settings)
+        return run(settings)
     except ValueError as e:
-        print(f"digits_demo: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

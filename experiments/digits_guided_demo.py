@@ -35,10 +35,8 @@ Usage::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
-import os
 import sys
 import time
 import warnings
@@ -57,23 +55,26 @@ for _p in (ROOT, ROOT / "experiments"):
 
 from digits_demo import (  # noqa: E402
     SolverSpec,
+    _alphas,
     _as_images,
+    _checked_run,
     _fmt,
-    _paired_fd_diff_std,
+    _judge_fd,
     _peak,
     _pool,
     _quiet,
-    _threads,
+    _shared,
+    _write_csv,
+    cli,
     plot_samples,
 )
 
 import dode  # noqa: E402
-from dode.denoisers import Denoiser, DiffusersDenoiser, DiffusersFlowDenoiser  # noqa: E402
-from dode.denoisers.flow import FlowDenoiser  # noqa: E402
-from dode.digits import digits_features, load_classifier, load_digits_split  # noqa: E402
+from dode.denoisers import Denoiser  # noqa: E402
+from dode.denoisers.flow import FlowDenoiser, flow_start  # noqa: E402
+from dode.digits import digits_features  # noqa: E402
 from dode.lambda_fit import at_sigma  # noqa: E402
-from dode.loading import ASSETS  # noqa: E402
-from dode.metrics import FrechetReference, mse  # noqa: E402
+from dode.metrics import mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.sampling import sample_many  # noqa: E402
 from dode.schedules import flow_sigmas, grid_for_model, refine_space  # noqa: E402
@@ -102,11 +103,12 @@ COLUMNS = [
     "lambdas",
 ]
 
-#: The bundled class-conditional models (10 classes; label = seed mod 10).
-MODELS = {
-    "digits-cond": ASSETS / "digits_cond_ddpm",  # ε, DDPM linear β, null label 10 for CFG
-    "digits-flow": ASSETS / "digits_flow",  # rectified flow, v = ε − x0 at timestep 1000·t
-}
+#: The bundled class-conditional models, by their registered names (:func:`dode.load_denoiser`;
+#: 10 classes, label = seed mod 10).
+MODELS = (
+    "digits-cond",  # dode/assets/digits_cond_ddpm: ε, DDPM linear β, null label 10 for CFG
+    "digits-flow",  # dode/assets/digits_flow: rectified flow, v = ε − x0 at timestep 1000·t
+)
 NUM_CLASSES = 10
 
 # Each on diffusers' DDIM grid (time-uniform, "leading": t_i = i·(1000 // N)), as `make demo`.
@@ -122,52 +124,15 @@ TEACHER = SolverSpec("teacher", "dpm_solver_pp", {"order": 3})
 # -- the model, bound to a set of seeds ----------------------------------------------------------
 
 
-def load_model(name: str) -> Denoiser:
-    """The bundled conditional digits model ``name`` (a key of :data:`MODELS`)."""
-    path = MODELS[name]
-    if name == "digits-flow":
-        return DiffusersFlowDenoiser.from_pretrained(path)
-    return DiffusersDenoiser.from_pretrained(path, num_classes=NUM_CLASSES)
-
-
 def labels_of(seeds: list[int]) -> Tensor:
     """Class labels as a function of the seed: ``seed mod 10``."""
     return torch.tensor(seeds, dtype=torch.long) % NUM_CLASSES
 
 
-class _FlowWithLabels(Denoiser):
-    """A class-conditional flow with fixed labels, one per sample (guidance 1).
-
-    :class:`~dode.denoisers.DiffusersFlowDenoiser` holds its labels as state
-    (``set_class_labels``); this wrapper sets them on every call, so several label sets can be
-    in use side by side.
-    """
-
-    def __init__(self, flow: DiffusersFlowDenoiser, labels: Tensor) -> None:
-        super().__init__(flow.sigma_min, flow.sigma_max, flow.sample_shape)
-        self.flow, self.labels = flow, labels
-        self.prediction = flow.prediction
-
-    def check_noise(self, noise: Tensor) -> None:
-        super().check_noise(noise)
-        if noise.shape[0] != len(self.labels):
-            raise ValueError(f"{len(self.labels)} labels for a batch of {noise.shape[0]}.")
-
-    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return self.flow.set_class_labels(self.labels).denoise(x, sigma)
-
-    def start(self, latents: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow.set_class_labels(self.labels).start(latents, sigmas)
-
-
 def bind(den: Denoiser, seeds: list[int], w: float) -> Denoiser:
-    """``den`` conditioned on the seeds' labels, guidance scale ``w``."""
-    labels = labels_of(seeds)
-    if isinstance(den, FlowDenoiser):
-        if w != 1:  # checked in DemoSettings.check; kept here for direct callers
-            raise ValueError(f"the flow demo takes guidance 1 only, got {w}.")
-        return _FlowWithLabels(den, labels)
-    return den.bind(labels, guidance_scale=w)
+    """``den`` conditioned on the seeds' labels, guidance scale ``w`` (a flow stays a flow:
+    :meth:`~dode.denoisers.FlowDenoiser.bind` keeps ``start``)."""
+    return den.bind(labels_of(seeds), guidance_scale=w)
 
 
 def problem(den: Denoiser, spec: SolverSpec, nfe: int, seeds: list[int], w: float):
@@ -187,7 +152,7 @@ def problem(den: Denoiser, spec: SolverSpec, nfe: int, seeds: list[int], w: floa
         opts = {"shift": getattr(den, "shift", 1.0), **(spec.schedule_options or {})}
         grid = flow_sigmas(steps, spacing=spec.schedule or "flux", **opts)
         with torch.no_grad():
-            noise, sigmas = model.start(latents, grid)
+            noise, sigmas = flow_start(model, latents, grid)
         return model, noise.clone(), sigmas
     sigmas = grid_for_model(
         den, spec.schedule or "time_uniform", solver.steps_for_nfe(nfe), spec.schedule_options
@@ -315,34 +280,12 @@ def run_demo(settings: DemoSettings | None = None, **changes: Any) -> list[dict]
     table's rows (cells, then the reference rows).
     """
     s = dataclasses.replace(settings or DemoSettings(), **changes)
-    s.scales = [float(a) for a in s.scales]
     s.guidance_scales = [float(w) for w in s.guidance_scales]
-    s.check()
-    if s.workers and not s.threads:
-        s.threads = max(1, (os.cpu_count() or 1) // s.workers)
-    with _threads(s.threads):
-        return _run_demo(s)
+    return _checked_run(s, _run_demo)
 
 
 # -- work that runs in a worker process (or inline with workers=0) -------------------------------
-
-_CACHE: dict[str, Any] = {}
-
-
-def _shared(model: str) -> dict[str, Any]:
-    """The model, classifier and reference statistics, loaded once per process."""
-    if _CACHE.get("model") != model:
-        split = load_digits_split()
-        clf = load_classifier()
-        _CACHE.update(
-            model=model,
-            den=load_model(model),
-            clf=clf,
-            split=split,
-            test_digits=FrechetReference.from_features(digits_features(split.test_images, clf)),
-            train_digits=FrechetReference.from_features(digits_features(split.train_images, clf)),
-        )
-    return _CACHE
+# (the model, classifier and reference statistics: digits_demo's ``_shared``, once per process)
 
 
 def accuracy(images: Tensor, labels: Tensor, clf) -> float:
@@ -414,16 +357,11 @@ def _cell_task(spec: SolverSpec, nfe: int, w: float, s: DemoSettings) -> dict:
     with torch.inference_mode():
         runs = [x.float() for x in sample_many(model, solver, noise, sigmas, sets)]
     xb_raw, xd_raw = runs[0], runs[-1]
-    xb, xd = _as_images(xb_raw), _as_images(xd_raw)
-    fb = digits_features(xb, clf)
-    fd = fb if alpha == 0 else digits_features(xd, clf)
-    ref = sh["test_digits"]
+    xb, xd, fds = _judge_fd(xb_raw, xd_raw, alpha, clf, sh["test_digits"], s.bootstrap, nfe)
     row.update(
         status="ok",
         lambda_scale=alpha,
-        fd_digits_base=ref.distance(fb),
-        fd_digits_dode=ref.distance(fd),
-        fd_digits_diff_std=_paired_fd_diff_std(fb, fd, ref, s.bootstrap, seed=nfe),
+        **fds,
         acc_base=accuracy(xb, labels, clf),
         acc_dode=accuracy(xd, labels, clf),
         judge_seconds=time.perf_counter() - t0,
@@ -439,13 +377,8 @@ def _cell_task(spec: SolverSpec, nfe: int, w: float, s: DemoSettings) -> dict:
 
 def write_table(rows: list[dict], refs: list[dict], out: Path, header: list[str]) -> str:
     """Write ``table.csv`` and ``table.md``; returns the markdown."""
-    with open(out / "table.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=COLUMNS)
-        wr.writeheader()
-        for r in [*rows, *refs]:
-            wr.writerow({c: "" if r.get(c) is None else r[c] for c in COLUMNS})
-    ok = [r for r in rows if r["status"] == "ok"]
-    alphas = [kv.split(":")[0] for kv in ok[0]["select_scores"].split()] if ok else []
+    _write_csv([*rows, *refs], out / "table.csv", COLUMNS)
+    alphas = _alphas(rows)
     lines = [*header, ""]
     lines.append(
         "| w | solver | NFE | FD-digits base | FD-digits D | ± (D − base) | accuracy base | "
@@ -698,25 +631,10 @@ def _run_demo(s: DemoSettings) -> list[dict]:
 def main(argv: list[str] | None = None, prog: str = "digits_guided_demo",
          defaults: dict[str, Any] | None = None) -> list[dict]:  # fmt: skip
     """Command line: ``-c CONFIG`` and any :class:`DemoSettings` field as an option."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(
-        prog=f"python experiments/{prog}.py",
-        description="D-ODE on a bundled class-conditional digits model: fit, judge, table, plot.",
-        default_env=False,
-    )
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config")
-    parser.add_class_arguments(DemoSettings)
-    if defaults:
-        parser.set_defaults(**defaults)
-    _quiet()
-    cfg = parser.instantiate(parser.parse_args(argv))
-    settings = DemoSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(DemoSettings)})
-    try:
-        return run_demo(settings)
-    except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return cli(
+        argv, DemoSettings, run_demo, prog,
+        "D-ODE on a bundled class-conditional digits model: fit, judge, table, plot.", defaults,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
