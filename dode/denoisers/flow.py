@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import flow_t_to_sigma
-from .base import Denoiser, quiet_loading
+from .base import quiet_loading
 from .gmm import GaussianMixtureDenoiser
 from .guidance import ConditionalDenoiser, Conditioning, GuidedDenoiser, rescale_noise_cfg
 from .vp import DiffusersDenoiser, unet_sample_shape, weight_files
@@ -149,28 +149,6 @@ class FlowDenoiser(ConditionalDenoiser):
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.x0(x, sigma.reshape(-1))
 
-    def bind(
-        self,
-        cond: Any = None,
-        *,
-        guidance_scale: float = 1.0,
-        guidance_rescale: float = 0.0,
-        negative_prompt: Any = None,
-    ) -> Denoiser:
-        """:meth:`ConditionalDenoiser.bind`, returning a :class:`GuidedFlowDenoiser` (which
-        keeps :meth:`start` and the velocity form of :meth:`x0` / :meth:`eps`)."""
-        bound = super().bind(
-            cond,
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            negative_prompt=negative_prompt,
-        )
-        if isinstance(bound, GuidedDenoiser) and not isinstance(bound, GuidedFlowDenoiser):
-            bound = GuidedFlowDenoiser(
-                self, bound.cond, bound.uncond, bound.guidance_scale, bound.guidance_rescale
-            )
-        return bound
-
     def start(self, latents: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
         """Map a diffusers pipeline's initial latents (``x_{t0}``, standard normal) and a flow
         grid to dode's ``(noise, sigmas)`` so that ``dode.sample(self, solver, noise, sigmas)``
@@ -240,14 +218,8 @@ class GuidedFlowDenoiser(GuidedDenoiser):
     denoise = FlowDenoiser.denoise
     start = FlowDenoiser.start
 
-    def __getitem__(self, index) -> GuidedFlowDenoiser:
-        return GuidedFlowDenoiser(
-            self.model,
-            self.cond[index],
-            None if self.uncond is None else self.uncond[index],
-            self.guidance_scale,
-            self.guidance_rescale,
-        )
+
+FlowDenoiser.guided_class = GuidedFlowDenoiser  # what FlowDenoiser.bind returns
 
 
 def is_flow(denoiser: Any) -> bool:

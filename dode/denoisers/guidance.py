@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -196,11 +196,14 @@ class ConditionalDenoiser(Denoiser):
     and :meth:`make_conditioning` (user input → conditional and unconditional
     :class:`Conditioning`), and set :attr:`conditional` and :attr:`has_unconditional`.
     An unconditional network (``conditional = False``) is used as is; a conditional one must
-    be bound to the batch's conditioning with :meth:`bind` first.
+    be bound to the batch's conditioning with :meth:`bind` first; :attr:`guided_class` is the
+    class :meth:`bind` returns (a model family whose bound form needs more than
+    :class:`GuidedDenoiser`, such as a flow, sets its own).
     """
 
     conditional: bool = False
     has_unconditional: bool = False
+    guided_class: ClassVar[type[GuidedDenoiser]]  # set below, once GuidedDenoiser exists
 
     def native(
         self, x: Tensor, sigma: Tensor, cond: Conditioning | None
@@ -269,7 +272,7 @@ class ConditionalDenoiser(Denoiser):
                 "a model with a null condition."
             )
         c, u = self.make_conditioning(cond, negative_prompt, guided)
-        return GuidedDenoiser(self, c, u if guided else None, w, phi)
+        return self.guided_class(self, c, u if guided else None, w, phi)
 
     def describe_conditioning(self) -> str:
         """A short phrase naming the kind of conditioning, for error messages."""
@@ -321,7 +324,7 @@ class GuidedDenoiser(Denoiser):
         return True
 
     def __getitem__(self, index: Index) -> GuidedDenoiser:
-        return GuidedDenoiser(
+        return type(self)(
             self.model,
             self.cond[index],
             None if self.uncond is None else self.uncond[index],
@@ -367,3 +370,6 @@ class GuidedDenoiser(Denoiser):
             "cond": self.cond.fingerprint(),
             "uncond": None if self.uncond is None else self.uncond.fingerprint(),
         }
+
+
+ConditionalDenoiser.guided_class = GuidedDenoiser
