@@ -38,7 +38,7 @@ from .lit import (
     NoiseDataModule,
     SampleGridCallback,
 )
-from .lit.api import TRAINER_DEFAULTS, default_run_dir, run_fit, trainer_extras
+from .lit.api import TRAINER_DEFAULTS, FitStopped, default_run_dir, run_fit, trainer_extras
 from .lit.tracking import wandb_mode
 
 __all__ = ["DODECLI", "main"]
@@ -171,9 +171,9 @@ class DODECLI(LightningCLI):
         return super().instantiate_trainer(**{**extras, **kwargs})
 
 
-def _error(msg: str) -> None:
+def _error(msg: str, code: int = 2) -> None:
     print(f"dode.train: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def main(args: list[str] | None = None) -> Path | None:
@@ -199,10 +199,15 @@ def main(args: list[str] | None = None) -> Path | None:
         )
     except ValueError as e:
         _error(str(e))
+    except FitStopped as e:
+        _error(str(e), e.exit_code)
     except RuntimeError:
         if not trainer.interrupted:
             raise
-        _error(f"interrupted; nothing written. Resume with --run_dir {run_dir} --ckpt_path last.")
+        _error(
+            f"interrupted; no solver file was written. Resume with --run_dir {run_dir} "
+            "--ckpt_path last."
+        )
     if result.path is None:  # not rank 0
         return None
     fitted = result.fitted

@@ -424,11 +424,21 @@ class NoiseDataModule(pl.LightningDataModule):
                 f"({teacher.description}; cache: {where})"
             )
         show = todo > 0 and self._rank()[0] == 0 and len(groups) > 1
-        batches = [
-            self.states_for(g, teacher)
-            for g in tqdm(groups, desc=f"teacher ({what})", disable=not show)
-        ]
+        batches = []
+        for g in tqdm(groups, desc=f"teacher ({what})", disable=not show):
+            self._stop_if_terminated()
+            batches.append(self.states_for(g, teacher))
         return DataLoader(_Batches(batches), batch_size=None, shuffle=False)
+
+    def _stop_if_terminated(self) -> None:
+        """Between teacher batches: stop if the process was sent SIGTERM (Lightning's handler
+        only notes it, and its loops look only between training batches). Every cache file
+        written so far is whole (atomic writes)."""
+        trainer = self.trainer
+        if trainer is not None and getattr(trainer, "received_sigterm", False):
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException(128 + 15)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.fit_seeds, "fit_seeds")
