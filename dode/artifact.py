@@ -588,7 +588,16 @@ class FittedSolver:
         check_replaceable(path, "fitted-solver file")
         tensors = {"sigmas": self.sigmas.contiguous(), "lambdas": self.lambdas.contiguous()}
         meta = {"dode": json.dumps(self.metadata(), sort_keys=True)}
-        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        try:
+            return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OSError, safetensors' error on a full disk
+            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise ValueError(
+                f"fitted-solver file {str(path)!r} could not be written ({why}); nothing was "
+                "written there. Free some space (or pass another path) and save again."
+            ) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FittedSolver:

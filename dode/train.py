@@ -176,15 +176,27 @@ def _error(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _no_gpu_hint(e: Exception) -> str:
+    """One line for a settings error; a GPU asked for on a machine without one says so."""
+    import torch
+
+    msg = " ".join(str(e).split())
+    if not torch.cuda.is_available() and any(w in msg.lower() for w in ("gpu", "cuda")):
+        msg += " (this machine has no usable GPU: use accelerator cpu or auto)"
+    return msg
+
+
 def main(args: list[str] | None = None) -> Path | None:
     """Parse, then fit and write the fitted-solver file (rank 0) with
     :func:`dode.lit.api.run_fit`, the code path of :func:`dode.fit`; print its path."""
     _quiet()
     t_parse = time.perf_counter()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         cli = DODECLI(args=args)
-    except ValueError as e:
-        _error(str(e))
+    except (ValueError, MisconfigurationException) as e:  # the latter: e.g. no GPU here
+        _error(_no_gpu_hint(e))
     module, trainer = cli.model, cli.trainer
     module.timings["startup_imports_s"] = _startup_seconds()
     module.timings["parse_and_load_s"] = time.perf_counter() - t_parse

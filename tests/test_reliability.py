@@ -888,3 +888,81 @@ def test_failed_sample_leaves_no_run_record(gmm, tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     sample_main(["--solver-file", str(path), "--seeds", "0", "--out", str(out), "--base"])
     assert (out / "samples.npz").is_file()
+
+
+def test_full_disk_while_writing_the_cache_or_the_solver_file(gmm, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    cache = TeacherCache(tmp_path / "cache", {"problem": 1})
+    cache.put([0, 1], torch.zeros(2, 3))  # the cache turns itself off, as documented
+    assert "cannot be written (Error while serializing" in capsys.readouterr().err
+    assert cache.dir is None
+    with pytest.raises(ValueError, match="could not be written .*No space left"):
+        _fitted(gmm).save(tmp_path / "f.safetensors")
+    assert list(tmp_path.glob("*f.safetensors*")) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_asked_for_on_a_machine_without_one(gmm, tmp_path, capsys):
+    from dode.train import main
+
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    _sample_cli_error(["--solver-file", str(path), "--device", "cuda", "--out",
+                       str(tmp_path / "o")], capsys, "no CUDA device")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    code = evaluate_main(
+        ["--solver_file", str(path), "--seeds", "0-1", "--out", str(tmp_path / "e"),
+         "--fid", "false", "--log", "null", "--wandb", "false", "--accelerator", "gpu",
+         "--devices", "1", "--progress", "false"]
+    )  # fmt: skip
+    assert code == 2
+    _one_error_line(capsys.readouterr().err, "no usable GPU")
+    with pytest.raises(SystemExit) as e:
+        main(["--model.model", "gmm-digits", "--model.nfe", "3", "--trainer.accelerator", "gpu",
+              "--wandb_mode", "disabled", "--run_dir", str(tmp_path / "r")])  # fmt: skip
+    assert e.value.code == 2
+    _one_error_line(capsys.readouterr().err, "no usable GPU")
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_checks_its_log_and_flags_before_the_work(gmm, tmp_path):
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    out = tmp_path / "e"
+    with pytest.raises(ValueError, match="--log .* is a folder"):
+        evaluate(_eval_cfg(out, solver_file=str(path), log=str(tmp_path)))
+    assert not out.exists()  # refused before any sample was made
+    with pytest.raises(ValueError, match="--solver, --nfe would be ignored"):
+        evaluate(_eval_cfg(out, solver_file=str(path), solver="ipndm", nfe=10))
+    assert not out.exists()
+
+
+def test_two_evaluations_into_one_out_say_so(tmp_path):
+    from dode.evaluation import SampleStore
+
+    store = SampleStore(tmp_path)
+    images = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    store.write([3], images)
+    with pytest.raises(ValueError, match="another evaluation is writing into the same --out"):
+        store.write([3], images)
+
+
+def test_fit_lambdas_bad_batch_size(den, noise):
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            dode.fit_lambdas(den, "ddim", noise, karras(3, 0.01, 10.0), batch_size=bad)
+
+
+def test_digits_flow_config_runs_as_the_readme_shows():
+    from dode.lit import DODEModule, NoiseDataModule
+    from dode.lit.api import _DATA_KEYS, _MODEL_KEYS, fit_kwargs
+
+    kw = fit_kwargs(ROOT / "configs" / "digits-flow.yaml")
+    data = NoiseDataModule(**{k: v for k, v in kw.items() if k in _DATA_KEYS})
+    module = DODEModule(**{k: v for k, v in kw.items() if k in _MODEL_KEYS})
+    module.use_conditioning(data.conditioning)  # before: "model 'digits-flow' is conditional"
+    assert module.condition([0, 1, 12]).tolist() == [0, 1, 2]

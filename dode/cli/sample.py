@@ -48,7 +48,20 @@ __all__ = ["main", "generate"]
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N."
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ValueError(
+                f"--device {name!r}: this machine has {have}; pass --device cpu or auto."
+            )
+    return device
 
 
 def generate(
@@ -212,6 +225,7 @@ def _merge_npz(path: Path, old: dict | None, new: dict) -> dict:
 def _run(args) -> Path:
     from ..loading import load_denoiser, resolve_dtype
 
+    device = _device(args.device)
     fs = FittedSolver.load(args.solver_file)
     seeds = parse_seeds(args.seeds)
     if not seeds:
@@ -278,7 +292,7 @@ def _run(args) -> Path:
         seeds,
         batch_size=args.batch_size,
         dtype=dtype,
-        device=_device(args.device),
+        device=device,
         dode=not args.base,
         conditioning=rule,
         guidance_scale=w,

@@ -13,7 +13,7 @@ from ..denoisers import Denoiser
 from ..solvers import get_solver
 from .clip import check_clip, clip_score
 from .config import EvalConfig, resolve_solver, seed_list
-from .report import append_jsonl, wandb_log
+from .report import append_jsonl, check_log_path, wandb_log
 from .score import check_reference, score, seed_digest
 from .store import SampleStore, claim_out_dir
 
@@ -45,6 +45,8 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
     if cfg.clip_model is not None:
         check_clip(cfg.clip_model, rule)
     extractor = check_reference(cfg)
+    if cfg.log:
+        check_log_path(cfg.log)
     out = Path(cfg.out)
     claim_out_dir(out, model_id, solver_cfg, sigmas, lambdas, denoiser.sample_shape)
     before = SampleStore(out)

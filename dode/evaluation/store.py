@@ -47,8 +47,13 @@ class SampleStore:
         arr = images.permute(0, 2, 3, 1).cpu().numpy()
         for seed, a in zip(seeds, arr):
             p = self.path(int(seed))
-            if p.exists():  # seeds already done are never scheduled: this would be a bug
-                raise RuntimeError(f"seed {seed} was generated twice ({p} exists).")
+            if p.exists():  # seeds already done are never scheduled: another run wrote it
+                raise ValueError(
+                    f"sample {str(p)!r} appeared while this run was making it: another "
+                    "evaluation is writing into the same --out at the same time. Nothing is "
+                    "lost (a seed gives the same sample in both); run one evaluation per --out "
+                    "at a time, then re-run this one with the same --out to finish."
+                )
             p.parent.mkdir(parents=True, exist_ok=True)
             im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
             tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

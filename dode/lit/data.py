@@ -254,9 +254,10 @@ class TeacherCache:
                 text = json.dumps(self.problem, indent=1, sort_keys=True)
                 atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
             atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - OSError, or safetensors' error on a full disk
+            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
             _notice(
-                f"teacher cache folder {str(self.dir)!r} cannot be written ({e.strerror or e}); "
+                f"teacher cache folder {str(self.dir)!r} cannot be written ({why}); "
                 "teacher states are not cached this run. Set data.cache_dir to a writable "
                 "folder (or null)."
             )
