@@ -488,19 +488,16 @@ class FittedSolver:
         """Check what the file records against the model it is used with.
 
         Refuses (``ValueError``) a model of the other family than the one this solver was
-        fitted on (a flow solver file with a DDPM model, or the reverse), a grid that starts
+        fitted on (a flow solver file with a DDPM model, or the reverse) and a grid that starts
         above the model's largest σ. :meth:`sample` also refuses an unconditional (or unbound)
-        model for a solver fitted on a conditional one.
-        The weights hash is compared by :func:`check_model_weights` (the CLIs do).
+        model for a solver fitted on a conditional one. The weights hash is compared by
+        :func:`check_model_weights` (the CLIs do).
         """
         if denoiser is None:
             return
-        self._check_sigma_range(denoiser)
         recorded = (self.model or {}).get("family")
-        if recorded is None:
-            return
         actual = model_family(denoiser)
-        if actual != recorded:
+        if recorded is not None and actual != recorded:
             names = {"vp": "diffusion (DDPM/VP, σ-space)", "flow": "rectified-flow"}
             name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
             raise ValueError(
@@ -509,6 +506,7 @@ class FittedSolver:
                 f"{names[actual]} model: its σ grid and λ do not apply. Sample with the model "
                 "the file records, or fit a solver for this model."
             )
+        self._check_sigma_range(denoiser)
 
     def _name(self) -> str:
         return str(self.model.get("id") or self.model.get("class") or "its model")

@@ -351,7 +351,7 @@ def _foreign_files(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_START_NAMES)
 
 
-def _check_solver_file(module: DODEModule, solver_file: Path, run_dir: Path, resume: bool) -> None:
+def _check_solver_file(module: DODEModule, solver_file: Path, resume: bool) -> None:
     """Refuse to replace a solver file this run did not write: any existing file on a fresh
     fit, and on a resume one fitted for another problem (solver, grid or model)."""
     from ..artifact import check_replaceable
@@ -430,9 +430,9 @@ def _prepare_run(
             )
         if rank == 0:
             if ckpt is None:
-                _check_solver_file(module, solver_file, run_dir, resume=False)
+                _check_solver_file(module, solver_file, resume=False)
             elif solver_file.exists():
-                _check_solver_file(module, solver_file, run_dir, resume=True)
+                _check_solver_file(module, solver_file, resume=True)
     except BaseException:
         _release_lock(lock)
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -491,8 +491,8 @@ def _run_fit(
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         raise FitStopped(
-            "stopped by SIGTERM; no solver file was written and nothing is half-written (teacher "
-            "states computed so far are cached, checkpoints are whole). Resume with the same "
+            "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
+            "teacher states computed so far stay in the cache, if one is on). Resume with the same "
             f"run folder ({trainer.default_root_dir}) and ckpt_path='last' (--ckpt_path last).",
             exit_code=128 + 15,
         ) from None
