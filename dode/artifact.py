@@ -42,6 +42,10 @@ __all__ = [
 
 FAMILIES = ("vp", "flow")
 
+#: |λ| above this in a loaded file draws a warning: fits give |λ| of order 1 (tens on a few
+#: seeds); ±1e6 is a hand edit or a broken fit, and its samples blow up.
+LAMBDA_WARN = 100.0
+
 
 def model_family(denoiser_or_class) -> str:
     """``"flow"`` for rectified flows (SD3, FLUX, flow UNets: σ = t/(1 − t)), ``"vp"`` for
@@ -342,14 +346,68 @@ def _check_values(sigmas: Tensor, lambdas: Tensor, where: str = "") -> None:
             )
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+def _umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and set it back at once
+    os.umask(mask)
+    return mask
+
+
+def check_replaceable(path: str | os.PathLike, what: str = "output file") -> Path:
+    """``ValueError`` if ``path`` exists and is not a regular file (a device, a FIFO, a
+    socket, a folder or a symbolic link): replacing it with a file would destroy what is
+    there (as root, ``/dev/null`` itself). Returns ``path`` as a ``Path``."""
+    import stat
+
     path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise ValueError(f"{what} {str(path)!r} cannot be checked ({e.strerror or e}).") from None
+    if stat.S_ISREG(st.st_mode):
+        return path
+    if stat.S_ISLNK(st.st_mode):
+        kind = f"a symbolic link (to {os.readlink(path)!r})"
+    elif stat.S_ISDIR(st.st_mode):
+        kind = "a folder"
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        kind = "a device"
+    elif stat.S_ISFIFO(st.st_mode):
+        kind = "a named pipe (FIFO)"
+    elif stat.S_ISSOCK(st.st_mode):
+        kind = "a socket"
+    else:
+        kind = "not a regular file"
+    raise ValueError(
+        f"{what} {str(path)!r} exists and is {kind}; dode replaces only regular files. Pass "
+        "the path of a new or regular file."
+    )
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
+
+    The file gets the mode a new file gets under the process umask (0644 under umask 022).
+    A ``path`` that exists and is not a regular file (a device, a FIFO, a folder, a symbolic
+    link) is refused with ``ValueError`` before anything is written (see
+    :func:`check_replaceable`)."""
+    path = check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        check_replaceable(path)  # something may have appeared there meanwhile
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -359,16 +417,18 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 
 @contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; when the block finishes, make its contents
-    readable (0755/0644) and move it onto ``path``, replacing what was there. If the block
-    raises, the temporary folder is removed and ``path`` is left untouched."""
+    """Yield a temporary folder beside ``path``; when the block finishes, give its contents
+    the modes new files and folders get under the process umask (0755/0644 under umask 022)
+    and move it onto ``path``, replacing what was there. If the block raises, the temporary
+    folder is removed and ``path`` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     try:
         yield tmp
+        mask = _umask()
         for p in [tmp, *tmp.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
@@ -403,6 +463,13 @@ class FittedSolver:
             )
         _check_values(self.sigmas, self.lambdas)
         solver = self.build_solver()
+        if len(self.sigmas) and self.sigmas[-1] != 0:
+            raise ValueError(
+                f"the σ grid of the fitted solver ends at σ = {self.sigmas[-1].item():.6g}, not "
+                "at 0: its samples would keep that much noise. A fitted solver's grid runs from "
+                "σ_max down to 0; refit, or restore the file's grid."
+            )
+        solver.check_grid(self.sigmas)
         nfe = solver.nfe(len(self.sigmas) - 1)
         if len(self.lambdas) != nfe:
             raise ValueError(
@@ -418,13 +485,19 @@ class FittedSolver:
         return len(self.lambdas)
 
     def check_model(self, denoiser) -> None:
-        """Refuse a model of the other family than the one this solver was fitted on (a flow
-        solver file with a DDPM model, or the reverse): ``ValueError``."""
-        recorded = (self.model or {}).get("family")
-        if recorded is None or denoiser is None:
+        """Check what the file records against the model it is used with.
+
+        Refuses (``ValueError``) a model of the other family than the one this solver was
+        fitted on (a flow solver file with a DDPM model, or the reverse) and a grid that starts
+        above the model's largest σ. :meth:`sample` also refuses an unconditional (or unbound)
+        model for a solver fitted on a conditional one. The weights hash is compared by
+        :func:`check_model_weights` (the CLIs do).
+        """
+        if denoiser is None:
             return
+        recorded = (self.model or {}).get("family")
         actual = model_family(denoiser)
-        if actual != recorded:
+        if recorded is not None and actual != recorded:
             names = {"vp": "diffusion (DDPM/VP, σ-space)", "flow": "rectified-flow"}
             name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
             raise ValueError(
@@ -433,12 +506,52 @@ class FittedSolver:
                 f"{names[actual]} model: its σ grid and λ do not apply. Sample with the model "
                 "the file records, or fit a solver for this model."
             )
+        self._check_sigma_range(denoiser)
+
+    def _name(self) -> str:
+        return str(self.model.get("id") or self.model.get("class") or "its model")
+
+    def _check_sigma_range(self, denoiser) -> None:
+        top = getattr(denoiser, "sigma_max", None)
+        try:
+            top = float(top)
+        except (TypeError, ValueError):
+            return
+        s0 = float(self.sigmas[0])
+        if top < float("inf") and top > 0 and s0 > top * (1 + 1e-3):
+            name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
+            raise ValueError(
+                f"the fitted solver's grid starts at σ = {s0:.6g}, above the largest σ of "
+                f"{name!r} ({top:.6g}): the model was never trained there, so the file does not "
+                f"belong to this model (it was fitted on {self._name()!r}) or its grid was "
+                "edited. Sample with the model the file records, or refit."
+            )
+
+    def _check_conditioning(self, denoiser) -> None:
+        m = self.model or {}
+        fitted_cond = m.get("conditioning") is not None
+        w_file = m.get("guidance_scale")
+        w_used = getattr(denoiser, "guidance_scale", None)
+        name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
+        if fitted_cond and w_used is None:
+            raise ValueError(
+                f"this solver was fitted on the conditional model {self._name()!r} "
+                f"({m.get('conditioning')}, guidance scale {w_file}), but {name!r} is an "
+                "unconditional model (or a conditional one not bound to a batch): its λ do not "
+                "apply. Bind the conditional model the file records, den.bind(cond, "
+                f"guidance_scale={w_file}), or fit a solver for this model."
+            )
 
     def sample(self, denoiser, noise: Tensor, *, dode: bool = True, **kwargs) -> Tensor:
-        """Sample with this solver (``dode=False``: the base solver on the same grid)."""
+        """Sample with this solver (``dode=False``: the base solver on the same grid).
+
+        The model is checked against what the file records (:meth:`check_model`); noise in
+        float16/bfloat16 is refused (too coarse for the ODE: pass ``noise.float()``)."""
         from .sampling import sample
 
         self.check_model(denoiser)
+        if denoiser is not None:
+            self._check_conditioning(denoiser)
         return sample(
             denoiser,
             self.build_solver(),
@@ -470,9 +583,19 @@ class FittedSolver:
                 f"{str(path / 'solver.safetensors')!r}."
             )
         ensure_writable(path.parent, "the fitted-solver file's folder", "pass a writable path")
+        check_replaceable(path, "fitted-solver file")
         tensors = {"sigmas": self.sigmas.contiguous(), "lambdas": self.lambdas.contiguous()}
         meta = {"dode": json.dumps(self.metadata(), sort_keys=True)}
-        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        try:
+            return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OSError, safetensors' error on a full disk
+            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise ValueError(
+                f"fitted-solver file {str(path)!r} could not be written ({why}); nothing was "
+                "written there. Free some space (or pass another path) and save again."
+            ) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FittedSolver:
@@ -485,10 +608,16 @@ class FittedSolver:
                 "`python -m dode.train` writes one at the end of a fit."
             )
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ValueError(
                 f"fitted-solver file {str(path)!r} does not exist; `python -m dode.train` writes "
                 "one at the end of a fit (see its output for the path)."
+            )
+        if not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+            raise ValueError(
+                f"fitted-solver path {str(path)!r} is {kind}; pass the .safetensors file a fit "
+                "wrote (e.g. <run_dir>/solver.safetensors)."
             )
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -530,5 +659,23 @@ class FittedSolver:
             raise ValueError(
                 f"{str(path)!r} records no solver (metadata 'solver' missing); re-run the fit."
             )
+        for key in ("model", "teacher", "metrics"):
+            if meta.get(key) is not None and not isinstance(meta[key], dict):
+                raise ValueError(
+                    f"{str(path)!r} is damaged: its metadata '{key}' is a "
+                    f"{type(meta[key]).__name__} ({str(meta[key])[:40]!r}), not a record; re-run "
+                    "the fit or copy the file again."
+                )
         kept = {k: v for k, v in meta.items() if k in known}
-        return cls(sigmas=sigmas, lambdas=lambdas, **kept, extra=extra)
+        fitted = cls(sigmas=sigmas, lambdas=lambdas, **kept, extra=extra)
+        big = (fitted.lambdas.abs() > LAMBDA_WARN).nonzero().flatten().tolist()
+        if big:
+            k = big[0]
+            warnings.warn(
+                f"{str(path)!r}: λ[{k}] = {fitted.lambdas[k].item():.6g} is far outside what a "
+                f"D-ODE fit gives (|λ| <= {LAMBDA_WARN:g}; {len(big)} of {len(fitted.lambdas)} "
+                "λ): samples may blow up. Check where these λ came from (a hand-edited file, a "
+                "fit mixing problems), or refit.",
+                stacklevel=2,
+            )
+        return fitted

@@ -75,15 +75,27 @@ def _parser():
     return p
 
 
+def _no_gpu_hint(e: Exception) -> str:
+    """One line for a settings error; a GPU asked for on a machine without one says so."""
+    import torch
+
+    msg = " ".join(str(e).split())
+    if not torch.cuda.is_available() and any(w in msg.lower() for w in ("gpu", "cuda")):
+        msg += " (this machine has no usable GPU: use accelerator cpu or auto)"
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: one clear ``error: ...`` line and exit code 2 on bad input."""
     parser = _parser()
     ns = parser.parse_args(argv).as_dict()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         cfg = EvalConfig(**{k: v for k, v in ns.items() if k in EvalConfig.__dataclass_fields__})
         record = evaluate(cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, MisconfigurationException) as e:  # the latter: e.g. no GPU here
+        print(f"error: {_no_gpu_hint(e)}", file=sys.stderr)
         return 2
     if record is not None:
         value = record["value"]

@@ -11,17 +11,19 @@ writes ``my_scheduler/scheduler_config.json``; then in Python::
 
 The model's noise schedule (ᾱ table and prediction type, or flow shift) comes from the file,
 else from ``--like`` (a pipeline or scheduler folder of the model), else from the scheduler
-config saved with the model the file names. The folder is written atomically; bad input
-prints one ``error:`` line and exits with status 2.
+config saved with the model the file names. Only the scheduler's own file is written (atomically);
+nothing else in ``--out`` is touched, and a ``scheduler_config.json`` that an earlier export did not
+write is refused. Bad input prints one ``error:`` line and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-
-from .artifact import atomic_folder
 
 __all__ = ["main", "export"]
 
@@ -39,16 +41,56 @@ def _like_config(path: str) -> dict:
     )
 
 
+def _check_target(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is absent or a file this export writes (a
+    ``DODEScheduler`` config written by an earlier export)."""
+    from .artifact import check_replaceable
+
+    check_replaceable(path, "--out file")
+    if not path.exists():
+        return
+    try:
+        cls = json.loads(path.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        cls = None
+    if cls != "DODEScheduler":
+        what = f"the config of a {cls}" if cls else "a file dode.export did not write"
+        raise ValueError(
+            f"{str(path)!r} already exists and is {what}; dode.export replaces only a "
+            "DODEScheduler config written by an earlier export. Pass a new folder as --out (e.g. "
+            f"{str(path.parent / 'dode_scheduler')!r}), or move that file away first."
+        )
+
+
 def export(solver_file: str, out: str, like: str | None = None, base: bool = False) -> Path:
-    """Write the scheduler folder for ``solver_file`` to ``out``; returns ``out``."""
+    """Write the scheduler's files (``scheduler_config.json``) for ``solver_file`` into
+    folder ``out`` (made if needed); returns ``out``.
+
+    Only the scheduler's own files are written, each atomically; nothing else in ``out`` is
+    touched. A file of that name that an export did not write (another scheduler's config)
+    is refused with ``ValueError``, as is an ``out`` that is a file."""
     from .diffusers import DODEScheduler
 
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise ValueError(
+            f"--out {out!r} is a file, not a folder; pass a folder (it is made if needed)."
+        )
+    _check_target(out_path / DODEScheduler.config_name)
     sched = DODEScheduler.from_solver_file(
         solver_file, like=_like_config(like) if like else None, dode=not base
     )
-    with atomic_folder(out) as tmp:
+    from .artifact import atomic_write, ensure_writable
+
+    ensure_writable(out_path, "--out", "pass a folder you can write to")
+    with tempfile.TemporaryDirectory(prefix=".dode-export-") as tmp:
         sched.save_pretrained(tmp)
-    return Path(out)
+        files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
+        for f in files:
+            _check_target(out_path / f.name)
+        for f in files:
+            atomic_write(out_path / f.name, lambda t, f=f: shutil.copyfile(f, t))
+    return out_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a fitted D-ODE solver as a diffusers scheduler folder (DODEScheduler).",
     )
     p.add_argument("--solver-file", required=True, help="fitted-solver .safetensors file")
-    p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (made if needed; only scheduler_config.json is written there)",
+    )
     p.add_argument(
         "--like",
         default=None,

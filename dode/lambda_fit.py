@@ -430,6 +430,13 @@ def fit_lambdas(
     denoiser, solver, s = _prepare(denoiser, solver, noise, sigmas)
     if not isinstance(teacher_factor, int) or teacher_factor < 2:
         raise ValueError(f"teacher_factor must be an integer >= 2, got {teacher_factor!r}.")
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise ValueError(
+            f"batch_size must be a positive integer (samples per chunk), or None for one "
+            f"chunk; got {batch_size!r}."
+        )
     _warn_degenerate(solver, len(s) - 1, len(noise))
     chunks = list(noise.split(batch_size)) if batch_size else [noise]
     dens = _split_denoiser(denoiser, noise.shape[0], batch_size)

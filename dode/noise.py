@@ -36,11 +36,31 @@ def noise_from_seeds(
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
-    """Parse ``"0-63"``, ``"0-9,20,30-31"``, an int N (= 0..N−1) or a list of ints."""
+    """Parse ``"0-63"``, ``"0-9,20,30-31"``, an int N (= 0..N−1) or a list of ints.
+
+    Seeds are integers in ``[0, 2**63)`` (they are stored as int64); anything else is a
+    ``ValueError``."""
     if isinstance(spec, int):
         return list(range(spec))
     if not isinstance(spec, str):
-        return [int(s) for s in spec]
+        return _in_range([int(s) for s in spec], spec)
+    return _in_range(_parse_seed_string(spec), spec)
+
+
+MAX_SEED = 2**63 - 1
+
+
+def _in_range(seeds: list[int], spec) -> list[int]:
+    bad = next((s for s in seeds if not 0 <= s <= MAX_SEED), None)
+    if bad is not None:
+        raise ValueError(
+            f"seed {bad} in {str(spec)[:60]!r} is outside 0 … 2**63 − 1 ({MAX_SEED}); seeds are "
+            "stored as 64-bit integers. Use smaller seeds."
+        )
+    return seeds
+
+
+def _parse_seed_string(spec: str) -> list[int]:
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
@@ -57,6 +77,21 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
                 f"bad seed spec {spec!r}; use ranges and lists such as '0-63' or '0-9,20,30-31'."
             )
     return out
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """The inverse of :func:`parse_seeds`: runs of consecutive seeds as ranges, in order
+    (``[0, 1, 2, 5]`` → ``"0-2,5"``)."""
+    parts: list[str] = []
+    seeds = [int(s) for s in seeds]
+    i = 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 def shard_seeds(seeds: Sequence[int], rank: int, world_size: int) -> list[int]:

@@ -539,6 +539,33 @@ def _buffer_device(module: object) -> torch.device | None:
     return next((b.device for b in buffers()), None)
 
 
+def _check_range_options(denoiser, schedule: str, opts: dict) -> None:
+    """``ValueError`` for grid options outside the model's range or meaning: a σ_max above
+    the model's largest σ (it was never trained there: the fit's λ and the samples blow up),
+    a ρ that is not a positive number, σ that are not finite positive numbers."""
+    for key in ("sigma_min", "sigma_max", "rho"):
+        if key not in opts:
+            continue
+        v = opts[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if not ok:
+            what = "ρ (the Karras exponent; 7 in EDM)" if key == "rho" else key
+            raise ValueError(
+                f"schedule_options.{key} = {v!r} for {schedule!r}: {what} must be a finite "
+                "positive number."
+            )
+    top = getattr(denoiser, "sigma_max", None)
+    smax = opts.get("sigma_max")
+    if smax is not None and top is not None and math.isfinite(float(top)):
+        if float(smax) > float(top) * (1 + 1e-6):
+            raise ValueError(
+                f"schedule_options.sigma_max = {float(smax):g} ({schedule!r} grid) is above the "
+                f"largest σ of the model ({float(top):.6g}), where it was never trained: the λ "
+                f"fitted there and the samples blow up. Use sigma_max <= {float(top):.6g} (or "
+                "leave it out: the default is min(80, the model's σ_max))."
+            )
+
+
 def grid_for_model(
     denoiser: Denoiser, schedule: str, num_steps: int, options: dict | None = None
 ) -> Tensor:
@@ -603,10 +630,13 @@ def grid_for_model(
                 )
             if table is not None:
                 opts.setdefault("alphas_cumprod", table.detach().cpu())
+        _check_range_options(denoiser, schedule, opts)
         try:
             s = get_schedule(schedule, num_steps, **opts)
         except TypeError as e:
             raise ValueError(f"bad schedule_options for {schedule!r}: {e}") from None
+    if schedule == "explicit":
+        _check_range_options(denoiser, schedule, {"sigma_max": float(s[0])})
     round_sigma = getattr(denoiser, "round_sigma", None)
     if round_sigma is None:
         return s

@@ -38,7 +38,7 @@ from .lit import (
     NoiseDataModule,
     SampleGridCallback,
 )
-from .lit.api import TRAINER_DEFAULTS, default_run_dir, run_fit, trainer_extras
+from .lit.api import TRAINER_DEFAULTS, FitStopped, default_run_dir, run_fit, trainer_extras
 from .lit.tracking import wandb_mode
 
 __all__ = ["DODECLI", "main"]
@@ -171,9 +171,19 @@ class DODECLI(LightningCLI):
         return super().instantiate_trainer(**{**extras, **kwargs})
 
 
-def _error(msg: str) -> None:
+def _error(msg: str, code: int = 2) -> None:
     print(f"dode.train: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
+
+
+def _no_gpu_hint(e: Exception) -> str:
+    """One line for a settings error; a GPU asked for on a machine without one says so."""
+    import torch
+
+    msg = " ".join(str(e).split())
+    if not torch.cuda.is_available() and any(w in msg.lower() for w in ("gpu", "cuda")):
+        msg += " (this machine has no usable GPU: use accelerator cpu or auto)"
+    return msg
 
 
 def main(args: list[str] | None = None) -> Path | None:
@@ -181,10 +191,12 @@ def main(args: list[str] | None = None) -> Path | None:
     :func:`dode.lit.api.run_fit`, the code path of :func:`dode.fit`; print its path."""
     _quiet()
     t_parse = time.perf_counter()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         cli = DODECLI(args=args)
-    except ValueError as e:
-        _error(str(e))
+    except (ValueError, MisconfigurationException) as e:  # the latter: e.g. no GPU here
+        _error(_no_gpu_hint(e))
     module, trainer = cli.model, cli.trainer
     module.timings["startup_imports_s"] = _startup_seconds()
     module.timings["parse_and_load_s"] = time.perf_counter() - t_parse
@@ -199,10 +211,15 @@ def main(args: list[str] | None = None) -> Path | None:
         )
     except ValueError as e:
         _error(str(e))
+    except FitStopped as e:
+        _error(str(e), e.exit_code)
     except RuntimeError:
         if not trainer.interrupted:
             raise
-        _error(f"interrupted; nothing written. Resume with --run_dir {run_dir} --ckpt_path last.")
+        _error(
+            f"interrupted; no solver file was written. Resume with --run_dir {run_dir} "
+            "--ckpt_path last."
+        )
     if result.path is None:  # not rank 0
         return None
     fitted = result.fitted

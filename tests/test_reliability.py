@@ -552,3 +552,417 @@ def test_train_cli_nfe_1_is_one_line(capsys, tmp_path):
     assert e.value.code == 2
     _one_error_line(capsys.readouterr().err, "nfe 1 leaves nothing to fit")
     assert not (tmp_path / "r").exists()
+
+
+# ==== Round two (issue 19) =======================================================================
+# ---- 13. dode.export writes only the scheduler's file ------------------------------------------
+
+
+def _exportable(tmp_path: Path) -> Path:
+    from _tiny import tiny_alphas_cumprod
+
+    alphas = tiny_alphas_cumprod()
+    schedule = {"family": "vp", "alphas_cumprod": alphas.tolist(), "prediction_type": "epsilon",
+                "num_train_timesteps": len(alphas)}  # fmt: skip
+    fs = FittedSolver(
+        solver=get_solver("ddim").config(),
+        sigmas=karras(3, 0.02, 10.0),
+        lambdas=torch.tensor([0.0, 0.1, 0.2], dtype=torch.float64),
+        model={"id": "tiny", "class": "DiffusersDenoiser", "schedule": schedule},
+    )
+    run = tmp_path / "run"
+    return fs.save(run / "solver.safetensors")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_export_writes_only_its_file_and_removes_nothing(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("diffusers")
+    from dode.export import main as export_main
+
+    solver_file = _exportable(tmp_path)
+    pipe = tmp_path / "pipe"
+    (pipe / "unet").mkdir(parents=True)
+    (pipe / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+    (pipe / "unet" / "model.safetensors").write_bytes(b"weights")
+    (pipe / "scheduler").mkdir()
+    ddpm = '{"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}'
+    (pipe / "scheduler" / "scheduler_config.json").write_text(ddpm)
+    before = _tree(pipe)
+    # a pipeline folder, the run folder holding the file itself, the current folder: kept
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "notes.txt").write_text("mine")
+    monkeypatch.chdir(cwd)
+    for out in (pipe, solver_file.parent, Path(".")):
+        kept = _tree(out.resolve())
+        assert export_main(["--solver-file", str(solver_file), "--out", str(out)]) == 0
+        after = _tree(out.resolve())
+        assert {k: v for k, v in after.items() if k in kept} == kept
+        assert set(after) - set(kept) == {"scheduler_config.json"}
+    assert {k: v for k, v in _tree(pipe).items() if k in before} == before
+    # again into the same folder: its own earlier export is replaced
+    assert export_main(["--solver-file", str(solver_file), "--out", str(pipe)]) == 0
+    capsys.readouterr()
+    # another scheduler's config, and a file as --out: refused, untouched
+    assert export_main(["--solver-file", str(solver_file), "--out", str(pipe / "scheduler")]) == 2
+    _one_error_line(capsys.readouterr().err, "DDPMScheduler")
+    assert (pipe / "scheduler" / "scheduler_config.json").read_text() == ddpm
+    assert export_main(["--solver-file", str(solver_file), "--out", str(cwd / "notes.txt")]) == 2
+    _one_error_line(capsys.readouterr().err, "is a file")
+    assert (cwd / "notes.txt").read_text() == "mine"
+
+
+# ---- 14, 15. dode.train: another run's solver file, a folder that is not a run -----------------
+
+
+def test_fit_refuses_another_runs_solver_file_and_a_foreign_folder(gmm, tmp_path):
+    other = _fitted(gmm).save(tmp_path / "other" / "solver.safetensors")
+    data = other.read_bytes()
+    with pytest.raises(ValueError, match="solver_file .* already exists"):
+        dode.fit(**FIT, trainer=TRAINER, run_dir=tmp_path / "new1", solver_file=other)
+    assert other.read_bytes() == data and not (tmp_path / "new1").exists()
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("samples.png", "lambdas.png", "table.md"):
+        (results / name).write_bytes(name.encode())
+    before = _tree(results)
+    with pytest.raises(ValueError, match="holds no dode run .*lambdas.png"):
+        dode.fit(**FIT, trainer=TRAINER, run_dir=results)
+    assert _tree(results) == before and not (results / ".fit.lock").exists()
+
+
+# ---- 16. samples of two runs into one folder are merged by seed -------------------------------
+
+
+def test_sample_runs_into_one_folder_merge_by_seed(gmm, tmp_path):
+    import numpy as np
+
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    out = tmp_path / "o"
+    sample_main(["--solver-file", str(path), "--seeds", "0-3", "--out", str(out)])
+    with np.load(out / "samples.npz") as z:
+        first = {k: z[k] for k in z.files}
+    sample_main(["--solver-file", str(path), "--seeds", "6-7,2", "--out", str(out)])
+    with np.load(out / "samples.npz") as z:
+        both = {k: z[k] for k in z.files}
+    assert both["seeds"].tolist() == [0, 1, 3, 6, 7, 2]
+    assert len(both["images"]) == 6 and len(both["samples"]) == 6
+    for i, s in enumerate(both["seeds"].tolist()):
+        if s < 4:  # the same seed gives the same sample, whichever run made it
+            j = first["seeds"].tolist().index(s)
+            assert np.array_equal(both["samples"][i], first["samples"][j])
+    assert len(list(out.glob("seed_*.png"))) == 6
+
+
+def test_evaluate_save_npz_twice_and_save_none_keep_earlier_samples(gmm, tmp_path):
+    import numpy as np
+
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    out = tmp_path / "e"
+    evaluate(_eval_cfg(out, solver_file=str(path), seeds="0-3", save="npz"))
+    evaluate(_eval_cfg(out, solver_file=str(path), seeds="4-5", save="npz"))
+    with np.load(out / "samples.npz") as z:
+        assert sorted(z["seeds"].tolist()) == [0, 1, 2, 3, 4, 5]
+        assert z["arr_0"].shape[0] == 6
+    evaluate(_eval_cfg(out, solver_file=str(path), seeds="6-7", save="png"))
+    evaluate(_eval_cfg(out, solver_file=str(path), seeds="8-9", save="none"))
+    with np.load(out / "samples.npz") as z:  # the earlier runs' samples all stay
+        assert sorted(z["seeds"].tolist()) == [0, 1, 2, 3, 4, 5]
+    from dode.evaluation import SampleStore
+
+    store = SampleStore(out)
+    assert store.png_seeds() == {6, 7}
+    evaluate(_eval_cfg(out, solver_file=str(path), seeds="10", save="npz"))  # packs the PNGs too
+    with np.load(out / "samples.npz") as z:
+        assert sorted(z["seeds"].tolist()) == [0, 1, 2, 3, 4, 5, 6, 7, 10]
+
+
+# ---- 17. the atomic writer: non-regular targets, the umask --------------------------------------
+
+
+def test_atomic_writer_refuses_devices_fifos_and_links(gmm, tmp_path):
+    fs = _fitted(gmm)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "target.safetensors"
+    target.write_bytes(b"someone else's file")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(fifo)
+    for path, kind in [(fifo, "named pipe"), (link, "symbolic link"), (dangling, "symbolic link")]:
+        with pytest.raises(ValueError, match=kind):
+            fs.save(path)
+    import stat as st
+
+    assert st.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink() and dangling.is_symlink()
+    assert target.read_bytes() == b"someone else's file"
+    with pytest.raises(ValueError, match="named pipe"):  # dode.fit: before any work
+        dode.fit(**FIT, trainer=TRAINER, run_dir=tmp_path / "run", solver_file=fifo)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_atomic_writes_honour_the_umask(gmm, tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        path = _fitted(gmm).save(tmp_path / "f.safetensors")
+        out = tmp_path / "s"
+        sample_main(["--solver-file", str(path), "--seeds", "0", "--out", str(out)])
+    finally:
+        os.umask(old)
+    for p in (path, out / "samples.npz", out / "run.json", out / "seed_000000.png"):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
+
+
+# ---- 18. SIGTERM during the teacher phase -------------------------------------------------------
+
+
+def test_sigterm_during_the_teacher_phase_stops_between_batches(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from dode.lit.module import DODEModule
+    from dode.train import main
+
+    calls = []
+    compute = DODEModule.compute_teacher
+
+    def teacher(self, noise, cond=None):
+        calls.append(len(noise))
+        if len(calls) == 1:
+            handler = signal.getsignal(signal.SIGTERM)
+            assert handler not in (signal.SIG_DFL, None), "no SIGTERM handler installed"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return compute(self, noise, cond)
+
+    monkeypatch.setattr(DODEModule, "compute_teacher", teacher)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["--model.model", "gmm-digits", "--model.nfe", "3", "--model.teacher_factor", "2",
+            "--data.fit_seeds", "0-7", "--data.val_seeds", "100-103", "--data.batch_size", "2",
+            "--data.cache_dir", str(cache), "--samples.num_samples", "0",
+            "--lambda_plot.enabled", "false", "--wandb_mode", "disabled",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+            "--run_dir", str(run)]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 143
+    _one_error_line(capsys.readouterr().err, "stopped by SIGTERM")
+    assert calls == [2]  # stopped after the first of four teacher batches
+    assert not (run / "solver.safetensors").exists() and not (run / "checkpoints").exists()
+    assert not (run / ".fit.lock").exists()
+    entries = list(cache.rglob("*.safetensors"))
+    assert len(entries) == 1 and not list(cache.rglob(".*"))  # one whole entry, no temp file
+    monkeypatch.setattr(DODEModule, "compute_teacher", compute)
+    assert main(args + ["--ckpt_path", "last"]).is_file()  # the retry goes on from the cache
+
+
+# ---- 19. duplicate seeds are found in linear time ------------------------------------------------
+
+
+def test_duplicate_seed_search_is_linear(gmm, tmp_path, capsys, monkeypatch):
+    import dode.cli.sample as cli
+
+    class Seeds(list):
+        def count(self, value):  # the quadratic search: one scan per seed
+            raise AssertionError("seeds.count() called: a quadratic duplicate search")
+
+    real = cli.parse_seeds
+    monkeypatch.setattr(cli, "parse_seeds", lambda spec: Seeds(real(spec)))
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    _sample_cli_error(
+        ["--solver-file", str(path), "--seeds", "0-49999,7", "--out", str(tmp_path / "o")],
+        capsys,
+        "seed 7 more than once",
+    )
+    assert not (tmp_path / "o").exists()
+
+
+# ---- 20. resuming with other fit seeds; lstsq stopped by a limit ------------------------------
+
+
+def test_resume_with_other_fit_seeds_is_refused_and_the_file_records_them(tmp_path):
+    from dode.lit.module import FitStopped
+
+    run = tmp_path / "run"
+    with pytest.raises(FitStopped, match=r"after 1 of 3 λ .*no solver file was written; the last"):
+        dode.fit(**FIT, trainer={**TRAINER, "max_steps": 1}, run_dir=run)
+    with pytest.raises(ValueError, match="other fit seeds"):
+        dode.fit(**{**FIT, "fit_seeds": "500-507"}, trainer=TRAINER, run_dir=run,
+                 ckpt_path="last")  # fmt: skip
+    fitted = dode.fit(**FIT, trainer=TRAINER, run_dir=run, ckpt_path="last")
+    assert fitted.metrics["fit_seeds"] == "0-7" and fitted.metrics["num_fit_seeds"] == 8
+    assert FittedSolver.load(run / "solver.safetensors").metrics["fit_seeds"] == "0-7"
+
+
+# ---- 21. grid options outside the model's range or meaning --------------------------------------
+
+
+def test_grid_options_outside_the_model_are_refused(gmm):
+    from dode.schedules import grid_for_model
+
+    with pytest.raises(ValueError, match=r"sigma_max = 1e\+06 .* above the largest σ of the model"):
+        grid_for_model(gmm, "karras", 3, {"sigma_max": 1e6})
+    with pytest.raises(ValueError, match="rho = -7"):
+        grid_for_model(gmm, "karras", 3, {"rho": -7})
+    with pytest.raises(ValueError, match="above the largest σ"):
+        grid_for_model(gmm, "explicit", 3, {"sigmas": [500.0, 10.0, 1.0]})
+    assert len(grid_for_model(gmm, "karras", 3, {"sigma_max": 80.0})) == 4  # the model's own
+
+
+# ---- 22. what a file records, checked against the model ----------------------------------------
+
+
+def test_file_is_checked_against_the_model(gmm, tmp_path):
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    grid = karras(3, 0.01, 80.0)
+    grid[-1] = 0.5
+    bad = _rewrite(path, tmp_path / "g.safetensors", tensors={"sigmas": grid})
+    with pytest.raises(ValueError, match="ends at σ = 0.5, not at 0"):
+        FittedSolver.load(bad)
+    huge = _rewrite(path, tmp_path / "h.safetensors",
+                    tensors={"lambdas": torch.tensor([0.0, 1e6, -1e6], dtype=torch.float64)})  # fmt: skip
+    with pytest.warns(UserWarning, match=r"λ\[1\] = 1e\+06 is far outside"):
+        FittedSolver.load(huge)
+    noise = torch.randn(2, 1, 8, 8)
+    high = FittedSolver(solver=get_solver("ddim").config(), sigmas=karras(3, 0.01, 5000.0),
+                        lambdas=[0.0, 0.1, 0.2])  # fmt: skip
+    with pytest.raises(ValueError, match="starts at σ = 5000, above the largest σ"):
+        high.sample(gmm, noise)
+    cond = _fitted(gmm, conditioning={"kind": "class_labels", "labels": "all"}, guidance_scale=-3)
+    with pytest.raises(ValueError, match="fitted on the conditional model .* unconditional"):
+        cond.sample(gmm, noise)
+
+
+# ---- 23. half-precision noise in the Python API --------------------------------------------------
+
+
+def test_half_precision_noise_is_refused_by_the_api(gmm, den, noise):
+    fs = _fitted(gmm)
+    for dtype in (torch.bfloat16, torch.float16):
+        with pytest.raises(ValueError, match=r"Pass noise.float\(\)"):
+            fs.sample(gmm, torch.randn(2, 1, 8, 8).to(dtype))
+        with pytest.raises(ValueError, match="too coarse"):
+            dode.sample(den, "ddim", noise.to(dtype), karras(3, 0.01, 10.0))
+
+
+# ---- 24. one clear line for the noisy cases ------------------------------------------------------
+
+
+def test_damaged_or_odd_solver_paths_are_one_clear_line(gmm, tmp_path, capsys):
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["dode"])
+    stringy = _rewrite(path, tmp_path / "s.safetensors", meta={**meta, "model": "gmm-digits"})
+    with pytest.raises(ValueError, match="metadata 'model' is a str"):
+        FittedSolver.load(stringy)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(fifo)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        FittedSolver.load(link)
+    with pytest.raises(ValueError, match="is a folder"):
+        FittedSolver.load(tmp_path)
+    out = tmp_path / "o"
+    _sample_cli_error(["--solver-file", str(path), "--seeds", "99999999999999999999999",
+                       "--out", str(out)], capsys, "outside 0")  # fmt: skip
+    assert not out.exists()
+
+
+def test_failed_sample_leaves_no_run_record(gmm, tmp_path, capsys, monkeypatch):
+    import dode.cli.sample as cli
+
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    out = tmp_path / "o"
+
+    def fail(*args, **kwargs):
+        raise ValueError("the model output is not finite")
+
+    monkeypatch.setattr(cli, "generate", fail)
+    _sample_cli_error(["--solver-file", str(path), "--seeds", "0", "--out", str(out)], capsys,
+                      "not finite")  # fmt: skip
+    assert not out.exists()
+    monkeypatch.undo()
+    sample_main(["--solver-file", str(path), "--seeds", "0", "--out", str(out), "--base"])
+    assert (out / "samples.npz").is_file()
+
+
+def test_full_disk_while_writing_the_cache_or_the_solver_file(gmm, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    cache = TeacherCache(tmp_path / "cache", {"problem": 1})
+    cache.put([0, 1], torch.zeros(2, 3))  # the cache turns itself off, as documented
+    assert "cannot be written (Error while serializing" in capsys.readouterr().err
+    assert cache.dir is None
+    with pytest.raises(ValueError, match="could not be written .*No space left"):
+        _fitted(gmm).save(tmp_path / "f.safetensors")
+    assert list(tmp_path.glob("*f.safetensors*")) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_asked_for_on_a_machine_without_one(gmm, tmp_path, capsys):
+    from dode.train import main
+
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    _sample_cli_error(["--solver-file", str(path), "--device", "cuda", "--out",
+                       str(tmp_path / "o")], capsys, "no CUDA device")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    code = evaluate_main(
+        ["--solver_file", str(path), "--seeds", "0-1", "--out", str(tmp_path / "e"),
+         "--fid", "false", "--log", "null", "--wandb", "false", "--accelerator", "gpu",
+         "--devices", "1", "--progress", "false"]
+    )  # fmt: skip
+    assert code == 2
+    _one_error_line(capsys.readouterr().err, "no usable GPU")
+    with pytest.raises(SystemExit) as e:
+        main(["--model.model", "gmm-digits", "--model.nfe", "3", "--trainer.accelerator", "gpu",
+              "--wandb_mode", "disabled", "--run_dir", str(tmp_path / "r")])  # fmt: skip
+    assert e.value.code == 2
+    _one_error_line(capsys.readouterr().err, "no usable GPU")
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_checks_its_log_and_flags_before_the_work(gmm, tmp_path):
+    path = _fitted(gmm).save(tmp_path / "f.safetensors")
+    out = tmp_path / "e"
+    with pytest.raises(ValueError, match="--log .* is a folder"):
+        evaluate(_eval_cfg(out, solver_file=str(path), log=str(tmp_path)))
+    assert not out.exists()  # refused before any sample was made
+    with pytest.raises(ValueError, match="--solver, --nfe would be ignored"):
+        evaluate(_eval_cfg(out, solver_file=str(path), solver="ipndm", nfe=10))
+    assert not out.exists()
+
+
+def test_two_evaluations_into_one_out_say_so(tmp_path):
+    from dode.evaluation import SampleStore
+
+    store = SampleStore(tmp_path)
+    images = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    store.write([3], images)
+    with pytest.raises(ValueError, match="another evaluation is writing into the same --out"):
+        store.write([3], images)
+
+
+def test_fit_lambdas_bad_batch_size(den, noise):
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            dode.fit_lambdas(den, "ddim", noise, karras(3, 0.01, 10.0), batch_size=bad)
+
+
+def test_digits_flow_config_runs_as_the_readme_shows():
+    from dode.lit import DODEModule, NoiseDataModule
+    from dode.lit.api import _DATA_KEYS, _MODEL_KEYS, fit_kwargs
+
+    kw = fit_kwargs(ROOT / "configs" / "digits-flow.yaml")
+    data = NoiseDataModule(**{k: v for k, v in kw.items() if k in _DATA_KEYS})
+    module = DODEModule(**{k: v for k, v in kw.items() if k in _MODEL_KEYS})
+    module.use_conditioning(data.conditioning)  # before: "model 'digits-flow' is conditional"
+    assert module.condition([0, 1, 12]).tolist() == [0, 1, 2]

@@ -48,7 +48,20 @@ __all__ = ["main", "generate"]
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N."
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ValueError(
+                f"--device {name!r}: this machine has {have}; pass --device cpu or auto."
+            )
+    return device
 
 
 def generate(
@@ -139,22 +152,87 @@ def main(argv: list[str] | None = None) -> Path:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
+    out = Path(args.out)
+    fresh = not (out / "run.json").exists()
+    made = not out.exists()
     try:
         return _run(args)
-    except ValueError as e:
-        print(f"dode.sample: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except BaseException as e:
+        if fresh:
+            _undo_claim(out, made)
+        if isinstance(e, ValueError):
+            print(f"dode.sample: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def _undo_claim(out: Path, made: bool) -> None:
+    """After a failed run: remove the ``run.json`` it wrote when it is all the folder holds
+    (and the folder, if the run made it), so a retry with other settings is not refused."""
+    try:
+        if [p.name for p in out.iterdir()] == ["run.json"]:
+            (out / "run.json").unlink()
+            if made:
+                out.rmdir()
+    except OSError:
+        pass
+
+
+#: the per-seed arrays of samples.npz (first axis: one row per seed); the others are the
+#: run's settings, the same for every run into one --out (run.json makes sure).
+_PER_SEED = ("samples", "seeds", "images", "class_labels", "prompts")
+
+
+def _read_npz(path: Path) -> dict | None:
+    """The arrays of an earlier run's ``samples.npz`` (``None`` if there is none);
+    ``ValueError`` if it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            old = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any read failure is a damaged file
+        raise ValueError(
+            f"{str(path)!r} (the samples of an earlier run into this folder) cannot be read "
+            f"({type(e).__name__}: {e}); move it away or pass another --out, so that its samples "
+            "are not lost."
+        ) from None
+    return old
+
+
+def _merge_npz(path: Path, old: dict | None, new: dict) -> dict:
+    """``new`` merged by seed with ``old``, the ``samples.npz`` an earlier run into the same
+    folder wrote: the earlier seeds stay (in their order), this run's follow; a seed in both
+    takes this run's sample. ``ValueError`` if they do not fit together."""
+    if old is None:
+        return new
+    keys = [k for k in _PER_SEED if k in new]
+    if sorted(k for k in _PER_SEED if k in old) != sorted(keys) or any(
+        old[k].shape[1:] != new[k].shape[1:] for k in keys if k != "prompts"
+    ):
+        raise ValueError(
+            f"{str(path)!r} holds samples of another shape or kind than this run's; move it "
+            "away or pass another --out, so that its samples are not lost."
+        )
+    fresh = set(int(s) for s in new["seeds"])
+    keep = np.array([int(s) not in fresh for s in old["seeds"]], dtype=bool)
+    merged = dict(new)
+    for k in keys:
+        merged[k] = np.concatenate([old[k][keep], new[k]])
+    return merged
 
 
 def _run(args) -> Path:
     from ..loading import load_denoiser, resolve_dtype
 
+    device = _device(args.device)
     fs = FittedSolver.load(args.solver_file)
     seeds = parse_seeds(args.seeds)
     if not seeds:
         raise ValueError("--seeds is empty; give seeds such as 0-63.")
     if len(set(seeds)) != len(seeds):
-        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        seen: set[int] = set()
+        twice = sorted({s for s in seeds if s in seen or seen.add(s)})
         raise ValueError(
             f"--seeds lists seed {twice[0]} more than once; every sample needs its own seed."
         )
@@ -206,13 +284,15 @@ def _run(args) -> Path:
             "guidance_scale": w if rule is not None else None,
         },
     )
+    npz_path = out / "samples.npz"
+    earlier = _read_npz(npz_path)  # before the work: a damaged file is refused now
     x = generate(
         fs,
         den,
         seeds,
         batch_size=args.batch_size,
         dtype=dtype,
-        device=_device(args.device),
+        device=device,
         dode=not args.base,
         conditioning=rule,
         guidance_scale=w,
@@ -232,8 +312,10 @@ def _run(args) -> Path:
         else:
             arrays["prompts"] = np.asarray(cond)
     if x.ndim == 4:
-        images = _uint8(x)
-        arrays["images"] = images
+        arrays["images"] = _uint8(x)
+    arrays = _merge_npz(npz_path, earlier, arrays)
+    if x.ndim == 4:
+        images = arrays["images"][-len(seeds) :]
         from PIL import Image
 
         if not args.no_png:
@@ -245,16 +327,18 @@ def _run(args) -> Path:
                         im.squeeze(-1) if im.shape[-1] == 1 else im
                     ).save(t, format="PNG"),
                 )
-        grid = _grid(images[:64])
+        grid = _grid(arrays["images"][:64])
         atomic_write(out / "grid.png", lambda t: Image.fromarray(grid).save(t, format="PNG"))
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    npz = atomic_write(out / "samples.npz", write)
+    npz = atomic_write(npz_path, write)
     kind = "base solver" if args.base else "D-solver"
     print(f"{len(seeds)} samples ({kind}, {fs.build_solver().describe()}, NFE {fs.nfe}) -> {out}")
+    if len(arrays["seeds"]) > len(seeds):
+        print(f"samples.npz now holds {len(arrays['seeds'])} seeds (earlier runs' kept)")
     print(f"samples: {npz}")
     return npz
 

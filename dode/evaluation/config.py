@@ -45,8 +45,10 @@ class EvalConfig:
         seeds: an explicit seed list such as ``"0-9999"`` (overrides num_samples/seed_start).
         batch_size: samples per device per batch.
         out: output folder (on a filesystem every node sees).
-        save: what to keep: ``png`` (the per-seed folder), ``npz`` (``samples.npz``, folder
-            removed), ``both``, or ``none`` (scores only).
+        save: what to keep: ``png`` (the per-seed folder), ``npz`` (``samples.npz``, holding
+            every sample of the folder, earlier runs' too; the PNG folder is then removed),
+            ``both``, or ``none`` (scores only: the PNGs this run made are removed, earlier
+            runs' samples stay).
         fid: compute the Fréchet distance after generating.
         ref: reference statistics: an ``.npz`` with ``mu``/``sigma``, a folder of real images
             (statistics cached), or a torch-fidelity dataset name (``cifar10-train``).
@@ -173,6 +175,17 @@ def resolve_solver(cfg: EvalConfig, denoiser: Denoiser | None):
     on (or cannot be identified) is refused unless ``cfg.ignore_model_hash``. Otherwise ``cfg.solver`` on a grid built for ``cfg.nfe``.
     """
     if cfg.solver_file:
+        given = [
+            f"--{k}"
+            for k in ("solver", "nfe", "solver_options", "schedule_options")
+            if getattr(cfg, k) is not None
+        ]
+        if given:
+            raise ValueError(
+                f"--solver_file gives the solver, grid and λ, so {', '.join(given)} would be "
+                "ignored: leave them out (--base samples the file's base solver on its grid), "
+                "or drop --solver_file to evaluate a base solver by name."
+            )
         fitted = FittedSolver.load(cfg.solver_file)
         meta = fitted.model or {}
         model = cfg.model or meta.get("id")

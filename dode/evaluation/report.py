@@ -13,6 +13,22 @@ from .store import SampleStore
 __all__ = ["append_jsonl", "wandb_log"]
 
 
+def check_log_path(path: str | os.PathLike) -> None:
+    """``ValueError`` unless ``path`` can take the JSON line at the end (it is a file or can be
+    made, in a writable folder): checked before any sample is generated."""
+    from ..artifact import ensure_writable
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"--log {str(path)!r} is a folder; pass a file for the JSON-lines record, e.g. "
+            f"{str(path / 'evaluate.jsonl')!r} (or --log null for none)."
+        )
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--log {str(path)!r} is not a regular file; pass a .jsonl file path.")
+    ensure_writable(path.parent, "--log folder", "pass a --log file in a writable folder")
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append ``record`` as one JSON line (flushed to disk)."""
     path = Path(path)

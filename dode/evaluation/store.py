@@ -47,8 +47,13 @@ class SampleStore:
         arr = images.permute(0, 2, 3, 1).cpu().numpy()
         for seed, a in zip(seeds, arr):
             p = self.path(int(seed))
-            if p.exists():  # seeds already done are never scheduled: this would be a bug
-                raise RuntimeError(f"seed {seed} was generated twice ({p} exists).")
+            if p.exists():  # seeds already done are never scheduled: another run wrote it
+                raise ValueError(
+                    f"sample {str(p)!r} appeared while this run was making it: another "
+                    "evaluation is writing into the same --out at the same time. Nothing is "
+                    "lost (a seed gives the same sample in both); run one evaluation per --out "
+                    "at a time, then re-run this one with the same --out to finish."
+                )
             p.parent.mkdir(parents=True, exist_ok=True)
             im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
             tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
@@ -90,8 +95,29 @@ class SampleStore:
                 "and re-run with the same --out to regenerate it."
             ) from None
 
+    def png_seeds(self) -> set[int]:
+        """Seeds stored as PNG files."""
+        if not self.dir.is_dir():
+            return set()
+        return {int(p.stem) for p in self.dir.glob("*/*.png") if p.stem.isdigit()}
+
+    def packed_seeds(self) -> list[int]:
+        """Seeds in ``samples.npz``, in its order."""
+        if not self.npz.is_file():
+            return []
+        with np.load(self.npz) as z:
+            return [int(s) for s in z["seeds"]]
+
     def pack(self, seeds: Sequence[int], batch_size: int = 1024) -> Path:
-        """Stream the samples of ``seeds`` into ``samples.npz`` without holding them in memory."""
+        """Stream the samples of ``seeds`` into ``samples.npz`` without holding them in memory,
+        with every other sample the store holds (earlier runs' packed seeds, in their order,
+        then the other PNGs' in seed order), so packing never drops a sample."""
+        order = self.packed_seeds()
+        have = set(order)
+        order += [int(s) for s in seeds if int(s) not in have]
+        have.update(order)
+        order += sorted(self.png_seeds() - have)
+        seeds = order
         first = next(self.iter_images(seeds[:1]))
         _, c, h, w = first.shape
         shape = (len(seeds), h, w, c)
@@ -109,9 +135,21 @@ class SampleStore:
 
         return atomic_write(self.npz, write)
 
-    def remove_pngs(self) -> None:
-        if self.dir.is_dir():
+    def remove_pngs(self, seeds: set[int] | None = None) -> None:
+        """Remove the PNG folder (``seeds=None``) or only the PNGs of ``seeds`` (and folders
+        left empty)."""
+        if not self.dir.is_dir():
+            return
+        if seeds is None:
             shutil.rmtree(self.dir)
+            return
+        for s in seeds:
+            self.path(s).unlink(missing_ok=True)
+        for d in sorted(self.dir.glob("*"), reverse=True):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        if not any(self.dir.iterdir()):
+            self.dir.rmdir()
 
 
 def claim_out_dir(

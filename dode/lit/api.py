@@ -36,7 +36,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from ..artifact import FittedSolver, ensure_writable
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
-from .module import DODEModule, FitMode
+from .module import DODEModule, FitMode, FitStopped, check_resume_seeds
 from .tracking import wandb_mode as resolve_wandb_mode
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "default_run_dir",
     "TRAINER_DEFAULTS",
     "FitResult",
+    "FitStopped",
 ]
 
 WandbMode = Literal["auto", "offline", "online", "disabled"]
@@ -272,7 +273,9 @@ def _release_lock(lock: Path | None) -> None:
         pass
 
 
-def _resolve_checkpoint(module: DODEModule, run_dir: Path, ckpt_path: str | None) -> str | None:
+def _resolve_checkpoint(
+    module: DODEModule, run_dir: Path, ckpt_path: str | None, fit_seeds: list[int] | None = None
+) -> str | None:
     """The checkpoint to resume from, checked before anything in the run folder is touched.
 
     ``"last"``: ``run_dir/checkpoints/last.ckpt``; when there is none and the folder holds no
@@ -325,11 +328,64 @@ def _resolve_checkpoint(module: DODEModule, run_dir: Path, ckpt_path: str | None
             f"checkpoint {str(path)!r} was written for another problem (model, solver, grid, "
             "teacher or fit mode differ); resume with the same config, or start a new run folder."
         )
+    check_resume_seeds(meta, fit_seeds, f"checkpoint {str(path)!r}")
     return str(path)
 
 
+#: What a dode run folder may hold before its fit wrote checkpoints, metrics or a solver file
+#: (a run that stopped early: the saved config, W&B's folder and id, Lightning's hparams).
+_RUN_START_NAMES = {
+    "config.yaml",
+    "hparams.yaml",
+    "wandb",
+    "wandb_id.txt",
+    "checkpoints",
+    LOCK_NAME,
+}
+
+
+def _foreign_files(run_dir: Path) -> list[str]:
+    """Entries of ``run_dir`` that no dode fit writes before its checkpoints or metrics."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_START_NAMES)
+
+
+def _check_solver_file(module: DODEModule, solver_file: Path, resume: bool) -> None:
+    """Refuse to replace a solver file this run did not write: any existing file on a fresh
+    fit, and on a resume one fitted for another problem (solver, grid or model)."""
+    from ..artifact import check_replaceable
+
+    check_replaceable(solver_file, "solver_file")
+    if not solver_file.exists():
+        return
+    same = False
+    if resume:
+        try:
+            old = FittedSolver.load(solver_file)
+            model = old.model or {}
+            same = (
+                old.solver == module.solver.config()
+                and old.sigmas.tolist() == module.sigmas.tolist()
+                and model.get("id") == module.hparams.model
+                and model.get("weights_hash") == module.weights_hash
+            )
+        except ValueError:
+            same = False
+    if not same:
+        raise ValueError(
+            f"solver_file {str(solver_file)!r} already exists (another fit's solver file); "
+            "pass a new --solver_file (or leave it out: <run_dir>/solver.safetensors), or move "
+            "that file away to replace it."
+        )
+
+
 def _prepare_run(
-    module: DODEModule, run_dir: Path, solver_file: Path, ckpt_path: str | None
+    module: DODEModule,
+    run_dir: Path,
+    solver_file: Path,
+    ckpt_path: str | None,
+    fit_seeds: list[int] | None = None,
 ) -> tuple[str | None, Path | None]:
     """Every check of the run folder, before anything in it is touched: the folders can be
     written, the lock is ours (rank 0), the checkpoint resumes this problem, and a fresh fit
@@ -348,13 +404,23 @@ def _prepare_run(
         "pass a solver_file in a folder you can write to",
     )
     rank = getattr(rank_zero_only, "rank", 0) or 0
+    foreign = _foreign_files(run_dir)
+    if foreign and not _holds_run(run_dir):
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ValueError(
+            f"run folder {str(run_dir)!r} is not empty and holds no dode run ({shown}): a fit "
+            "would write its samples.png, lambdas.png, metrics and checkpoints among those "
+            "files. Pass a new or empty run folder (--run_dir)."
+        )
     created = not run_dir.exists()
     lock = None
     try:
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock = _acquire_lock(run_dir)
-        ckpt = _resolve_checkpoint(module, run_dir, ckpt_path)
+        ckpt = _resolve_checkpoint(module, run_dir, ckpt_path, fit_seeds)
         held = _holds_run(run_dir)
         if ckpt is None and held and rank == 0:
             raise ValueError(
@@ -362,6 +428,11 @@ def _prepare_run(
                 "it with ckpt_path last (--ckpt_path last), pass another run folder, or delete "
                 "it to start over."
             )
+        if rank == 0:
+            if ckpt is None:
+                _check_solver_file(module, solver_file, resume=False)
+            elif solver_file.exists():
+                _check_solver_file(module, solver_file, resume=True)
     except BaseException:
         _release_lock(lock)
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -388,7 +459,11 @@ def run_fit(
     # Check the conditioning against the model before anything starts (one clear error).
     module.use_conditioning(datamodule.conditioning)
     ckpt_path, lock = _prepare_run(
-        module, Path(trainer.default_root_dir), Path(solver_file), ckpt_path
+        module,
+        Path(trainer.default_root_dir),
+        Path(solver_file),
+        ckpt_path,
+        list(datamodule.fit_seeds),
     )
     try:
         return _run_fit(module, datamodule, trainer, solver_file=solver_file, ckpt_path=ckpt_path)
@@ -409,12 +484,22 @@ def _run_fit(
         if isinstance(lg, WandbLogger):
             _ = lg.experiment  # starts the W&B run (rank 0 only; lazily otherwise)
     module.timings["wandb_start_s"] = time.perf_counter() - t_wandb
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise FitStopped(
+            "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
+            "teacher states computed so far stay in the cache, if one is on). Resume with the same "
+            f"run folder ({trainer.default_root_dir}) and ckpt_path='last' (--ckpt_path last).",
+            exit_code=128 + 15,
+        ) from None
     module.timings["fit_total_s"] = time.perf_counter() - t_fit
     if trainer.interrupted:
-        raise RuntimeError(
-            f"interrupted; nothing written. Resume with the same run folder "
+        raise FitStopped(
+            f"interrupted; no solver file was written. Resume with the same run folder "
             f"({trainer.default_root_dir}) and ckpt_path='last'."
         )
     scale, metrics = _chosen_scale_and_metrics(trainer)

@@ -49,7 +49,13 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
     from ..artifact import atomic_write
 
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    try:
+        atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    except OSError as e:
+        raise ValueError(
+            f"{str(path)!r} could not be written ({e.strerror or e}); nothing was written there. "
+            "Free some space and resume the run (--ckpt_path last)."
+        ) from None
 
 
 class SampleGridCallback(pl.Callback):

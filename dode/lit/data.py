@@ -254,9 +254,10 @@ class TeacherCache:
                 text = json.dumps(self.problem, indent=1, sort_keys=True)
                 atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text))
             atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - OSError, or safetensors' error on a full disk
+            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
             _notice(
-                f"teacher cache folder {str(self.dir)!r} cannot be written ({e.strerror or e}); "
+                f"teacher cache folder {str(self.dir)!r} cannot be written ({why}); "
                 "teacher states are not cached this run. Set data.cache_dir to a writable "
                 "folder (or null)."
             )
@@ -424,11 +425,21 @@ class NoiseDataModule(pl.LightningDataModule):
                 f"({teacher.description}; cache: {where})"
             )
         show = todo > 0 and self._rank()[0] == 0 and len(groups) > 1
-        batches = [
-            self.states_for(g, teacher)
-            for g in tqdm(groups, desc=f"teacher ({what})", disable=not show)
-        ]
+        batches = []
+        for g in tqdm(groups, desc=f"teacher ({what})", disable=not show):
+            self._stop_if_terminated()
+            batches.append(self.states_for(g, teacher))
         return DataLoader(_Batches(batches), batch_size=None, shuffle=False)
+
+    def _stop_if_terminated(self) -> None:
+        """Between teacher batches: stop if the process was sent SIGTERM (Lightning's handler
+        only notes it, and its loops look only between training batches). Every cache file
+        written so far is whole (atomic writes)."""
+        trainer = self.trainer
+        if trainer is not None and getattr(trainer, "received_sigterm", False):
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException(128 + 15)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.fit_seeds, "fit_seeds")

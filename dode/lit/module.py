@@ -49,11 +49,36 @@ from ..denoisers import check_guidance
 from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
 from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..loading import load_denoiser, resolve_dtype
+from ..noise import format_seeds
 from ..schedules import grid_for_model, refine_space
 from ..solvers import Solver, get_solver
 from .data import NoiseDataModule, TeacherSource, problem_digest
 
-__all__ = ["DODEModule", "build_grid", "FitMode"]
+__all__ = ["DODEModule", "build_grid", "FitMode", "FitStopped", "check_resume_seeds"]
+
+
+class FitStopped(RuntimeError):
+    """A fit that stopped before its end (a limit, a signal): nothing half-written, no solver
+    file; ``exit_code`` is the status ``python -m dode.train`` exits with."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
+    """``ValueError`` if a checkpoint's ``dode`` record was written for other fit seeds than
+    ``seeds`` (a resumed fit would mix the statistics of two seed sets). Checkpoints that
+    record no seeds (older dode) and ``seeds=None`` are not checked."""
+    want = meta.get("fit_seeds_digest")
+    if want is None or seeds is None or problem_digest(list(seeds))[:24] == want:
+        return
+    raise ValueError(
+        f"{where} was fitted on other fit seeds ({meta.get('num_fit_seeds')} seeds) than this "
+        f"run's ({len(seeds)} seeds): resuming would mix λ statistics of both. Resume with the "
+        "same --data.fit_seeds, or start a new run folder."
+    )
+
 
 build_grid = grid_for_model  # the old name (the grid is built in dode.schedules)
 
@@ -400,8 +425,18 @@ class DODEModule(pl.LightningModule):
             )
         return res
 
+    def fit_seeds(self) -> list[int] | None:
+        """The seeds λ are fitted on (the data module's), or ``None`` outside a fit."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        seeds = getattr(datamodule, "fit_seeds", None)
+        return list(seeds) if seeds is not None else None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        seeds = self.fit_seeds()
         checkpoint["dode"] = {
+            "fit_seeds_digest": None if seeds is None else problem_digest(seeds)[:24],
+            "num_fit_seeds": None if seeds is None else len(seeds),
             "problem_key": self.problem_key(),
             "problem": self.problem(),
             "fit_info": asdict(self.fit_info),
@@ -419,6 +454,7 @@ class DODEModule(pl.LightningModule):
                 "or fit mode differ); resume with the same config, or start a new run folder."
             )
         self.fit_info = FitInfo(**meta["fit_info"])
+        check_resume_seeds(meta, self.fit_seeds(), "the checkpoint")
 
     # ---- fit ---------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -546,10 +582,13 @@ class DODEModule(pl.LightningModule):
     def on_train_end(self) -> None:
         self.timings["train_loop_s"] = time.perf_counter() - getattr(self, "_t_train", 0.0)
         if self.fit_mode == "lstsq" and int(self.num_fitted) < self.num_calls:
-            raise RuntimeError(
-                f"the lstsq fit stopped after {int(self.num_fitted)} of {self.num_calls} λ (one "
-                "epoch per model call); do not limit max_epochs/max_steps/max_time in lstsq mode, "
-                "or resume with --ckpt_path last."
+            n = int(self.num_fitted)
+            raise FitStopped(
+                f"the lstsq fit stopped after {n} of {self.num_calls} λ (one epoch per model "
+                f"call; a max_epochs/max_steps/max_time limit ended it): no solver file was "
+                f"written{'; the last checkpoint holds the λ fitted so far' if n else ''}. "
+                "Resume with --ckpt_path last (ckpt_path='last') and without the limit to fit "
+                "the rest."
             )
         if self.trainer.world_size > 1:
             every = self.all_gather(self.lambdas.detach())
@@ -620,9 +659,14 @@ class DODEModule(pl.LightningModule):
         if scale != 1.0:
             scaled = {"lambda_scale": scale, "lambdas_fitted": lam.tolist()}
             lam = lam * scale
+        seeds = self.fit_seeds()
+        data = (
+            {} if seeds is None else {"fit_seeds": format_seeds(seeds), "num_fit_seeds": len(seeds)}
+        )
         m = {
             "fit_mode": self.fit_mode,
             "nfe": self.num_calls,
+            **data,
             "fit": info if self.fit_mode == "lstsq" else {},
             "grid": self.grid_record,
             **self.val_metrics,
