@@ -145,3 +145,92 @@ def test_lambda_zero_equals_k_diffusion_sampler(kd, digits64, solver, kd_name, k
         assert float(ours_c["sigma_hat"]) == float(ref_c["sigma_hat"])
         assert (ours_c["x"] - ref_c["x"]).abs().max() <= 1e-6
         assert (ours_c["denoised"] - ref_c["denoised"]).abs().max() <= 1e-6
+
+
+# ---- solver files fitted by `python -m dode.train` ---------------------------------------------
+
+
+def _train(tmp: Path, *extra: str) -> Path:
+    """``python -m dode.train`` (its ``main``, in this process) at tiny settings."""
+    from dode.train import main
+
+    args = [
+        "-c", str(ROOT / "configs" / "tiny.yaml"),
+        "--model.nfe", "4",
+        "--model.teacher_factor", "4",
+        "--data.fit_seeds", "0-15",
+        "--data.val_seeds", "100-107",
+        "--data.batch_size", "8",
+        "--data.cache_dir", str(tmp / "cache"),
+        "--run_dir", str(tmp / "run"),
+        "--wandb_mode", "disabled",
+        "--fid.feature", "null",
+        "--samples.num_samples", "0",
+        "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]  # fmt: skip
+    path = main(args)
+    assert path is not None and Path(path).is_file()
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def digits_file(tmp_path_factory) -> Path:
+    """iPNDM (consumes ε̂: the host's x̂0 goes through dode's conversion) on the digits DDPM."""
+    tmp = tmp_path_factory.mktemp("kd-digits")
+    return _train(tmp, "--model.model", "digits", "--model.solver", "ipndm")
+
+
+@pytest.fixture(scope="module")
+def guided_file(tmp_path_factory) -> Path:
+    """DPM-Solver++(2M) on digits-cond with classifier-free guidance w = 2."""
+    tmp = tmp_path_factory.mktemp("kd-guided")
+    return _train(
+        tmp,
+        "--model.model", "digits-cond",
+        "--model.solver", "dpm_solver_pp",
+        "--model.guidance_scale", "2.0",
+        "--data.class_labels", "all",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_digits_ddpm_in_k_diffusion_wrapper_equals_dode_sample(kd, digits_file, dtype):
+    fs = FittedSolver.load(digits_file)
+    assert fs.lambdas.abs().max() > 1e-3  # a real fit, not the base solver
+    den = load_denoiser("digits", dtype=dtype)
+    model = _host_model(kd, den, dtype)
+    fn = KDiffusionSampler(digits_file)
+    assert torch.equal(fn.sigmas, fs.sigmas)
+    noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    with torch.no_grad():
+        ours = fn(model, noise * fn.sigmas[0].item(), fn.sigmas.to(dtype), disable=True)
+        ref = fs.sample(den, noise)
+        base = fs.sample(den, noise, dode=False)
+    err = (ours - ref).abs().max().item()
+    print(f"digits DDPM, {fs.solver}, {dtype}: max |Δ| to dode.sample = {err:.2e}")
+    assert ours.dtype == dtype
+    assert err <= (1e-6 if dtype == torch.float64 else 1e-4)
+    assert (ref - base).abs().max() > 100 * max(err, 1e-6)  # λ move the sample; parity is real
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_host_cfg_reproduces_dode_guided_sampling(kd, guided_file, dtype):
+    fs = FittedSolver.load(guided_file)
+    assert fs.model["guidance_scale"] == 2.0 and fs.lambdas.abs().max() > 1e-3
+    den = load_denoiser("digits-cond", dtype=dtype)
+    labels = torch.arange(10) % 10
+    noise = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    model = _HostCFG(_host_model(kd, den, dtype))
+    extra_args = {"cond": labels, "uncond": torch.full_like(labels, den.null_label), "cond_scale": 2.0}
+    kept = dict(extra_args)
+    fn = KDiffusionSampler(guided_file)
+    with torch.no_grad():
+        ours = fn(model, noise * fn.sigmas[0].item(), fn.sigmas, extra_args=extra_args, disable=True)
+        ref = fs.sample(den.bind(labels, guidance_scale=2.0), noise)
+    err = (ours - ref).abs().max().item()
+    print(f"digits-cond CFG w=2, {fs.solver}, {dtype}: max |Δ| to dode.sample = {err:.2e}")
+    assert err <= (1e-6 if dtype == torch.float64 else 1e-4)
+    assert extra_args == kept and all(extra_args[k] is kept[k] for k in kept)  # untouched
+    with pytest.warns(UserWarning, match=r"cond_scale 3.*fitted at \(2\)"), torch.no_grad():
+        fn(model, noise * fn.sigmas[0].item(), fn.sigmas, {**extra_args, "cond_scale": 3.0}, None, True)
