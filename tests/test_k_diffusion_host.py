@@ -222,15 +222,189 @@ def test_host_cfg_reproduces_dode_guided_sampling(kd, guided_file, dtype):
     labels = torch.arange(10) % 10
     noise = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=dtype)
     model = _HostCFG(_host_model(kd, den, dtype))
-    extra_args = {"cond": labels, "uncond": torch.full_like(labels, den.null_label), "cond_scale": 2.0}
+    extra_args = {
+        "cond": labels,
+        "uncond": torch.full_like(labels, den.null_label),
+        "cond_scale": 2.0,
+    }
     kept = dict(extra_args)
     fn = KDiffusionSampler(guided_file)
     with torch.no_grad():
-        ours = fn(model, noise * fn.sigmas[0].item(), fn.sigmas, extra_args=extra_args, disable=True)
+        ours = fn(
+            model, noise * fn.sigmas[0].item(), fn.sigmas, extra_args=extra_args, disable=True
+        )
         ref = fs.sample(den.bind(labels, guidance_scale=2.0), noise)
     err = (ours - ref).abs().max().item()
     print(f"digits-cond CFG w=2, {fs.solver}, {dtype}: max |Δ| to dode.sample = {err:.2e}")
     assert err <= (1e-6 if dtype == torch.float64 else 1e-4)
     assert extra_args == kept and all(extra_args[k] is kept[k] for k in kept)  # untouched
     with pytest.warns(UserWarning, match=r"cond_scale 3.*fitted at \(2\)"), torch.no_grad():
-        fn(model, noise * fn.sigmas[0].item(), fn.sigmas, {**extra_args, "cond_scale": 3.0}, None, True)
+        fn(
+            model,
+            noise * fn.sigmas[0].item(),
+            fn.sigmas,
+            {**extra_args, "cond_scale": 3.0},
+            None,
+            True,
+        )
+
+
+# ---- bad input: one clear error each, the model never called ----------------------------------
+
+
+class _Counting:
+    """A host model that counts its calls (an exact x̂0: the data is 0)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x, sigma, **kwargs):
+        self.calls += 1
+        return torch.zeros_like(x)
+
+
+def _sampler(solver="dpm_solver_pp", steps=5, **model) -> KDiffusionSampler:
+    nfe = get_solver(solver).nfe(steps)
+    lam = torch.linspace(0, 0.1, nfe)
+    fs = FittedSolver(solver={"name": solver}, sigmas=karras(steps, 0.03, 14.6), lambdas=lam,
+                      model=model)  # fmt: skip
+    return KDiffusionSampler(fs)
+
+
+def test_other_sigma_lists_are_refused_naming_the_fitted_one(kd):
+    sampling, _ = kd
+    fn, model = _sampler(), _Counting()
+    x = torch.randn(2, 4, 8, 8) * 14.6
+    s = fn.sigmas.float()
+    perturbed = s.clone()
+    perturbed[2] *= 1.01
+    cases = {
+        "appended": (torch.cat([s, s.new_zeros(1)]), r"has 7 values \(one σ appended"),
+        "dropped": (s[:-1], r"has 5 values \(one σ dropped"),
+        "steps": (sampling.get_sigmas_karras(8, 0.03, 14.6), r"has 9 values"),
+        "perturbed": (perturbed, r"differs from the fitted grid .* at index 2"),
+        "rescaled": (s * 2, r"rescaled by 2"),
+        "other rho": (sampling.get_sigmas_karras(5, 0.03, 14.6, rho=3.0), r"at index 1"),
+        "ascending": (s.flip(0), r"at index 0"),
+        "2-D": (s[None], r"shape \(1, 6\)"),
+    }
+    for name, (sigmas, match) in cases.items():
+        with pytest.raises(ValueError, match=match) as e:
+            fn(model, x, sigmas, disable=True)
+        msg = str(e.value)
+        assert "14.6, " in msg and "NFE 5" in msg and ".sigmas" in msg, (name, msg)
+    assert model.calls == 0
+    fn(model, x, s, disable=True)  # a float32 copy of the fitted list is the fitted list
+    assert model.calls == 5
+
+
+def test_a_flow_file_in_a_vp_host_is_refused():
+    flow = {"family": "flow", "id": "digits-flow", "class": "DiffusersFlowDenoiser"}
+    with pytest.raises(ValueError, match=r"fitted on a rectified-flow .*digits-flow.* diffusion"):
+        _sampler(**flow)
+    with pytest.raises(ValueError, match=r"fitted on a diffusion .* rectified-flow .* host"):
+        KDiffusionSampler(_sampler(id="digits").fitted, host_family="flow")
+    with pytest.raises(ValueError, match=r"unknown host_family 'edm'"):
+        KDiffusionSampler(_sampler().fitted, host_family="edm")
+
+
+def test_bad_model_output_and_bad_x():
+    fn = _sampler()
+    x = torch.randn(2, 4, 8, 8) * 14.6
+    with pytest.raises(ValueError, match=r"returned \(2, 4, 8\) for x of shape \(2, 4, 8, 8\)"):
+        fn(lambda x, s: x[..., 0], x, fn.sigmas, disable=True)
+    with pytest.raises(ValueError, match=r"floating-point tensor"):
+        fn(_Counting(), x.long(), fn.sigmas, disable=True)
+    with pytest.raises(ValueError, match=r"non-finite values at call 0"):
+        fn(lambda x, s: x * float("nan"), x, fn.sigmas, disable=True)
+
+
+# ---- host dtypes, progress bar ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_host_integrates_in_float32(kd, digits64, dtype):
+    model32 = _host_model(kd, load_denoiser("digits"), torch.float32)
+    seen = []
+
+    def host(x, sigma):  # a half-precision host model: x̂0 in the host's dtype
+        seen.append((x.dtype, sigma.dtype))
+        return model32(x.float(), sigma.float()).to(x.dtype)
+
+    fn = _sampler("heun", 4)
+    x = (torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 14.6).to(dtype)
+    with torch.no_grad():
+        out = fn(host, x, fn.sigmas.to(dtype), disable=True)  # σ in the host's dtype too
+        assert out.dtype == dtype
+        assert len(seen) == fn.nfe and all(d == dtype for d, _ in seen)
+        assert all(s == torch.float32 for _, s in seen)  # σ in the integration's float32
+        # the same run with a float32 state whose model inputs/outputs are rounded to the
+        # host's dtype: the same numbers, so the state between calls was float32
+        ref = fn(lambda x, s: host(x.to(dtype), s).float(), x.float(), fn.sigmas, disable=True)
+    assert torch.equal(out, ref.to(dtype))
+
+
+def test_progress_bar_honours_disable(capsys):
+    fn = _sampler()
+    x = torch.randn(1, 2, 2, 2) * 14.6
+    fn(_Counting(), x, fn.sigmas, disable=True)
+    assert "5/5" not in capsys.readouterr().err
+    fn(_Counting(), x, fn.sigmas, disable=False)
+    assert "5/5" in capsys.readouterr().err
+
+
+def test_sampler_signature_is_k_diffusions(kd):
+    import inspect
+
+    sampling, _ = kd
+    ref = list(inspect.signature(sampling.sample_dpmpp_2m).parameters)
+    assert list(inspect.signature(_sampler()).parameters) == ref
+
+
+# ---- a flow host (ComfyUI's convention: x_t = (1 − t) x0 + t n, the model called at σ = t) ------
+
+
+class _FlowHost(nn.Module):
+    """A rectified-flow UNet (v = ε − x0 at timestep 1000·t) as a flow host calls it:
+    ``model(x_t, t, **kw) → x̂0 = x_t − t·v``."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, sigma, class_labels):
+        t = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        v = self.unet(x, (sigma * 1000).float(), class_labels=class_labels).sample
+        return x - t * v
+
+
+def test_flow_file_in_a_flow_host_equals_dode_sample(tmp_path):
+    from dode.schedules import flow_sigmas
+
+    den = load_denoiser("digits-flow", dtype=torch.float64)
+    sigmas = flow_sigmas(5, spacing="dpm_solver")
+    assert sigmas[-1] == 0
+    labels = torch.arange(4) % 10
+    fs = FittedSolver(
+        solver={"name": "dpm_solver_pp"},
+        sigmas=sigmas,
+        lambdas=torch.tensor([0.0, 0.1, -0.2, 0.15, 0.05]),
+        model={"family": "flow", "id": "digits-flow", "class": "DiffusersFlowDenoiser"},
+    )
+    fs.save(tmp_path / "flow.safetensors")
+    fn = KDiffusionSampler(tmp_path / "flow.safetensors", host_family="flow")
+    t = fn.sigmas
+    assert torch.allclose(t, sigmas / (1 + sigmas)) and t[0] < 1
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    calls = []
+    with torch.no_grad():
+        ours = fn(_FlowHost(den.unet), noise * t[0].item(), t,
+                  extra_args={"class_labels": labels}, callback=calls.append, disable=True)  # fmt: skip
+        ref = fs.sample(den.bind(labels), noise)
+    err = (ours - ref).abs().max().item()
+    print(f"digits-flow, flow host: max |Δ| to dode.sample = {err:.2e}")
+    assert err <= 1e-6
+    assert [float(c["sigma"]) for c in calls] == t[:-1].tolist()
+    assert torch.allclose(calls[0]["x"], noise * t[0])  # the host's own x_t
+    with pytest.raises(ValueError, match=r"differs from the fitted grid"):
+        fn(_FlowHost(den.unet), noise, sigmas, extra_args={"class_labels": labels}, disable=True)

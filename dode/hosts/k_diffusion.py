@@ -29,7 +29,8 @@ Conventions:
 * Only the fitted σ list runs: another list, another length, or a file of the other model
   family raise one ``ValueError`` naming the fitted list (a host that appends, drops or
   rescales σ is caught, never silently mis-sampled). Lists agree when every σ matches to
-  1e-5 relative (a float32 copy of the grid passes); the solver runs on the file's float64 grid.
+  1e-5 relative (a float32 copy of the grid passes; a float16/bfloat16 copy to its dtype's
+  precision); the solver runs on the file's float64 grid either way.
 * float16 / bfloat16 host tensors: the solver integrates in float32 (float64 stays float64);
   the model is called with ``x`` in the host's dtype and the result is returned in it.
 * ``callback`` receives k-diffusion's dict once per step, after the step's first model call:
@@ -180,18 +181,24 @@ class KDiffusionSampler:
         return self.fitted.nfe
 
     def check_sigmas(self, sigmas: Tensor | Any) -> None:
-        """``ValueError`` unless ``sigmas`` is the fitted list (:attr:`sigmas`) to 1e-5."""
+        """``ValueError`` unless ``sigmas`` is the fitted list (:attr:`sigmas`): every σ to
+        1e-5 relative, or to the precision of ``sigmas``' dtype where that is coarser."""
         want = self.sigmas
         fix = (
             "pass exactly the fitted list, KDiffusionSampler(...).sigmas (ComfyUI: feed it as "
             "the SIGMAS input; AUTOMATIC1111/Forge: a scheduler entry that returns it)"
         )
         try:
-            got = torch.as_tensor(sigmas).detach().to("cpu", torch.float64)
+            host = torch.as_tensor(sigmas).detach()
+            got = host.to("cpu", torch.float64)
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(
                 f"sigmas must be a 1-D tensor of σ, got {type(sigmas).__name__}; {fix}."
             ) from None
+        # a copy of the fitted list rounded to the host's dtype is the fitted list
+        rtol = (
+            max(SIGMA_RTOL, torch.finfo(host.dtype).eps) if host.is_floating_point() else SIGMA_RTOL
+        )
         name = self.fitted.build_solver().describe()
         what = f"the fitted grid of {name} ({len(want) - 1} steps, NFE {self.nfe}): {_fmt(want)}"
         if got.ndim != 1 or len(got) != len(want):
@@ -206,13 +213,13 @@ class KDiffusionSampler:
                 f"runs only on {what}; {fix}."
             )
         diff = (got - want).abs()
-        bad = (diff > SIGMA_RTOL * want.abs()) | ~torch.isfinite(got)
+        bad = (diff > rtol * want.abs()) | ~torch.isfinite(got)
         if bad.any():
             i = int(bad.nonzero()[0])
             ratio = got[0] / want[0] if want[0] != 0 else float("nan")
             rescaled = (
-                bool(torch.allclose(got, want * ratio, rtol=SIGMA_RTOL, atol=0))
-                and abs(float(ratio) - 1) > SIGMA_RTOL
+                bool(torch.allclose(got, want * ratio, rtol=rtol, atol=0))
+                and abs(float(ratio) - 1) > rtol
             )
             hint = f" (the whole list is rescaled by {float(ratio):.6g})" if rescaled else ""
             raise ValueError(
