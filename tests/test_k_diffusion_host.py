@@ -41,8 +41,7 @@ def _k_diffusion():
     if importlib.util.find_spec("k_diffusion") is None:  # only a guard: it is in the dev extra
         pytest.skip("k-diffusion is not installed (pip install -e '.[dev]')")
     try:
-        import k_diffusion.external
-        import k_diffusion.sampling
+        importlib.import_module("k_diffusion")
     except ImportError:
         spec = importlib.util.find_spec("k_diffusion")
         for name in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:
@@ -50,9 +49,8 @@ def _k_diffusion():
         pkg = types.ModuleType("k_diffusion")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["k_diffusion"] = pkg
-        importlib.import_module("k_diffusion.sampling")
-        importlib.import_module("k_diffusion.external")
-    return sys.modules["k_diffusion.sampling"], sys.modules["k_diffusion.external"]
+    sampling = importlib.import_module("k_diffusion.sampling")
+    return sampling, importlib.import_module("k_diffusion.external")
 
 
 @pytest.fixture(scope="module")
@@ -408,3 +406,17 @@ def test_flow_file_in_a_flow_host_equals_dode_sample(tmp_path):
     assert torch.allclose(calls[0]["x"], noise * t[0])  # the host's own x_t
     with pytest.raises(ValueError, match=r"differs from the fitted grid"):
         fn(_FlowHost(den.unet), noise, sigmas, extra_args={"class_labels": labels}, disable=True)
+
+
+def test_the_host_module_needs_no_host_library():
+    """``dode.hosts`` imports neither k-diffusion nor Lightning (it sits beside the core)."""
+    import os
+    import subprocess
+
+    code = (
+        "import sys, dode.hosts; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('k_diffusion', 'lightning', 'pytorch_lightning', 'comfy')]; assert not bad, bad"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
