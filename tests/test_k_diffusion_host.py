@@ -84,12 +84,12 @@ class _HostCFG(nn.Module):
     """A host-style classifier-free guidance wrapper (as k-diffusion's and A1111's
     ``CFGDenoiser``): one batched call of 2B, x̂0 = u + (c − u)·cond_scale."""
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, inner_model: nn.Module) -> None:
         super().__init__()
-        self.inner = inner
+        self.inner_model = inner_model
 
     def forward(self, x, sigma, cond, uncond, cond_scale):
-        u, c = self.inner(
+        u, c = self.inner_model(
             torch.cat([x, x]), torch.cat([sigma, sigma]), class_labels=torch.cat([uncond, cond])
         ).chunk(2)
         return u + (c - u) * cond_scale
@@ -420,3 +420,30 @@ def test_the_host_module_needs_no_host_library():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_host_models_that_show_another_schedule_are_refused(kd, digits_file, digits64):
+    """k-diffusion's DiscreteSchedule wrappers expose the model's σ table: a flow file, or a
+    file fitted on a model with another ᾱ table, is refused before any model call."""
+    _, external = kd
+    calls = []
+    unet = _EpsUNet(digits64.unet)
+    counting = lambda x, t, **kw: calls.append(t) or unet(x, t, **kw)  # noqa: E731
+    flow = FittedSolver(
+        solver={"name": "euler"},
+        sigmas=torch.tensor([10.0, 1.0, 0.1, 0.0]),
+        lambdas=torch.zeros(3),
+        model={"family": "flow", "id": "digits-flow", "class": "DiffusersFlowDenoiser"},
+    )
+    fn = KDiffusionSampler(flow, host_family="flow")
+    vp_host = external.DiscreteEpsDDPMDenoiser(counting, digits64.alphas_cumprod, quantize=False)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"discrete diffusion \(DDPM/VP\) model \(1000 noise"):
+        fn(vp_host, x, fn.sigmas, disable=True)
+    other = external.DiscreteEpsDDPMDenoiser(counting, digits64.alphas_cumprod**2, quantize=False)
+    fn = KDiffusionSampler(digits_file)
+    with pytest.raises(ValueError, match=r"another noise schedule .* than the model .*digits"):
+        fn(_HostCFG(other), x * fn.sigmas[0], fn.sigmas, disable=True)
+    assert not calls
+    fn(vp_host, x * fn.sigmas[0], fn.sigmas, disable=True)  # the file's own table passes
+    assert len(calls) == fn.nfe

@@ -30,7 +30,9 @@ Conventions:
   family raise one ``ValueError`` naming the fitted list (a host that appends, drops or
   rescales σ is caught, never silently mis-sampled). Lists agree when every σ matches to
   1e-5 relative (a float32 copy of the grid passes; a float16/bfloat16 copy to its dtype's
-  precision); the solver runs on the file's float64 grid either way.
+  precision); the solver runs on the file's float64 grid either way. Where the host's model
+  shows its discrete σ table (k-diffusion's ``DiscreteSchedule`` wrappers, ComfyUI's discrete
+  model sampling), a flow file, or a VP file fitted on a model with another ᾱ table, is refused.
 * float16 / bfloat16 host tensors: the solver integrates in float32 (float64 stays float64);
   the model is called with ``x`` in the host's dtype and the result is returned in it.
 * ``callback`` receives k-diffusion's dict once per step, after the step's first model call:
@@ -52,7 +54,7 @@ from torch import Tensor
 from ..artifact import FittedSolver
 from ..denoisers import Denoiser
 
-__all__ = ["KDiffusionSampler"]
+__all__ = ["KDiffusionSampler", "host_sigma_table"]
 
 HostFamily = Literal["vp", "flow"]
 HOST_FAMILIES = ("vp", "flow")
@@ -69,6 +71,37 @@ def _fmt(values: Tensor, limit: int = 12) -> str:
     if len(v) > limit:
         v = [*v[: limit - 3], "…", *v[-2:]]
     return "[" + ", ".join(v) + "]"
+
+
+_WRAPPER_ATTRS = ("inner_model", "model", "model_wrap", "model_sampling", "diffusion_model")
+
+
+def host_sigma_table(model: Any, depth: int = 5) -> Tensor | None:
+    """The discrete VP σ table inside a host's model wrappers, or ``None``.
+
+    k-diffusion's ``DiscreteSchedule`` wrappers (``DiscreteEpsDDPMDenoiser``,
+    ``CompVisDenoiser``, …) and ComfyUI's discrete model sampling hold the model's σ levels as
+    ``sigmas`` with ``log_sigmas`` beside them; rectified-flow samplings hold no ``log_sigmas``.
+    Looks through the usual wrapper attributes (``inner_model``, ``model``, ``model_wrap``,
+    ``model_sampling``) without calling anything.
+    """
+    frontier, seen = [model], set()
+    for _ in range(depth):
+        nxt = []
+        for obj in frontier:
+            if obj is None or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, torch.nn.Module):
+                found = {**obj.__dict__, **obj._buffers, **obj._modules}
+            else:
+                found = getattr(obj, "__dict__", {})
+            table, logs = found.get("sigmas"), found.get("log_sigmas")
+            if isinstance(table, Tensor) and isinstance(logs, Tensor) and table.ndim == 1:
+                return table.detach()
+            nxt.extend(found[a] for a in _WRAPPER_ATTRS if a in found)
+        frontier = nxt
+    return None
 
 
 class _HostDenoiser(Denoiser):
@@ -227,6 +260,36 @@ class KDiffusionSampler:
                 f"({float(got[i]):.8g} vs {float(want[i]):.8g}){hint}; {fix}."
             )
 
+    def check_model(self, model: Any) -> None:
+        """``ValueError`` when the host's model visibly does not fit the file: a discrete VP
+        σ table (k-diffusion's ``DiscreteSchedule``, ComfyUI's discrete sampling) in a flow
+        host, or a VP table other than the one of the model the file was fitted on."""
+        table = host_sigma_table(model)
+        if table is None:
+            return
+        if self.host_family == "flow":
+            raise ValueError(
+                f"the host's model is a discrete diffusion (DDPM/VP) model ({len(table)} noise "
+                "levels, a k-diffusion DiscreteSchedule or ComfyUI discrete sampling) but this "
+                "solver was fitted on a rectified-flow model: its σ grid and λ do not apply. "
+                "Use a solver file fitted on the host's model (host_family='vp')."
+            )
+        schedule = (self.fitted.model or {}).get("schedule") or {}
+        alphas = schedule.get("alphas_cumprod")
+        if not alphas:
+            return
+        a = torch.as_tensor(alphas, dtype=torch.float64)
+        want = ((1 - a) / a).sqrt()
+        got = table.to("cpu", torch.float64)
+        if got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=0):
+            return
+        raise ValueError(
+            f"the host's model has another noise schedule ({len(got)} levels, σ "
+            f"{float(got.min()):.6g}…{float(got.max()):.6g}) than the model this solver was "
+            f"fitted on ({self.fitted.model.get('id') or 'its model'}: {len(want)} levels, σ "
+            f"{float(want.min()):.6g}…{float(want.max()):.6g}); fit a solver for the host's model."
+        )
+
     def _check_guidance(self, extra_args: Mapping[str, Any]) -> None:
         """Warn when k-diffusion-style ``extra_args["cond_scale"]`` differs from the file's
         guidance scale (λ depend on it)."""
@@ -266,7 +329,8 @@ class KDiffusionSampler:
 
         Raises:
             ValueError: another σ list, an ``x`` that is not a floating tensor with a batch
-                dimension, or a model that does not return x̂0 of ``x``'s shape.
+                dimension, a model that does not return x̂0 of ``x``'s shape, or a host model
+                whose discrete σ table shows another model (:meth:`check_model`).
         """
         from tqdm.auto import tqdm
 
@@ -278,6 +342,7 @@ class KDiffusionSampler:
                 f"{type(x).__name__ if not isinstance(x, Tensor) else f'{x.dtype} {tuple(x.shape)}'}."
             )
         self.check_sigmas(sigmas)
+        self.check_model(model)
         self._check_guidance(extra_args)
         host_sigmas = torch.as_tensor(sigmas)
         host_dtype = x.dtype
