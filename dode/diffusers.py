@@ -6,14 +6,16 @@ Usage::
     pipe.scheduler = DODEScheduler.from_solver_file("solver.safetensors", like=pipe.scheduler)
     images = pipe(prompt, num_inference_steps=N, guidance_scale=W).images
 
-``step()`` is one model call. It converts the network's native output to the quantity the
-solver consumes (x̂0 or ε̂, exactly as :class:`~dode.denoisers.DiffusersDenoiser` does), applies
-the D-ODE correction ``õ_k = o_k + λ_k (o_k − o_{k−1})`` (raw previous output, as
-:func:`dode.sample`) and then *replays the dode solver itself* over the corrected outputs
-received so far: the solver runs from the first state, is answered from the buffer, and stops
-where it asks for the next model call; that state goes back to the pipeline. Every solver, one-
-or multi-stage, so runs with the same arithmetic as :func:`dode.sample` without a second
-implementation (the replay costs O(NFE²) cheap tensor updates, nothing next to the network).
+``step()`` is one model call, and a thin adapter over the core: it converts the network's
+native output to the quantity the solver consumes with the denoisers' own conversion
+(:func:`dode.denoisers.vp.vp_from_native`, :func:`dode.denoisers.flow.flow_from_native`), keeps
+it, and *replays the dode solver itself* (:mod:`dode.replay`) over the outputs received so far,
+through :class:`dode.correction.DODECorrection` (so ``õ_k = o_k + λ_k (o_k − o_{k−1})`` is the
+correction :func:`dode.sample` applies, by construction): the solver runs from the first state,
+is answered from the buffer, and stops where it asks for the next model call; that state goes
+back to the pipeline. Every solver, one- or multi-stage, so runs with the same arithmetic as
+:func:`dode.sample` without a second implementation (the replay costs O(NFE²) cheap tensor
+updates, nothing next to the network).
 Multi-stage solvers (Heun, DPM-Solver's stage points) get one ``step()`` per model call, their
 stage timesteps listed in :attr:`DODEScheduler.timesteps` as diffusers' Heun scheduler does.
 
@@ -64,6 +66,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
+from .correction import DODECorrection
+from .denoisers.base import as_prediction, as_sigma
+from .denoisers.flow import flow_from_native, flow_scale
+from .denoisers.vp import vp_from_native, vp_prediction, vp_scale, vp_sigma_to_t
+from .replay import Replay, run_until_stop
+from .schedules import vp_sigmas
 from .solvers import Solver, get_solver
 
 __all__ = ["DODEScheduler"]
@@ -86,31 +94,6 @@ PIPELINE_FAMILIES = (
 def pipeline_family(name: str) -> str | None:
     """``"flow"`` / ``"vp"`` for a known diffusers pipeline class name, else ``None``."""
     return next((fam for prefix, fam in PIPELINE_FAMILIES if name.startswith(prefix)), None)
-
-
-class _NeedModel(Exception):  # noqa: N818 - control flow, not an error
-    """Raised inside a replay where the solver asks for a model output not received yet."""
-
-    def __init__(self, x: Tensor, sigma: float) -> None:
-        self.x, self.sigma = x, sigma
-
-
-def _sigma(sigma: float, x: Tensor) -> Tensor:
-    """σ as [1, 1, ...] in ``x``'s dtype (what dode's ``as_sigma`` gives for a scalar σ)."""
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    return s.expand(x.shape[0]).reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def _vp_sigma_to_t(sigma: Tensor, log_table: Tensor, mode: str) -> Tensor:
-    """dode's DiffusersDenoiser.sigma_to_t: t for σ by log-σ interpolation (or snapping)."""
-    log_s = sigma.to(torch.float64).clamp(min=1e-30).log()
-    if mode == "snap":
-        return (log_s[:, None] - log_table[None, :]).abs().argmin(dim=1).to(torch.float64)
-    log_s = log_s.clamp(log_table[0], log_table[-1])
-    hi = torch.searchsorted(log_table, log_s).clamp(1, len(log_table) - 1)
-    lo = hi - 1
-    w = (log_s - log_table[lo]) / (log_table[hi] - log_table[lo])
-    return lo.to(torch.float64) + w
 
 
 def read_scheduler_config(path: str, errors: list[str]) -> dict | None:
@@ -235,7 +218,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
             if not ((a > 0) & (a <= 1)).all() or not (a[1:] <= a[:-1]).all():
                 raise ValueError("alphas_cumprod must lie in (0, 1] and not increase with t.")
-            self.log_table = ((1 - a) / a).sqrt().log()
+            self.log_table = vp_sigmas(a).log()
             if prediction_type not in VP_PREDICTIONS:
                 raise ValueError(
                     f"unknown VP prediction_type {prediction_type!r}; use one of {VP_PREDICTIONS}."
@@ -440,7 +423,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             sd = s.to(torch.float64)
             t = torch.where(torch.isinf(sd), torch.ones_like(sd), sd / (1 + sd))
             return (t * self.config.num_train_timesteps).to(torch.float32)
-        t = _vp_sigma_to_t(s, self.log_table, self.config.timestep_mode)
+        t = vp_sigma_to_t(s, self.log_table, self.config.timestep_mode)
         return t.round().long() if self.config.timestep_mode == "snap" else t.to(torch.float32)
 
     def dode_noise(self, latents: Tensor) -> Tensor:
@@ -451,8 +434,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     def _reset(self) -> None:
         self._k = 0
         self._x_init: Tensor | None = None
-        self._outs: list[Tensor] = []
-        self._prev: Tensor | None = None
+        self._outs: list[Tensor] = []  # the raw (uncorrected) outputs of the solver's calls
         self._dtype: torch.dtype | None = None
 
     @property
@@ -602,42 +584,32 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """Identity: the latents already are the network's input (``x_vp`` or ``x_t``)."""
         return sample
 
-    def _c_in(self, s: Tensor) -> Tensor:
-        return 1 / (1 + s**2).sqrt() if self.family == "vp" else 1 / (1 + s)
+    def _scale(self, sigma: float | Tensor, x: Tensor) -> Tensor:
+        """The pipeline's latents at σ-space state ``x``: ``x · _scale`` (``x_vp`` or ``x_t``),
+        as the denoisers scale their network input."""
+        if self.family == "flow":
+            return flow_scale(sigma, x)
+        return vp_scale(as_sigma(sigma, x), x)
 
     def _consumed(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
-        """The network's native output at ``x`` (σ-space) → what the solver consumes, with
-        dode's DiffusersDenoiser arithmetic (VP) or ``x̂0 = x_t − t v`` (flow)."""
-        s = _sigma(sigma, x)
-        c_in = self._c_in(s)
+        """The network's native output at ``x`` (σ-space) → what the solver consumes, by the
+        denoisers' own conversion (:func:`~dode.denoisers.vp.vp_from_native`,
+        :func:`~dode.denoisers.flow.flow_from_native`)."""
         out = out.to(x.dtype)
         if self.family == "flow":
-            native, pred = x * c_in - (s * c_in) * out, "x0"
-        elif self.prediction_type == "v_prediction":
-            native, pred = c_in * out + s * c_in * (x * c_in), "eps"
-        else:
-            native, pred = out, "x0" if self.prediction_type == "sample" else "eps"
-        if self.solver.consumes == pred:
-            return native
-        return x - s * native if pred == "eps" else (x - native) / s
+            return flow_from_native(out, x, sigma, self.solver.consumes)
+        s = as_sigma(sigma, x)
+        native = vp_from_native(out, x, s, self.prediction_type)
+        return as_prediction(
+            native, x, s, vp_prediction(self.prediction_type), self.solver.consumes
+        )
 
     def _replay(self) -> tuple[Tensor, float | None]:
-        """Run the solver over the buffered outputs: the next call's (x, σ), or the end."""
-        outs = self._outs
-
-        def model(x, sigma):
-            j = model.k
-            if j < len(outs):
-                model.k += 1
-                return outs[j]
-            raise _NeedModel(x, float(sigma))
-
-        model.k = 0
-        try:
-            x = self.solver.solve(model, self._x_init, self.solver_grid.tolist(), None)
-        except _NeedModel as need:
-            return need.x, need.sigma
-        return x, None
+        """Run the solver over the raw outputs received so far, through the core's correction
+        (:class:`~dode.correction.DODECorrection` around a :class:`~dode.replay.Replay`): the
+        next call's (x, σ), or the final sample and ``None``."""
+        model = DODECorrection(Replay(self._outs), self.lambdas)
+        return run_until_stop(self.solver, model, self._x_init, self.solver_grid.tolist())
 
     def step(
         self,
@@ -698,7 +670,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 self._x_init = (latents + x0 / s1) * s1
                 self._x_cur = self._x_init
                 self._k += 1
-                prev = (self._x_init * self._c_in(_sigma(s1, latents))).to(sample.dtype)
+                prev = (self._x_init * self._scale(s1, self._x_init)).to(sample.dtype)
                 return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
             # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
             self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
@@ -711,24 +683,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"the model returned non-finite values at call {k} (σ = {sigma:.6g}); check the "
                 "model weights and dtype."
             )
-        j = k - int(self.flow_start)  # the solver's call index (λ_j)
-        if self.lambdas is not None and self._prev is not None:
-            corrected = o + self.lambdas[j] * (o - self._prev)
-        else:
-            corrected = o
-        self._prev = o
-        self._outs.append(corrected)
+        self._outs.append(o)  # raw: the correction runs in the replay
         self._k += 1
         x_next, sigma_next = self._replay()
         if sigma_next is None:
             s_last = float(self.grid[-1])
-            prev = x_next if s_last == 0 else x_next * self._c_in(_sigma(s_last, x_next))
-            self._outs, self._prev = [], None
+            prev = x_next if s_last == 0 else x_next * self._scale(s_last, x_next)
+            self._outs = []
         else:
             if sigma_next != self.call_sigmas[self._k]:  # pragma: no cover - contract guard
                 raise RuntimeError("the solver's replay diverged from its call schedule.")
             self._x_cur = x_next
-            prev = x_next * self._c_in(_sigma(sigma_next, x_next))
+            prev = x_next * self._scale(sigma_next, x_next)
         prev = prev.to(sample.dtype)
         if not return_dict:
             return (prev,)
@@ -748,7 +714,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if self.family == "flow":  # (1 − t) x0 + t n, t = 1 at σ = ∞
             t = torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))
             return (1 - t) * original_samples + t * noise
-        return (original_samples + s * noise) * self._c_in(s)
+        return (original_samples + s * noise) * vp_scale(s, original_samples)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Denoiser", "as_sigma"]
+__all__ = ["Denoiser", "as_sigma", "as_prediction"]
 
 
 def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
@@ -29,6 +29,14 @@ def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
             f"{tuple(s.shape)}."
         )
     return s.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def as_prediction(out: Tensor, x: Tensor, sigma: Tensor, have: str, want: str) -> Tensor:
+    """``out`` (x̂0 or ε̂, as ``have`` says) as ``want``: ``x̂0 = x − σ ε̂``, ``ε̂ = (x − x̂0)/σ``
+    (the identity when they agree); ``sigma`` broadcastable to ``x`` (:func:`as_sigma`)."""
+    if have == want:
+        return out
+    return x - sigma * out if have == "eps" else (x - out) / sigma
 
 
 class Denoiser(nn.Module):
@@ -71,14 +79,12 @@ class Denoiser(nn.Module):
     def x0(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Denoised estimate x̂0 = D(x, σ)."""
         s = as_sigma(sigma, x)
-        out = self.denoise(x, s)
-        return out if self.prediction == "x0" else x - s * out
+        return as_prediction(self.denoise(x, s), x, s, self.prediction, "x0")
 
     def eps(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Noise estimate ε̂ = (x − D(x, σ)) / σ."""
         s = as_sigma(sigma, x)
-        out = self.denoise(x, s)
-        return out if self.prediction == "eps" else (x - out) / s
+        return as_prediction(self.denoise(x, s), x, s, self.prediction, "eps")
 
     def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return self.x0(x, sigma)
