@@ -58,6 +58,7 @@ import inspect
 import math
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +97,17 @@ def pipeline_family(name: str) -> str | None:
     return next((fam for prefix, fam in PIPELINE_FAMILIES if name.startswith(prefix)), None)
 
 
+# solver-file model classes whose weights hash covers the pipeline's ``unet`` alone
+_PIXEL_CLASSES = ("DiffusersDenoiser", "DiffusersFlowDenoiser")
+
+
+def _is_pipeline(obj: Any) -> bool:
+    """Whether ``obj`` is a diffusers pipeline."""
+    from diffusers import DiffusionPipeline
+
+    return isinstance(obj, DiffusionPipeline)
+
+
 def read_scheduler_config(path: str, errors: list[str]) -> dict | None:
     """The scheduler config of a pipeline folder (``scheduler/``) or of a scheduler folder (or
     hub id); ``None`` if neither reads, with the first line of each failure added to ``errors``."""
@@ -107,6 +119,19 @@ def read_scheduler_config(path: str, errors: list[str]) -> dict | None:
         except Exception as e:  # noqa: BLE001 - reported by the caller
             errors.append(str(e).splitlines()[0])
     return None
+
+
+#: The value of ``beta_schedule`` in every DODEScheduler config. A DODEScheduler has no β
+#: schedule; diffusers' VP schedulers raise ``NotImplementedError("<value> is not implemented
+#: for <class>")`` on an unknown one, so ``DDIMScheduler.from_config(dode_scheduler.config)`` --
+#: what ``DDIMPipeline(unet, scheduler)`` does to any scheduler it is given -- fails with this
+#: text instead of silently dropping the fitted solver.
+NOT_CONVERTIBLE = (
+    "DODEScheduler (a fitted D-ODE solver) cannot be rebuilt as another scheduler class, which "
+    "would drop the fit; DDIMPipeline(unet, scheduler=...) does that to any scheduler it is "
+    "given. Build the pipeline with a diffusers scheduler, then assign pipe.scheduler = "
+    "DODEScheduler.from_solver_file(path, like=pipe). Converting it"
+)
 
 
 class DODEScheduler(SchedulerMixin, ConfigMixin):
@@ -138,6 +163,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         base_shift, max_shift, base_image_seq_len, max_image_seq_len: FLUX: the model
             scheduler's dynamic-shift settings; FluxPipeline reads them from this scheduler to
             compute the μ it passes, which is checked against ``mu``.
+        beta_schedule: not a setting: always :data:`NOT_CONVERTIBLE`, so that rebuilding this
+            scheduler as a diffusers VP scheduler (``DDIMScheduler.from_config(config)``, as
+            ``DDIMPipeline(unet, scheduler)`` does) fails loudly instead of dropping the fit.
+            Use DDIMPipeline as ``pipe = DDIMPipeline(unet, DDPMScheduler(...))`` and then
+            ``pipe.scheduler = DODEScheduler.from_solver_file(path, like=pipe)``.
 
     Raises:
         ValueError: unknown solver or family, λ of the wrong length, a grid the solver cannot
@@ -169,6 +199,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         max_shift: float = 1.15,
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
+        beta_schedule: str | None = None,
     ) -> None:
         if solver is None or sigmas is None:
             raise ValueError(
@@ -245,6 +276,12 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0)
         else:  # t_0 (1 from t = 1)
             self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + s0)
+        # the conversion guard (see beta_schedule): registered as given, never as a default
+        if beta_schedule != NOT_CONVERTIBLE:
+            self.register_to_config(beta_schedule=NOT_CONVERTIBLE)
+        defaults = [k for k in self.config.get("_use_default_values", []) if k != "beta_schedule"]
+        self.register_to_config(_use_default_values=defaults)
+        self._checked_nets: weakref.WeakSet = weakref.WeakSet()
         self._reset()
 
     # ---- construction -----------------------------------------------------------------------
@@ -267,13 +304,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
         Args:
             path: the ``.safetensors`` file written by ``python -m dode.train``.
-            like: a diffusers scheduler (or its config) of the model's family.
+            like: a diffusers scheduler (or its config) of the model's family, or the pipeline
+                itself (``like=pipe``: its scheduler gives the schedule, and the pipeline is
+                checked against what the file records, see :meth:`check_pipeline`).
             dode: ``False`` runs the base solver (λ = 0) on the fitted grid.
             overrides: constructor arguments that win over what the file and ``like`` give.
         """
         from .artifact import FittedSolver
 
         fitted = FittedSolver.load(path)
+        pipe = like if _is_pipeline(like) else None
+        if pipe is not None:
+            like = pipe.scheduler
         model = dict(fitted.model or {})
         cls_name = model.get("class")
         diffusers_model = cls_name is None or any(
@@ -315,13 +357,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 "model: its σ grid and λ do not apply. Use a solver fitted on this pipeline's "
                 "model."
             )
-        return cls(
+        sched = cls(
             solver=fitted.solver,
             sigmas=fitted.sigmas.tolist(),
             lambdas=fitted.lambdas.tolist() if dode else None,
             model={k: v for k, v in model.items() if k != "schedule"},
             **kw,
         )
+        if pipe is not None:
+            sched.check_pipeline(pipe)
+        return sched
 
     @staticmethod
     def _schedule_of(like: Any) -> dict:
@@ -474,7 +519,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """
         pipe = self._calling_pipeline()
         if pipe is not None:
-            self._check_pipeline(pipe)
+            self.check_pipeline(pipe)
         fitted = (
             f"this DODEScheduler runs the fitted {self.solver.describe()} schedule: "
             f"{self.num_steps} steps (NFE {self.nfe})"
@@ -532,9 +577,17 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
 
     def _calling_pipeline(self) -> Any:
-        """The diffusers pipeline calling :meth:`set_timesteps` (found on the stack), or None."""
-        from diffusers import DiffusionPipeline
+        """The diffusers pipeline calling :meth:`set_timesteps` (found on the stack), or None.
 
+        Why a stack walk: no explicit path from a pipeline to its scheduler exists in
+        diffusers. Pipelines call ``self.scheduler.set_timesteps(...)`` (directly or through
+        ``retrieve_timesteps(self.scheduler, ...)``) without passing themselves, and assigning
+        ``pipe.scheduler = s`` or ``register_modules`` calls nothing on the scheduler. The
+        explicit checks run where a pipeline is named: ``from_solver_file(path, like=pipe)``
+        and :meth:`check_pipeline`; this walk applies the same checks to a scheduler built
+        without its pipeline (``like=pipe.scheduler``, a saved config). It reads only frames
+        of the current call (at most 8 up) and keeps no reference to them.
+        """
         frame = inspect.currentframe()
         try:
             for _ in range(8):
@@ -542,13 +595,54 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 if frame is None:
                     return None
                 obj = frame.f_locals.get("self")
-                if isinstance(obj, DiffusionPipeline):
+                if _is_pipeline(obj):
                     return obj
             return None
         finally:
             del frame
 
-    def _check_pipeline(self, pipe: Any) -> None:
+    def check_pipeline(self, pipe: Any) -> None:
+        """Check a diffusers pipeline against what the solver file records: ``ValueError`` for
+        a pipeline of the other model family (flow vs VP), a network without the class labels
+        the fitted model was conditioned on, and other weights than the fitted ones (the recorded weights hash, compared for
+        pixel-space diffusers models, whose hash covers the network alone; latent pipelines'
+        hashes cover the VAE and text encoders too and are not compared here).
+
+        Runs in :meth:`from_solver_file` with ``like=pipe`` and in :meth:`set_timesteps` for
+        the calling pipeline (each network is hashed once per scheduler).
+        """
+        self._check_family(pipe)
+        net = getattr(pipe, "unet", None)
+        if not isinstance(net, torch.nn.Module) or net in self._checked_nets:
+            return
+        model = dict(self.config.model or {})
+        name = model.get("id") or model.get("class") or "see its config"
+        cond = model.get("conditioning")
+        fitted_labels = isinstance(cond, dict) and cond.get("kind") == "class_labels"
+        has_labels = getattr(getattr(net, "config", None), "num_class_embeds", None) is not None
+        if fitted_labels and not has_labels:
+            raise ValueError(
+                f"this DODEScheduler was fitted on a class-conditional model ({name}, guidance "
+                f"scale {model.get('guidance_scale')}) but the pipeline's network has no class "
+                "embedding: its λ do not apply. Use a solver fitted on this pipeline's model."
+            )
+        recorded = model.get("weights_hash")
+        if model.get("class") in _PIXEL_CLASSES and recorded:
+            from .artifact import weights_hash
+
+            holder = torch.nn.Module()
+            holder.unet = net  # the fitted denoiser's state dict: the network under "unet."
+            have = weights_hash(holder, cache=False)
+            if have != recorded:
+                raise ValueError(
+                    f"the pipeline's network has other weights than the model this "
+                    f"DODEScheduler was fitted on ({name}; weights hash {have[:12]}… vs "
+                    f"{recorded[:12]}…): its λ do not apply. Use the fitted model's weights "
+                    "(and dtype), or fit a solver for this model."
+                )
+        self._checked_nets.add(net)
+
+    def _check_family(self, pipe: Any) -> None:
         """A pipeline of the other model family (flow vs VP) gets one clear error."""
         name = type(pipe).__name__
         family = pipeline_family(name)
@@ -646,16 +740,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"model output has shape {tuple(model_output.shape)} but the latents "
                 f"{tuple(sample.shape)}; a model with learned variance must be split first."
             )
-        expected = self.timesteps[k]
-        if torch.is_tensor(timestep) and timestep.numel() == 1 or isinstance(timestep, float | int):
-            if abs(float(timestep) - float(expected)) > 1e-3:
-                raise ValueError(
-                    f"step() got timestep {float(timestep):.4g} but call {k} of the fitted "
-                    f"schedule is at {float(expected):.4g}; iterate over scheduler.timesteps after "
-                    "set_timesteps()."
-                )
+        if k > 0 and sample.shape != self._shape:
+            raise ValueError(
+                f"step() got latents of shape {tuple(sample.shape)} at call {k}, but this run "
+                f"started with {tuple(self._shape)}: the batch (or sample) size cannot change "
+                "mid-run. Call set_timesteps() and start again with the new batch."
+            )
+        self._check_timestep(timestep, k, sample.shape[0])
         sigma = self.call_sigmas[k]
         if k == 0:
+            self._shape = sample.shape
             dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
             self._dtype = dtype
             if self.flow_start:  # flow_start: x̂0 = latents − v(latents, 1), then noise
@@ -699,6 +793,32 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
+
+    def _check_timestep(self, timestep: Any, k: int, batch: int) -> None:
+        """``timestep`` must be call ``k``'s entry of :attr:`timesteps`: a number, a one-element
+        tensor, or one per sample (all equal to it: the fitted solver runs every sample on the
+        same grid)."""
+        expected = float(self.timesteps[k])
+        if torch.is_tensor(timestep):
+            t = timestep.detach().reshape(-1).double().cpu()
+            if t.numel() not in (1, batch):
+                raise ValueError(
+                    f"step() got {t.numel()} timesteps for a batch of {batch}; pass the current "
+                    "entry of scheduler.timesteps (one number, or one per sample)."
+                )
+        elif isinstance(timestep, float | int):
+            t = torch.tensor([float(timestep)], dtype=torch.float64)
+        else:
+            return
+        off = (t - expected).abs()
+        if (off > 1e-3).any():
+            bad = float(t[int(off.argmax())])
+            which = "" if t.numel() == 1 else f" (sample {int(off.argmax())})"
+            raise ValueError(
+                f"step() got timestep {bad:.4g}{which} but call {k} of the fitted schedule is at "
+                f"{expected:.4g} for every sample; iterate over scheduler.timesteps after "
+                "set_timesteps()."
+            )
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Noise clean latents to the given timesteps (entries of :attr:`timesteps`) in the
