@@ -3,7 +3,7 @@
 Usage::
 
     from dode.diffusers import DODEScheduler
-    pipe.scheduler = DODEScheduler.from_solver_file("solver.safetensors", like=pipe.scheduler)
+    pipe.scheduler = DODEScheduler.from_solver_file("solver.safetensors", like=pipe)
     images = pipe(prompt, num_inference_steps=N, guidance_scale=W).images
 
 ``step()`` is one model call, and a thin adapter over the core: it converts the network's
@@ -44,6 +44,10 @@ Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
   ``use_flow_sigmas`` is set so FLUX pipelines do not impose their own σ list, and the μ a FLUX
   pipeline passes is checked against the fitted ``mu``. FLUX's ``guidance_scale`` is its
   embedded guidance, checked against ``embedded_guidance``.
+* Build the pipeline first, then assign the scheduler: ``DDIMPipeline(unet, scheduler)``
+  rebuilds whatever scheduler it is given as a ``DDIMScheduler``, which a DODEScheduler refuses
+  (see ``beta_schedule``); ``pipe = DDIMPipeline(unet, DDPMScheduler(...))`` then
+  ``pipe.scheduler = DODEScheduler.from_solver_file(path, like=pipe)`` works.
 * A pipeline of the other family (a VP solver in an SD3/FLUX pipeline, a flow solver in a
   DDPM/DDIM/Stable Diffusion pipeline) is refused in ``set_timesteps`` with one clear error.
 
