@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import flow_t_to_sigma
-from .base import quiet_loading
+from .base import family_of, quiet_loading
 from .gmm import GaussianMixtureDenoiser
 from .guidance import ConditionalDenoiser, Conditioning, GuidedDenoiser, rescale_noise_cfg
 from .vp import DiffusersDenoiser, unet_sample_shape, weight_files
@@ -239,9 +239,9 @@ FlowDenoiser.guided_class = GuidedFlowDenoiser  # what FlowDenoiser.bind returns
 
 
 def is_flow(denoiser: Any) -> bool:
-    """Whether ``denoiser`` is a rectified flow (a :class:`FlowDenoiser` or one bound to its
-    conditioning)."""
-    return isinstance(denoiser, (FlowDenoiser, GuidedFlowDenoiser))
+    """Whether ``denoiser`` is a rectified flow: its :attr:`~dode.denoisers.Denoiser.family`
+    (:func:`~dode.denoisers.base.family_of`), also for one bound to its conditioning."""
+    return family_of(denoiser) == "flow"
 
 
 def flow_start(denoiser: FlowDenoiser, latents: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:

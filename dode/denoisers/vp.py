@@ -93,6 +93,34 @@ class PipelineFolder:
         return obj.to(model_dtype) if dtype and model_dtype is not None else obj
 
 
+@torch.no_grad()
+def vae_decode(vae: nn.Module, latents: Tensor, batch_size: int | None = 8) -> Tensor:
+    """Images in [−1, 1] (float32, ``[B, 3, H, W]``) from denoised latents: the one VAE decode
+    of the latent models (Stable Diffusion/SDXL, SD3, FLUX).
+
+    Latents are un-normalised as the VAE's config says -- with ``latents_mean`` /
+    ``latents_std`` when it has them (SDXL's pipeline), else divided by ``scaling_factor`` and
+    shifted by ``shift_factor`` (SD3, FLUX; none for SD) -- and decoded in batches of
+    ``batch_size`` (``None``: all at once) in the VAE's dtype.
+    """
+    cfg = vae.config
+    param = next(vae.parameters())
+    z = latents.to(device=param.device, dtype=torch.float32)
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(mean, device=z.device).view(shape)
+        std = torch.tensor(std, device=z.device).view(shape)
+        z = z * std / cfg.scaling_factor + mean
+    else:
+        z = z / cfg.scaling_factor
+        shift = getattr(cfg, "shift_factor", None)
+        if shift:
+            z = z + shift
+    chunks = z.split(batch_size) if batch_size else (z,)
+    return torch.cat([vae.decode(c.to(param.dtype)).sample.float() for c in chunks]).clamp(-1, 1)
+
+
 def unet_sample_shape(unet: nn.Module) -> tuple[int, ...] | None:
     """``(C, H, W)`` of a sample from a diffusers UNet's config (``None`` without
     ``sample_size``)."""
