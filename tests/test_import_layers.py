@@ -200,3 +200,24 @@ def test_the_walk_sees_imports(tmp_path, monkeypatch, source, expect):
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     assert import_graph()["dode.probe"] == expect
     assert circles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_old_import_paths_warn_with_the_new_name():
+    """``dode.dode`` and ``dode.lit.build_grid`` still work, with a DeprecationWarning that names
+    the removal version and the new name."""
+    import importlib
+
+    import dode.lit
+    from dode.schedules import grid_for_model
+
+    with pytest.warns(DeprecationWarning, match=r"removed in dode 0\.2.*grid_for_model"):
+        assert dode.lit.build_grid is grid_for_model
+    import dode.dode
+
+    with pytest.warns(
+        DeprecationWarning, match=r"dode\.dode is deprecated .* removed in dode 0\.2"
+    ):
+        old = importlib.reload(dode.dode)
+    import dode as new
+
+    assert old.fit_lambdas is new.fit_lambdas and old.sample is new.sample

@@ -48,7 +48,9 @@ def solver_file(tmp_path, model: dict, name: str = "ddim"):
 
 
 def ddpm_pipe(unet, cls="DDPMPipeline"):
-    pipe = getattr(diffusers, cls)(unet=unet, scheduler=diffusers.DDPMScheduler(**scheduler_config()))
+    pipe = getattr(diffusers, cls)(
+        unet=unet, scheduler=diffusers.DDPMScheduler(**scheduler_config())
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -142,7 +144,9 @@ def test_file_of_a_class_conditional_model_refused_in_an_unconditional_pipeline(
     path, _ = solver_file(tmp_path, model)
     pipe = ddpm_pipe(unet)
     pipe.scheduler = DODEScheduler.from_solver_file(path, like=pipe.scheduler)
-    with pytest.raises(ValueError, match="fitted on a class-conditional model .*no class embedding"):
+    with pytest.raises(
+        ValueError, match="fitted on a class-conditional model .*no class embedding"
+    ):
         run(pipe)
     with pytest.raises(ValueError, match="fitted on a class-conditional model"):
         DODEScheduler.from_solver_file(path, like=pipe)
