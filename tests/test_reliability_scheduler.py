@@ -29,13 +29,9 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def unet():
-    return make_tiny_unet(seed=0)
-
-
-@pytest.fixture(scope="module")
-def alphas():
-    return tiny_alphas_cumprod()
+def tiny():
+    """The tiny UNet (seed 0) and its DDPM ᾱ table."""
+    return make_tiny_unet(seed=0), tiny_alphas_cumprod()
 
 
 def solver_file(tmp_path, model: dict, name: str = "ddim"):
@@ -69,9 +65,8 @@ def run(pipe, seed=3, batch=2):
 # ---- item 6: DDIMPipeline must not silently replace the fitted solver ------------------------
 
 
-def test_ddim_pipeline_refuses_to_rebuild_the_scheduler_and_the_working_form_runs(
-    unet, alphas, tmp_path
-):
+def test_ddim_pipeline_refuses_to_rebuild_the_scheduler_and_the_working_form_runs(tiny, tmp_path):
+    unet, alphas = tiny
     path, fs = solver_file(tmp_path, {"id": "tiny", "class": "DiffusersDenoiser"})
     like = diffusers.DDPMScheduler(**scheduler_config())
     sched = DODEScheduler.from_solver_file(path, like=like)
@@ -104,7 +99,8 @@ def test_ddim_pipeline_refuses_to_rebuild_the_scheduler_and_the_working_form_run
 # ---- item 11: step() refuses a batch change mid-run and checks per-sample timesteps ----------
 
 
-def test_step_refuses_batch_change_and_checks_per_sample_timesteps(alphas):
+def test_step_refuses_batch_change_and_checks_per_sample_timesteps(tiny):
+    alphas = tiny[1]
     sched = DODEScheduler(
         solver={"name": "ddim"},
         sigmas=karras(STEPS, 0.05, 60.0).tolist(),
@@ -129,9 +125,8 @@ def test_step_refuses_batch_change_and_checks_per_sample_timesteps(alphas):
 # ---- item 9: what the file records against the pipeline's model -----------------------------
 
 
-def test_file_of_a_class_conditional_model_refused_in_an_unconditional_pipeline(
-    unet, alphas, tmp_path
-):
+def test_file_of_a_class_conditional_model_refused_in_an_unconditional_pipeline(tiny, tmp_path):
+    unet, alphas = tiny
     cond_unet = make_tiny_unet(seed=1, num_class_embeds=11)
     cond_den = DiffusersDenoiser(cond_unet, alphas, num_classes=10)
     model = {
@@ -152,7 +147,8 @@ def test_file_of_a_class_conditional_model_refused_in_an_unconditional_pipeline(
         DODEScheduler.from_solver_file(path, like=pipe)
 
 
-def test_file_of_other_weights_refused_and_the_fitted_weights_run(unet, alphas, tmp_path):
+def test_file_of_other_weights_refused_and_the_fitted_weights_run(tiny, tmp_path):
+    unet, alphas = tiny
     model = {
         "id": "tiny",
         "class": "DiffusersDenoiser",
