@@ -296,6 +296,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         like: Any = None,
         *,
         dode: bool = True,
+        ignore_model_hash: bool = False,
         **overrides: Any,
     ) -> DODEScheduler:
         """Build the scheduler from a fitted-solver file (``dode.artifact.FittedSolver``).
@@ -312,6 +313,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 itself (``like=pipe``: its scheduler gives the schedule, and the pipeline is
                 checked against what the file records, see :meth:`check_pipeline`).
             dode: ``False`` runs the base solver (λ = 0) on the fitted grid.
+            ignore_model_hash: do not compare the pipeline's weights with the recorded hash
+                (e.g. the same model in another dtype); the scheduler's config then records no
+                hash.
             overrides: constructor arguments that win over what the file and ``like`` give.
         """
         from .artifact import FittedSolver
@@ -365,7 +369,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             solver=fitted.solver,
             sigmas=fitted.sigmas.tolist(),
             lambdas=fitted.lambdas.tolist() if dode else None,
-            model={k: v for k, v in model.items() if k != "schedule"},
+            model={
+                k: v
+                for k, v in model.items()
+                if k != "schedule" and not (ignore_model_hash and k == "weights_hash")
+            },
             **kw,
         )
         if pipe is not None:
@@ -642,7 +650,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                     f"the pipeline's network has other weights than the model this "
                     f"DODEScheduler was fitted on ({name}; weights hash {have[:12]}… vs "
                     f"{recorded[:12]}…): its λ do not apply. Use the fitted model's weights "
-                    "(and dtype), or fit a solver for this model."
+                    "(and dtype), fit a solver for this model, or pass ignore_model_hash=True "
+                    "to from_solver_file to use them anyway."
                 )
         self._checked_nets.add(net)
 

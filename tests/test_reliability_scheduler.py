@@ -161,6 +161,8 @@ def test_file_of_other_weights_refused_and_the_fitted_weights_run(tiny, tmp_path
         run(other)
     with pytest.raises(ValueError, match="other weights"):
         DODEScheduler.from_solver_file(path, like=other)
+    forced = DODEScheduler.from_solver_file(path, like=other, ignore_model_hash=True)
+    assert "weights_hash" not in forced.config.model
     same = ddpm_pipe(unet)
     same.scheduler = DODEScheduler.from_solver_file(path, like=same)
     images = run(same)
