@@ -715,8 +715,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """Run the solver over the raw outputs received so far, through the core's correction
         (:class:`~dode.correction.DODECorrection` around a :class:`~dode.replay.Replay`): the
         next call's (x, σ), or the final sample and ``None``."""
-        model = DODECorrection(Replay(self._outs), self.lambdas)
-        return run_until_stop(self.solver, model, self._x_init, self.solver_grid.tolist())
+        # outputs are checked as they arrive (step), the state once per step: no O(NFE²) checks
+        model = DODECorrection(Replay(self._outs), self.lambdas, check_finite=False)
+        x, sigma = run_until_stop(self.solver, model, self._x_init, self.solver_grid.tolist())
+        if not torch.isfinite(x).all():
+            lam = "" if self.lambdas is None else " or λ too large (check the solver file)"
+            raise ValueError(
+                f"the solver made non-finite values after call {self._k - 1} from finite model "
+                f"outputs: a grid the model cannot take{lam}."
+            )
+        return x, sigma
 
     def step(
         self,
