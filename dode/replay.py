@@ -31,7 +31,7 @@ class ReplayStop(Exception):  # noqa: N818 - control flow, not an error
     """Raised by a :class:`Replay` at the first model call it does not answer."""
 
     def __init__(self, x: Tensor, sigma: float) -> None:
-        super().__init__(f"replay stops at σ = {sigma}")
+        super().__init__(sigma)
         self.x, self.sigma = x, sigma
 
 
