@@ -17,8 +17,7 @@ from .lambda_fit import FitInfo, LambdaFit, fit_lambdas, teacher_states
 from .sampling import sample, sample_many
 from .select import ScaleChoice, select_scale
 from .solvers import get_solver
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "denoisers",

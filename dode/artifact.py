@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from .denoisers.base import FAMILIES, family_of
 from .solvers import Solver, get_solver
+from .version import __version__
 
 FORMAT = "dode.fitted_solver/1"
 _FORMAT_NAME, _FORMAT_MAJOR = "dode.fitted_solver", 1
@@ -40,7 +41,6 @@ __all__ = [
     "model_schedule",
 ]
 
-FAMILIES = ("vp", "flow")
 
 #: |λ| above this in a loaded file draws a warning: fits give |λ| of order 1 (tens on a few
 #: seeds); ±1e6 is a hand edit or a broken fit, and its samples blow up.
@@ -48,26 +48,9 @@ LAMBDA_WARN = 100.0
 
 
 def model_family(denoiser_or_class) -> str:
-    """``"flow"`` for rectified flows (SD3, FLUX, flow UNets: σ = t/(1 − t)), ``"vp"`` for
-    diffusion models in σ-space (DDPM / Stable Diffusion, EDM-style denoisers, the mixtures).
-
-    Takes a denoiser or the class name a fitted-solver file records (``model["class"]``).
-    A σ grid and its λ belong to one family: the same σ means another noise level in the other.
-    """
-    if isinstance(denoiser_or_class, str):
-        from . import denoisers
-
-        known = getattr(denoisers, denoiser_or_class, None)
-        if isinstance(known, type) and getattr(known, "family", None) in FAMILIES:
-            return known.family
-        return "flow" if "Flow" in denoiser_or_class else "vp"
-    family = getattr(denoiser_or_class, "family", None)
-    if family in FAMILIES:
-        return family
-    inner = getattr(denoiser_or_class, "model", None)  # a bound (guided) denoiser
-    if inner is not None and getattr(inner, "family", None) in FAMILIES:
-        return inner.family
-    return "vp"
+    """``"flow"`` or ``"vp"``: :func:`dode.denoisers.base.family_of` (the denoiser owns the
+    answer), for a denoiser or the class name a fitted-solver file records."""
+    return family_of(denoiser_or_class)
 
 
 _HASHES: dict[str, str] = {}  # file-identity key -> weights hash, for this process

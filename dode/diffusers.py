@@ -3,17 +3,19 @@
 Usage::
 
     from dode.diffusers import DODEScheduler
-    pipe.scheduler = DODEScheduler.from_solver_file("solver.safetensors", like=pipe.scheduler)
+    pipe.scheduler = DODEScheduler.from_solver_file("solver.safetensors", like=pipe)
     images = pipe(prompt, num_inference_steps=N, guidance_scale=W).images
 
-``step()`` is one model call. It converts the network's native output to the quantity the
-solver consumes (x̂0 or ε̂, exactly as :class:`~dode.denoisers.DiffusersDenoiser` does), applies
-the D-ODE correction ``õ_k = o_k + λ_k (o_k − o_{k−1})`` (raw previous output, as
-:func:`dode.sample`) and then *replays the dode solver itself* over the corrected outputs
-received so far: the solver runs from the first state, is answered from the buffer, and stops
-where it asks for the next model call; that state goes back to the pipeline. Every solver, one-
-or multi-stage, so runs with the same arithmetic as :func:`dode.sample` without a second
-implementation (the replay costs O(NFE²) cheap tensor updates, nothing next to the network).
+``step()`` is one model call, and a thin adapter over the core: it converts the network's
+native output to the quantity the solver consumes with the denoisers' own conversion
+(:func:`dode.denoisers.vp.vp_from_native`, :func:`dode.denoisers.flow.flow_from_native`), keeps
+it, and *replays the dode solver itself* (:mod:`dode.replay`) over the outputs received so far,
+through :class:`dode.correction.DODECorrection` (so ``õ_k = o_k + λ_k (o_k − o_{k−1})`` is the
+correction :func:`dode.sample` applies, by construction): the solver runs from the first state,
+is answered from the buffer, and stops where it asks for the next model call; that state goes
+back to the pipeline. Every solver, one- or multi-stage, so runs with the same arithmetic as
+:func:`dode.sample` without a second implementation (the replay costs O(NFE²) cheap tensor
+updates, nothing next to the network).
 Multi-stage solvers (Heun, DPM-Solver's stage points) get one ``step()`` per model call, their
 stage timesteps listed in :attr:`DODEScheduler.timesteps` as diffusers' Heun scheduler does.
 
@@ -42,6 +44,10 @@ Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
   ``use_flow_sigmas`` is set so FLUX pipelines do not impose their own σ list, and the μ a FLUX
   pipeline passes is checked against the fitted ``mu``. FLUX's ``guidance_scale`` is its
   embedded guidance, checked against ``embedded_guidance``.
+* Build the pipeline first, then assign the scheduler: ``DDIMPipeline(unet, scheduler)``
+  rebuilds whatever scheduler it is given as a ``DDIMScheduler``, which a DODEScheduler refuses
+  (see ``beta_schedule``); ``pipe = DDIMPipeline(unet, DDPMScheduler(...))`` then
+  ``pipe.scheduler = DODEScheduler.from_solver_file(path, like=pipe)`` works.
 * A pipeline of the other family (a VP solver in an SD3/FLUX pipeline, a flow solver in a
   DDPM/DDIM/Stable Diffusion pipeline) is refused in ``set_timesteps`` with one clear error.
 
@@ -56,6 +62,7 @@ import inspect
 import math
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,11 +71,16 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
+from .correction import DODECorrection
+from .denoisers.base import FAMILIES, as_prediction, as_sigma
+from .denoisers.flow import flow_from_native, flow_scale
+from .denoisers.vp import vp_from_native, vp_prediction, vp_scale, vp_sigma_to_t
+from .replay import Replay, run_until_stop
+from .schedules import vp_sigmas
 from .solvers import Solver, get_solver
 
 __all__ = ["DODEScheduler"]
 
-FAMILIES = ("vp", "flow")
 VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
@@ -88,29 +100,15 @@ def pipeline_family(name: str) -> str | None:
     return next((fam for prefix, fam in PIPELINE_FAMILIES if name.startswith(prefix)), None)
 
 
-class _NeedModel(Exception):  # noqa: N818 - control flow, not an error
-    """Raised inside a replay where the solver asks for a model output not received yet."""
-
-    def __init__(self, x: Tensor, sigma: float) -> None:
-        self.x, self.sigma = x, sigma
+# solver-file model classes whose weights hash covers the pipeline's ``unet`` alone
+_PIXEL_CLASSES = ("DiffusersDenoiser", "DiffusersFlowDenoiser")
 
 
-def _sigma(sigma: float, x: Tensor) -> Tensor:
-    """σ as [1, 1, ...] in ``x``'s dtype (what dode's ``as_sigma`` gives for a scalar σ)."""
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    return s.expand(x.shape[0]).reshape(-1, *([1] * (x.ndim - 1)))
+def _is_pipeline(obj: Any) -> bool:
+    """Whether ``obj`` is a diffusers pipeline."""
+    from diffusers import DiffusionPipeline
 
-
-def _vp_sigma_to_t(sigma: Tensor, log_table: Tensor, mode: str) -> Tensor:
-    """dode's DiffusersDenoiser.sigma_to_t: t for σ by log-σ interpolation (or snapping)."""
-    log_s = sigma.to(torch.float64).clamp(min=1e-30).log()
-    if mode == "snap":
-        return (log_s[:, None] - log_table[None, :]).abs().argmin(dim=1).to(torch.float64)
-    log_s = log_s.clamp(log_table[0], log_table[-1])
-    hi = torch.searchsorted(log_table, log_s).clamp(1, len(log_table) - 1)
-    lo = hi - 1
-    w = (log_s - log_table[lo]) / (log_table[hi] - log_table[lo])
-    return lo.to(torch.float64) + w
+    return isinstance(obj, DiffusionPipeline)
 
 
 def read_scheduler_config(path: str, errors: list[str]) -> dict | None:
@@ -124,6 +122,19 @@ def read_scheduler_config(path: str, errors: list[str]) -> dict | None:
         except Exception as e:  # noqa: BLE001 - reported by the caller
             errors.append(str(e).splitlines()[0])
     return None
+
+
+#: The value of ``beta_schedule`` in every DODEScheduler config. A DODEScheduler has no β
+#: schedule; diffusers' VP schedulers raise ``NotImplementedError("<value> is not implemented
+#: for <class>")`` on an unknown one, so ``DDIMScheduler.from_config(dode_scheduler.config)`` --
+#: what ``DDIMPipeline(unet, scheduler)`` does to any scheduler it is given -- fails with this
+#: text instead of silently dropping the fitted solver.
+NOT_CONVERTIBLE = (
+    "DODEScheduler (a fitted D-ODE solver) cannot be rebuilt as another scheduler class, which "
+    "would drop the fit; DDIMPipeline(unet, scheduler=...) does that to any scheduler it is "
+    "given. Build the pipeline with a diffusers scheduler, then assign pipe.scheduler = "
+    "DODEScheduler.from_solver_file(path, like=pipe). Converting it"
+)
 
 
 class DODEScheduler(SchedulerMixin, ConfigMixin):
@@ -155,6 +166,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         base_shift, max_shift, base_image_seq_len, max_image_seq_len: FLUX: the model
             scheduler's dynamic-shift settings; FluxPipeline reads them from this scheduler to
             compute the μ it passes, which is checked against ``mu``.
+        beta_schedule: not a setting: always :data:`NOT_CONVERTIBLE`, so that rebuilding this
+            scheduler as a diffusers VP scheduler (``DDIMScheduler.from_config(config)``, as
+            ``DDIMPipeline(unet, scheduler)`` does) fails loudly instead of dropping the fit.
+            Use DDIMPipeline as ``pipe = DDIMPipeline(unet, DDPMScheduler(...))`` and then
+            ``pipe.scheduler = DODEScheduler.from_solver_file(path, like=pipe)``.
 
     Raises:
         ValueError: unknown solver or family, λ of the wrong length, a grid the solver cannot
@@ -186,6 +202,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         max_shift: float = 1.15,
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
+        beta_schedule: str | None = None,
     ) -> None:
         if solver is None or sigmas is None:
             raise ValueError(
@@ -235,7 +252,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
             if not ((a > 0) & (a <= 1)).all() or not (a[1:] <= a[:-1]).all():
                 raise ValueError("alphas_cumprod must lie in (0, 1] and not increase with t.")
-            self.log_table = ((1 - a) / a).sqrt().log()
+            self.log_table = vp_sigmas(a).log()
             if prediction_type not in VP_PREDICTIONS:
                 raise ValueError(
                     f"unknown VP prediction_type {prediction_type!r}; use one of {VP_PREDICTIONS}."
@@ -262,6 +279,12 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0)
         else:  # t_0 (1 from t = 1)
             self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + s0)
+        # the conversion guard (see beta_schedule): registered as given, never as a default
+        if beta_schedule != NOT_CONVERTIBLE:
+            self.register_to_config(beta_schedule=NOT_CONVERTIBLE)
+        defaults = [k for k in self.config.get("_use_default_values", []) if k != "beta_schedule"]
+        self.register_to_config(_use_default_values=defaults)
+        self._checked_nets: weakref.WeakSet = weakref.WeakSet()
         self._reset()
 
     # ---- construction -----------------------------------------------------------------------
@@ -272,6 +295,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         like: Any = None,
         *,
         dode: bool = True,
+        ignore_model_hash: bool = False,
         **overrides: Any,
     ) -> DODEScheduler:
         """Build the scheduler from a fitted-solver file (``dode.artifact.FittedSolver``).
@@ -284,13 +308,21 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
         Args:
             path: the ``.safetensors`` file written by ``python -m dode.train``.
-            like: a diffusers scheduler (or its config) of the model's family.
+            like: a diffusers scheduler (or its config) of the model's family, or the pipeline
+                itself (``like=pipe``: its scheduler gives the schedule, and the pipeline is
+                checked against what the file records, see :meth:`check_pipeline`).
             dode: ``False`` runs the base solver (λ = 0) on the fitted grid.
+            ignore_model_hash: do not compare the pipeline's weights with the recorded hash
+                (e.g. the same model in another dtype); the scheduler's config then records no
+                hash.
             overrides: constructor arguments that win over what the file and ``like`` give.
         """
         from .artifact import FittedSolver
 
         fitted = FittedSolver.load(path)
+        pipe = like if _is_pipeline(like) else None
+        if pipe is not None:
+            like = pipe.scheduler
         model = dict(fitted.model or {})
         cls_name = model.get("class")
         diffusers_model = cls_name is None or any(
@@ -332,13 +364,20 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 "model: its σ grid and λ do not apply. Use a solver fitted on this pipeline's "
                 "model."
             )
-        return cls(
+        sched = cls(
             solver=fitted.solver,
             sigmas=fitted.sigmas.tolist(),
             lambdas=fitted.lambdas.tolist() if dode else None,
-            model={k: v for k, v in model.items() if k != "schedule"},
+            model={
+                k: v
+                for k, v in model.items()
+                if k != "schedule" and not (ignore_model_hash and k == "weights_hash")
+            },
             **kw,
         )
+        if pipe is not None:
+            sched.check_pipeline(pipe)
+        return sched
 
     @staticmethod
     def _schedule_of(like: Any) -> dict:
@@ -440,7 +479,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             sd = s.to(torch.float64)
             t = torch.where(torch.isinf(sd), torch.ones_like(sd), sd / (1 + sd))
             return (t * self.config.num_train_timesteps).to(torch.float32)
-        t = _vp_sigma_to_t(s, self.log_table, self.config.timestep_mode)
+        t = vp_sigma_to_t(s, self.log_table, self.config.timestep_mode)
         return t.round().long() if self.config.timestep_mode == "snap" else t.to(torch.float32)
 
     def dode_noise(self, latents: Tensor) -> Tensor:
@@ -451,8 +490,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     def _reset(self) -> None:
         self._k = 0
         self._x_init: Tensor | None = None
-        self._outs: list[Tensor] = []
-        self._prev: Tensor | None = None
+        self._outs: list[Tensor] = []  # the raw (uncorrected) outputs of the solver's calls
         self._dtype: torch.dtype | None = None
 
     @property
@@ -492,7 +530,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """
         pipe = self._calling_pipeline()
         if pipe is not None:
-            self._check_pipeline(pipe)
+            self.check_pipeline(pipe)
         fitted = (
             f"this DODEScheduler runs the fitted {self.solver.describe()} schedule: "
             f"{self.num_steps} steps (NFE {self.nfe})"
@@ -550,9 +588,17 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
 
     def _calling_pipeline(self) -> Any:
-        """The diffusers pipeline calling :meth:`set_timesteps` (found on the stack), or None."""
-        from diffusers import DiffusionPipeline
+        """The diffusers pipeline calling :meth:`set_timesteps` (found on the stack), or None.
 
+        Why a stack walk: no explicit path from a pipeline to its scheduler exists in
+        diffusers. Pipelines call ``self.scheduler.set_timesteps(...)`` (directly or through
+        ``retrieve_timesteps(self.scheduler, ...)``) without passing themselves, and assigning
+        ``pipe.scheduler = s`` or ``register_modules`` calls nothing on the scheduler. The
+        explicit checks run where a pipeline is named: ``from_solver_file(path, like=pipe)``
+        and :meth:`check_pipeline`; this walk applies the same checks to a scheduler built
+        without its pipeline (``like=pipe.scheduler``, a saved config). It reads only frames
+        of the current call (at most 8 up) and keeps no reference to them.
+        """
         frame = inspect.currentframe()
         try:
             for _ in range(8):
@@ -560,13 +606,55 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 if frame is None:
                     return None
                 obj = frame.f_locals.get("self")
-                if isinstance(obj, DiffusionPipeline):
+                if _is_pipeline(obj):
                     return obj
             return None
         finally:
             del frame
 
-    def _check_pipeline(self, pipe: Any) -> None:
+    def check_pipeline(self, pipe: Any) -> None:
+        """Check a diffusers pipeline against what the solver file records: ``ValueError`` for
+        a pipeline of the other model family (flow vs VP), a network without the class labels
+        the fitted model was conditioned on, and other weights than the fitted ones (the recorded weights hash, compared for
+        pixel-space diffusers models, whose hash covers the network alone; latent pipelines'
+        hashes cover the VAE and text encoders too and are not compared here).
+
+        Runs in :meth:`from_solver_file` with ``like=pipe`` and in :meth:`set_timesteps` for
+        the calling pipeline (each network is hashed once per scheduler).
+        """
+        self._check_family(pipe)
+        net = getattr(pipe, "unet", None)
+        if not isinstance(net, torch.nn.Module) or net in self._checked_nets:
+            return
+        model = dict(self.config.model or {})
+        name = model.get("id") or model.get("class") or "see its config"
+        cond = model.get("conditioning")
+        fitted_labels = isinstance(cond, dict) and cond.get("kind") == "class_labels"
+        has_labels = getattr(getattr(net, "config", None), "num_class_embeds", None) is not None
+        if fitted_labels and not has_labels:
+            raise ValueError(
+                f"this DODEScheduler was fitted on a class-conditional model ({name}, guidance "
+                f"scale {model.get('guidance_scale')}) but the pipeline's network has no class "
+                "embedding: its λ do not apply. Use a solver fitted on this pipeline's model."
+            )
+        recorded = model.get("weights_hash")
+        if model.get("class") in _PIXEL_CLASSES and recorded:
+            from .artifact import weights_hash
+
+            holder = torch.nn.Module()
+            holder.unet = net  # the fitted denoiser's state dict: the network under "unet."
+            have = weights_hash(holder, cache=False)
+            if have != recorded:
+                raise ValueError(
+                    f"the pipeline's network has other weights than the model this "
+                    f"DODEScheduler was fitted on ({name}; weights hash {have[:12]}… vs "
+                    f"{recorded[:12]}…): its λ do not apply. Use the fitted model's weights "
+                    "(and dtype), fit a solver for this model, or pass ignore_model_hash=True "
+                    "to from_solver_file to use them anyway."
+                )
+        self._checked_nets.add(net)
+
+    def _check_family(self, pipe: Any) -> None:
         """A pipeline of the other model family (flow vs VP) gets one clear error."""
         name = type(pipe).__name__
         family = pipeline_family(name)
@@ -602,42 +690,40 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """Identity: the latents already are the network's input (``x_vp`` or ``x_t``)."""
         return sample
 
-    def _c_in(self, s: Tensor) -> Tensor:
-        return 1 / (1 + s**2).sqrt() if self.family == "vp" else 1 / (1 + s)
+    def _scale(self, sigma: float | Tensor, x: Tensor) -> Tensor:
+        """The pipeline's latents at σ-space state ``x``: ``x · _scale`` (``x_vp`` or ``x_t``),
+        as the denoisers scale their network input."""
+        if self.family == "flow":
+            return flow_scale(sigma, x)
+        return vp_scale(as_sigma(sigma, x), x)
 
     def _consumed(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
-        """The network's native output at ``x`` (σ-space) → what the solver consumes, with
-        dode's DiffusersDenoiser arithmetic (VP) or ``x̂0 = x_t − t v`` (flow)."""
-        s = _sigma(sigma, x)
-        c_in = self._c_in(s)
+        """The network's native output at ``x`` (σ-space) → what the solver consumes, by the
+        denoisers' own conversion (:func:`~dode.denoisers.vp.vp_from_native`,
+        :func:`~dode.denoisers.flow.flow_from_native`)."""
         out = out.to(x.dtype)
         if self.family == "flow":
-            native, pred = x * c_in - (s * c_in) * out, "x0"
-        elif self.prediction_type == "v_prediction":
-            native, pred = c_in * out + s * c_in * (x * c_in), "eps"
-        else:
-            native, pred = out, "x0" if self.prediction_type == "sample" else "eps"
-        if self.solver.consumes == pred:
-            return native
-        return x - s * native if pred == "eps" else (x - native) / s
+            return flow_from_native(out, x, sigma, self.solver.consumes)
+        s = as_sigma(sigma, x)
+        native = vp_from_native(out, x, s, self.prediction_type)
+        return as_prediction(
+            native, x, s, vp_prediction(self.prediction_type), self.solver.consumes
+        )
 
     def _replay(self) -> tuple[Tensor, float | None]:
-        """Run the solver over the buffered outputs: the next call's (x, σ), or the end."""
-        outs = self._outs
-
-        def model(x, sigma):
-            j = model.k
-            if j < len(outs):
-                model.k += 1
-                return outs[j]
-            raise _NeedModel(x, float(sigma))
-
-        model.k = 0
-        try:
-            x = self.solver.solve(model, self._x_init, self.solver_grid.tolist(), None)
-        except _NeedModel as need:
-            return need.x, need.sigma
-        return x, None
+        """Run the solver over the raw outputs received so far, through the core's correction
+        (:class:`~dode.correction.DODECorrection` around a :class:`~dode.replay.Replay`): the
+        next call's (x, σ), or the final sample and ``None``."""
+        # outputs are checked as they arrive (step), the state once per step: no O(NFE²) checks
+        model = DODECorrection(Replay(self._outs), self.lambdas, check_finite=False)
+        x, sigma = run_until_stop(self.solver, model, self._x_init, self.solver_grid.tolist())
+        if not torch.isfinite(x).all():
+            lam = "" if self.lambdas is None else " or λ too large (check the solver file)"
+            raise ValueError(
+                f"the solver made non-finite values after call {self._k - 1} from finite model "
+                f"outputs: a grid the model cannot take{lam}."
+            )
+        return x, sigma
 
     def step(
         self,
@@ -674,16 +760,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"model output has shape {tuple(model_output.shape)} but the latents "
                 f"{tuple(sample.shape)}; a model with learned variance must be split first."
             )
-        expected = self.timesteps[k]
-        if torch.is_tensor(timestep) and timestep.numel() == 1 or isinstance(timestep, float | int):
-            if abs(float(timestep) - float(expected)) > 1e-3:
-                raise ValueError(
-                    f"step() got timestep {float(timestep):.4g} but call {k} of the fitted "
-                    f"schedule is at {float(expected):.4g}; iterate over scheduler.timesteps after "
-                    "set_timesteps()."
-                )
+        if k > 0 and sample.shape != self._shape:
+            raise ValueError(
+                f"step() got latents of shape {tuple(sample.shape)} at call {k}, but this run "
+                f"started with {tuple(self._shape)}: the batch (or sample) size cannot change "
+                "mid-run. Call set_timesteps() and start again with the new batch."
+            )
+        self._check_timestep(timestep, k, sample.shape[0])
         sigma = self.call_sigmas[k]
         if k == 0:
+            self._shape = sample.shape
             dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
             self._dtype = dtype
             if self.flow_start:  # flow_start: x̂0 = latents − v(latents, 1), then noise
@@ -698,7 +784,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 self._x_init = (latents + x0 / s1) * s1
                 self._x_cur = self._x_init
                 self._k += 1
-                prev = (self._x_init * self._c_in(_sigma(s1, latents))).to(sample.dtype)
+                prev = (self._x_init * self._scale(s1, self._x_init)).to(sample.dtype)
                 return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
             # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
             self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
@@ -711,28 +797,48 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"the model returned non-finite values at call {k} (σ = {sigma:.6g}); check the "
                 "model weights and dtype."
             )
-        j = k - int(self.flow_start)  # the solver's call index (λ_j)
-        if self.lambdas is not None and self._prev is not None:
-            corrected = o + self.lambdas[j] * (o - self._prev)
-        else:
-            corrected = o
-        self._prev = o
-        self._outs.append(corrected)
+        self._outs.append(o)  # raw: the correction runs in the replay
         self._k += 1
         x_next, sigma_next = self._replay()
         if sigma_next is None:
             s_last = float(self.grid[-1])
-            prev = x_next if s_last == 0 else x_next * self._c_in(_sigma(s_last, x_next))
-            self._outs, self._prev = [], None
+            prev = x_next if s_last == 0 else x_next * self._scale(s_last, x_next)
+            self._outs = []
         else:
             if sigma_next != self.call_sigmas[self._k]:  # pragma: no cover - contract guard
                 raise RuntimeError("the solver's replay diverged from its call schedule.")
             self._x_cur = x_next
-            prev = x_next * self._c_in(_sigma(sigma_next, x_next))
+            prev = x_next * self._scale(sigma_next, x_next)
         prev = prev.to(sample.dtype)
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
+
+    def _check_timestep(self, timestep: Any, k: int, batch: int) -> None:
+        """``timestep`` must be call ``k``'s entry of :attr:`timesteps`: a number, a one-element
+        tensor, or one per sample (all equal to it: the fitted solver runs every sample on the
+        same grid)."""
+        expected = float(self.timesteps[k])
+        if torch.is_tensor(timestep):
+            t = timestep.detach().reshape(-1).double().cpu()
+            if t.numel() not in (1, batch):
+                raise ValueError(
+                    f"step() got {t.numel()} timesteps for a batch of {batch}; pass the current "
+                    "entry of scheduler.timesteps (one number, or one per sample)."
+                )
+        elif isinstance(timestep, float | int):
+            t = torch.tensor([float(timestep)], dtype=torch.float64)
+        else:
+            return
+        off = (t - expected).abs()
+        if (off > 1e-3).any():
+            bad = float(t[int(off.argmax())])
+            which = "" if t.numel() == 1 else f" (sample {int(off.argmax())})"
+            raise ValueError(
+                f"step() got timestep {bad:.4g}{which} but call {k} of the fitted schedule is at "
+                f"{expected:.4g} for every sample; iterate over scheduler.timesteps after "
+                "set_timesteps()."
+            )
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Noise clean latents to the given timesteps (entries of :attr:`timesteps`) in the
@@ -748,7 +854,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if self.family == "flow":  # (1 − t) x0 + t n, t = 1 at σ = ∞
             t = torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))
             return (1 - t) * original_samples + t * noise
-        return (original_samples + s * noise) * self._c_in(s)
+        return (original_samples + s * noise) * vp_scale(s, original_samples)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -19,8 +19,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from .correction import _check_finite, _correct, model_fn
+from .correction import _correct, model_fn
 from .denoisers import Denoiser
+from .replay import Replay, ReplayStop, run_until_stop
 from .sampling import _check_denoiser, _prepare, sample
 from .schedules import refine, round_refined
 from .solvers import Solver, get_solver
@@ -95,14 +96,13 @@ def at_sigma(states: Mapping[float, V], sigma: float) -> V:
     )
 
 
-class _Stop(Exception):
-    def __init__(self, x: Tensor, sigma: float) -> None:
-        self.x, self.sigma = x, sigma
+_Stop = ReplayStop  # the name older imports use
 
 
 class _Replay:
-    """Model callable for the sequential fit: replays cached outputs for calls < k, evaluates
-    call k once (caching it), applies a trial λ to it, and stops at call k + 1.
+    """Model callable for the sequential fit: a :class:`~dode.replay.Replay` of the per-batch
+    cache (call k evaluated once and cached, the replay stopped at call k + 1) with the
+    correction applied: λ_j for the calls j < k, a trial λ on call k.
 
     ``lam=None``: call k returns both branches stacked on a new leading dimension,
     ``[õ_k(λ_k=0), õ_k(λ_k=1)]``; the solvers' arithmetic is elementwise, so the state after
@@ -111,28 +111,13 @@ class _Replay:
     def __init__(
         self, fn, cache: list[Tensor], lambdas: Tensor, k: int, lam: Tensor | None, check: bool
     ):
-        self.fn, self.cache, self.lambdas, self.k, self.lam, self.check = (
-            fn,
-            cache,
-            lambdas,
-            k,
-            lam,
-            check,
-        )
-        self.j = 0
+        self.raw = Replay(cache, fn, stop_at=k + 1, check_finite=check)
+        self.lambdas, self.k, self.lam = lambdas, k, lam
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        j = self.j
-        if j > self.k:
-            raise _Stop(x, sigma)
-        self.j += 1
-        if j == len(self.cache):
-            o = self.fn(x, sigma)
-            if self.check:
-                _check_finite(o, j, float(sigma))
-            self.cache.append(o)
-        o = self.cache[j]
-        prev = self.cache[j - 1] if j > 0 else None
+        j = self.raw.calls
+        o = self.raw(x, sigma)
+        prev = self.raw.outputs[j - 1] if j > 0 else None
         if j == self.k and self.lam is None:
             return torch.stack([o, o]) if prev is None else torch.stack([o, o + (o - prev)])
         return _correct(o, prev, self.lam if j == self.k else self.lambdas[j])
@@ -141,10 +126,8 @@ class _Replay:
 def _walk(solver: Solver, replay: _Replay, s: list[float], noise: Tensor) -> tuple[Tensor, float]:
     """Run ``solver`` on ``replay`` from ``noise · σ_0`` until the replay stops it: the state
     and its σ (the final sample and 0.0 when it never stops)."""
-    try:
-        return solver.solve(replay, noise * s[0], s, None), 0.0
-    except _Stop as stop:
-        return stop.x, float(stop.sigma)
+    x, sigma = run_until_stop(solver, replay, noise * s[0], s)
+    return x, 0.0 if sigma is None else sigma
 
 
 def branch(

@@ -347,7 +347,8 @@ def sgd_grid(
     Returns:
         ``(sigmas, lambdas, record)``.
     """
-    from . import DODECorrection, fit_lambdas
+    from .correction import DODECorrection
+    from .lambda_fit import fit_lambdas
 
     solver = get_solver(solver)
     t0 = time.perf_counter()
@@ -517,7 +518,8 @@ def learned_dp(
     The λ targets are the DP's own fine teacher states at the grid's σ (no second teacher run),
     or, for solvers with stage points off the grid, :func:`dode.fit_lambdas`'s teacher (those
     solvers are refined without λ: only the final state is known at σ = 0)."""
-    from . import LambdaFit, fit_lambdas, sample
+    from .lambda_fit import LambdaFit, fit_lambdas
+    from .sampling import sample
 
     solver = get_solver(solver)
     steps = solver.steps_for_nfe(nfe)

@@ -22,7 +22,7 @@ A conditional model is bound to its batch first, ``den.bind(cond, guidance_scale
 then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`).
 """
 
-from .base import Denoiser, as_sigma
+from .base import Denoiser, as_sigma, family_of
 from .callable import CallableDenoiser
 from .flow import (
     DiffusersFlowDenoiser,
@@ -58,6 +58,7 @@ __all__ = [
     "FluxDenoiser",
     "flow_start",
     "is_flow",
+    "family_of",
     "as_sigma",
     "gaussian",
     "Conditioning",

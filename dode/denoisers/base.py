@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Denoiser", "as_sigma"]
+__all__ = ["Denoiser", "as_sigma", "as_prediction", "check_guidance", "family_of"]
 
 
 def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
@@ -31,6 +32,57 @@ def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
     return s.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def check_guidance(guidance_scale: float, guidance_rescale: float) -> tuple[float, float]:
+    """Validate and return ``(w, φ)`` as floats."""
+    try:
+        w, phi = float(guidance_scale), float(guidance_rescale)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"guidance_scale and guidance_rescale must be numbers, got {guidance_scale!r} and "
+            f"{guidance_rescale!r}."
+        ) from None
+    if not math.isfinite(w):
+        raise ValueError(f"guidance_scale must be a finite number (1 = no guidance), got {w}.")
+    if not 0.0 <= phi <= 1.0:
+        raise ValueError(f"guidance_rescale must lie in [0, 1] (0 = off), got {phi}.")
+    return w, phi
+
+
+def as_prediction(out: Tensor, x: Tensor, sigma: Tensor, have: str, want: str) -> Tensor:
+    """``out`` (x̂0 or ε̂, as ``have`` says) as ``want``: ``x̂0 = x − σ ε̂``, ``ε̂ = (x − x̂0)/σ``
+    (the identity when they agree); ``sigma`` broadcastable to ``x`` (:func:`as_sigma`)."""
+    if have == want:
+        return out
+    return x - sigma * out if have == "eps" else (x - out) / sigma
+
+
+FAMILIES = ("vp", "flow")
+
+
+def family_of(model: Any) -> str:
+    """The model family of a denoiser, or of a denoiser class named by a fitted-solver file
+    (``model["class"]``): ``"flow"`` for rectified flows (SD3, FLUX, flow UNets), ``"vp"`` for
+    diffusion models in σ-space. The denoiser owns the answer (its :attr:`Denoiser.family`);
+    a class name is looked up among the :class:`Denoiser` subclasses, and an unknown one is a
+    flow if its name says so. A σ grid and its λ belong to one family.
+    """
+    if isinstance(model, str):
+        cls = _subclass_named(Denoiser, model)
+        if cls is None:
+            return "flow" if "Flow" in model else "vp"
+        model = cls
+    family = getattr(model, "family", None)
+    return family if family in FAMILIES else "vp"
+
+
+def _subclass_named(base: type, name: str) -> type | None:
+    for cls in base.__subclasses__():
+        found = cls if cls.__name__ == name else _subclass_named(cls, name)
+        if found is not None:
+            return found
+    return None
+
+
 class Denoiser(nn.Module):
     """Base class. Subclasses set ``prediction`` and implement :meth:`denoise`.
 
@@ -44,6 +96,9 @@ class Denoiser(nn.Module):
     """
 
     prediction: Literal["x0", "eps"] = "x0"
+    #: ``"vp"`` (diffusion in σ-space) or ``"flow"`` (rectified flow, σ = t/(1 − t)): the one
+    #: answer to "is this a flow model?" (:func:`family_of`); flows override it.
+    family: Literal["vp", "flow"] = "vp"
     weight_files: tuple[str, ...] = ()
     conditional: bool = False
 
@@ -71,14 +126,12 @@ class Denoiser(nn.Module):
     def x0(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Denoised estimate x̂0 = D(x, σ)."""
         s = as_sigma(sigma, x)
-        out = self.denoise(x, s)
-        return out if self.prediction == "x0" else x - s * out
+        return as_prediction(self.denoise(x, s), x, s, self.prediction, "x0")
 
     def eps(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Noise estimate ε̂ = (x − D(x, σ)) / σ."""
         s = as_sigma(sigma, x)
-        out = self.denoise(x, s)
-        return out if self.prediction == "eps" else (x - out) / s
+        return as_prediction(self.denoise(x, s), x, s, self.prediction, "eps")
 
     def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return self.x0(x, sigma)
@@ -96,8 +149,6 @@ class Denoiser(nn.Module):
         An unconditional model takes neither: ``bind()`` returns ``self``; conditioning or a
         guidance scale other than 1 is a ``ValueError``.
         """
-        from .guidance import check_guidance
-
         w, _ = check_guidance(guidance_scale, guidance_rescale)
         if cond is not None or negative_prompt is not None:
             what = "a prompt" if isinstance(cond, str) or _is_str_list(cond) else "conditioning"

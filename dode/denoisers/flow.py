@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import flow_t_to_sigma
-from .base import quiet_loading
+from .base import family_of, quiet_loading
 from .gmm import GaussianMixtureDenoiser
 from .guidance import ConditionalDenoiser, Conditioning, GuidedDenoiser, rescale_noise_cfg
 from .vp import DiffusersDenoiser, unet_sample_shape, weight_files
@@ -62,6 +62,8 @@ __all__ = [
     "DiffusersFlowDenoiser",
     "GaussianMixtureFlow",
     "flow_start",
+    "flow_from_native",
+    "flow_scale",
     "is_flow",
 ]
 
@@ -84,6 +86,23 @@ def _t_and_scale(sigma, x: Tensor) -> tuple[Tensor, Tensor]:
         )
     s = s.reshape(-1, *([1] * (x.ndim - 1)))
     return s / (1 + s), 1 / (1 + s)
+
+
+def flow_scale(sigma, x: Tensor) -> Tensor:
+    """``1 − t = 1/(1 + σ)`` in ``x``'s dtype, [B, 1, ...]: ``x_t = x · flow_scale(σ, x)``."""
+    return _t_and_scale(sigma, x)[1].to(x.dtype)
+
+
+def flow_from_native(v: Tensor, x: Tensor, sigma, want: str = "x0") -> Tensor:
+    """A flow's velocity ``v`` at ``x_t = x/(1 + σ)`` as ``want``: ``x̂0 = x_t − t·v`` or
+    ``ε̂ = x_t + (1 − t)·v`` (each straight from ``v``: no division by a small t or 1 − t).
+
+    The one conversion: :class:`FlowDenoiser` and :class:`dode.diffusers.DODEScheduler` both
+    call it. ``sigma``: a float or one per sample.
+    """
+    t, c = _t_and_scale(sigma, x)
+    x_t = x * c.to(x.dtype)
+    return x_t - t.to(x.dtype) * v if want == "x0" else x_t + c.to(x.dtype) * v
 
 
 class FlowDenoiser(ConditionalDenoiser):
@@ -131,20 +150,17 @@ class FlowDenoiser(ConditionalDenoiser):
         return self._velocity(x * c.to(x.dtype), t, cond)
 
     def from_native(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        t, c = _t_and_scale(sigma, x)
-        return x * c.to(x.dtype) - t.to(x.dtype) * out
+        return flow_from_native(out, x, sigma, "x0")
 
     def x0(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x̂0 = x_t − t·v with x_t = x/(1 + σ), t = σ/(1 + σ)."""
         t, c = _t_and_scale(sigma, x)
-        x_t = x * c.to(x.dtype)
-        return x_t - t.to(x.dtype) * self.velocity(x_t, t)
+        return flow_from_native(self.velocity(x * c.to(x.dtype), t), x, sigma, "x0")
 
     def eps(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """ε̂ = x_t + (1 − t)·v (equals (x − x̂0)/σ)."""
         t, c = _t_and_scale(sigma, x)
-        x_t = x * c.to(x.dtype)
-        return x_t + c.to(x.dtype) * self.velocity(x_t, t)
+        return flow_from_native(self.velocity(x * c.to(x.dtype), t), x, sigma, "eps")
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.x0(x, sigma.reshape(-1))
@@ -223,9 +239,9 @@ FlowDenoiser.guided_class = GuidedFlowDenoiser  # what FlowDenoiser.bind returns
 
 
 def is_flow(denoiser: Any) -> bool:
-    """Whether ``denoiser`` is a rectified flow (a :class:`FlowDenoiser` or one bound to its
-    conditioning)."""
-    return isinstance(denoiser, (FlowDenoiser, GuidedFlowDenoiser))
+    """Whether ``denoiser`` is a rectified flow: its :attr:`~dode.denoisers.Denoiser.family`
+    (:func:`~dode.denoisers.base.family_of`), also for one bound to its conditioning."""
+    return family_of(denoiser) == "flow"
 
 
 def flow_start(denoiser: FlowDenoiser, latents: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:

@@ -54,7 +54,7 @@ from ..schedules import flux_mu
 from .base import Denoiser
 from .flow import FlowDenoiser, GuidedFlowDenoiser
 from .guidance import Conditioning, check_guidance
-from .vp import PipelineFolder
+from .vp import PipelineFolder, vae_decode
 
 __all__ = ["SD3Denoiser", "FluxDenoiser"]
 
@@ -176,14 +176,7 @@ class _LatentFlow(FlowDenoiser):
                 f"decode takes latents [B, {', '.join(map(str, self.sample_shape))}], got "
                 f"{tuple(latents.shape)}."
             )
-        cfg = self.vae.config
-        p = next(self.vae.parameters())
-        z = latents.to(device=p.device, dtype=torch.float32)
-        z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
-        chunks = z.split(batch_size) if batch_size else (z,)
-        return torch.cat([self.vae.decode(c.to(p.dtype)).sample.float() for c in chunks]).clamp(
-            -1, 1
-        )
+        return vae_decode(self.vae, latents, batch_size)
 
     # ---- loading -----------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ the noise: ``bound[i:j]`` conditions ``noise[i:j]`` (:meth:`GuidedDenoiser.split
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .base import Denoiser
+from .base import Denoiser, check_guidance, family_of
 
 __all__ = [
     "Conditioning",
@@ -161,22 +160,6 @@ class Conditioning:
         return h.hexdigest()[:16]
 
 
-def check_guidance(guidance_scale: float, guidance_rescale: float) -> tuple[float, float]:
-    """Validate and return ``(w, φ)`` as floats."""
-    try:
-        w, phi = float(guidance_scale), float(guidance_rescale)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"guidance_scale and guidance_rescale must be numbers, got {guidance_scale!r} and "
-            f"{guidance_rescale!r}."
-        ) from None
-    if not math.isfinite(w):
-        raise ValueError(f"guidance_scale must be a finite number (1 = no guidance), got {w}.")
-    if not 0.0 <= phi <= 1.0:
-        raise ValueError(f"guidance_rescale must lie in [0, 1] (0 = off), got {phi}.")
-    return w, phi
-
-
 def rescale_noise_cfg(out: Tensor, out_cond: Tensor, guidance_rescale: float) -> Tensor:
     """diffusers' ``rescale_noise_cfg`` (Lin et al., 2023, "Common Diffusion Noise Schedules and
     Sample Steps are Flawed", eq. 15–16): match the per-sample std of the guided output to the
@@ -291,6 +274,11 @@ class GuidedDenoiser(Denoiser):
             ``None`` when ``guidance_scale == 1``).
         guidance_scale, guidance_rescale: w and φ.
     """
+
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        """The bound model's family (a guided flow is still a flow)."""
+        return family_of(self.model)
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .guidance import Conditioning
-from .vp import DiffusersDenoiser, PipelineFolder, load_alphas_cumprod
+from .vp import DiffusersDenoiser, PipelineFolder, load_alphas_cumprod, vae_decode
 
 __all__ = ["LatentDiffusionDenoiser"]
 
@@ -307,20 +307,7 @@ class LatentDiffusionDenoiser(DiffusersDenoiser):
                 f"decode takes latents [B, {', '.join(map(str, self.sample_shape or ('C', 'h', 'w')))}]"
                 f", got {tuple(latents.shape)}."
             )
-        cfg = self.vae.config
-        vae_param = next(self.vae.parameters())
-        z = latents.to(device=vae_param.device, dtype=torch.float32)
-        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-        if mean is not None and std is not None:
-            shape = (1, -1, 1, 1)
-            mean = torch.tensor(mean, device=z.device).view(shape)
-            std = torch.tensor(std, device=z.device).view(shape)
-            z = z * std / cfg.scaling_factor + mean
-        else:
-            z = z / cfg.scaling_factor
-        chunks = z.split(batch_size) if batch_size else (z,)
-        images = [self.vae.decode(c.to(vae_param.dtype)).sample.float() for c in chunks]
-        return torch.cat(images).clamp(-1, 1)
+        return vae_decode(self.vae, latents, batch_size)
 
 
 def _is_prompt_list(obj: Any) -> bool:

@@ -21,7 +21,7 @@ from ..schedules import vp_sigmas
 from .base import quiet_loading
 from .guidance import ConditionalDenoiser, Conditioning
 
-__all__ = ["DiffusersDenoiser"]
+__all__ = ["DiffusersDenoiser", "vp_from_native", "vp_prediction", "vp_scale", "vp_sigma_to_t"]
 
 
 def resolve_model_path(path_or_id: str | os.PathLike, example: str) -> str:
@@ -93,6 +93,34 @@ class PipelineFolder:
         return obj.to(model_dtype) if dtype and model_dtype is not None else obj
 
 
+@torch.no_grad()
+def vae_decode(vae: nn.Module, latents: Tensor, batch_size: int | None = 8) -> Tensor:
+    """Images in [−1, 1] (float32, ``[B, 3, H, W]``) from denoised latents: the one VAE decode
+    of the latent models (Stable Diffusion/SDXL, SD3, FLUX).
+
+    Latents are un-normalised as the VAE's config says -- with ``latents_mean`` /
+    ``latents_std`` when it has them (SDXL's pipeline), else divided by ``scaling_factor`` and
+    shifted by ``shift_factor`` (SD3, FLUX; none for SD) -- and decoded in batches of
+    ``batch_size`` (``None``: all at once) in the VAE's dtype.
+    """
+    cfg = vae.config
+    param = next(vae.parameters())
+    z = latents.to(device=param.device, dtype=torch.float32)
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(mean, device=z.device).view(shape)
+        std = torch.tensor(std, device=z.device).view(shape)
+        z = z * std / cfg.scaling_factor + mean
+    else:
+        z = z / cfg.scaling_factor
+        shift = getattr(cfg, "shift_factor", None)
+        if shift:
+            z = z + shift
+    chunks = z.split(batch_size) if batch_size else (z,)
+    return torch.cat([vae.decode(c.to(param.dtype)).sample.float() for c in chunks]).clamp(-1, 1)
+
+
 def unet_sample_shape(unet: nn.Module) -> tuple[int, ...] | None:
     """``(C, H, W)`` of a sample from a diffusers UNet's config (``None`` without
     ``sample_size``)."""
@@ -116,6 +144,48 @@ def load_alphas_cumprod(path: str, errors: list[str], **kwargs) -> tuple[Tensor,
         except Exception as e:  # noqa: BLE001 - collect and report by the caller
             errors.append(f"scheduler (subfolder={sub}): {e}")
     return None
+
+
+def vp_sigma_to_t(sigma: Tensor, log_sigmas: Tensor, mode: str) -> Tensor:
+    """The timestep of a discrete VP model for σ (float64, shape of ``sigma`` flattened).
+
+    ``mode="interp"``: linear interpolation of log σ over ``log_sigmas`` (the log σ table,
+    ascending in t; clamped to its ends), as diffusers' Karras/Heun schedulers do; ``"snap"``:
+    the index of the nearest table entry (exact parity with DDIM on integer timesteps).
+    """
+    log_s = sigma.to(torch.float64).reshape(-1).clamp(min=1e-30).log()
+    if mode == "snap":
+        return (log_s[:, None] - log_sigmas[None, :]).abs().argmin(dim=1).to(torch.float64)
+    log_s = log_s.clamp(log_sigmas[0], log_sigmas[-1])
+    hi = torch.searchsorted(log_sigmas, log_s).clamp(1, len(log_sigmas) - 1)
+    lo = hi - 1
+    w = (log_s - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+    return lo.to(torch.float64) + w
+
+
+def vp_scale(sigma: Tensor, x: Tensor) -> Tensor:
+    """``1/sqrt(1 + σ²)`` in ``x``'s dtype: the network's input is ``x_vp = x · vp_scale``."""
+    return 1 / (1 + sigma.to(x.dtype) ** 2).sqrt()
+
+
+def vp_prediction(prediction_type: str) -> str:
+    """What a VP network's native output becomes (:func:`vp_from_native`): ``"x0"`` for
+    ``"sample"``, ``"eps"`` for ``"epsilon"`` and ``"v_prediction"``."""
+    return "x0" if prediction_type == "sample" else "eps"
+
+
+def vp_from_native(out: Tensor, x: Tensor, sigma: Tensor, prediction_type: str) -> Tensor:
+    """A VP network's native output (ε, v or x0 at ``x_vp = x / sqrt(1 + σ²)``) as
+    :func:`vp_prediction` says (ε̂ for ε and v, x̂0 for x0); ``sigma`` is [B, 1, ...] in x's dtype.
+
+    The one conversion: :class:`DiffusersDenoiser` and :class:`dode.diffusers.DODEScheduler`
+    both call it.
+    """
+    if prediction_type == "v_prediction":
+        # VP: x_vp = α x0 + σ_vp ε, v = α ε − σ_vp x0, α = 1/sqrt(1+σ²), σ_vp = σ α.
+        alpha = vp_scale(sigma, x)
+        return alpha * out + sigma * alpha * (x * alpha)
+    return out
 
 
 class DiffusersDenoiser(ConditionalDenoiser):
@@ -158,7 +228,7 @@ class DiffusersDenoiser(ConditionalDenoiser):
             raise ValueError(f"sigma_to_t must be 'interp' or 'snap', got {sigma_to_t!r}.")
         self.unet = unet.eval().requires_grad_(False)
         self.prediction_type = prediction_type
-        self.prediction = "x0" if prediction_type == "sample" else "eps"
+        self.prediction = vp_prediction(prediction_type)
         self.sigma_to_t_mode = sigma_to_t
         self.model_id = model_id
         self.register_buffer("log_sigmas", table.log(), persistent=False)
@@ -292,15 +362,7 @@ class DiffusersDenoiser(ConditionalDenoiser):
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Continuous (or snapped) timestep for σ, by log-σ interpolation over the table."""
-        ls = self.log_sigmas
-        log_s = sigma.to(torch.float64).clamp(min=1e-30).log()
-        if self.sigma_to_t_mode == "snap":
-            return (log_s[:, None] - ls[None, :]).abs().argmin(dim=1).to(torch.float64)
-        log_s = log_s.clamp(ls[0], ls[-1])
-        hi = torch.searchsorted(ls, log_s).clamp(1, len(ls) - 1)
-        lo = hi - 1
-        w = (log_s - ls[lo]) / (ls[hi] - ls[lo])
-        return lo.to(torch.float64) + w
+        return vp_sigma_to_t(sigma, self.log_sigmas, self.sigma_to_t_mode)
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
@@ -313,7 +375,7 @@ class DiffusersDenoiser(ConditionalDenoiser):
         """The UNet's own output (ε, v or x0) at ``x_vp = x / sqrt(1 + σ²)``, ``t(σ)``."""
         s = sigma.reshape(-1)
         t = self.sigma_to_t(s)
-        c_in = 1 / (1 + sigma.to(x.dtype) ** 2).sqrt()
+        c_in = vp_scale(sigma, x)
         dtype = next(self.unet.parameters()).dtype
         x_in = (x * c_in).to(dtype)
         t_in = t.to(torch.float32) if self.sigma_to_t_mode == "interp" else t.round().long()
@@ -321,12 +383,7 @@ class DiffusersDenoiser(ConditionalDenoiser):
         return self.unet(x_in, t_in.to(x.device), **kwargs).sample.to(x.dtype)
 
     def from_native(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        if self.prediction_type == "v_prediction":
-            # VP: x_vp = α x0 + σ_vp ε, v = α ε − σ_vp x0, α = 1/sqrt(1+σ²), σ_vp = σ α.
-            c_in = 1 / (1 + sigma.to(x.dtype) ** 2).sqrt()
-            alpha = c_in
-            return alpha * out + sigma * alpha * (x * c_in)
-        return out
+        return vp_from_native(out, x, sigma, self.prediction_type)
 
 
 def weight_files(path: str, subfolder: str | None, kwargs: dict) -> tuple[str, ...]:

@@ -6,11 +6,11 @@ import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import __version__
 from ..artifact import FittedSolver
 from ..conditioning import conditioning_for_solver
 from ..denoisers import Denoiser
 from ..solvers import get_solver
+from ..version import __version__
 from .clip import check_clip, clip_score
 from .config import EvalConfig, resolve_solver, seed_list
 from .report import append_jsonl, check_log_path, wandb_log

@@ -104,12 +104,22 @@ def host_sigma_table(model: Any, depth: int = 5) -> Tensor | None:
     return None
 
 
+def _host_guidance(extra_args: Mapping[str, Any], fitted: float | None) -> float | None:
+    """The guidance scale the host applies: k-diffusion's ``cond_scale`` when given, else the
+    file's (``None`` for an unguided file)."""
+    w = extra_args.get("cond_scale") if isinstance(extra_args, Mapping) else None
+    if isinstance(w, (int, float)) and not isinstance(w, bool):
+        return float(w)
+    return None if fitted is None else float(fitted)
+
+
 class _HostDenoiser(Denoiser):
     """The host's ``model(x, sigma, **extra_args) → x̂0`` as a dode denoiser.
 
     ``denoise`` receives dode's σ-space state; for a flow host it calls the model at
     ``t = σ/(1 + σ)`` with ``x_t = x/(1 + σ)``. ``on_call(x, sigma, denoised)`` sees every call
-    with the host-side state and output.
+    with the host-side state and output. Conditioning and guidance belong to the host, so the
+    wrapper counts as bound at ``guidance_scale``.
     """
 
     prediction = "x0"
@@ -123,9 +133,13 @@ class _HostDenoiser(Denoiser):
         sigma_min: float,
         sigma_max: float,
         on_call: Callable[[Tensor, Tensor, Tensor], None],
+        guidance_scale: float | None = None,
     ) -> None:
         super().__init__(sigma_min, sigma_max)
         self.family = family
+        # the host binds conditioning and applies guidance itself: the scale it reports
+        # (k-diffusion's ``cond_scale``), else the file's (checked by ``_check_guidance``)
+        self.guidance_scale = guidance_scale
         # plain attributes: the host's model is not a submodule of this wrapper
         object.__setattr__(self, "host_model", model)
         object.__setattr__(self, "on_call", on_call)
@@ -380,6 +394,9 @@ class KDiffusionSampler:
             float(positive.min()),
             float(positive.max()) * (1 + 1e-9),
             on_call,
+            guidance_scale=_host_guidance(
+                extra_args, (self.fitted.model or {}).get("guidance_scale")
+            ),
         )
         with tqdm(total=len(grid) - 1, disable=disable) as bar:
 

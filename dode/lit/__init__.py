@@ -12,7 +12,7 @@
 
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule, TeacherCache
-from .module import DODEModule, build_grid
+from .module import DODEModule
 
 __all__ = [
     "DODEModule",
@@ -21,5 +21,20 @@ __all__ = [
     "SampleGridCallback",
     "LambdaPlotCallback",
     "FrechetCallback",
-    "build_grid",
 ]
+
+
+def __getattr__(name: str):
+    if name == "build_grid":  # the old name, with the signature of dode.schedules.grid_for_model
+        import warnings
+
+        from ..schedules import grid_for_model
+
+        warnings.warn(
+            "dode.lit.build_grid is deprecated and will be removed in dode 0.2: use "
+            "dode.schedules.grid_for_model (same arguments).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return grid_for_model
+    raise AttributeError(f"module 'dode.lit' has no attribute {name!r}")

@@ -41,7 +41,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import __version__
 from ..artifact import FittedSolver, model_schedule, weights_hash
 from ..conditioning import SeedConditioning
 from ..correction import DODECorrection, model_fn
@@ -52,6 +51,7 @@ from ..loading import load_denoiser, resolve_dtype
 from ..noise import format_seeds
 from ..schedules import grid_for_model, refine_space
 from ..solvers import Solver, get_solver
+from ..version import __version__
 from .data import NoiseDataModule, TeacherSource, problem_digest
 
 __all__ = ["DODEModule", "build_grid", "FitMode", "FitStopped", "check_resume_seeds"]

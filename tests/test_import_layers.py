@@ -1,0 +1,223 @@
+"""The package's imports against the layers the README's Architecture section names.
+
+Every ``import`` of ``dode/**.py`` (read with ``ast``, lazy imports inside functions included,
+``if TYPE_CHECKING:`` blocks excluded) is an edge from one module to another. The test fails on
+an import circle and on an edge that points from a layer to a later one in the README's table.
+The layers are read from the README itself, so the map and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "dode"
+
+
+def module_files() -> dict[str, tuple[Path, bool]]:
+    """Module name -> (file, is a package ``__init__``)."""
+    mods = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        mods[".".join(parts)] = (path, is_pkg)
+    return mods
+
+
+def _type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _imports(tree: ast.AST):
+    """Import nodes of a module, outside ``if TYPE_CHECKING:`` blocks."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if _type_checking(node):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (a name imported from a package resolves to the
+    submodule of that name if there is one, else to the package)."""
+    mods = module_files()
+
+    def owner(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, (path, is_pkg) in mods.items():
+        pkg = mod if is_pkg else mod.rpartition(".")[0]
+        for node in _imports(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                if node.level:
+                    base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    src = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    src = node.module or ""
+                targets = [f"{src}.{alias.name}" for alias in node.names]
+            for target in targets:
+                if target == "dode" or target.startswith("dode."):
+                    found = owner(target)
+                    if found is not None and found != mod:
+                        edges[mod].add(found)
+    return edges
+
+
+def readme_layers() -> list[tuple[str, list[str]]]:
+    """The README's layer table: (layer name, module paths) in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Layers", 1)
+    if len(section) < 2:
+        raise AssertionError("README.md has no '### Layers' table in its Architecture section.")
+    layers = []
+    for line in section[1].splitlines():
+        m = re.match(r"\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|(.*)\|\s*$", line)
+        if m:
+            layers.append((m.group(2), re.findall(r"`(dode/[^`]*)`", m.group(3))))
+        elif layers and not line.startswith("|"):
+            break
+    return layers
+
+
+def layer_of(mods: dict[str, tuple[Path, bool]]) -> dict[str, int]:
+    """Module -> its layer index: a path ending in ``/`` holds every module under it."""
+    rules = []
+    for index, (_, paths) in enumerate(readme_layers()):
+        for p in paths:
+            rules.append((p, index))
+    out = {}
+    for mod, (path, _) in mods.items():
+        rel = path.relative_to(ROOT).as_posix()
+        for p, index in rules:
+            if rel == p or (p.endswith("/") and rel.startswith(p)):
+                out[mod] = index
+                break
+    return out
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_readme_names_layers_and_every_module():
+    layers = readme_layers()
+    assert len(layers) >= 5, "the README's layer table lists fewer than five layers"
+    mods = module_files()
+    missing = sorted(set(mods) - set(layer_of(mods)))
+    assert not missing, (
+        f"modules in no layer of the README's Architecture table: {missing}; add each to the "
+        "row of the layer it belongs to."
+    )
+
+
+def test_no_import_circle():
+    found = circles(import_graph())
+    assert not found, f"import circles: {found}"
+
+
+def test_no_import_points_up():
+    mods = module_files()
+    layer = layer_of(mods)
+    names = [name for name, _ in readme_layers()]
+    up = [
+        f"{a} ({names[layer[a]]}) imports {b} ({names[layer[b]]})"
+        for a, targets in sorted(import_graph().items())
+        for b in sorted(targets)
+        if a in layer and b in layer and layer[b] > layer[a]
+    ]
+    assert not up, "imports that point to a later layer:\n" + "\n".join(up)
+
+
+@pytest.mark.parametrize(
+    "source, expect",
+    [
+        ("import dode.sampling\n", {"dode.sampling"}),
+        ("from .sampling import sample\n", {"dode.sampling"}),
+        ("def f():\n    from .lit.api import fit\n", {"dode.lit.api"}),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .lit import api\n", set()),
+    ],
+)
+def test_the_walk_sees_imports(tmp_path, monkeypatch, source, expect):
+    """The walker itself: eager, relative and lazy imports count, TYPE_CHECKING ones do not."""
+    fake = tmp_path / "dode"
+    for mod in ("__init__", "sampling", "probe"):
+        (fake / f"{mod}.py").parent.mkdir(parents=True, exist_ok=True)
+        (fake / f"{mod}.py").write_text(source if mod == "probe" else "")
+    (fake / "lit").mkdir()
+    (fake / "lit" / "__init__.py").write_text("")
+    (fake / "lit" / "api.py").write_text("")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    assert import_graph()["dode.probe"] == expect
+    assert circles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_old_import_paths_warn_with_the_new_name():
+    """``dode.dode`` and ``dode.lit.build_grid`` still work, with a DeprecationWarning that names
+    the removal version and the new name."""
+    import importlib
+
+    import dode.lit
+    from dode.schedules import grid_for_model
+
+    with pytest.warns(DeprecationWarning, match=r"removed in dode 0\.2.*grid_for_model"):
+        assert dode.lit.build_grid is grid_for_model
+    import dode.dode
+
+    with pytest.warns(
+        DeprecationWarning, match=r"dode\.dode is deprecated .* removed in dode 0\.2"
+    ):
+        old = importlib.reload(dode.dode)
+    import dode as new
+
+    assert old.fit_lambdas is new.fit_lambdas and old.sample is new.sample
