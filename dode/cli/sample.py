@@ -44,7 +44,7 @@ from ..images import image_grid as _grid
 from ..images import to_uint8_hwc as _uint8
 from ..noise import noise_from_seeds, parse_seeds
 
-__all__ = ["main", "generate", "parser"]
+__all__ = ["main", "generate", "parser", "sample_to_folder"]
 
 
 def _device(name: str) -> torch.device:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> Path:
     fresh = not (out / "run.json").exists()
     made = not out.exists()
     try:
-        return _run(args)
+        return sample_to_folder(**vars(args))
     except BaseException as e:
         if fresh:
             _undo_claim(out, made)
@@ -259,12 +259,33 @@ def _merge_npz(path: Path, old: dict | None, new: dict) -> dict:
     return merged
 
 
-def _run(args) -> Path:
+def sample_to_folder(
+    solver_file: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    seeds: str = "0-63",
+    batch_size: int = 64,
+    device: str = "auto",
+    dtype: str | None = None,
+    base: bool = False,
+    ignore_model_hash: bool = False,
+    no_png: bool = False,
+    prompt: str | None = None,
+    prompts_file: str | None = None,
+    negative_prompt: str | None = None,
+    class_labels: str | None = None,
+    guidance_scale: float | None = None,
+    guidance_rescale: float | None = None,
+) -> Path:
+    """The work of ``python -m dode.sample`` (each argument is the flag of that name): sample
+    ``seeds`` with the solver file and write them into the folder ``out``; returns the path of
+    ``samples.npz``. ``ValueError`` on bad input (nothing is sampled then)."""
     from ..loading import load_denoiser, resolve_dtype
 
-    device = _device(args.device)
-    fs = FittedSolver.load(args.solver_file)
-    seeds = parse_seeds(args.seeds)
+    device = _device(device)
+    fs = FittedSolver.load(solver_file)
+    seeds = parse_seeds(seeds)
     if not seeds:
         raise ValueError("--seeds is empty; give seeds such as 0-63.")
     if len(set(seeds)) != len(seeds):
@@ -273,10 +294,10 @@ def _run(args) -> Path:
         raise ValueError(
             f"--seeds lists seed {twice[0]} more than once; every sample needs its own seed."
         )
-    if args.batch_size < 1:
+    if batch_size < 1:
         raise ValueError("--batch_size must be >= 1.")
     meta = fs.model or {}
-    model = args.model or meta.get("id")
+    model = model or meta.get("id")
     if not model:
         raise ValueError("the file records no model; pass --model.")
     den = load_denoiser(
@@ -290,29 +311,29 @@ def _run(args) -> Path:
         meta.get("weights_hash"),
         den,
         str(model),
-        source=str(args.solver_file),
-        ignore=args.ignore_model_hash,
+        source=str(solver_file),
+        ignore=ignore_model_hash,
     )
-    dtype_name = args.dtype or meta.get("integration_dtype") or "float32"
+    dtype_name = dtype or meta.get("integration_dtype") or "float32"
     if dtype_name in ("float16", "bfloat16"):
         raise ValueError(
-            f"{args.solver_file} asks to integrate in {dtype_name}, too coarse for the ODE "
+            f"{solver_file} asks to integrate in {dtype_name}, too coarse for the ODE "
             "(samples differ from float32 ones by up to 0.87 on [-1, 1] data); pass --dtype "
             "float32 (or float64)."
         )
     rule, w, phi = conditioning_for_solver(
-        meta, den, prompt=args.prompt, prompts_file=args.prompts_file,
-        class_labels=args.class_labels, negative_prompt=args.negative_prompt,
-        guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
+        meta, den, prompt=prompt, prompts_file=prompts_file,
+        class_labels=class_labels, negative_prompt=negative_prompt,
+        guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
     )  # fmt: skip
     dtype = resolve_dtype(dtype_name)
-    out = Path(args.out)
+    out = Path(out)
     claim_out_dir(
         out,
         model,
         fs.solver,
         fs.sigmas,
-        None if args.base else fs.lambdas,
+        None if base else fs.lambdas,
         den.sample_shape,
         extra={
             "tool": "dode.sample",
@@ -327,10 +348,10 @@ def _run(args) -> Path:
         fs,
         den,
         seeds,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         dtype=dtype,
         device=device,
-        dode=not args.base,
+        dode=not base,
         conditioning=rule,
         guidance_scale=w,
         guidance_rescale=phi,
@@ -338,7 +359,7 @@ def _run(args) -> Path:
     arrays = {
         "samples": x.float().numpy(),
         "seeds": np.asarray(seeds, np.int64),
-        "lambdas": (fs.lambdas * (0 if args.base else 1)).numpy(),
+        "lambdas": (fs.lambdas * (0 if base else 1)).numpy(),
         "sigmas": fs.sigmas.numpy(),
     }
     if rule is not None:
@@ -355,7 +376,7 @@ def _run(args) -> Path:
         images = arrays["images"][-len(seeds) :]
         from PIL import Image
 
-        if not args.no_png:
+        if not no_png:
             for s, im in zip(seeds, images):
                 png = out / f"seed_{s:06d}.png"
                 atomic_write(
@@ -372,7 +393,7 @@ def _run(args) -> Path:
             np.savez(f, **arrays)
 
     npz = atomic_write(npz_path, write)
-    kind = "base solver" if args.base else "D-solver"
+    kind = "base solver" if base else "D-solver"
     print(f"{len(seeds)} samples ({kind}, {fs.build_solver().describe()}, NFE {fs.nfe}) -> {out}")
     if len(arrays["seeds"]) > len(seeds):
         print(f"samples.npz now holds {len(arrays['seeds'])} seeds (earlier runs' kept)")
