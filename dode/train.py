@@ -6,7 +6,7 @@ Only a script entry point; ``dode.train.main`` and ``dode.train.DODECLI`` still 
 
 from .cli.common import moved_names
 
-__getattr__ = moved_names("dode.train", "dode.cli.train", ("main", "DODECLI", "_wandb_online"))
+__getattr__ = moved_names("dode.train", "dode.cli.train", ("main", "DODECLI"))
 
 if __name__ == "__main__":
     from dode.cli.train import main
