@@ -116,7 +116,7 @@ train-tiny:  ## CPU smoke fit in about a minute (exact GMM digits model, DDIM NF
 	$(PYTHON) -m dode.train -c configs/tiny.yaml $(TRAIN_ARGS)
 
 sample:  ## PNGs + samples.npz from a fitted solver: make sample SOLVER_FILE=runs/.../solver.safetensors SAMPLE_SEEDS=0-63 SAMPLE_OUT=samples
-	$(PYTHON) -m dode.sample --solver-file $(SOLVER_FILE) --seeds $(SAMPLE_SEEDS) --out $(SAMPLE_OUT)
+	$(PYTHON) -m dode.sample --solver_file $(SOLVER_FILE) --seeds $(SAMPLE_SEEDS) --out $(SAMPLE_OUT)
 
 bench-train:  ## wall time of python -m dode.train vs a direct dode.fit_lambdas call on the same work, with the breakdown
 	$(PYTHON) -m dode.lit.bench --repeat 2

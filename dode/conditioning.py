@@ -271,7 +271,7 @@ def conditioning_for_solver(
         if fitted.get("kind") == "prompts":
             raise ValueError(
                 f"this solver was fitted with prompts ({fitted.get('num_prompts')} prompts, hash "
-                f"{fitted.get('prompts_hash')}); pass --prompt TEXT or --prompts-file FILE."
+                f"{fitted.get('prompts_hash')}); pass --prompt TEXT or --prompts_file FILE."
             )
         labels = label_rule(fitted.get("labels", "all"))
         rule = SeedConditioning(
@@ -295,8 +295,8 @@ def conditioning_for_solver(
         rule.check(denoiser, w)
     elif getattr(denoiser, "conditional", False):
         raise ValueError(
-            f"the model is conditional {denoiser.describe_conditioning()}: pass --class-labels "
-            "(class-conditional) or --prompt / --prompts-file (text models)."
+            f"the model is conditional {denoiser.describe_conditioning()}: pass --class_labels "
+            "(class-conditional) or --prompt / --prompts_file (text models)."
         )
     elif w != 1.0:
         raise ValueError(

@@ -15,7 +15,8 @@ Metrics (none of them is FID; no Inception network is involved):
 * **MSE to the teacher**: :func:`dode.metrics.mse` between a sampler's output and the
   teacher's from the same noise.
 
-Train the classifier with ``python -m dode.digits --output dode/assets/digits_classifier``.
+Train the classifier with ``python -m dode.digits --output dode/assets/digits_classifier``
+(the command line is :mod:`dode.cli.digits`).
 """
 
 from __future__ import annotations
@@ -424,12 +425,7 @@ def _fd(a, b, feats) -> float:
     return frechet_distance_from_stats(*stats(a), *stats(b))
 
 
-def _main() -> None:
-    from jsonargparse import CLI
-
-    info = CLI(train_classifier, as_positional=False)
-    print(json.dumps(info, indent=2))
-
-
 if __name__ == "__main__":
-    _main()
+    from dode.cli.digits import main
+
+    main()

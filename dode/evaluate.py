@@ -26,12 +26,12 @@ Examples::
     python -m dode.evaluate --solver_file runs/fit/ddim-nfe5.safetensors --devices 8 \\
         --ref refs/cifar10-32x32.npz
     python -m dode.evaluate -c configs/paper/eval/cifar10.yaml --solver_file F
+
+The command line is :mod:`dode.cli.evaluate`; this module holds the Python API of the same
+name (:class:`EvalConfig`, :func:`evaluate`, ...) and runs the command when run as a script.
 """
 
 from __future__ import annotations
-
-import json
-import sys
 
 from .evaluation import (
     EvalConfig,
@@ -50,7 +50,6 @@ __all__ = [
     "to_uint8",
     "generate",  # noqa: F822 - imported on first use (module __getattr__)
     "evaluate",
-    "main",
 ]
 
 
@@ -59,55 +58,16 @@ def __getattr__(name: str):
         from .evaluation.predict import generate
 
         return generate
+    if name == "main":  # the command line moved to dode.cli.evaluate (warns)
+        from .cli.common import moved
+
+        return moved("dode.evaluate", "dode.cli.evaluate", name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    p = ArgumentParser(
-        prog="python -m dode.evaluate",
-        description="Generate samples with a (fitted) solver and compute FID.",
-        epilog=__doc__.split("Examples::")[-1],
-    )
-    p.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config (repeatable)")
-    p.add_class_arguments(EvalConfig, as_group=False)
-    return p
-
-
-def _no_gpu_hint(e: Exception) -> str:
-    """One line for a settings error; a GPU asked for on a machine without one says so."""
-    import torch
-
-    msg = " ".join(str(e).split())
-    if not torch.cuda.is_available() and any(w in msg.lower() for w in ("gpu", "cuda")):
-        msg += " (this machine has no usable GPU: use accelerator cpu or auto)"
-    return msg
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: one clear ``error: ...`` line and exit code 2 on bad input."""
-    parser = _parser()
-    ns = parser.parse_args(argv).as_dict()
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    try:
-        cfg = EvalConfig(**{k: v for k, v in ns.items() if k in EvalConfig.__dataclass_fields__})
-        record = evaluate(cfg)
-    except (ValueError, MisconfigurationException) as e:  # the latter: e.g. no GPU here
-        print(f"error: {_no_gpu_hint(e)}", file=sys.stderr)
-        return 2
-    if record is not None:
-        value = record["value"]
-        shown = "" if value is None else f" {record['metric']} = {value:.4f}"
-        rate = record["images_per_second"]
-        print(
-            f"{record['label']} NFE {record['nfe']}: {record['num_samples']} samples"
-            f"{shown}" + (f" ({rate:.1f} img/s)" if rate else "")
-        )
-        print(json.dumps({k: record[k] for k in ("metric", "value", "num_samples", "out")}))
-    return 0
-
-
 if __name__ == "__main__":
+    import sys
+
+    from dode.cli.evaluate import main
+
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m dode.export --solver-file runs/x/solver.safetensors --out my_scheduler/
+    python -m dode.export --solver_file runs/x/solver.safetensors --out my_scheduler/
 
 writes ``my_scheduler/scheduler_config.json``; then in Python::
 
@@ -14,18 +14,18 @@ else from ``--like`` (a pipeline or scheduler folder of the model), else from th
 config saved with the model the file names. Only the scheduler's own file is written (atomically);
 nothing else in ``--out`` is touched, and a ``scheduler_config.json`` that an earlier export did not
 write is refused. Bad input prints one ``error:`` line and exits with status 2.
+
+The command line is :mod:`dode.cli.export`; this module holds :func:`export`, the work.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["main", "export"]
+__all__ = ["export"]
 
 
 def _like_config(path: str) -> dict:
@@ -93,33 +93,9 @@ def export(solver_file: str, out: str, like: str | None = None, base: bool = Fal
     return out_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m dode.export",
-        description="Write a fitted D-ODE solver as a diffusers scheduler folder (DODEScheduler).",
-    )
-    p.add_argument("--solver-file", required=True, help="fitted-solver .safetensors file")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="output folder (made if needed; only scheduler_config.json is written there)",
-    )
-    p.add_argument(
-        "--like",
-        default=None,
-        help="pipeline or scheduler folder of the model (for its noise schedule), if the "
-        "solver file's model cannot be found on this machine",
-    )
-    p.add_argument("--base", action="store_true", help="export the base solver (λ = 0)")
-    args = p.parse_args(argv)
-    try:
-        out = export(args.solver_file, args.out, args.like, args.base)
-    except ValueError as e:
-        print(f"dode.export: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out / 'scheduler_config.json'}")
-    return 0
-
-
 if __name__ == "__main__":
+    import sys
+
+    from dode.cli.export import main
+
     sys.exit(main())

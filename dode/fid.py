@@ -20,16 +20,14 @@ Reference statistics are an ``.npz`` with ``mu`` and ``sigma`` (the format of ED
 computed once and cached), or a torch-fidelity dataset name such as ``cifar10-train``.
 
 ``python -m dode.fid ref --images DIR --out stats.npz`` writes reference statistics;
-``python -m dode.fid score --images DIR --ref stats.npz`` scores a folder.
+``python -m dode.fid score --images DIR --ref stats.npz`` scores a folder (the command line
+is :mod:`dode.cli.fid`).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -55,6 +53,8 @@ __all__ = [
     "iter_image_folder",
     "reference_stats",
     "stats_of_images",
+    "write_reference",
+    "score_folder",
 ]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -453,49 +453,53 @@ def reference_stats(
     )
 
 
-def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dode.fid", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("ref", help="write reference statistics (.npz of mu/sigma)")
-    r.add_argument("--images", required=True, help="a folder of images or a dataset name")
-    r.add_argument("--out", required=True)
-    s = sub.add_parser("score", help="Fréchet distance of a folder of images to a reference")
-    s.add_argument("--images", required=True)
-    s.add_argument("--ref", required=True)
-    for q in (r, s):
-        q.add_argument("--features", default="inception")
-        q.add_argument("--inception_weights", default=None)
-        q.add_argument("--batch_size", type=int, default=256)
-        q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a = p.parse_args(argv)
-    try:
-        fx = get_feature_extractor(a.features, a.inception_weights)
-        if a.cmd == "ref":
-            if Path(a.images).is_dir():
-                files = _list_images(Path(a.images))
-                batches = iter_image_folder(a.images, a.batch_size)
-                mu, sigma, n = stats_of_images(batches, fx, a.device, True, len(files))
-            else:
-                mu, sigma, _ = reference_stats(a.images, fx, device=a.device)
-                n = -1
-            save_stats(a.out, mu, sigma, str(fx.name), n)
-            print(f"wrote {a.out} ({len(mu)}-d {fx.name} statistics)")
-        else:
-            mu_r, sig_r, _ = reference_stats(a.ref, fx, device=a.device, batch_size=a.batch_size)
-            folder = Path(a.images)
-            if not folder.is_dir():
-                raise ValueError(f"{a.images!r} is not a folder of images.")
-            files = _list_images(folder)
-            mu, sigma, n = stats_of_images(
-                iter_image_folder(folder, a.batch_size), fx, a.device, True, len(files)
-            )
-            value = fid_from_stats(mu, sigma, mu_r, sig_r)
-            print(json.dumps({metric_name(fx): value, "num_images": n}))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def write_reference(
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    features: str = "inception",
+    inception_weights: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> tuple[int, str]:
+    """Write the reference statistics of ``images`` (a folder of images, or anything
+    :func:`reference_stats` takes) to ``out``; returns their dimension and the features' name."""
+    fx = get_feature_extractor(features, inception_weights)
+    if Path(images).is_dir():
+        files = _list_images(Path(images))
+        batches = iter_image_folder(images, batch_size)
+        mu, sigma, n = stats_of_images(batches, fx, device, True, len(files))
+    else:
+        mu, sigma, _ = reference_stats(str(images), fx, device=device)
+        n = -1
+    save_stats(out, mu, sigma, str(fx.name), n)
+    return len(mu), str(fx.name)
+
+
+def score_folder(
+    images: str | os.PathLike,
+    ref: str | os.PathLike,
+    features: str = "inception",
+    inception_weights: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """The Fréchet distance of a folder of images to the reference ``ref`` (anything
+    :func:`reference_stats` takes): ``{<metric name>: value, "num_images": n}``."""
+    fx = get_feature_extractor(features, inception_weights)
+    mu_r, sig_r, _ = reference_stats(str(ref), fx, device=device, batch_size=batch_size)
+    folder = Path(images)
+    if not folder.is_dir():
+        raise ValueError(f"{str(images)!r} is not a folder of images.")
+    files = _list_images(folder)
+    mu, sigma, n = stats_of_images(
+        iter_image_folder(folder, batch_size), fx, device, True, len(files)
+    )
+    return {metric_name(fx): fid_from_stats(mu, sigma, mu_r, sig_r), "num_images": n}
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    import sys
+
+    from dode.cli.fid import main
+
+    sys.exit(main())

@@ -40,11 +40,10 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningCLI
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["DDPMPretrain", "DigitsDataModule", "export_pretrained", "main"]
+__all__ = ["DDPMPretrain", "DigitsDataModule", "export_pretrained", "pretrain", "write_curve"]
 
 
 class _Repeat(Dataset):
@@ -450,48 +449,43 @@ def write_curve(
     return [out_csv, out_png]
 
 
-class _PretrainCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--output", type=str, default="dode/assets/digits_ddpm", help="model folder"
-        )
-        parser.add_argument(
-            "--results",
-            type=str | None,
-            default="experiments/results/digits",
-            help="where {curve_name}_metrics.csv and {curve_name}_curve.png go (null: nowhere)",
-        )
-        parser.add_argument(
-            "--curve_name", type=str, default="pretrain", help="file-name stem of the curve"
-        )
+def pretrain(
+    model: DDPMPretrain,
+    datamodule: DigitsDataModule,
+    trainer: pl.Trainer,
+    output: str | os.PathLike,
+    results: str | os.PathLike | None = "experiments/results/digits",
+    curve_name: str = "pretrain",
+    command: str = "",
+    seed: int | None = None,
+) -> Path:
+    """Fit ``model`` on ``datamodule``, export it to ``output`` with a training card (what
+    ``python -m dode.pretrain`` does after parsing), and condense the training curve into
+    ``results`` (``None``: nowhere); returns the model folder.
 
-
-def main(args: list[str] | None = None) -> Path:
-    """Entry point of ``python -m dode.pretrain``; returns the model folder."""
-    argv = sys.argv[1:] if args is None else list(args)
-    cli = _PretrainCLI(
-        DDPMPretrain,
-        DigitsDataModule,
-        run=False,
-        args=argv,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"deterministic": False, "num_sanity_val_steps": 0},
-    )
-    cfg = cli.config
+    Args:
+        model: the model to train.
+        datamodule: the digits data.
+        trainer: the Lightning trainer (its CSV logger's ``metrics.csv`` gives the curve).
+        output: the model folder to write.
+        results: where ``{curve_name}_metrics.csv`` and ``{curve_name}_curve.png`` go.
+        curve_name: file-name stem of the curve.
+        command: the command line recorded in the card.
+        seed: the seed recorded in the card.
+    """
     t0 = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - t0
-    if cli.trainer.interrupted:
+    if trainer.interrupted:
         print("dode.pretrain: interrupted; no model written.", file=sys.stderr)
         sys.exit(1)
-    if not cli.trainer.is_global_zero:
-        return Path(cfg.output)
-    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
-    hp = cli.model.hparams
+    if not trainer.is_global_zero:
+        return Path(output)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    hp = model.hparams
     card = {
-        "command": "python -m dode.pretrain " + " ".join(argv),
-        "seed": cfg.seed_everything,
+        "command": command,
+        "seed": seed,
         "data": "sklearn.datasets.load_digits, fixed stratified split (seed 0, 20% held out), "
         "x / 8 - 1",
         "objective": hp.objective,
@@ -508,24 +502,24 @@ def main(args: list[str] | None = None) -> Path:
         "num_classes": hp.num_classes,
         "null_label": hp.num_classes,
         "label_dropout": hp.label_dropout,
-        "scheduler": type(cli.model.scheduler).__name__,
-        "steps": int(cli.trainer.global_step),
+        "scheduler": type(model.scheduler).__name__,
+        "steps": int(trainer.global_step),
         "train_seconds": round(seconds, 1),
         "final_metrics": metrics,
         "torch": torch.__version__,
     }
-    out = export_pretrained(cli.model, cfg.output, card)
+    out = export_pretrained(model, output, card)
     print(f"wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file())} bytes)")
-    logger = cli.trainer.logger
+    logger = trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-    if cfg.results and log_dir and os.path.isfile(os.path.join(log_dir, "metrics.csv")):
+    if results and log_dir and os.path.isfile(os.path.join(log_dir, "metrics.csv")):
         what = "rectified flow" if hp.objective == "flow" else "DDPM"
         if hp.num_classes is not None:
             what = f"class-conditional {what}"
         for p in write_curve(
             os.path.join(log_dir, "metrics.csv"),
-            cfg.results,
-            name=cfg.curve_name,
+            results,
+            name=curve_name,
             ylabel="v-prediction MSE" if hp.objective == "flow" else "ε-prediction MSE",
             title=f"digits {what} pretraining",
         ):
@@ -534,4 +528,6 @@ def main(args: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    from dode.cli.pretrain import main
+
     main()

@@ -25,8 +25,8 @@ from dode.denoisers import CallableDenoiser, DiffusersDenoiser
 from dode.schedules import karras, time_uniform, vp_sigmas
 
 diffusers = pytest.importorskip("diffusers")
+from dode.cli.export import main as export_main  # noqa: E402
 from dode.diffusers import DODEScheduler  # noqa: E402
-from dode.export import main as export_main  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),

@@ -158,7 +158,7 @@ def test_missing_classifier_folder_is_a_clear_error(tmp_path):
 
 def test_pretrain_cli_writes_a_loadable_model(tmp_path):
     """Two optimizer steps of ``python -m dode.pretrain`` on a tiny UNet, end to end."""
-    from dode.pretrain import main
+    from dode.cli.pretrain import main
 
     out = main(
         [

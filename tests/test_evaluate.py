@@ -14,7 +14,8 @@ import torch
 from _tiny import make_tiny_unet
 
 from dode import fid as fidlib
-from dode.evaluate import EvalConfig, SampleStore, evaluate, main
+from dode.cli.evaluate import main
+from dode.evaluate import EvalConfig, SampleStore, evaluate
 from dode.metrics import frechet_distance_from_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +268,7 @@ def test_unfetchable_checkpoint_cli_one_clear_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "paper" / "eval").glob("*.yaml")))
 def test_shipped_evaluation_configs_parse(path):
-    from dode.evaluate import _parser
+    from dode.cli.evaluate import parser as _parser
 
     ns = _parser().parse_args(["-c", str(path), "--solver", "ddim", "--nfe", "10"]).as_dict()
     cfg = EvalConfig(**{k: v for k, v in ns.items() if k in EvalConfig.__dataclass_fields__})

@@ -50,7 +50,7 @@ def test_fit_equals_the_cli_and_fit_lambdas(tmp_path, one_thread):
     assert fitted.nfe == 4 and fitted.lambdas.abs().max() > 0
     assert fitted.metrics["val/mse_final"] < fitted.metrics["val/mse_base_final"]
 
-    from dode.train import main
+    from dode.cli.train import main
 
     s = SETTINGS
     path = main([

@@ -108,7 +108,7 @@ def test_cli_refuses_the_other_family_first(tmp_path, capsys, tool):
             main([*argv, "--out", str(out), "--ignore_model_hash"])
         code = e.value.code
     else:
-        from dode.evaluate import main
+        from dode.cli.evaluate import main
 
         argv = ["--solver_file", str(path), "--model", "digits", "--seeds", "0-1", "--out"]
         code = main([*argv, str(out), "--fid", "false", "--wandb", "false", "--log", "null"])

@@ -38,13 +38,28 @@ def _type_checking(node: ast.AST) -> bool:
     )
 
 
+def _script_entry(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``: runs only under ``python -m``, never on import."""
+    test = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and getattr(test.comparators[0], "value", None) == "__main__"
+    )
+
+
 def _imports(tree: ast.AST):
-    """Import nodes of a module, outside ``if TYPE_CHECKING:`` blocks."""
+    """Import nodes of a module, outside ``if TYPE_CHECKING:`` blocks and outside the
+    ``if __name__ == "__main__":`` shim that hands ``python -m dode.<name>`` to ``dode.cli``."""
     todo = [tree]
     while todo:
         node = todo.pop()
         if _type_checking(node):
             todo.extend(node.orelse)
+            continue
+        if _script_entry(node):
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node

@@ -162,7 +162,7 @@ def test_pretrain_cli_trains_a_conditional_flow_and_records_it(tmp_path):
     """Two optimizer steps of ``python -m dode.pretrain -c configs/pretrain/digits-flow.yaml``."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from dode.pretrain import main
+    from dode.cli.pretrain import main
 
     out = main(
         [

@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 
 import dode
 from dode.artifact import FittedSolver, weights_hash
+from dode.cli.evaluate import main as evaluate_main
 from dode.cli.sample import main as sample_main
 from dode.denoisers import CallableDenoiser, gaussian
 from dode.evaluate import EvalConfig, evaluate
-from dode.evaluate import main as evaluate_main
 from dode.lit.data import TeacherCache
 from dode.loading import load_denoiser
 from dode.schedules import karras
@@ -345,7 +345,7 @@ def test_resume_keeps_the_metrics_history(tmp_path):
 
 
 def test_refused_resume_or_fresh_run_touches_nothing(tmp_path, capsys):
-    from dode.train import main
+    from dode.cli.train import main
 
     run = tmp_path / "run"
     args = ["--model.model", "gmm-digits", "--model.nfe", "3", "--model.teacher_factor", "2",
@@ -544,7 +544,7 @@ def test_float16_integration_one_sample_and_one_call(gmm, den, tmp_path, capsys)
 
 
 def test_train_cli_nfe_1_is_one_line(capsys, tmp_path):
-    from dode.train import main
+    from dode.cli.train import main
 
     with pytest.raises(SystemExit) as e:
         main(["--model.model", "gmm-digits", "--model.nfe", "1", "--wandb_mode", "disabled",
@@ -580,7 +580,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_export_writes_only_its_file_and_removes_nothing(tmp_path, capsys, monkeypatch):
     pytest.importorskip("diffusers")
-    from dode.export import main as export_main
+    from dode.cli.export import main as export_main
 
     solver_file = _exportable(tmp_path)
     pipe = tmp_path / "pipe"
@@ -724,8 +724,8 @@ def test_atomic_writes_honour_the_umask(gmm, tmp_path, mask):
 def test_sigterm_during_the_teacher_phase_stops_between_batches(tmp_path, monkeypatch, capsys):
     import signal
 
+    from dode.cli.train import main
     from dode.lit.module import DODEModule
-    from dode.train import main
 
     calls = []
     compute = DODEModule.compute_teacher
@@ -909,7 +909,7 @@ def test_full_disk_while_writing_the_cache_or_the_solver_file(gmm, tmp_path, cap
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_gpu_asked_for_on_a_machine_without_one(gmm, tmp_path, capsys):
-    from dode.train import main
+    from dode.cli.train import main
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     _sample_cli_error(["--solver-file", str(path), "--device", "cuda", "--out",

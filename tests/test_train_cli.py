@@ -3,7 +3,7 @@ fitted-solver file, the W&B offline run (metrics and images), the CSV log, check
 the network; resume after a kill; bad configs.
 
 One subprocess fit is shared by the tests (module fixture); the kill runs in a second one; the
-resume and the bad configs run ``dode.train.main`` in this process (same code path).
+resume and the bad configs run ``dode.cli.train.main`` in this process (same code path).
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def test_resume_after_kill_gives_the_uninterrupted_lambdas(fitted, tiny):
     ckpt = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(ckpt["state_dict"]["num_fitted"]) == 2
 
-    from dode.train import main
+    from dode.cli.train import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocess runs (OMP_NUM_THREADS=1): same arithmetic
@@ -218,7 +218,7 @@ def test_resume_after_kill_gives_the_uninterrupted_lambdas(fitted, tiny):
     ],
 )
 def test_bad_config_exits_with_one_message(tiny, tmp_path, capsys, extra, message):
-    from dode.train import main
+    from dode.cli.train import main
 
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model:\n  nfe: 3\n  colour: red\n")
@@ -237,7 +237,7 @@ def test_bad_config_exits_with_one_message(tiny, tmp_path, capsys, extra, messag
 def test_fid_select_writes_the_best_scoring_lambda_scale(tiny, tmp_path):
     """``--fid.select``: the file holds α·λ for the α with the lowest Fréchet distance; the
     module's checkpoint keeps the fitted λ."""
-    from dode.train import main
+    from dode.cli.train import main
 
     args = _args(tiny, tmp_path, "sel") + [
         "--wandb_mode", "disabled", "--samples.num_samples", "0",
@@ -263,7 +263,7 @@ def test_fid_select_writes_the_best_scoring_lambda_scale(tiny, tmp_path):
 
 
 def test_configs_compose_and_print(capsys):
-    from dode.train import main
+    from dode.cli.train import main
 
     sgd = str(ROOT / "configs" / "sgd-local.yaml")
     with pytest.raises(SystemExit) as e:
@@ -276,7 +276,7 @@ def test_configs_compose_and_print(capsys):
 
 
 def test_wandb_online_only_with_a_key(monkeypatch):
-    from dode.train import _wandb_online
+    from dode.cli.train import _wandb_online
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -1,6 +1,24 @@
-"""Command-line entry points (``python -m dode.<name>`` runs the one here of that name).
+"""Command-line entry points: ``python -m dode.<name>`` runs ``dode/cli/<name>.py``.
 
-The modules here hold the implementations; ``dode/<name>.py`` is a shim that only calls
-``main()`` when run as a script, so that no library code imports a module whose name clashes
-with a function of the package (``dode.sample`` is the sampling function).
+=============================  ======================================================
+``python -m dode.train``       fit λ with Lightning (LightningCLI), write a solver file
+``python -m dode.sample``      samples (PNGs, ``samples.npz``) from a solver file
+``python -m dode.evaluate``    generate N samples with a solver and score them (FID)
+``python -m dode.export``      a solver file as a diffusers scheduler folder
+``python -m dode.fid``         reference statistics and Fréchet distances of image folders
+``python -m dode.pretrain``    train the small digits models (LightningCLI)
+``python -m dode.digits``      train the digits classifier of FD-digits
+=============================  ======================================================
+
+Each module here only parses arguments and calls the function that does the work. One style:
+``-h`` lists every option with a description, flags are spelled with underscores
+(``--solver_file``, ``--batch_size``), and the dashed spellings the commands once took
+(``--solver-file``) are accepted as aliases. Bad input prints one ``error:`` line and exits
+with status 2. ``dode/<name>.py`` is a shim that only calls ``main()`` when run as a script,
+so that no library code imports a module whose name clashes with a function of the package
+(``dode.sample`` is the sampling function).
 """
+
+from .common import ENTRY_POINTS
+
+__all__ = ["ENTRY_POINTS"]

@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m dode.sample --solver-file runs/x/solver.safetensors --seeds 0-63 --out samples/
+    python -m dode.sample --solver_file runs/x/solver.safetensors --seeds 0-63 --out samples/
 
 writes ``seed_000000.png`` … (one PNG per seed, for image models), ``grid.png`` and
 ``samples.npz`` with ``samples`` (float32, the model's space, ``[N, ...]``), ``images`` (uint8
@@ -10,10 +10,10 @@ writes ``seed_000000.png`` … (one PNG per seed, for image models), ``grid.png`
 each sample's seed alone, so the same seeds give the same samples for any batch size and on
 any machine (up to the floating-point differences of the device).
 
-Conditional models: ``--class-labels 0,1,2`` (seed ``s`` gets ``labels[s % n]``; also ``all``
-and ``uniform``), ``--prompt "…"`` (every seed) or ``--prompts-file FILE`` (one prompt per line,
-seed ``s`` gets line ``s % n``), ``--negative-prompt``; a file fitted with a label rule reuses
-it. The guidance scale is the file's unless ``--guidance-scale`` is given (another scale warns:
+Conditional models: ``--class_labels 0,1,2`` (seed ``s`` gets ``labels[s % n]``; also ``all``
+and ``uniform``), ``--prompt "…"`` (every seed) or ``--prompts_file FILE`` (one prompt per line,
+seed ``s`` gets line ``s % n``), ``--negative_prompt``; a file fitted with a label rule reuses
+it. The guidance scale is the file's unless ``--guidance_scale`` is given (another scale warns:
 λ were fitted for the file's). Latent models (Stable Diffusion) sample latents and decode them
 with the VAE, batched, once per image: ``samples`` then holds the decoded images.
 
@@ -22,7 +22,9 @@ folder); pass ``--model`` when it lives elsewhere on this machine. Its weights h
 the file's (``--ignore_model_hash`` overrides, as in ``python -m dode.evaluate``). ``--out``
 must be new, empty, or hold the ``run.json`` of a run with the same model, solver, grid and λ.
 
-This module holds the implementation; ``dode/sample.py`` only runs :func:`main`, so the
+Flags are spelled with underscores, as in every ``python -m dode.<name>``; the dashed spellings
+this command first took (``--solver-file``, ``--batch-size``, ``--no-png``, ...) are accepted
+too. This module holds the implementation; ``dode/sample.py`` only runs :func:`main`, so the
 package attribute ``dode.sample`` stays the sampling function.
 """
 
@@ -42,7 +44,7 @@ from ..images import image_grid as _grid
 from ..images import to_uint8_hwc as _uint8
 from ..noise import noise_from_seeds, parse_seeds
 
-__all__ = ["main", "generate"]
+__all__ = ["main", "generate", "parser", "sample_to_folder"]
 
 
 def _device(name: str) -> torch.device:
@@ -94,61 +96,96 @@ def generate(
     return torch.cat(out)
 
 
+def _flag(group, name: str, **kwargs) -> None:
+    """``--name`` with its old dashed spelling ``--na-me`` accepted as an alias."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    group.add_argument(*flags, dest=name, **kwargs)
+
+
 def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
-    """``--prompt``, ``--prompts-file``, ``--negative-prompt``, ``--class-labels``,
-    ``--guidance-scale``, ``--guidance-rescale`` (shared by dode.sample and dode.evaluate)."""
+    """``--prompt``, ``--prompts_file``, ``--negative_prompt``, ``--class_labels``,
+    ``--guidance_scale``, ``--guidance_rescale`` (the fields of the same names of
+    ``python -m dode.evaluate``); the dashed spellings are accepted too."""
     g = p.add_argument_group("conditional models")
-    g.add_argument("--prompt", default=None, help="text models: one prompt for every seed")
-    g.add_argument(
-        "--prompts-file", default=None, help="text models: one prompt per line (seed s: s %% n)"
-    )
-    g.add_argument("--negative-prompt", default=None, help="text models: the negative prompt")
-    g.add_argument(
-        "--class-labels",
+    _flag(g, "prompt", default=None, metavar="TEXT", help="text models: one prompt for every seed")
+    _flag(
+        g,
+        "prompts_file",
         default=None,
+        metavar="FILE",
+        help="text models: one prompt per line (seed s: line s %% n)",
+    )
+    _flag(
+        g, "negative_prompt", default=None, metavar="TEXT", help="text models: the negative prompt"
+    )
+    _flag(
+        g,
+        "class_labels",
+        default=None,
+        metavar="LABELS",
         help="class-conditional models: 0,1,2 (seed s: labels[s %% n]), all or uniform",
     )
-    g.add_argument(
-        "--guidance-scale", type=float, default=None, help="CFG scale (default: the file's)"
+    _flag(
+        g,
+        "guidance_scale",
+        type=float,
+        default=None,
+        metavar="W",
+        help="CFG scale (default: the file's)",
     )
-    g.add_argument(
-        "--guidance-rescale", type=float, default=None, help="CFG rescale φ (default: the file's)"
-    )
+    _flag(g, "guidance_rescale", type=float, default=None, metavar="PHI",
+          help="CFG rescale φ (default: the file's)")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> Path:
+def parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m dode.sample``: underscore flags, the dashed spellings
+    (``--solver-file``, ``--batch-size``, ...) accepted as aliases."""
     p = argparse.ArgumentParser(
         prog="python -m dode.sample",
         description="Generate samples with a fitted D-ODE solver file.",
     )
-    p.add_argument("--solver-file", required=True, help="fitted-solver .safetensors file")
-    p.add_argument(
-        "--model",
+    _flag(p, "solver_file", required=True, metavar="FILE", help="fitted-solver .safetensors file")
+    _flag(
+        p,
+        "model",
         default=None,
         help="model (registered name, folder or hub id); default: the file's",
     )
-    p.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63 or 0-9,20 (default 0-63)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--dtype",
+    _flag(p, "seeds", default="0-63", help="seeds, e.g. 0-63 or 0-9,20 (default 0-63)")
+    _flag(p, "out", required=True, help="output folder")
+    _flag(
+        p,
+        "batch_size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="samples per batch (default 64; the samples do not depend on it)",
+    )
+    _flag(p, "device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    _flag(
+        p,
+        "dtype",
         choices=["float32", "float64"],
         default=None,
         help="integration dtype (default: the one the solver was fitted in)",
     )
-    p.add_argument("--base", action="store_true", help="sample with the base solver (λ = 0)")
-    p.add_argument(
-        "--ignore_model_hash",
-        "--ignore-model-hash",
-        dest="ignore_model_hash",
+    _flag(p, "base", action="store_true", help="sample with the base solver (λ = 0)")
+    _flag(
+        p,
+        "ignore_model_hash",
         action="store_true",
         help="sample even if the model's weights differ from the ones the λ were fitted for, "
         "or cannot be identified (the same flag as python -m dode.evaluate's)",
     )
-    p.add_argument("--no-png", action="store_true", help="write only samples.npz and grid.png")
+    _flag(p, "no_png", action="store_true", help="write only samples.npz and grid.png")
     add_conditioning_arguments(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Parse, then sample (see the module's description); one ``error:`` line and status 2 on
+    bad input. Returns the path of ``samples.npz``."""
+    args = parser().parse_args(argv)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
@@ -156,7 +193,7 @@ def main(argv: list[str] | None = None) -> Path:
     fresh = not (out / "run.json").exists()
     made = not out.exists()
     try:
-        return _run(args)
+        return sample_to_folder(**vars(args))
     except BaseException as e:
         if fresh:
             _undo_claim(out, made)
@@ -222,12 +259,33 @@ def _merge_npz(path: Path, old: dict | None, new: dict) -> dict:
     return merged
 
 
-def _run(args) -> Path:
+def sample_to_folder(
+    solver_file: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    seeds: str = "0-63",
+    batch_size: int = 64,
+    device: str = "auto",
+    dtype: str | None = None,
+    base: bool = False,
+    ignore_model_hash: bool = False,
+    no_png: bool = False,
+    prompt: str | None = None,
+    prompts_file: str | None = None,
+    negative_prompt: str | None = None,
+    class_labels: str | None = None,
+    guidance_scale: float | None = None,
+    guidance_rescale: float | None = None,
+) -> Path:
+    """The work of ``python -m dode.sample`` (each argument is the flag of that name): sample
+    ``seeds`` with the solver file and write them into the folder ``out``; returns the path of
+    ``samples.npz``. ``ValueError`` on bad input (nothing is sampled then)."""
     from ..loading import load_denoiser, resolve_dtype
 
-    device = _device(args.device)
-    fs = FittedSolver.load(args.solver_file)
-    seeds = parse_seeds(args.seeds)
+    device = _device(device)
+    fs = FittedSolver.load(solver_file)
+    seeds = parse_seeds(seeds)
     if not seeds:
         raise ValueError("--seeds is empty; give seeds such as 0-63.")
     if len(set(seeds)) != len(seeds):
@@ -236,10 +294,10 @@ def _run(args) -> Path:
         raise ValueError(
             f"--seeds lists seed {twice[0]} more than once; every sample needs its own seed."
         )
-    if args.batch_size < 1:
-        raise ValueError("--batch-size must be >= 1.")
+    if batch_size < 1:
+        raise ValueError("--batch_size must be >= 1.")
     meta = fs.model or {}
-    model = args.model or meta.get("id")
+    model = model or meta.get("id")
     if not model:
         raise ValueError("the file records no model; pass --model.")
     den = load_denoiser(
@@ -253,29 +311,29 @@ def _run(args) -> Path:
         meta.get("weights_hash"),
         den,
         str(model),
-        source=str(args.solver_file),
-        ignore=args.ignore_model_hash,
+        source=str(solver_file),
+        ignore=ignore_model_hash,
     )
-    dtype_name = args.dtype or meta.get("integration_dtype") or "float32"
+    dtype_name = dtype or meta.get("integration_dtype") or "float32"
     if dtype_name in ("float16", "bfloat16"):
         raise ValueError(
-            f"{args.solver_file} asks to integrate in {dtype_name}, too coarse for the ODE "
+            f"{solver_file} asks to integrate in {dtype_name}, too coarse for the ODE "
             "(samples differ from float32 ones by up to 0.87 on [-1, 1] data); pass --dtype "
             "float32 (or float64)."
         )
     rule, w, phi = conditioning_for_solver(
-        meta, den, prompt=args.prompt, prompts_file=args.prompts_file,
-        class_labels=args.class_labels, negative_prompt=args.negative_prompt,
-        guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
+        meta, den, prompt=prompt, prompts_file=prompts_file,
+        class_labels=class_labels, negative_prompt=negative_prompt,
+        guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
     )  # fmt: skip
     dtype = resolve_dtype(dtype_name)
-    out = Path(args.out)
+    out = Path(out)
     claim_out_dir(
         out,
         model,
         fs.solver,
         fs.sigmas,
-        None if args.base else fs.lambdas,
+        None if base else fs.lambdas,
         den.sample_shape,
         extra={
             "tool": "dode.sample",
@@ -290,10 +348,10 @@ def _run(args) -> Path:
         fs,
         den,
         seeds,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         dtype=dtype,
         device=device,
-        dode=not args.base,
+        dode=not base,
         conditioning=rule,
         guidance_scale=w,
         guidance_rescale=phi,
@@ -301,7 +359,7 @@ def _run(args) -> Path:
     arrays = {
         "samples": x.float().numpy(),
         "seeds": np.asarray(seeds, np.int64),
-        "lambdas": (fs.lambdas * (0 if args.base else 1)).numpy(),
+        "lambdas": (fs.lambdas * (0 if base else 1)).numpy(),
         "sigmas": fs.sigmas.numpy(),
     }
     if rule is not None:
@@ -318,7 +376,7 @@ def _run(args) -> Path:
         images = arrays["images"][-len(seeds) :]
         from PIL import Image
 
-        if not args.no_png:
+        if not no_png:
             for s, im in zip(seeds, images):
                 png = out / f"seed_{s:06d}.png"
                 atomic_write(
@@ -335,7 +393,7 @@ def _run(args) -> Path:
             np.savez(f, **arrays)
 
     npz = atomic_write(npz_path, write)
-    kind = "base solver" if args.base else "D-solver"
+    kind = "base solver" if base else "D-solver"
     print(f"{len(seeds)} samples ({kind}, {fs.build_solver().describe()}, NFE {fs.nfe}) -> {out}")
     if len(arrays["seeds"]) > len(seeds):
         print(f"samples.npz now holds {len(arrays['seeds'])} seeds (earlier runs' kept)")

@@ -67,11 +67,14 @@ class EvalConfig:
         name: a name for the run (W&B and the log).
         progress: show progress bars (with ETA).
         model_options: extra options of the model loader (``{num_classes: 10}``, ...).
-        prompt, prompts_file, negative_prompt, class_labels: conditional models: the per-seed
-            conditioning, as ``python -m dode.sample`` takes it (seed ``s`` gets
-            ``prompts[s % n]`` / ``labels[s % n]``; ``all`` / ``uniform`` labels); a solver file
-            fitted with a label rule reuses it.
-        guidance_scale, guidance_rescale: CFG (default: the solver file's, else 1 and 0).
+        prompt: text models: one prompt for every seed (as ``python -m dode.sample`` takes it).
+        prompts_file: text models: a file of prompts, one per line (seed ``s`` gets line
+            ``s % n``).
+        negative_prompt: text models: the negative prompt.
+        class_labels: class-conditional models: ``0,1,2`` (seed ``s`` gets ``labels[s % n]``),
+            ``all`` or ``uniform``; a solver file fitted with a label rule reuses it.
+        guidance_scale: CFG scale (default: the solver file's, else 1).
+        guidance_rescale: CFG rescale φ (default: the solver file's, else 0).
         clip_model: a local folder with a CLIP model and processor (``save_pretrained``):
             also report the CLIP score (torchmetrics) of the samples against their prompts.
     """

@@ -1,0 +1,75 @@
+"""What the entry points share: the list of them, the no-GPU hint, the moved-name warning."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from collections.abc import Callable
+
+__all__ = ["ENTRY_POINTS", "no_gpu_hint", "lightning_parser", "moved", "moved_names"]
+
+#: every ``python -m dode.<name>`` command; its implementation is ``dode/cli/<name>.py`` and
+#: ``dode/<name>.py`` only runs its ``main()`` (plus, for some, library code of that name).
+ENTRY_POINTS: tuple[str, ...] = (
+    "train",
+    "sample",
+    "evaluate",
+    "export",
+    "fid",
+    "pretrain",
+    "digits",
+)
+
+#: the release that drops the old import paths of the entry points' functions.
+REMOVAL_VERSION = "0.2"
+
+
+def no_gpu_hint(e: Exception) -> str:
+    """One line for a settings error; a GPU asked for on a machine without one says so."""
+    import torch
+
+    msg = " ".join(str(e).split())
+    if not torch.cuda.is_available() and any(w in msg.lower() for w in ("gpu", "cuda")):
+        msg += " (this machine has no usable GPU: use accelerator cpu or auto)"
+    return msg
+
+
+def lightning_parser(name: str) -> type:
+    """A ``LightningArgumentParser`` whose parse errors are one line
+    (``dode.<name>: error: ...`` and where the options are listed), not a usage dump."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    class _Parser(LightningArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            if not self.exit_on_error:
+                return super().error(message, ex)
+            msg = " ".join(str(message).split())
+            sys.stderr.write(f"{name}: error: {msg}\n  (options: python -m {name} --help)\n")
+            self.exit(2)
+
+    _Parser.__qualname__ = _Parser.__name__ = "Parser"
+    return _Parser
+
+
+def moved(old: str, new: str, name: str) -> object:
+    """``name`` of module ``new``, handed out under its old module ``old`` with a
+    ``DeprecationWarning`` (the old path goes in :data:`REMOVAL_VERSION`)."""
+    warnings.warn(
+        f"{old}.{name} moved to {new}.{name}; the old name is removed in dode {REMOVAL_VERSION}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module(new), name)
+
+
+def moved_names(old: str, new: str, names: tuple[str, ...]) -> Callable[[str], object]:
+    """A module ``__getattr__`` for ``old`` that hands out ``names`` of module ``new`` with
+    :func:`moved`'s warning."""
+
+    def __getattr__(name: str) -> object:
+        if name not in names:
+            raise AttributeError(f"module {old!r} has no attribute {name!r}")
+        return moved(old, new, name)
+
+    return __getattr__

@@ -1,0 +1,230 @@
+"""``python -m dode.train``: fit D-ODE λ with Lightning, log to Weights & Biases, write a
+fitted-solver file.
+
+Examples::
+
+    python -m dode.train -c configs/default.yaml
+    python -m dode.train -c configs/default.yaml -c configs/sgd-local.yaml --model.nfe 8
+    python -m dode.train -c configs/tiny.yaml --print_config
+    python -m dode.train -c configs/default.yaml --run_dir runs/x --ckpt_path last   # resume
+    python -m dode.train -c configs/default.yaml --trainer.devices 8 --trainer.strategy ddp
+
+Every option of :class:`~dode.lit.DODEModule` (``--model.*``), :class:`~dode.lit.NoiseDataModule`
+(``--data.*``), the callbacks (``--samples.*``, ``--lambda_plot.*``, ``--fid.*``) and the Lightning
+``Trainer`` (``--trainer.*``) is typed and documented in ``--help``.
+
+Run folder (``--run_dir``, default ``runs/<model>-<solver>-nfe<N>-<fit_mode>``): ``config.yaml``,
+``metrics.csv``, ``checkpoints/last.ckpt``, ``wandb/`` (offline unless ``WANDB_API_KEY`` is set;
+``wandb sync <run_dir>/wandb/offline-run-*`` uploads later), ``samples.png``, ``lambdas.png`` and
+the fitted-solver file (``--solver_file``, default ``<run_dir>/solver.safetensors``).
+
+This module holds the implementation; ``dode/train.py`` only runs :func:`main`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.cli import LightningCLI
+
+from ..lit import (
+    DODEModule,
+    FrechetCallback,
+    LambdaPlotCallback,
+    NoiseDataModule,
+    SampleGridCallback,
+)
+from ..lit.api import TRAINER_DEFAULTS, FitStopped, default_run_dir, run_fit, trainer_extras
+from ..lit.tracking import wandb_mode
+from .common import lightning_parser, no_gpu_hint
+
+__all__ = ["DODECLI", "main"]
+
+_T0 = time.perf_counter()  # after the imports of this module (torch, lightning, dode)
+
+
+def _startup_seconds() -> float:
+    """Seconds from process start to the end of this module's imports (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        return age - (time.perf_counter() - _T0)
+    except Exception:  # noqa: BLE001 - bookkeeping only
+        return float("nan")
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore", r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)*")
+    warnings.filterwarnings("ignore", r".*The anonymous setting has no effect.*")
+    warnings.filterwarnings("ignore", r".*LightningCLI's args parameter is intended.*")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # Lightning's advertisement for its hosted logger (one line per Trainer, before any error).
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "litlogger" not in record.getMessage())
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _wandb_online(mode: str) -> bool:
+    return wandb_mode(mode) == "online"
+
+
+#: parse errors as one line (no usage dump)
+_Parser = lightning_parser("dode.train")
+
+
+class DODECLI(LightningCLI):
+    """LightningCLI for D-ODE fits: run folder, loggers, checkpoints and the solver file."""
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        super().__init__(
+            DODEModule,
+            NoiseDataModule,
+            run=False,
+            parser_class=_Parser,
+            args=args,
+            auto_configure_optimizers=False,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=dict(TRAINER_DEFAULTS),
+            parser_kwargs={
+                "prog": "python -m dode.train",
+                "description": "Fit D-ODE λ for a frozen diffusion model (dode).",
+                "default_env": False,
+            },
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Run folder (logs, checkpoints, W&B, images, solver file); default "
+            "runs/<model>-<solver>-nfe<N>-<fit_mode>.",
+        )
+        parser.add_argument(
+            "--solver_file",
+            type=str | None,
+            default=None,
+            help="Where to write the fitted-solver file; default <run_dir>/solver.safetensors.",
+        )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Resume: 'last' (the run folder's last checkpoint) or a checkpoint path.",
+        )
+        parser.add_argument(
+            "--wandb_mode",
+            type=Literal["auto", "offline", "online", "disabled"],
+            default="auto",
+            help="W&B: 'auto' = online when WANDB_API_KEY is set (and WANDB_MODE is not "
+            "offline/disabled), offline otherwise.",
+        )
+        parser.add_argument("--wandb_project", type=str, default="dode", help="W&B project.")
+        parser.add_argument(
+            "--name", type=str | None, default=None, help="Run name (default: the folder name)."
+        )
+        parser.add_lightning_class_args(SampleGridCallback, "samples")
+        parser.add_lightning_class_args(LambdaPlotCallback, "lambda_plot")
+        parser.add_lightning_class_args(FrechetCallback, "fid")
+
+    # ---- run folder, loggers, checkpoint: what dode.fit adds too -----------------------------
+    def run_dir(self) -> Path:
+        c = self.config
+        if c.run_dir:
+            return Path(c.run_dir)
+        m = c.model
+        return default_run_dir(m.model, m.solver, m.nfe, m.fit_mode)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        c = self.config
+        extras = trainer_extras(
+            self.run_dir(),
+            self._get(self.config_init, "trainer", default={}),
+            wandb_mode=c.wandb_mode,
+            wandb_project=c.wandb_project,
+            name=c.name,
+            resume=bool(c.ckpt_path),
+        )
+        trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
+        extras["callbacks"] = [*(trainer_cfg.get("callbacks") or []), *extras["callbacks"]]
+        return super().instantiate_trainer(**{**extras, **kwargs})
+
+
+def _error(msg: str, code: int = 2) -> None:
+    print(f"dode.train: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(args: list[str] | None = None) -> Path | None:
+    """Parse, then fit and write the fitted-solver file (rank 0) with
+    :func:`dode.lit.api.run_fit`, the code path of :func:`dode.fit`; print its path."""
+    _quiet()
+    t_parse = time.perf_counter()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        cli = DODECLI(args=args)
+    except (ValueError, MisconfigurationException) as e:  # the latter: e.g. no GPU here
+        _error(no_gpu_hint(e))
+    module, trainer = cli.model, cli.trainer
+    module.timings["startup_imports_s"] = _startup_seconds()
+    module.timings["parse_and_load_s"] = time.perf_counter() - t_parse
+    run_dir = cli.run_dir()
+    try:
+        result = run_fit(
+            module,
+            cli.datamodule,
+            trainer,
+            solver_file=cli.config.solver_file or run_dir / "solver.safetensors",
+            ckpt_path=cli.config.ckpt_path,
+        )
+    except ValueError as e:
+        _error(str(e))
+    except FitStopped as e:
+        _error(str(e), e.exit_code)
+    except RuntimeError:
+        if not trainer.interrupted:
+            raise
+        _error(
+            f"interrupted; no solver file was written. Resume with --run_dir {run_dir} "
+            "--ckpt_path last."
+        )
+    if result.path is None:  # not rank 0
+        return None
+    fitted = result.fitted
+    lam = ", ".join(f"{v:.4g}" for v in fitted.lambdas.tolist())
+    final = module.val_metrics.get("val/mse_final")
+    base = module.val_metrics.get("val/mse_base_final")
+    if final is not None and base is not None:
+        print(f"val MSE to the teacher: D-ODE {final:.4g} vs base {base:.4g}")
+    if result.lambda_scale != 1.0:
+        print(f"λ scale chosen by the Fréchet distance on the fid seeds: {result.lambda_scale:g}")
+    print(f"λ = [{lam}]")
+    print(f"fitted solver: {result.path}")
+    t = dict(module.timings)
+    t["total_s"] = t.get("startup_imports_s", 0.0) + time.perf_counter() - _T0
+    keys = ("startup_imports_s", "model_load_s", "wandb_start_s", "teacher_s", "train_loop_s",
+            "validation_s", "wandb_finish_s", "total_s")  # fmt: skip
+    print("time: " + ", ".join(f"{k[:-2]} {t[k]:.2f}s" for k in keys if k in t))
+    return result.path
+
+
+if __name__ == "__main__":
+    main()
