@@ -65,9 +65,7 @@ def main(argv=None) -> None:
     }
     noise = {k: noise_from_seeds(v, shape) for k, v in sets.items()}
     if getattr(den, "conditional", False) or a.model != "digits":
-        dens = {
-            k: den.bind(torch.arange(len(v)) % 10, guidance_scale=a.w) for k, v in sets.items()
-        }
+        dens = {k: den.bind(torch.arange(len(v)) % 10, guidance_scale=a.w) for k, v in sets.items()}
     else:
         dens = dict.fromkeys(sets, den)
     t0 = time.perf_counter()

@@ -18,7 +18,8 @@ from dode.learned_solver import fit_end_to_end, history_mask
 from dode.schedules import karras
 from dode.solvers import get_solver
 
-DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
 SOLVERS = [
     ("ddim", {}),
     ("dpm_solver_pp", {"order": 2}),
@@ -282,3 +283,66 @@ def test_bad_input_is_named():
         fit_end_to_end(den, "ddim", grid, z, ref, steps=-1, **kw)
     with pytest.raises(ValueError, match="expected a dode.denoisers.Denoiser"):
         fit_end_to_end(lambda x, s: x, "ddim", grid, z, ref, **kw)
+
+
+# ---- the fit mode: dode.fit / python -m dode.train -----------------------------------------
+
+E2E = dict(
+    model="gmm-digits", solver="dpm_solver_pp", solver_options={"order": 2}, nfe=4,
+    fit_mode="end-to-end", fit_seeds="0-31", val_seeds="100-131", cache_dir=None,
+    end_to_end={"steps": 6, "reference_nfe": 20},
+)  # fmt: skip
+QUIET = dict(
+    samples={"num_samples": 0}, lambda_plot={"enabled": False}, wandb_mode="disabled",
+    trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
+             "enable_model_summary": False, "enable_checkpointing": False},
+)  # fmt: skip
+
+
+def test_fit_mode_end_to_end_from_dode_fit_and_dode_train(tmp_path):
+    from dode.grids import reference_solution, select_grid, standard_grids
+    from dode.loading import load_denoiser
+    from dode.noise import noise_from_seeds, parse_seeds
+
+    fitted = dode.fit(**E2E, **QUIET, run_dir=tmp_path / "api")
+    rec = fitted.metrics["end_to_end"]
+    assert fitted.metrics["fit_mode"] == "end-to-end" and rec["warm_start"] == "best_standard"
+    assert fitted.model["id"] == "gmm-digits" and fitted.model["weights_hash"]
+    on_disk = FittedSolver.load(tmp_path / "api" / "solver.safetensors")
+    assert torch.equal(on_disk.sigmas, fitted.sigmas)
+    # the same as calling the core directly with the same seeds, references and warm start
+    den = load_denoiser("gmm-digits")
+    z = noise_from_seeds(parse_seeds("0-31"), den.sample_shape)
+    zs = noise_from_seeds(parse_seeds("100-131"), den.sample_shape)
+    ref, rs = reference_solution(den, z, nfe=20), reference_solution(den, zs, nfe=20)
+    solver = get_solver("dpm_solver_pp", order=2)
+    warm = select_grid(den, solver, 4, zs, grids=standard_grids(den), reference=rs)
+    assert rec["warm_start_grid"] == warm.spec.label
+    core = fit_end_to_end(
+        den, solver, warm.sigmas, z, ref, select_noise=zs, select_reference=rs, steps=6
+    )
+    assert rec["accepted"] == core.metrics["end_to_end"]["accepted"]
+    torch.testing.assert_close(fitted.sigmas, core.sigmas, rtol=1e-6, atol=0)
+    assert rec["select_mse"] <= rec["select_mse_base"]
+
+    from dode.train import main
+
+    path = main([
+        "-c", str(ROOT / "configs/default.yaml"), "-c", str(ROOT / "configs/digits-end-to-end.yaml"),
+        "--model.model", "gmm-digits", "--model.solver", "dpm_solver_pp",
+        "--model.solver_options", "{order: 2}", "--model.nfe", "4",
+        "--model.end_to_end", "{steps: 6, reference_nfe: 20}",
+        "--data.fit_seeds", "0-31", "--data.val_seeds", "100-131", "--data.cache_dir", "null",
+        "--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false",
+        "--lambda_plot.enabled", "false", "--trainer.accelerator", "cpu",
+        "--run_dir", str(tmp_path / "cli"),
+    ])  # fmt: skip
+    cli = FittedSolver.load(path)
+    assert torch.equal(cli.sigmas, on_disk.sigmas) and torch.equal(cli.lambdas, on_disk.lambdas)
+
+
+def test_fit_mode_end_to_end_refuses_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="unknown end_to_end setting stepz"):
+        dode.fit(**{**E2E, "end_to_end": {"stepz": 3}}, **QUIET, run_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="apply only to fit_mode end-to-end"):
+        dode.fit(**{**E2E, "fit_mode": "lstsq"}, **QUIET, run_dir=tmp_path / "b")

@@ -204,6 +204,7 @@ def _run(args) -> Path:
             "dtype": str(dtype).removeprefix("torch."),
             "conditioning": rule.describe() if rule is not None else None,
             "guidance_scale": w if rule is not None else None,
+            **{k: v.tolist() for k, v in fs.correction(not args.base).items() if k != "lambdas"},
         },
     )
     x = generate(

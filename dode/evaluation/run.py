@@ -36,7 +36,14 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
 
     seeds = seed_list(cfg)
     denoiser, solver_cfg, sigmas, lambdas, label, model_id = resolve_solver(cfg, denoiser)
-    meta = (FittedSolver.load(cfg.solver_file).model or {}) if cfg.solver_file else {}
+    fitted = FittedSolver.load(cfg.solver_file) if cfg.solver_file else None
+    meta = (fitted.model or {}) if fitted is not None else {}
+    # an end-to-end solver's history coefficients and model-time shift (none with --base)
+    history = (
+        {k: v for k, v in fitted.correction().items() if k != "lambdas"}
+        if fitted is not None and lambdas is not None
+        else {}
+    )
     rule, w, phi = conditioning_for_solver(
         meta, denoiser, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
         class_labels=cfg.class_labels, negative_prompt=cfg.negative_prompt,
@@ -46,7 +53,10 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
         check_clip(cfg.clip_model, rule)
     extractor = check_reference(cfg)
     out = Path(cfg.out)
-    claim_out_dir(out, model_id, solver_cfg, sigmas, lambdas, denoiser.sample_shape)
+    listed = {k: v.tolist() for k, v in history.items()}
+    claim_out_dir(
+        out, model_id, solver_cfg, sigmas, lambdas, denoiser.sample_shape, extra=listed or None
+    )
     todo = len(set(seeds) - SampleStore(out).done())
     info = generate(
         denoiser,
@@ -62,6 +72,7 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
         progress=cfg.progress,
         conditioning=rule,
         guidance=(w, phi),
+        history=history,
     )
     if not info["is_global_zero"]:
         return None
@@ -84,6 +95,7 @@ def evaluate(cfg: EvalConfig, denoiser: Denoiser | None = None) -> dict | None:
         "nfe": solver.nfe(len(sigmas) - 1),
         "sigmas": [float(s) for s in sigmas],
         "lambdas": None if lambdas is None else [float(v) for v in lambdas],
+        **listed,
         "solver_file": cfg.solver_file,
         "num_samples": len(seeds),
         "seeds": _seed_spec(seeds),
