@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,6 +54,7 @@ def main(argv=None) -> None:
     p.add_argument("--ref-nfe", type=int, default=100)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--ref-cache", default=None, help="a folder to keep the references in")
     p.add_argument("--options", default="{}", help="extra fit_end_to_end keywords (a dict)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
@@ -69,7 +71,18 @@ def main(argv=None) -> None:
     else:
         dens = dict.fromkeys(sets, den)
     t0 = time.perf_counter()
-    ref = {k: reference_solution(dens[k], noise[k], nfe=a.ref_nfe) for k in sets}
+    cache = (
+        Path(a.ref_cache) / f"{a.model}-w{a.w:g}-{a.fit}-{a.select}-{a.held}-{a.ref_nfe}.pt"
+        if a.ref_cache
+        else None
+    )
+    if cache is not None and cache.is_file():
+        ref = torch.load(cache)
+    else:
+        ref = {k: reference_solution(dens[k], noise[k], nfe=a.ref_nfe) for k in sets}
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(ref, cache)
     print(f"# {a.model} w={a.w}: references in {time.perf_counter() - t0:.1f} s", flush=True)
     # seeds whose converged sample leaves the data range ([-1, 1], by more than 0.5): the
     # model's ODE diverges there and one such seed can dominate a mean over hundreds
