@@ -108,7 +108,8 @@ class DODEModule(pl.LightningModule):
             selection seeds; ``config``: the ``schedule`` above), ``reference_nfe`` (the
             converged reference's model calls, default 100) and the keyword options of
             :func:`dode.learned_solver.fit_end_to_end` (``steps``, ``coefficients``,
-            ``time_shift``, ``learn_grid``, ``lr_coefficients``, ...; its ``lr`` is ``lr``).
+            ``time_shift``, ``learn_grid``, ``lr``, ``lr_coefficients``, ...; ``model.lr``
+            is not used by this mode).
     """
 
     def __init__(
@@ -654,7 +655,7 @@ class DODEModule(pl.LightningModule):
             grid, label = choice.sigmas, choice.spec.label
         fitted = fit_end_to_end(
             dens[0], self.solver, grid, noise[0], refs[0], select_noise=noise[1],
-            select_reference=refs[1], select_denoiser=dens[1], lr=self.lr, **opts,
+            select_reference=refs[1], select_denoiser=dens[1], **opts,
         )  # fmt: skip
         record = fitted.metrics["end_to_end"]
         record.update(warm_start=warm, warm_start_grid=label, reference_nfe=ref_nfe)
@@ -722,12 +723,12 @@ def _check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
         p.name
         for p in inspect.signature(fit_end_to_end).parameters.values()
         if p.kind == p.KEYWORD_ONLY
-    } - {"select_noise", "select_reference", "select_denoiser", "lr"}
+    } - {"select_noise", "select_reference", "select_denoiser"}
     bad = sorted(set(opts) - allowed - set(_E2E_OWN))
     if bad:
         raise ValueError(
             f"unknown end_to_end setting {', '.join(bad)}; use {', '.join(sorted(_E2E_OWN))} "
-            f"or {', '.join(sorted(allowed))} (the grid's learning rate is model.lr)."
+            f"or {', '.join(sorted(allowed))}."
         )
     if opts.get("warm_start", "best_standard") not in ("best_standard", "config"):
         raise ValueError(
