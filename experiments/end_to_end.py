@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("--held", type=int, default=512)
     p.add_argument("--ref-nfe", type=int, default=100)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--ref-cache", default=None, help="a folder to keep the references in")
     p.add_argument("--options", default="{}", help="extra fit_end_to_end keywords (a dict)")
     a = p.parse_args(argv)
