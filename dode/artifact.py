@@ -27,8 +27,12 @@ from .denoisers.base import FAMILIES, family_of
 from .solvers import Solver, get_solver
 from .version import __version__
 
-FORMAT = "dode.fitted_solver/1"
-_FORMAT_NAME, _FORMAT_MAJOR = "dode.fitted_solver", 1
+FORMAT = "dode.fitted_solver/2"
+_FORMAT_NAME, _FORMAT_MAJOR = "dode.fitted_solver", 2
+#: the format major versions this dode reads: 1 (σ and λ) and 2 (also the end-to-end solver's
+#: optional history coefficients and model-time shift, :mod:`dode.learned_solver`).
+_READS = ("1", "2")
+_TENSORS = ("coefficients", "shift")
 
 __all__ = [
     "FittedSolver",
@@ -422,7 +426,14 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 @dataclass
 class FittedSolver:
-    """A solver with its σ grid and fitted λ (``lambdas=None`` in a file is not allowed)."""
+    """A solver with its σ grid and fitted λ (``lambdas=None`` in a file is not allowed).
+
+    An end-to-end learned solver (:func:`dode.learned_solver.fit_end_to_end`) also carries
+    ``coefficients`` (``[K, K]`` history coefficients, zero on and above the sub-diagonal) and
+    ``shift`` (``[K]`` model-time shift ξ); ``None`` for a plain D-ODE solver. Both are saved
+    as tensors of the file (format 2) and applied by :meth:`sample` through
+    :class:`dode.correction.DODECorrection`.
+    """
 
     solver: dict
     sigmas: Tensor
@@ -433,10 +444,18 @@ class FittedSolver:
     version: str = __version__
     #: metadata keys of a newer minor version of the format, kept as they are and written back.
     extra: dict = field(default_factory=dict)
+    #: history coefficients ``[K, K]`` of an end-to-end solver (``None``: none).
+    coefficients: Tensor | None = None
+    #: model-time shift ξ ``[K]`` of an end-to-end solver (``None``: none).
+    shift: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
         self.lambdas = torch.as_tensor(self.lambdas, dtype=torch.float64).flatten()
+        if self.coefficients is not None:
+            self.coefficients = torch.as_tensor(self.coefficients, dtype=torch.float64).detach()
+        if self.shift is not None:
+            self.shift = torch.as_tensor(self.shift, dtype=torch.float64).detach().flatten()
         if self.model and "family" not in self.model and self.model.get("class"):
             self.model = {**self.model, "family": model_family(str(self.model["class"]))}
         family = (self.model or {}).get("family")
@@ -459,6 +478,9 @@ class FittedSolver:
                 f"{solver.describe()} on {len(self.sigmas) - 1} steps makes {nfe} model calls "
                 f"but {len(self.lambdas)} λ were given."
             )
+        from .correction import check_history
+
+        check_history(self.coefficients, self.shift, nfe, "fitted solver: ")
 
     def build_solver(self) -> Solver:
         return get_solver(**self.solver)
@@ -525,6 +547,25 @@ class FittedSolver:
                 f"guidance_scale={w_file}), or fit a solver for this model."
             )
 
+    @property
+    def is_end_to_end(self) -> bool:
+        """Whether the file carries history coefficients or a model-time shift (hosts that
+        run only λ must refuse it rather than drop them)."""
+        return self.coefficients is not None or self.shift is not None
+
+    def correction(self, dode: bool = True) -> dict:
+        """The keyword arguments of :func:`dode.sample` that apply this solver's correction:
+        ``lambdas`` and, for an end-to-end solver, ``coefficients`` and ``shift`` (all
+        ``None`` with ``dode=False``: the base solver on the same grid)."""
+        if not dode:
+            return {"lambdas": None}
+        out: dict = {"lambdas": self.lambdas}
+        if self.coefficients is not None:
+            out["coefficients"] = self.coefficients
+        if self.shift is not None:
+            out["shift"] = self.shift
+        return out
+
     def sample(self, denoiser, noise: Tensor, *, dode: bool = True, **kwargs) -> Tensor:
         """Sample with this solver (``dode=False``: the base solver on the same grid).
 
@@ -536,18 +577,13 @@ class FittedSolver:
         if denoiser is not None:
             self._check_conditioning(denoiser)
         return sample(
-            denoiser,
-            self.build_solver(),
-            noise,
-            self.sigmas,
-            self.lambdas if dode else None,
-            **kwargs,
+            denoiser, self.build_solver(), noise, self.sigmas, **self.correction(dode), **kwargs
         )
 
     def metadata(self) -> dict:
         meta = asdict(self)
-        meta.pop("sigmas")
-        meta.pop("lambdas")
+        for key in ("sigmas", "lambdas", "coefficients", "shift"):
+            meta.pop(key)
         extra = meta.pop("extra")
         meta = {**extra, **meta}
         meta["format"] = meta.get("format", FORMAT) if extra else FORMAT
@@ -568,6 +604,9 @@ class FittedSolver:
         ensure_writable(path.parent, "the fitted-solver file's folder", "pass a writable path")
         check_replaceable(path, "fitted-solver file")
         tensors = {"sigmas": self.sigmas.contiguous(), "lambdas": self.lambdas.contiguous()}
+        for key in ("coefficients", "shift"):
+            if getattr(self, key) is not None:
+                tensors[key] = getattr(self, key).contiguous()
         meta = {"dode": json.dumps(self.metadata(), sort_keys=True)}
         try:
             return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -606,6 +645,7 @@ class FittedSolver:
             with safe_open(str(path), framework="pt") as f:
                 raw = (f.metadata() or {}).get("dode")
                 sigmas, lambdas = f.get_tensor("sigmas"), f.get_tensor("lambdas")
+                history = {k: f.get_tensor(k) for k in ("coefficients", "shift") if k in f.keys()}
             meta = json.loads(raw) if raw else None
         except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
             raise ValueError(
@@ -620,14 +660,19 @@ class FittedSolver:
                 f"(expected format {FORMAT!r})."
             )
         major = version.split(".")[0]
-        if major != str(_FORMAT_MAJOR):
+        if major not in _READS:
             raise ValueError(
                 f"{str(path)!r} has fitted-solver format {fmt!r} (written by dode "
-                f"{meta.get('version', '?')}); this dode ({__version__}) reads format version "
-                f"{_FORMAT_MAJOR}. Upgrade dode (pip install -U dode) to read it."
+                f"{meta.get('version', '?')}); this dode ({__version__}) reads format versions "
+                f"{', '.join(_READS)}. Upgrade dode (pip install -U dode) to read it."
+            )
+        if history and major == "1":
+            raise ValueError(
+                f"{str(path)!r} says format {fmt!r} but holds history coefficients or a "
+                "model-time shift, which only format 2 has; the file is corrupt: re-run the fit."
             )
         _check_values(sigmas.double(), lambdas.double(), f"{str(path)!r}: ")
-        known = {f.name for f in fields(cls)} - {"sigmas", "lambdas", "extra"}
+        known = {f.name for f in fields(cls)} - {"sigmas", "lambdas", "extra", *_TENSORS}
         extra = {k: v for k, v in meta.items() if k not in known}
         if set(extra) - {"format"}:
             warnings.warn(
@@ -650,7 +695,7 @@ class FittedSolver:
                     "the fit or copy the file again."
                 )
         kept = {k: v for k, v in meta.items() if k in known}
-        fitted = cls(sigmas=sigmas, lambdas=lambdas, **kept, extra=extra)
+        fitted = cls(sigmas=sigmas, lambdas=lambdas, **kept, extra=extra, **history)
         big = (fitted.lambdas.abs() > LAMBDA_WARN).nonzero().flatten().tolist()
         if big:
             k = big[0]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .correction import DODECorrection, model_fn
+from .correction import DODECorrection, check_history, model_fn
 from .denoisers import Denoiser
 from .solvers import Solver, get_solver
 
@@ -93,6 +93,8 @@ def sample(
     *,
     check_finite: bool = True,
     callback=None,
+    coefficients: Tensor | None = None,
+    shift: Tensor | None = None,
 ) -> Tensor:
     """Solve the probability-flow ODE from ``noise · σ_0`` down the grid.
 
@@ -105,6 +107,10 @@ def sample(
             base solver.
         check_finite: raise on non-finite model outputs (one reduction per call).
         callback: ``callback(i, sigma_next, x)`` after every step.
+        coefficients: the end-to-end solver's history coefficients ``[K, K]`` (zero on and
+            above the sub-diagonal; needs ``lambdas``), see :mod:`dode.correction`.
+        shift: the end-to-end solver's model-time shift ``[K]``: call k feeds the model
+            ``σ_k · exp(ξ_k)``.
 
     Returns:
         The sample at ``sigmas[-1]`` (σ = 0: the generated data).
@@ -119,7 +125,17 @@ def sample(
                 f"{nfe} calls, got λ of shape {tuple(lambdas.shape)}."
             )
         _check_lambdas(lambdas)
-    wrapped = DODECorrection(model_fn(denoiser, solver.consumes), lambdas, check_finite)
+    if coefficients is not None or shift is not None:
+        nfe = solver.nfe(len(s) - 1)
+        if coefficients is not None and lambdas is None:
+            raise ValueError(
+                "history coefficients need λ (the one-term part; zeros for none): pass lambdas."
+            )
+        check_history(coefficients, shift, nfe, f"{solver.describe()} on {len(s) - 1} steps: ")
+    wrapped = DODECorrection(
+        model_fn(denoiser, solver.consumes), lambdas, check_finite,
+        coefficients=coefficients, shift=shift,
+    )  # fmt: skip
     x = noise * s[0].item()
     out = solver(wrapped, x, s, callback)
     if check_finite and not torch.isfinite(out).all():

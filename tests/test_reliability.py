@@ -487,9 +487,9 @@ def test_newer_solver_file_loads_or_names_the_version(gmm, tmp_path):
     copy = json.loads(safe_open(str(tmp_path / "copy.safetensors"), "pt").metadata()["dode"])
     assert copy["conditioning"] == {"labels": 10}
     major = _rewrite(
-        path, tmp_path / "v2.safetensors", meta={**meta, "format": "dode.fitted_solver/2"}
+        path, tmp_path / "v3.safetensors", meta={**meta, "format": "dode.fitted_solver/3"}
     )
-    with pytest.raises(ValueError, match=r"format 'dode.fitted_solver/2'.*Upgrade dode"):
+    with pytest.raises(ValueError, match=r"format 'dode.fitted_solver/3'.*Upgrade dode"):
         FittedSolver.load(major)
 
 

@@ -340,6 +340,7 @@ def sample_to_folder(
             "dtype": str(dtype).removeprefix("torch."),
             "conditioning": rule.describe() if rule is not None else None,
             "guidance_scale": w if rule is not None else None,
+            **{k: v.tolist() for k, v in fs.correction(not base).items() if k != "lambdas"},
         },
     )
     npz_path = out / "samples.npz"

@@ -70,8 +70,11 @@ class GenerateModule(L.LightningModule):
         store: SampleStore,
         conditioning=None,
         guidance: tuple[float, float] = (1.0, 0.0),
+        history: dict | None = None,
     ) -> None:
         super().__init__()
+        #: an end-to-end solver's ``coefficients`` / ``shift`` (keywords of dode.sample)
+        self.history = dict(history or {})
         self.conditioning = conditioning
         self.guidance = guidance
         self.denoiser = denoiser
@@ -96,7 +99,7 @@ class GenerateModule(L.LightningModule):
         seeds = [int(s) for s in batch.tolist()]
         noise = noise_from_seeds(seeds, self.sample_shape, torch.float32, self.device)
         den = bind_seeds(self.denoiser, self.conditioning, seeds, *self.guidance)
-        x = sample(den, self.solver, noise, self.sigmas, self.lambdas)
+        x = sample(den, self.solver, noise, self.sigmas, self.lambdas, **self.history)
         decode = getattr(self.denoiser, "decode", None)
         if decode is not None:  # latent models: images from the VAE, once per image
             x = decode(x)
@@ -151,8 +154,12 @@ def generate(
     progress: bool = True,
     conditioning=None,
     guidance: tuple[float, float] = (1.0, 0.0),
+    history: dict | None = None,
 ) -> dict:
     """Generate the samples of ``seeds`` into ``out`` (skipping those already there).
+
+    ``history``: an end-to-end solver's ``coefficients`` and ``shift``
+    (:meth:`dode.artifact.FittedSolver.correction`), applied with ``lambdas``.
 
     Returns ``{"rank", "world_size", "generated", "seconds"}`` for this process; every rank
     returns after all ranks are done.
@@ -170,7 +177,7 @@ def generate(
         return {"rank": rank, "world_size": world, "is_global_zero": rank == 0,
                 "generated": 0, "seconds": 0.0, "device": "cpu"}  # fmt: skip
     module = GenerateModule(
-        denoiser, solver_cfg, sigmas, lambdas, shape, store, conditioning, guidance
+        denoiser, solver_cfg, sigmas, lambdas, shape, store, conditioning, guidance, history
     )
     data = SeedDataModule(seeds, store, batch_size)
     multi = num_nodes > 1 or num_devices(devices, accelerator) > 1

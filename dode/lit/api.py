@@ -486,24 +486,28 @@ def _run_fit(
     module.timings["wandb_start_s"] = time.perf_counter() - t_wandb
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    t_fit = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        raise FitStopped(
-            "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
-            "teacher states computed so far stay in the cache, if one is on). Resume with the same "
-            f"run folder ({trainer.default_root_dir}) and ckpt_path='last' (--ckpt_path last).",
-            exit_code=128 + 15,
-        ) from None
-    module.timings["fit_total_s"] = time.perf_counter() - t_fit
-    if trainer.interrupted:
-        raise FitStopped(
-            f"interrupted; no solver file was written. Resume with the same run folder "
-            f"({trainer.default_root_dir}) and ckpt_path='last'."
-        )
-    scale, metrics = _chosen_scale_and_metrics(trainer)
-    fitted = module.fitted_solver(metrics, scale=scale)
+    if module.fit_mode == "end-to-end":
+        fitted, scale = _end_to_end(module, datamodule, trainer, ckpt_path), 1.0
+    else:
+        t_fit = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            raise FitStopped(
+                "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
+                "teacher states computed so far stay in the cache, if one is on). Resume with the "
+                f"same run folder ({trainer.default_root_dir}) and ckpt_path='last' "
+                "(--ckpt_path last).",
+                exit_code=128 + 15,
+            ) from None
+        module.timings["fit_total_s"] = time.perf_counter() - t_fit
+        if trainer.interrupted:
+            raise FitStopped(
+                f"interrupted; no solver file was written. Resume with the same run folder "
+                f"({trainer.default_root_dir}) and ckpt_path='last'."
+            )
+        scale, metrics = _chosen_scale_and_metrics(trainer)
+        fitted = module.fitted_solver(metrics, scale=scale)
     if not trainer.is_global_zero:
         return FitResult(fitted, None, scale)
     path = fitted.save(solver_file)
@@ -515,6 +519,39 @@ def _run_fit(
             lg.experiment.finish()
     module.timings["wandb_finish_s"] = time.perf_counter() - t_finish
     return FitResult(fitted, path, scale)
+
+
+def _end_to_end(
+    module: DODEModule, datamodule: NoiseDataModule, trainer: pl.Trainer, ckpt_path: str | None
+) -> FittedSolver:
+    """``fit_mode: end-to-end``: :meth:`DODEModule.fit_end_to_end` on the data module's fit
+    seeds (fit) and ``val_seeds`` (selection), in this process (one device: the ``Trainer``
+    loop, its strategies and checkpoints are not used); its record goes to the loggers."""
+    if ckpt_path is not None:
+        raise ValueError(
+            "fit_mode end-to-end has no checkpoints to resume (it runs in one go); drop "
+            "ckpt_path, or start it again."
+        )
+    if trainer.world_size > 1:
+        raise ValueError(
+            "fit_mode end-to-end runs on one device; set trainer.devices 1 and num_nodes 1."
+        )
+    t0 = time.perf_counter()
+    module.to(trainer.strategy.root_device)
+    fitted = module.fit_end_to_end(datamodule.fit_seeds, datamodule.val_seeds)
+    module.timings["fit_total_s"] = time.perf_counter() - t0
+    rec = fitted.metrics["end_to_end"]
+    scalars = {
+        "e2e/accepted": float(rec["accepted"]),
+        "e2e/select_mse_base": rec["select_mse_base"],
+        "e2e/select_mse": rec["select_mse"],
+        "e2e/best_step": float(rec["best_step"]),
+        "e2e/seconds": rec["seconds"],
+    }
+    for lg in trainer.loggers:
+        lg.log_metrics(scalars, step=0)
+        lg.save()
+    return fitted
 
 
 def fit(
@@ -540,6 +577,7 @@ def fit(
     check_finite: bool = True,
     guidance_scale: float = 1.0,
     guidance_rescale: float = 0.0,
+    end_to_end: dict[str, Any] | None = None,
     fit_seeds: str | int | list[int] = "0-1023",
     val_seeds: str | int | list[int] = "1000000-1000255",
     batch_size: int = 128,
@@ -562,7 +600,7 @@ def fit(
     """Fit D-ODE λ with Lightning and return the fitted solver (also written to a file).
 
     The Python form of ``python -m dode.train``, with the same settings and defaults: the
-    arguments from ``model`` to ``guidance_rescale`` are those of :class:`~dode.lit.DODEModule`
+    arguments from ``model`` to ``end_to_end`` are those of :class:`~dode.lit.DODEModule`
     (``--model.*``), ``fit_seeds`` to ``negative_prompt`` those of
     :class:`~dode.lit.NoiseDataModule` (``--data.*``); ``trainer``, ``samples``, ``lambda_plot`` and ``fid`` are the keyword
     options of ``lightning.Trainer``, :class:`~dode.lit.SampleGridCallback`,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -48,7 +48,7 @@ from ..denoisers import check_guidance
 from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
 from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..loading import load_denoiser, resolve_dtype
-from ..noise import format_seeds
+from ..noise import format_seeds, noise_from_seeds
 from ..schedules import grid_for_model, refine_space
 from ..solvers import Solver, get_solver
 from ..version import __version__
@@ -82,8 +82,10 @@ def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
 
 build_grid = grid_for_model  # the old name (the grid is built in dode.schedules)
 
-FitMode = Literal["lstsq", "sgd-local", "sgd-global"]
-_FIT_MODES = ("lstsq", "sgd-local", "sgd-global")
+FitMode = Literal["lstsq", "sgd-local", "sgd-global", "end-to-end"]
+_FIT_MODES = ("lstsq", "sgd-local", "sgd-global", "end-to-end")
+#: ``end_to_end`` settings that are not keywords of :func:`dode.learned_solver.fit_end_to_end`.
+_E2E_OWN = {"warm_start": "best_standard", "reference_nfe": 100}
 
 
 class DODEModule(pl.LightningModule):
@@ -109,7 +111,11 @@ class DODEModule(pl.LightningModule):
         teacher_space: parameterisation in which the teacher grid is refined (``rho``, ``log``,
             ``linear``; default: ``rho`` for ``karras`` grids, ``log`` otherwise).
         fit_mode: ``lstsq`` (closed form, one epoch per model call), ``sgd-local`` or
-            ``sgd-global`` (Adam; set ``trainer.max_epochs``).
+            ``sgd-global`` (Adam; set ``trainer.max_epochs``), or ``end-to-end``: the grid,
+            history coefficients and model-time shift fitted on the final sample by
+            :func:`dode.learned_solver.fit_end_to_end` (the fit seeds fit, ``val_seeds``
+            select and accept; see ``end_to_end``). It runs in this process on one device (no
+            ``Trainer`` loop, no multi-GPU, no resume: it takes seconds to minutes).
         lr: Adam learning rate for the sgd modes.
         dtype: integration dtype (noise, states, teacher).
         model_dtype: dtype of the network weights (default: ``dtype``).
@@ -121,6 +127,13 @@ class DODEModule(pl.LightningModule):
         check_finite: raise on non-finite model outputs.
         guidance_scale: classifier-free guidance scale w of a conditional model (1: none).
         guidance_rescale: φ in [0, 1] of diffusers' guidance rescale (0: off).
+        end_to_end: ``fit_mode: end-to-end`` settings: ``warm_start`` (``best_standard``,
+            default: the best of :func:`dode.grids.standard_grids` for this solver on the
+            selection seeds; ``config``: the ``schedule`` above), ``reference_nfe`` (the
+            converged reference's model calls, default 100) and the keyword options of
+            :func:`dode.learned_solver.fit_end_to_end` (``steps``, ``coefficients``,
+            ``time_shift``, ``learn_grid``, ``lr``, ``lr_coefficients``, ...; ``model.lr``
+            is not used by this mode).
     """
 
     def __init__(
@@ -146,11 +159,17 @@ class DODEModule(pl.LightningModule):
         check_finite: bool = True,
         guidance_scale: float = 1.0,
         guidance_rescale: float = 0.0,
+        end_to_end: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if fit_mode not in _FIT_MODES:
             raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(_FIT_MODES)}.")
+        if end_to_end and fit_mode != "end-to-end":
+            raise ValueError(
+                f"end_to_end settings apply only to fit_mode end-to-end (fit_mode is {fit_mode!r})."
+            )
+        self.end_to_end = _check_end_to_end(end_to_end)
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")
         if nfe == 1:
@@ -645,6 +664,54 @@ class DODEModule(pl.LightningModule):
         self.val_metrics = metrics
         self.log_dict(metrics)
 
+    # ---- the end-to-end mode -----------------------------------------------------------------
+    def fit_end_to_end(self, fit_seeds: list[int], select_seeds: list[int]) -> FittedSolver:
+        """``fit_mode: end-to-end``: references of both seed sets, the warm-start cell, then
+        :func:`dode.learned_solver.fit_end_to_end`; the fitted solver with this run's model
+        record. Runs on this module's device, in this process."""
+        from ..grids import reference_solution, select_grid, standard_grids
+        from ..learned_solver import fit_end_to_end
+
+        opts = {**_E2E_OWN, **self.end_to_end}
+        warm, ref_nfe = opts.pop("warm_start"), opts.pop("reference_nfe")
+        t0 = time.perf_counter()
+        dev = self.device
+        dens, noise, refs = [], [], []
+        for seeds in (fit_seeds, select_seeds):
+            z = noise_from_seeds(seeds, self.sample_shape, self.integration_dtype, dev)
+            den = self.bound(self.condition(seeds))
+            dens.append(den)
+            noise.append(z)
+            refs.append(reference_solution(den, z, nfe=ref_nfe))
+        t_ref = time.perf_counter() - t0
+        grid, label = self.sigmas, self.grid_record.get("schedule")
+        if warm == "best_standard":
+            choice = select_grid(
+                dens[1], self.solver, self.num_calls, noise[1],
+                grids=standard_grids(self.denoiser), reference=refs[1],
+            )  # fmt: skip
+            grid, label = choice.sigmas, choice.spec.label
+        fitted = fit_end_to_end(
+            dens[0], self.solver, grid, noise[0], refs[0], select_noise=noise[1],
+            select_reference=refs[1], select_denoiser=dens[1], **opts,
+        )  # fmt: skip
+        record = fitted.metrics["end_to_end"]
+        record.update(warm_start=warm, warm_start_grid=label, reference_nfe=ref_nfe)
+        self.grid_record = {"schedule": "end-to-end", "warm_start": label}
+        self.timings.update(reference_s=t_ref, end_to_end_s=time.perf_counter() - t0)
+        model = self.model_config()
+        schedule = model_schedule(self.denoiser)
+        if schedule is not None:
+            model["schedule"] = schedule
+        metrics = {
+            "fit_mode": self.fit_mode,
+            "nfe": self.num_calls,
+            "end_to_end": record,
+            "grid": self.grid_record,
+            **{f"time/{k}": v for k, v in self.timings.items()},
+        }
+        return replace(fitted, model=model, metrics=metrics)
+
     # ---- the artifact ------------------------------------------------------------------------
     def fitted_solver(self, metrics: dict | None = None, scale: float = 1.0) -> FittedSolver:
         """The fitted solver (solver, σ grid, λ, teacher, model, metrics) as a file object.
@@ -686,3 +753,32 @@ class DODEModule(pl.LightningModule):
             model=model,
             metrics=m,
         )
+
+
+def _check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``end_to_end`` settings, checked against :func:`fit_end_to_end`'s keywords."""
+    import inspect
+
+    from ..learned_solver import fit_end_to_end
+
+    opts = dict(options or {})
+    allowed = {
+        p.name
+        for p in inspect.signature(fit_end_to_end).parameters.values()
+        if p.kind == p.KEYWORD_ONLY
+    } - {"select_noise", "select_reference", "select_denoiser"}
+    bad = sorted(set(opts) - allowed - set(_E2E_OWN))
+    if bad:
+        raise ValueError(
+            f"unknown end_to_end setting {', '.join(bad)}; use {', '.join(sorted(_E2E_OWN))} "
+            f"or {', '.join(sorted(allowed))}."
+        )
+    if opts.get("warm_start", "best_standard") not in ("best_standard", "config"):
+        raise ValueError(
+            f"end_to_end.warm_start must be 'best_standard' or 'config', got "
+            f"{opts['warm_start']!r}."
+        )
+    nfe = opts.get("reference_nfe", 100)
+    if not isinstance(nfe, int) or nfe < 10:
+        raise ValueError(f"end_to_end.reference_nfe must be an integer >= 10, got {nfe!r}.")
+    return opts
