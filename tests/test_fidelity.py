@@ -7,7 +7,6 @@ import csv
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -126,7 +125,9 @@ def test_best_free_cell_picks_the_known_best():
             truth[f"{sl} / {g.label}"] = float(((x.double() - exact) ** 2).mean())
     choice = best_free_cell(judge, 8, solvers=solvers, grids=grids)
     assert choice.label == min(truth, key=truth.get)
-    assert choice.label.endswith("/ full") and choice.mse == pytest.approx(truth[choice.label], 1e-2)
+    assert choice.label.endswith("/ full") and choice.mse == pytest.approx(
+        truth[choice.label], 1e-2
+    )
     assert min(truth["Euler / late"], truth["3M / late"]) > 2 * choice.mse
     assert choice.scores.keys() == truth.keys()
     for k, v in truth.items():
@@ -193,9 +194,8 @@ def _config(name: str) -> dict:
 
 
 def _sd_table():
-    from diffusers import DDIMScheduler
-
     from _tiny import SD_SCHEDULE
+    from diffusers import DDIMScheduler
 
     return DDIMScheduler(**SD_SCHEDULE).alphas_cumprod.to(torch.float64)
 
