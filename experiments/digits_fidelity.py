@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import logging
 import math
 import sys
@@ -152,7 +153,10 @@ def fit_learned(
     t0 = time.process_time()
     e2e = _end_to_end()
     if e2e is not None:
-        opts = E2E_VARIANTS[variant or "grid + history + shift"]
+        opts = dict(E2E_VARIANTS[variant or "grid + history + shift"])
+        if "select_denoiser" in inspect.signature(e2e).parameters:
+            # a conditional model is bound to the fit seeds' labels; the selection seeds have theirs
+            opts["select_denoiser"] = select.denoiser
         fitted = e2e(
             fit_den, cell.solver, cell.sigmas, fit_noise, fit_ref,
             select_noise=select.noise, select_reference=select.reference.samples,
