@@ -144,13 +144,7 @@ def test_judge_refuses_short_reference_and_half_fd_setup():
 
 @pytest.fixture(scope="module")
 def fidelity_rows(tmp_path_factory):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "digits_fidelity", ROOT / "experiments" / "digits_fidelity.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_script()
     out = tmp_path_factory.mktemp("fidelity")
     mod.run(
         "digits", fit=8, select=8, held=48, steps=2, nfes=[4], solvers=["DDIM", "UniPC"],
@@ -286,3 +280,57 @@ def test_late_start_is_an_error_no_lambda_repairs(tmp_path):
     assert ll > 0.9 * lb  # λ cannot repair the late start
     assert tl < 0.5 * ll and tb < 0.5 * lb  # the trailing grid is far closer, with or without λ
     assert tl < 0.7 * tb  # and there the same fit does help
+
+
+def _load_script():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "digits_fidelity_mod", ROOT / "experiments" / "digits_fidelity.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fit_learned_switches_to_end_to_end_and_acceptance_guards(monkeypatch):
+    """With ``dode.learned_solver.fit_end_to_end`` importable the script uses it (same call
+    shape as the core's), and a fit that does not lower the selection MSE is refused."""
+    import sys
+    import types
+
+    mod = _load_script()
+    den = _gauss(5)
+    sel = FidelityJudge(den, range(3_000_000, 3_000_032), dtype=torch.float64, bootstrap=50)
+    cell = best_free_cell(
+        sel, 4, solvers={"DDIM": dode.get_solver("ddim")},
+        grids=[GridSpec("karras", {"sigma_min": 0.002, "sigma_max": 80.0}, False, "k")],
+    )  # fmt: skip
+    fit_noise = noise_from_seeds(range(16), (D,), dtype=torch.float64)
+    calls = {}
+
+    class Fitted:
+        def sample(self, d, noise):  # a "fit" that makes things worse: a shorter grid
+            return dode.sample(d, cell.solver, noise, dode.schedules.karras(2, 0.002, 80.0))
+
+    def fit_end_to_end(denoiser, solver, sigmas, noise, reference, **kw):
+        calls.update(kw, sigmas=sigmas)
+        return Fitted()
+
+    fake = types.ModuleType("dode.learned_solver")
+    fake.fit_end_to_end = fit_end_to_end
+    monkeypatch.setitem(sys.modules, "dode.learned_solver", fake)
+    ref = converged_reference(den, fit_noise, nfe=100, check=False).samples
+    lv = mod.fit_learned(den, cell, fit_noise, ref, sel, steps=3)
+    assert "end-to-end" in lv.label
+    assert calls["select_noise"] is sel.noise and calls["steps"] == 3
+    assert torch.equal(calls["sigmas"], cell.sigmas)
+    ok, v = mod.accept(lv, sel, cell.mse)
+    assert not ok and v > cell.mse
+    monkeypatch.delitem(sys.modules, "dode.learned_solver")
+    monkeypatch.setattr(mod, "_end_to_end", lambda: None)
+    lv = mod.fit_learned(den, cell, fit_noise, ref, sel, steps=15)
+    ok, v = mod.accept(lv, sel, cell.mse)
+    assert "learned grid + λ" in lv.label and ok and v < cell.mse
