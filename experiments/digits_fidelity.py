@@ -26,9 +26,9 @@ For one bundled model (``digits``, ``digits-cond`` at CFG w = 2 with labels seed
 Outputs ``experiments/results/<model>/fidelity.csv`` and ``fidelity.png`` (MSE vs NFE with the
 intervals); with ``--ablation-nfes`` also ``fidelity_ablation.csv`` (what each ingredient adds).
 The default seed counts keep each target under 5 minutes on 2 cores; ``--slow`` uses the
-issue's counts (5,000 held-out seeds for MSE and FD, 256 selection, 128 fit seeds, 60 Adam
-steps, ablation at NFE 4 and 5) and is what the committed files were made with (see their
-comment lines).
+issue's held-out count (5,000 held-out seeds for MSE and FD; 64 selection and 128 fit seeds, 40
+Adam steps, five solvers, ablation at NFE 4 and 5). Each committed file's comment lines say
+which setting made it.
 
 Usage::
 
