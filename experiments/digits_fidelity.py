@@ -334,7 +334,8 @@ def run(
         f"# seeds: {seeds.describe()} (disjoint); best_free chosen by MSE on the selection "
         f"seeds over {len(cand)} solvers ({', '.join(solvers)}) x {len(grids)} standard grids; "
         "MSE/FD judged on the held-out seeds, 95 % bootstrap intervals over seeds",
-        f"# reference: DPM-Solver++(3M), {reference_nfe} NFE, Karras from the model's sigma_max; "
+        f"# reference: DPM-Solver++(3M), {reference_nfe} NFE, Karras from the model's sigma_max "
+        f"({float(jud.reference_start):.4g}); "
         f"halving check (MSE to {reference_nfe // 2} NFE): held-out "
         f"{jud.reference.halving_mse:.3g}, selection {sel.reference.halving_mse:.3g}; "
         f"references took {ref_s:.1f} s",

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..grids import GridSpec, reference_solution, standard_grids
+from ..grids import GridSpec, model_sigma_range, reference_solution, standard_grids
 from ..noise import noise_from_seeds
 from ..solvers import Solver, get_solver
 
@@ -273,6 +273,8 @@ class FidelityJudge:
             batch_size=batch_size,
         )  # fmt: skip
         self._ref_score: Score | None = None
+        #: where the reference starts: the model's σ_max (a flow model's: t = 1 − 1/1000)
+        self.reference_start = model_sigma_range(self.denoiser)[1]
 
     def sample(self, solver: Solver | str, sigmas: Tensor, lambdas: Tensor | None = None) -> Tensor:
         """The final samples of ``solver`` on ``sigmas`` (with ``lambdas``) from the seeds."""
