@@ -244,10 +244,11 @@ def run(
         return digits_features(check_images(x.float().clamp(-1, 1)), clf)
 
     t0 = time.perf_counter()
-    sel = FidelityJudge(base, seeds.select, guidance_scale=w, reference_nfe=reference_nfe)
+    # below 100 NFE (quick tests only) the judge skips the halving check
+    ref = {"reference_nfe": reference_nfe, "check_reference": reference_nfe >= 100}
+    sel = FidelityJudge(base, seeds.select, guidance_scale=w, **ref)
     jud = FidelityJudge(
-        base, seeds.held, guidance_scale=w, reference_nfe=reference_nfe, features=feats,
-        fd_reference=real,
+        base, seeds.held, guidance_scale=w, features=feats, fd_reference=real, **ref
     )  # fmt: skip
     ref_s = time.perf_counter() - t0
     fit_den = bind_seeds(base, seeds.fit, w)

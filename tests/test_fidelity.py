@@ -148,7 +148,7 @@ def fidelity_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("fidelity")
     mod.run(
         "digits", fit=8, select=8, held=48, steps=2, nfes=[4], solvers=["DDIM", "UniPC"],
-        out=out, ablation_nfes=[4],
+        out=out, ablation_nfes=[4], reference_nfe=24,
     )  # fmt: skip
     return mod, out
 
