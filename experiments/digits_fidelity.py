@@ -115,8 +115,16 @@ class Learned:
     detail: dict
 
 
+#: ``auto``: the end-to-end fit where dode has it, else the grid + λ fit; ``grid-lambda``: always
+#: the grid + λ fit (``--learned``).
+LEARNED = "auto"
+
+
 def _end_to_end():
-    """``dode.learned_solver.fit_end_to_end`` where this dode has it, else ``None``."""
+    """``dode.learned_solver.fit_end_to_end`` where this dode has it (and :data:`LEARNED` is
+    ``auto``), else ``None``."""
+    if LEARNED != "auto":
+        return None
     try:
         from dode.learned_solver import fit_end_to_end
     except ImportError:
@@ -418,7 +426,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--solvers", nargs="+", default=None, help=f"from {list(SOLVERS)}")
     p.add_argument("--ablation-nfes", type=int, nargs="*", default=None)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--learned", choices=["auto", "grid-lambda"], default="auto",
+                   help="auto: dode.learned_solver.fit_end_to_end where available")  # fmt: skip
     a = p.parse_args(argv)
+    global LEARNED
+    LEARNED = a.learned
     setting = "slow" if a.slow else "default"
     cfg = SETTINGS[setting]
     logging.getLogger("diffusers").setLevel(logging.ERROR)
