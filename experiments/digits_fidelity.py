@@ -169,7 +169,7 @@ def fit_learned(
         fitted = e2e(
             fit_den, cell.solver, cell.sigmas, fit_noise, fit_ref,
             select_noise=select.noise, select_reference=select.reference.samples,
-            steps=steps, lr=0.05, seed=0, **opts,
+            steps=steps, seed=0, **opts,
         )  # fmt: skip
         label = f"{cell.solver_label} / end-to-end ({variant or 'grid + history + shift'})"
         return Learned(
