@@ -1,4 +1,5 @@
-"""``make demo-frontier``: the best you can get at each NFE on the bundled digits DDPM, and what
+"""The FD-based frontier (issue 14; ``make demo-frontier`` now runs the fidelity frontier,
+``experiments/digits_fidelity.py``): the best you can get at each NFE on the bundled digits DDPM, and what
 dode adds on top (issue 14).
 
 Per NFE (3–10):
@@ -22,8 +23,8 @@ the MSE to the teacher (DPM-Solver++(3M), 40 NFE, Karras over the model's whole 
 A second table runs the exact digits GMM (``gmm-digits``): MSE to a 200-NFE float64 solution
 for the best standard grid + λ, the DP grid without λ and with λ (``--model digits`` only).
 
-``--model digits-cond`` (``make demo-frontier-guided``, CFG ``--guidance 2``) and ``--model
-digits-flow`` (``make demo-frontier-flow``, guidance 1) run the same frontier on the bundled
+``--model digits-cond`` (CFG ``--guidance 2``) and ``--model
+digits-flow`` (guidance 1) run the same frontier on the bundled
 class-conditional models (the same solvers and NFEs, :data:`PRESETS`; each run is under 5
 minutes on 2 cores, ``--solvers`` / ``--nfes`` narrow it): labels are seed mod 10, bound per
 noise set (fit, selection, judged) with ``den.bind(labels, guidance_scale=w)`` as in

@@ -7,6 +7,8 @@
 :mod:`.score`             the Fréchet distance of the samples to reference statistics
 :mod:`.report`            the JSON-lines log and the W&B run
 :mod:`.run`               :func:`evaluate`: all of the above, in order
+:mod:`.fidelity`          the fidelity-first judge: MSE/PSNR to a converged reference with
+                          bootstrap intervals, FD second; the best learning-free cell
 ========================  ============================================================
 
 ``python -m dode.evaluate`` is the command line (:mod:`dode.evaluate`).
