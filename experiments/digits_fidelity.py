@@ -92,7 +92,7 @@ PRESETS = {
 #: Seed counts and fit steps: default (each target < 5 min on 2 cores) and ``--slow``.
 SETTINGS = {
     "default": {"fit": 32, "select": 32, "held": 500, "steps": 20, "ablation_nfes": []},
-    "slow": {"fit": 128, "select": 64, "held": 5000, "steps": 40, "ablation_nfes": [4, 5]},
+    "slow": {"fit": 128, "select": 128, "held": 5000, "steps": 100, "ablation_nfes": [4, 5]},
 }
 COLUMNS = [
     "nfe", "best_free", "best_free_mse", "best_free_mse_lo", "best_free_mse_hi", "learned",
