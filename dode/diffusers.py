@@ -18,6 +18,13 @@ back to the pipeline. Every solver, one- or multi-stage, so runs with the same a
 updates, nothing next to the network).
 Multi-stage solvers (Heun, DPM-Solver's stage points) get one ``step()`` per model call, their
 stage timesteps listed in :attr:`DODEScheduler.timesteps` as diffusers' Heun scheduler does.
+End-to-end solver files (:mod:`dode.learned_solver`) run the same way: their history
+coefficients and model-time shift ξ go to the same ``DODECorrection``. Solver call k then runs
+the network at ``σ_net = σ_k · exp(ξ_k)``: its entry of :attr:`DODEScheduler.timesteps` is
+``t(σ_net)``, the latents the scheduler hands back (and ``init_noise_sigma``) are the network's
+input at ``σ_net`` (VP ``x / sqrt(1 + σ_net²)``, flow ``x / (1 + σ_net)``; ``scale_model_input``
+stays the identity, since DDPM/DDIM/SD3/FLUX pipelines never call it), and its output is read at
+``σ_net``, exactly what the core does when it calls ``D(x, σ_net)``; the solver integrates on σ_k.
 
 Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
 
@@ -71,7 +78,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
-from .correction import DODECorrection
+from .correction import DODECorrection, check_history
 from .denoisers.base import FAMILIES, as_prediction, as_sigma
 from .denoisers.flow import flow_from_native, flow_scale
 from .denoisers.vp import vp_from_native, vp_prediction, vp_scale, vp_sigma_to_t
@@ -147,6 +154,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             takes :func:`dode.denoisers.flow_start`'s exact step and the solver runs on the rest.
         lambdas: one λ per solver call (not for that exact first step); ``None`` runs the base
             solver.
+        coefficients: an end-to-end solver's history coefficients ``[K, K]`` (one row per
+            solver call, zero on and above the sub-diagonal; needs ``lambdas``), applied by
+            :class:`~dode.correction.DODECorrection` as in :func:`dode.sample`.
+        model_time_shift: an end-to-end solver's model-time shift ξ ``[K]``: solver call k runs
+            the network at ``σ_net = σ_k · exp(ξ_k)`` (its timestep is ``t(σ_net)``, the latents
+            handed to the pipeline are the network input at ``σ_net``, and its output is read
+            at ``σ_net``) while the solver integrates on σ_k.
         family: ``"vp"`` (DDPM, Stable Diffusion) or ``"flow"`` (SD3, FLUX).
         alphas_cumprod: the VP model's discrete ᾱ table (ascending in t); VP only.
         prediction_type: VP: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``; flow:
@@ -203,6 +217,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
         beta_schedule: str | None = None,
+        coefficients: list[list[float]] | None = None,
+        model_time_shift: list[float] | None = None,
     ) -> None:
         if solver is None or sigmas is None:
             raise ValueError(
@@ -243,6 +259,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             self.lambdas: Tensor | None = lam
         else:
             self.lambdas = None
+        self.coefficients, self.model_time_shift = self._history(
+            coefficients, model_time_shift, solver_nfe
+        )
         if family == "vp":
             if alphas_cumprod is None or len(alphas_cumprod) < 2:
                 raise ValueError(
@@ -269,16 +288,21 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             if not use_flow_sigmas:
                 self.register_to_config(use_flow_sigmas=True)
         self.prediction_type = prediction_type
-        self.call_sigmas = [math.inf] * int(self.flow_start) + self._dry_run()
+        start = [math.inf] * int(self.flow_start)
+        #: σ of every model call on the solver's grid (what it integrates on) and the σ the
+        #: network is called at (σ · exp(ξ) with a model-time shift, else the same)
+        self.call_sigmas = start + self._dry_run()
+        self.net_sigmas = start + self._dry_run(self.model_time_shift)
         self.order = max(1, round(self.nfe / self.num_steps))
-        self.timesteps = self._timesteps_for(self.call_sigmas)
+        self.timesteps = self._timesteps_for(self.net_sigmas)
         self.sigmas = self.grid.to(torch.float32)
         self.num_inference_steps = self.num_steps
-        s0 = float(self.grid[0])
+        # the first latents are the network's input at the first call: x · scale(σ_net,0)
+        s0, n0 = float(self.grid[0]), self.net_sigmas[0]
         if family == "vp":
-            self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0)
+            self.init_noise_sigma = s0 / math.sqrt(1 + n0 * n0)
         else:  # t_0 (1 from t = 1)
-            self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + s0)
+            self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + n0)
         # the conversion guard (see beta_schedule): registered as given, never as a default
         if beta_schedule != NOT_CONVERTIBLE:
             self.register_to_config(beta_schedule=NOT_CONVERTIBLE)
@@ -368,6 +392,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             solver=fitted.solver,
             sigmas=fitted.sigmas.tolist(),
             lambdas=fitted.lambdas.tolist() if dode else None,
+            coefficients=(
+                fitted.coefficients.tolist() if dode and fitted.coefficients is not None else None
+            ),
+            model_time_shift=fitted.shift.tolist() if dode and fitted.shift is not None else None,
             model={
                 k: v
                 for k, v in model.items()
@@ -458,14 +486,42 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             ) from None
 
     # ---- the schedule -----------------------------------------------------------------------
-    def _dry_run(self) -> list[float]:
-        """σ of every model call, in order (the solver run on a dummy state)."""
+    def _history(
+        self, coefficients: Any, shift: Any, num_calls: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The end-to-end solver's history coefficients and model-time shift as float64
+        tensors, checked by the core's own rule (:func:`dode.correction.check_history`)."""
+        what = f"{self.solver.describe()} on {len(self.solver_grid) - 1} steps: "
+        c = xi = None
+        try:
+            if coefficients is not None:
+                c = torch.as_tensor(coefficients, dtype=torch.float64)
+            if shift is not None:
+                xi = torch.as_tensor(shift, dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{what}coefficients must be a [K, K] list of numbers and model_time_shift a "
+                f"[K] list ({e}); re-export the solver file."
+            ) from None
+        check_history(c, xi, num_calls, what)
+        if c is not None and self.lambdas is None:
+            raise ValueError(
+                "history coefficients need λ (the one-term part; zeros for none): pass lambdas "
+                "too, or neither (DODEScheduler.from_solver_file(path, dode=False) for the base "
+                "solver)."
+            )
+        return c, xi
+
+    def _dry_run(self, shift: Tensor | None = None) -> list[float]:
+        """σ of every model call, in order (the solver run on a dummy state); with ``shift``,
+        the σ the core's correction calls the model at (σ_k · exp(ξ_k))."""
         calls: list[float] = []
 
-        def model(x, sigma):
+        def record(x, sigma):
             calls.append(float(sigma))
             return torch.zeros_like(x)
 
+        model = record if shift is None else DODECorrection(record, None, False, shift=shift)
         grid = self.solver_grid.tolist()
         self.solver.solve(model, torch.zeros(1, dtype=torch.float64), grid, None)
         if len(calls) != self.solver.nfe(len(grid) - 1):  # pragma: no cover - broken contract
@@ -715,7 +771,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         (:class:`~dode.correction.DODECorrection` around a :class:`~dode.replay.Replay`): the
         next call's (x, σ), or the final sample and ``None``."""
         # outputs are checked as they arrive (step), the state once per step: no O(NFE²) checks
-        model = DODECorrection(Replay(self._outs), self.lambdas, check_finite=False)
+        model = DODECorrection(
+            Replay(self._outs),
+            self.lambdas,
+            check_finite=False,
+            coefficients=self.coefficients,
+            shift=self.model_time_shift,
+        )
         x, sigma = run_until_stop(self.solver, model, self._x_init, self.solver_grid.tolist())
         if not torch.isfinite(x).all():
             lam = "" if self.lambdas is None else " or λ too large (check the solver file)"
@@ -784,14 +846,17 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 self._x_init = (latents + x0 / s1) * s1
                 self._x_cur = self._x_init
                 self._k += 1
-                prev = (self._x_init * self._scale(s1, self._x_init)).to(sample.dtype)
+                scale = self._scale(self.net_sigmas[1], self._x_init)
+                prev = (self._x_init * scale).to(sample.dtype)
                 return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
             # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
             self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
             x = self._x_init
         else:
             x = self._x_cur
-        o = self._consumed(model_output, x, sigma)
+        # the network ran at σ_net (= σ without a model-time shift): read its output there,
+        # as the denoisers do when the core calls D(x, σ_net)
+        o = self._consumed(model_output, x, self.net_sigmas[k])
         if not torch.isfinite(o).all():
             raise ValueError(
                 f"the model returned non-finite values at call {k} (σ = {sigma:.6g}); check the "
@@ -805,7 +870,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             prev = x_next if s_last == 0 else x_next * self._scale(s_last, x_next)
             self._outs = []
         else:
-            if sigma_next != self.call_sigmas[self._k]:  # pragma: no cover - contract guard
+            # the replay stops where the correction calls the model: at σ_net
+            if sigma_next != self.net_sigmas[self._k]:  # pragma: no cover - contract guard
                 raise RuntimeError("the solver's replay diverged from its call schedule.")
             self._x_cur = x_next
             prev = x_next * self._scale(sigma_next, x_next)
@@ -842,19 +908,25 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Noise clean latents to the given timesteps (entries of :attr:`timesteps`) in the
-        pipeline's convention: VP ``α (x0 + σ n)``, flow ``(1 − t) x0 + t n``."""
+        pipeline's convention: VP ``α (x0 + σ n)``, flow ``(1 − t) x0 + t n`` (with a model-time
+        shift, ``x0 + σ n`` scaled at the network's ``σ_net``, as :meth:`step` hands it out)."""
         ts = torch.as_tensor(timesteps).reshape(-1).cpu().double()
         table = self.timesteps.cpu().double()
         idx = (ts[:, None] - table[None, :]).abs().argmin(dim=1)
         if ((table[idx] - ts).abs() > 1e-3).any():
             raise ValueError("add_noise: timesteps must be entries of scheduler.timesteps.")
-        s = torch.tensor([self.call_sigmas[i] for i in idx.tolist()], dtype=torch.float64)
-        s = s.to(original_samples.device, original_samples.dtype)
-        s = s.reshape(-1, *([1] * (original_samples.ndim - 1)))
-        if self.family == "flow":  # (1 − t) x0 + t n, t = 1 at σ = ∞
-            t = torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))
-            return (1 - t) * original_samples + t * noise
-        return (original_samples + s * noise) * vp_scale(s, original_samples)
+        shape = (-1, *([1] * (original_samples.ndim - 1)))
+        pick = idx.tolist()
+        s, s_net = (
+            torch.tensor([sig[i] for i in pick], dtype=torch.float64)
+            .to(original_samples.device, original_samples.dtype)
+            .reshape(shape)
+            for sig in (self.call_sigmas, self.net_sigmas)
+        )
+        if self.family == "flow":  # (x0 + σ n) / (1 + σ_net); n at t = 1 (σ = ∞)
+            noisy = (original_samples + s * noise) / (1 + s_net)
+            return torch.where(torch.isinf(s), noise, noisy)
+        return (original_samples + s * noise) * vp_scale(s_net, original_samples)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
