@@ -21,10 +21,14 @@ stage timesteps listed in :attr:`DODEScheduler.timesteps` as diffusers' Heun sch
 End-to-end solver files (:mod:`dode.learned_solver`) run the same way: their history
 coefficients and model-time shift ξ go to the same ``DODECorrection``. Solver call k then runs
 the network at ``σ_net = σ_k · exp(ξ_k)``: its entry of :attr:`DODEScheduler.timesteps` is
-``t(σ_net)``, the latents the scheduler hands back (and ``init_noise_sigma``) are the network's
-input at ``σ_net`` (VP ``x / sqrt(1 + σ_net²)``, flow ``x / (1 + σ_net)``; ``scale_model_input``
-stays the identity, since DDPM/DDIM/SD3/FLUX pipelines never call it), and its output is read at
-``σ_net``, exactly what the core does when it calls ``D(x, σ_net)``; the solver integrates on σ_k.
+``t(σ_net)``, its input is ``x`` at ``σ_net`` (VP ``x / sqrt(1 + σ_net²)``, flow
+``x / (1 + σ_net)``) and its output is read at ``σ_net``, exactly what the core does when it
+calls ``D(x, σ_net)``; the solver integrates on σ_k. The latents ``step()`` hands back already
+are that input (DDPM, DDIM, SD3 and FLUX pipelines never call ``scale_model_input``). The
+pipeline's own first latents keep the noise convention below (at the grid's σ_0, so the same
+noise gives the same image); with a shift ξ_0 ≠ 0 ``scale_model_input`` takes them to σ_net,0,
+and a pipeline that skips it is refused at its first ``step()`` with one clear error (a flow
+grid from t = 1 has no such call: its first call is the exact step at t = 1).
 
 Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
 
@@ -297,12 +301,14 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = self._timesteps_for(self.net_sigmas)
         self.sigmas = self.grid.to(torch.float32)
         self.num_inference_steps = self.num_steps
-        # the first latents are the network's input at the first call: x · scale(σ_net,0)
-        s0, n0 = float(self.grid[0]), self.net_sigmas[0]
+        #: σ the latents of each call are scaled at: the pipeline's first latents at the grid's
+        #: σ_0 (the noise convention below), those step() hands out at σ_net
+        self.latent_sigmas = self.call_sigmas[:1] + self.net_sigmas[1:]
+        s0 = float(self.grid[0])
         if family == "vp":
-            self.init_noise_sigma = s0 / math.sqrt(1 + n0 * n0)
+            self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0)
         else:  # t_0 (1 from t = 1)
-            self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + n0)
+            self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + s0)
         # the conversion guard (see beta_schedule): registered as given, never as a default
         if beta_schedule != NOT_CONVERTIBLE:
             self.register_to_config(beta_schedule=NOT_CONVERTIBLE)
@@ -376,6 +382,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             kw.update(schedule)
         elif like is not None:
             kw.update(cls._schedule_of(like))
+        if dode and fitted.coefficients is not None:
+            kw["coefficients"] = fitted.coefficients.tolist()
+        if dode and fitted.shift is not None:
+            kw["model_time_shift"] = fitted.shift.tolist()
         kw.update(overrides)
         recorded = model.get("family")
         family = kw.get("family", "vp")
@@ -392,10 +402,6 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             solver=fitted.solver,
             sigmas=fitted.sigmas.tolist(),
             lambdas=fitted.lambdas.tolist() if dode else None,
-            coefficients=(
-                fitted.coefficients.tolist() if dode and fitted.coefficients is not None else None
-            ),
-            model_time_shift=fitted.shift.tolist() if dode and fitted.shift is not None else None,
             model={
                 k: v
                 for k, v in model.items()
@@ -547,6 +553,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         self._k = 0
         self._x_init: Tensor | None = None
         self._outs: list[Tensor] = []  # the raw (uncorrected) outputs of the solver's calls
+        self._first_scaled = False  # scale_model_input ran on the first latents
         self._dtype: torch.dtype | None = None
 
     @property
@@ -627,7 +634,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if kwargs.get("shift") is not None and self.family == "vp":
             raise ValueError("a flow shift was passed to a DODEScheduler fitted on a VP model.")
         self._check_guidance(guidance_scale, pipe)
-        self.timesteps = self._timesteps_for(self.call_sigmas).to(device)
+        self.timesteps = self._timesteps_for(self.net_sigmas).to(device)
         self._reset()
 
     def _check_sigmas(self, sigmas, fitted: str) -> None:
@@ -742,9 +749,28 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
 
     # ---- the pipeline interface ---------------------------------------------------------------
+    def _first_rescale(self) -> float | None:
+        """The factor that takes the pipeline's first latents (at the grid's σ_0) to the
+        network's input at σ_net,0; ``None`` when they are the same (no model-time shift at the
+        first solver call, or a flow grid from t = 1, whose first call is the exact step)."""
+        s0, n0 = self.call_sigmas[0], self.net_sigmas[0]
+        if s0 == n0:
+            return None
+        if self.family == "flow":
+            return (1 + s0) / (1 + n0)
+        return math.sqrt((1 + s0 * s0) / (1 + n0 * n0))
+
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
-        """Identity: the latents already are the network's input (``x_vp`` or ``x_t``)."""
-        return sample
+        """The network's input for the current call: the latents themselves (they already are
+        ``x_vp`` or ``x_t`` at the σ the network runs at), except for the pipeline's own first
+        latents under a model-time shift ξ_0 ≠ 0: those are at the grid's σ_0 and go to the
+        network at ``σ_net,0 = σ_0 · exp(ξ_0)`` (VP ``x / sqrt(1 + σ_net²)``, flow
+        ``x / (1 + σ_net)``)."""
+        factor = self._first_rescale() if self._k == 0 else None
+        if factor is None:
+            return sample
+        self._first_scaled = True
+        return sample * factor
 
     def _scale(self, sigma: float | Tensor, x: Tensor) -> Tensor:
         """The pipeline's latents at σ-space state ``x``: ``x · _scale`` (``x_vp`` or ``x_t``),
@@ -829,8 +855,19 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 "mid-run. Call set_timesteps() and start again with the new batch."
             )
         self._check_timestep(timestep, k, sample.shape[0])
-        sigma = self.call_sigmas[k]
+        sigma = self.net_sigmas[k]  # where the network ran (σ_k · exp(ξ_k), else σ_k)
         if k == 0:
+            if self._first_rescale() is not None and not self._first_scaled:
+                xi = math.log(self.net_sigmas[0] / self.call_sigmas[0])
+                raise ValueError(
+                    f"this solver file's first model call runs the network at a shifted σ "
+                    f"(model-time shift ξ_0 = {xi:.4g}), but the pipeline gave the network its "
+                    "first latents without scheduler.scale_model_input(), so that call cannot "
+                    "be applied (DDPMPipeline, DDIMPipeline, SD3 and FLUX pipelines do not call "
+                    "it). Use a pipeline or loop that calls scale_model_input (Stable "
+                    "Diffusion, SDXL), a flow grid from t = 1 (its first call is exact), or a "
+                    "solver fitted without a model-time shift."
+                )
             self._shape = sample.shape
             dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
             self._dtype = dtype
@@ -854,9 +891,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             x = self._x_init
         else:
             x = self._x_cur
-        # the network ran at σ_net (= σ without a model-time shift): read its output there,
-        # as the denoisers do when the core calls D(x, σ_net)
-        o = self._consumed(model_output, x, self.net_sigmas[k])
+        # read the output at σ_net, as the denoisers do when the core calls D(x, σ_net)
+        o = self._consumed(model_output, x, sigma)
         if not torch.isfinite(o).all():
             raise ValueError(
                 f"the model returned non-finite values at call {k} (σ = {sigma:.6g}); check the "
@@ -909,7 +945,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Noise clean latents to the given timesteps (entries of :attr:`timesteps`) in the
         pipeline's convention: VP ``α (x0 + σ n)``, flow ``(1 − t) x0 + t n`` (with a model-time
-        shift, ``x0 + σ n`` scaled at the network's ``σ_net``, as :meth:`step` hands it out)."""
+        shift, ``x0 + σ n`` scaled as the latents of that call are, see :attr:`latent_sigmas`)."""
         ts = torch.as_tensor(timesteps).reshape(-1).cpu().double()
         table = self.timesteps.cpu().double()
         idx = (ts[:, None] - table[None, :]).abs().argmin(dim=1)
@@ -921,7 +957,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             torch.tensor([sig[i] for i in pick], dtype=torch.float64)
             .to(original_samples.device, original_samples.dtype)
             .reshape(shape)
-            for sig in (self.call_sigmas, self.net_sigmas)
+            for sig in (self.call_sigmas, self.latent_sigmas)
         )
         if self.family == "flow":  # (x0 + σ n) / (1 + σ_net); n at t = 1 (σ = ∞)
             noisy = (original_samples + s * noise) / (1 + s_net)
