@@ -341,7 +341,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             like: a diffusers scheduler (or its config) of the model's family, or the pipeline
                 itself (``like=pipe``: its scheduler gives the schedule, and the pipeline is
                 checked against what the file records, see :meth:`check_pipeline`).
-            dode: ``False`` runs the base solver (λ = 0) on the fitted grid.
+            dode: ``False`` runs the base solver (no λ, history coefficients or model-time
+                shift) on the fitted grid.
             ignore_model_hash: do not compare the pipeline's weights with the recorded hash
                 (e.g. the same model in another dtype); the scheduler's config then records no
                 hash.
