@@ -40,6 +40,7 @@ from dode.schedules import flow_sigmas, karras, vp_sigmas
 
 diffusers = pytest.importorskip("diffusers")
 from dode.diffusers import DODEScheduler  # noqa: E402
+from dode.export import export  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
@@ -232,6 +233,14 @@ def test_ddpm_save_load_and_zero_history(unet, alphas, tmp_path):
     assert torch.equal(loaded.model_time_shift, fs.shift)
     assert torch.equal(loaded.timesteps, sched.timesteps)
     assert torch.equal(run_ddpm(pipe, loaded)[0], first)
+    # python -m dode.export writes the same config (C and ξ included)
+    like = tmp_path / "ddpm"
+    diffusers.DDPMScheduler(**scheduler_config("v_prediction")).save_pretrained(like)
+    export(str(path), str(tmp_path / "exported"), str(like))
+    exported = DODEScheduler.from_pretrained(tmp_path / "exported")
+    assert torch.equal(exported.coefficients, fs.coefficients)
+    assert torch.equal(exported.model_time_shift, fs.shift)
+    assert torch.equal(run_ddpm(pipe, exported)[0], first)
 
     plain = DODEScheduler.from_solver_file(
         path, like=pipe, coefficients=None, model_time_shift=None
