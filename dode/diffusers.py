@@ -18,6 +18,17 @@ back to the pipeline. Every solver, one- or multi-stage, so runs with the same a
 updates, nothing next to the network).
 Multi-stage solvers (Heun, DPM-Solver's stage points) get one ``step()`` per model call, their
 stage timesteps listed in :attr:`DODEScheduler.timesteps` as diffusers' Heun scheduler does.
+End-to-end solver files (:mod:`dode.learned_solver`) run the same way: their history
+coefficients and model-time shift ξ go to the same ``DODECorrection``. Solver call k then runs
+the network at ``σ_net = σ_k · exp(ξ_k)``: its entry of :attr:`DODEScheduler.timesteps` is
+``t(σ_net)``, its input is ``x`` at ``σ_net`` (VP ``x / sqrt(1 + σ_net²)``, flow
+``x / (1 + σ_net)``) and its output is read at ``σ_net``, exactly what the core does when it
+calls ``D(x, σ_net)``; the solver integrates on σ_k. The latents ``step()`` hands back already
+are that input (DDPM, DDIM, SD3 and FLUX pipelines never call ``scale_model_input``). The
+pipeline's own first latents keep the noise convention below (at the grid's σ_0, so the same
+noise gives the same image); with a shift ξ_0 ≠ 0 ``scale_model_input`` takes them to σ_net,0,
+and a pipeline that skips it is refused at its first ``step()`` with one clear error (a flow
+grid from t = 1 has no such call: its first call is the exact step at t = 1).
 
 Conventions (σ-space ``x = y + σ·n``, see DESIGN.md):
 
@@ -71,7 +82,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
-from .correction import DODECorrection
+from .correction import DODECorrection, check_history
 from .denoisers.base import FAMILIES, as_prediction, as_sigma
 from .denoisers.flow import flow_from_native, flow_scale
 from .denoisers.vp import vp_from_native, vp_prediction, vp_scale, vp_sigma_to_t
@@ -147,6 +158,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             takes :func:`dode.denoisers.flow_start`'s exact step and the solver runs on the rest.
         lambdas: one λ per solver call (not for that exact first step); ``None`` runs the base
             solver.
+        coefficients: an end-to-end solver's history coefficients ``[K, K]`` (one row per
+            solver call, zero on and above the sub-diagonal; needs ``lambdas``), applied by
+            :class:`~dode.correction.DODECorrection` as in :func:`dode.sample`.
+        model_time_shift: an end-to-end solver's model-time shift ξ ``[K]``: solver call k runs
+            the network at ``σ_net = σ_k · exp(ξ_k)`` (its timestep is ``t(σ_net)``, the latents
+            handed to the pipeline are the network input at ``σ_net``, and its output is read
+            at ``σ_net``) while the solver integrates on σ_k.
         family: ``"vp"`` (DDPM, Stable Diffusion) or ``"flow"`` (SD3, FLUX).
         alphas_cumprod: the VP model's discrete ᾱ table (ascending in t); VP only.
         prediction_type: VP: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``; flow:
@@ -203,6 +221,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
         beta_schedule: str | None = None,
+        coefficients: list[list[float]] | None = None,
+        model_time_shift: list[float] | None = None,
     ) -> None:
         if solver is None or sigmas is None:
             raise ValueError(
@@ -243,6 +263,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             self.lambdas: Tensor | None = lam
         else:
             self.lambdas = None
+        self.coefficients, self.model_time_shift = self._history(
+            coefficients, model_time_shift, solver_nfe
+        )
         if family == "vp":
             if alphas_cumprod is None or len(alphas_cumprod) < 2:
                 raise ValueError(
@@ -269,11 +292,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             if not use_flow_sigmas:
                 self.register_to_config(use_flow_sigmas=True)
         self.prediction_type = prediction_type
-        self.call_sigmas = [math.inf] * int(self.flow_start) + self._dry_run()
+        start = [math.inf] * int(self.flow_start)
+        #: σ of every model call on the solver's grid (what it integrates on) and the σ the
+        #: network is called at (σ · exp(ξ) with a model-time shift, else the same)
+        self.call_sigmas = start + self._dry_run()
+        self.net_sigmas = start + self._dry_run(self.model_time_shift)
         self.order = max(1, round(self.nfe / self.num_steps))
-        self.timesteps = self._timesteps_for(self.call_sigmas)
+        self.timesteps = self._timesteps_for(self.net_sigmas)
         self.sigmas = self.grid.to(torch.float32)
         self.num_inference_steps = self.num_steps
+        #: σ the latents of each call are scaled at: the pipeline's first latents at the grid's
+        #: σ_0 (the noise convention below), those step() hands out at σ_net
+        self.latent_sigmas = self.call_sigmas[:1] + self.net_sigmas[1:]
         s0 = float(self.grid[0])
         if family == "vp":
             self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0)
@@ -311,7 +341,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             like: a diffusers scheduler (or its config) of the model's family, or the pipeline
                 itself (``like=pipe``: its scheduler gives the schedule, and the pipeline is
                 checked against what the file records, see :meth:`check_pipeline`).
-            dode: ``False`` runs the base solver (λ = 0) on the fitted grid.
+            dode: ``False`` runs the base solver (no λ, history coefficients or model-time
+                shift) on the fitted grid.
             ignore_model_hash: do not compare the pipeline's weights with the recorded hash
                 (e.g. the same model in another dtype); the scheduler's config then records no
                 hash.
@@ -352,6 +383,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             kw.update(schedule)
         elif like is not None:
             kw.update(cls._schedule_of(like))
+        if dode and fitted.coefficients is not None:
+            kw["coefficients"] = fitted.coefficients.tolist()
+        if dode and fitted.shift is not None:
+            kw["model_time_shift"] = fitted.shift.tolist()
         kw.update(overrides)
         recorded = model.get("family")
         family = kw.get("family", "vp")
@@ -458,14 +493,42 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             ) from None
 
     # ---- the schedule -----------------------------------------------------------------------
-    def _dry_run(self) -> list[float]:
-        """σ of every model call, in order (the solver run on a dummy state)."""
+    def _history(
+        self, coefficients: Any, shift: Any, num_calls: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The end-to-end solver's history coefficients and model-time shift as float64
+        tensors, checked by the core's own rule (:func:`dode.correction.check_history`)."""
+        what = f"{self.solver.describe()} on {len(self.solver_grid) - 1} steps: "
+        c = xi = None
+        try:
+            if coefficients is not None:
+                c = torch.as_tensor(coefficients, dtype=torch.float64)
+            if shift is not None:
+                xi = torch.as_tensor(shift, dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{what}coefficients must be a [K, K] list of numbers and model_time_shift a "
+                f"[K] list ({e}); re-export the solver file."
+            ) from None
+        check_history(c, xi, num_calls, what)
+        if c is not None and self.lambdas is None:
+            raise ValueError(
+                "history coefficients need λ (the one-term part; zeros for none): pass lambdas "
+                "too, or neither (DODEScheduler.from_solver_file(path, dode=False) for the base "
+                "solver)."
+            )
+        return c, xi
+
+    def _dry_run(self, shift: Tensor | None = None) -> list[float]:
+        """σ of every model call, in order (the solver run on a dummy state); with ``shift``,
+        the σ the core's correction calls the model at (σ_k · exp(ξ_k))."""
         calls: list[float] = []
 
-        def model(x, sigma):
+        def record(x, sigma):
             calls.append(float(sigma))
             return torch.zeros_like(x)
 
+        model = record if shift is None else DODECorrection(record, None, False, shift=shift)
         grid = self.solver_grid.tolist()
         self.solver.solve(model, torch.zeros(1, dtype=torch.float64), grid, None)
         if len(calls) != self.solver.nfe(len(grid) - 1):  # pragma: no cover - broken contract
@@ -491,6 +554,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         self._k = 0
         self._x_init: Tensor | None = None
         self._outs: list[Tensor] = []  # the raw (uncorrected) outputs of the solver's calls
+        self._first_scaled = False  # scale_model_input ran on the first latents
         self._dtype: torch.dtype | None = None
 
     @property
@@ -571,7 +635,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if kwargs.get("shift") is not None and self.family == "vp":
             raise ValueError("a flow shift was passed to a DODEScheduler fitted on a VP model.")
         self._check_guidance(guidance_scale, pipe)
-        self.timesteps = self._timesteps_for(self.call_sigmas).to(device)
+        self.timesteps = self._timesteps_for(self.net_sigmas).to(device)
         self._reset()
 
     def _check_sigmas(self, sigmas, fitted: str) -> None:
@@ -686,9 +750,28 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
 
     # ---- the pipeline interface ---------------------------------------------------------------
+    def _first_rescale(self) -> float | None:
+        """The factor that takes the pipeline's first latents (at the grid's σ_0) to the
+        network's input at σ_net,0; ``None`` when they are the same (no model-time shift at the
+        first solver call, or a flow grid from t = 1, whose first call is the exact step)."""
+        s0, n0 = self.call_sigmas[0], self.net_sigmas[0]
+        if s0 == n0:
+            return None
+        if self.family == "flow":
+            return (1 + s0) / (1 + n0)
+        return math.sqrt((1 + s0 * s0) / (1 + n0 * n0))
+
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
-        """Identity: the latents already are the network's input (``x_vp`` or ``x_t``)."""
-        return sample
+        """The network's input for the current call: the latents themselves (they already are
+        ``x_vp`` or ``x_t`` at the σ the network runs at), except for the pipeline's own first
+        latents under a model-time shift ξ_0 ≠ 0: those are at the grid's σ_0 and go to the
+        network at ``σ_net,0 = σ_0 · exp(ξ_0)`` (VP ``x / sqrt(1 + σ_net²)``, flow
+        ``x / (1 + σ_net)``)."""
+        factor = self._first_rescale() if self._k == 0 else None
+        if factor is None:
+            return sample
+        self._first_scaled = True
+        return sample * factor
 
     def _scale(self, sigma: float | Tensor, x: Tensor) -> Tensor:
         """The pipeline's latents at σ-space state ``x``: ``x · _scale`` (``x_vp`` or ``x_t``),
@@ -715,7 +798,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         (:class:`~dode.correction.DODECorrection` around a :class:`~dode.replay.Replay`): the
         next call's (x, σ), or the final sample and ``None``."""
         # outputs are checked as they arrive (step), the state once per step: no O(NFE²) checks
-        model = DODECorrection(Replay(self._outs), self.lambdas, check_finite=False)
+        model = DODECorrection(
+            Replay(self._outs),
+            self.lambdas,
+            check_finite=False,
+            coefficients=self.coefficients,
+            shift=self.model_time_shift,
+        )
         x, sigma = run_until_stop(self.solver, model, self._x_init, self.solver_grid.tolist())
         if not torch.isfinite(x).all():
             lam = "" if self.lambdas is None else " or λ too large (check the solver file)"
@@ -767,8 +856,19 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 "mid-run. Call set_timesteps() and start again with the new batch."
             )
         self._check_timestep(timestep, k, sample.shape[0])
-        sigma = self.call_sigmas[k]
+        sigma = self.net_sigmas[k]  # where the network ran (σ_k · exp(ξ_k), else σ_k)
         if k == 0:
+            if self._first_rescale() is not None and not self._first_scaled:
+                xi = math.log(self.net_sigmas[0] / self.call_sigmas[0])
+                raise ValueError(
+                    f"this solver file's first model call runs the network at a shifted σ "
+                    f"(model-time shift ξ_0 = {xi:.4g}), but the pipeline gave the network its "
+                    "first latents without scheduler.scale_model_input(), so that call cannot "
+                    "be applied (DDPMPipeline, DDIMPipeline, SD3 and FLUX pipelines do not call "
+                    "it). Use a pipeline or loop that calls scale_model_input (Stable "
+                    "Diffusion, SDXL), a flow grid from t = 1 (its first call is exact), or a "
+                    "solver fitted without a model-time shift."
+                )
             self._shape = sample.shape
             dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
             self._dtype = dtype
@@ -784,13 +884,15 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 self._x_init = (latents + x0 / s1) * s1
                 self._x_cur = self._x_init
                 self._k += 1
-                prev = (self._x_init * self._scale(s1, self._x_init)).to(sample.dtype)
+                scale = self._scale(self.net_sigmas[1], self._x_init)
+                prev = (self._x_init * scale).to(sample.dtype)
                 return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
             # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
             self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
             x = self._x_init
         else:
             x = self._x_cur
+        # read the output at σ_net, as the denoisers do when the core calls D(x, σ_net)
         o = self._consumed(model_output, x, sigma)
         if not torch.isfinite(o).all():
             raise ValueError(
@@ -805,7 +907,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             prev = x_next if s_last == 0 else x_next * self._scale(s_last, x_next)
             self._outs = []
         else:
-            if sigma_next != self.call_sigmas[self._k]:  # pragma: no cover - contract guard
+            # the replay stops where the correction calls the model: at σ_net
+            if sigma_next != self.net_sigmas[self._k]:  # pragma: no cover - contract guard
                 raise RuntimeError("the solver's replay diverged from its call schedule.")
             self._x_cur = x_next
             prev = x_next * self._scale(sigma_next, x_next)
@@ -842,19 +945,25 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Noise clean latents to the given timesteps (entries of :attr:`timesteps`) in the
-        pipeline's convention: VP ``α (x0 + σ n)``, flow ``(1 − t) x0 + t n``."""
+        pipeline's convention: VP ``α (x0 + σ n)``, flow ``(1 − t) x0 + t n`` (with a model-time
+        shift, ``x0 + σ n`` scaled as the latents of that call are, see :attr:`latent_sigmas`)."""
         ts = torch.as_tensor(timesteps).reshape(-1).cpu().double()
         table = self.timesteps.cpu().double()
         idx = (ts[:, None] - table[None, :]).abs().argmin(dim=1)
         if ((table[idx] - ts).abs() > 1e-3).any():
             raise ValueError("add_noise: timesteps must be entries of scheduler.timesteps.")
-        s = torch.tensor([self.call_sigmas[i] for i in idx.tolist()], dtype=torch.float64)
-        s = s.to(original_samples.device, original_samples.dtype)
-        s = s.reshape(-1, *([1] * (original_samples.ndim - 1)))
-        if self.family == "flow":  # (1 − t) x0 + t n, t = 1 at σ = ∞
-            t = torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))
-            return (1 - t) * original_samples + t * noise
-        return (original_samples + s * noise) * vp_scale(s, original_samples)
+        shape = (-1, *([1] * (original_samples.ndim - 1)))
+        pick = idx.tolist()
+        s, s_net = (
+            torch.tensor([sig[i] for i in pick], dtype=torch.float64)
+            .to(original_samples.device, original_samples.dtype)
+            .reshape(shape)
+            for sig in (self.call_sigmas, self.latent_sigmas)
+        )
+        if self.family == "flow":  # (x0 + σ n) / (1 + σ_net); n at t = 1 (σ = ∞)
+            noisy = (original_samples + s * noise) / (1 + s_net)
+            return torch.where(torch.isinf(s), noise, noisy)
+        return (original_samples + s * noise) * vp_scale(s_net, original_samples)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -447,3 +447,32 @@ def test_host_models_that_show_another_schedule_are_refused(kd, digits_file, dig
     assert not calls
     fn(vp_host, x * fn.sigmas[0], fn.sigmas, disable=True)  # the file's own table passes
     assert len(calls) == fn.nfe
+
+
+def test_end_to_end_file_in_a_k_diffusion_host_equals_dode_sample(kd, digits64):
+    """An end-to-end solver file (history coefficients C, model-time shift ξ) through the host
+    with k-diffusion's own x̂0 wrapper of the digits UNet = ``dode.sample`` with the same C, ξ
+    and noise; dropping C or ξ moves the sample far more than the difference."""
+    import dode
+
+    solver, steps = get_solver("dpm_solver_pp", order=2), 5
+    g = torch.Generator().manual_seed(8)
+    lam = 0.2 * torch.randn(steps, generator=g, dtype=torch.float64)
+    lam[0] = 0.0
+    c = torch.tril(0.15 * torch.randn(steps, steps, generator=g, dtype=torch.float64), -2)
+    xi = 0.2 * torch.randn(steps, generator=g, dtype=torch.float64)
+    sigmas = karras(steps, 0.03, 14.6)
+    fs = FittedSolver(solver=solver.config(), sigmas=sigmas, lambdas=lam, coefficients=c,
+                      shift=xi, model={})  # fmt: skip
+    fn = KDiffusionSampler(fs)
+    model = _host_model(kd, digits64)
+    noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        ours = fn(model, noise * fn.sigmas[0].item(), fn.sigmas, disable=True)
+        ref = dode.sample(digits64, solver, noise, sigmas, lam, coefficients=c, shift=xi)
+        no_shift = dode.sample(digits64, solver, noise, sigmas, lam, coefficients=c)
+        no_hist = dode.sample(digits64, solver, noise, sigmas, lam, shift=xi)
+    err = (ours - ref).abs().max().item()
+    print(f"digits DDPM, end-to-end {solver.describe()}: max |Δ| to dode.sample = {err:.2e}")
+    assert err <= 1e-6
+    assert (ours - no_shift).abs().max() > 1e-3 and (ours - no_hist).abs().max() > 1e-3
