@@ -16,13 +16,9 @@ from pathlib import Path
 import pytest
 
 import dode
-from dode.cli import ENTRY_POINTS
+from dode.cli import ENTRY_POINTS, script_module
 
 PKG = Path(dode.__file__).resolve().parent
-
-#: ``python -m`` modules outside ``dode/cli`` that are not (yet) shims of it: the benchmark of
-#: ``python -m dode.train`` against a direct fit lives with the Lightning code it times.
-NOT_IN_CLI = {"lit/bench.py"}
 
 #: the dashed spellings the README documented before the flags took underscores
 DASHED_ALIASES = {
@@ -30,6 +26,7 @@ DASHED_ALIASES = {
                "--prompts-file", "--negative-prompt", "--class-labels", "--guidance-scale",
                "--guidance-rescale"],
     "export": ["--solver-file"],
+    "bench": ["--batch-size"],
 }  # fmt: skip
 
 
@@ -71,8 +68,6 @@ def test_every_script_module_outside_cli_is_a_shim():
         rel = path.relative_to(PKG).as_posix()
         if rel.startswith("cli/") or not _main_blocks(path):
             continue
-        if rel in NOT_IN_CLI:
-            continue
         (block,) = _main_blocks(path)
         imports = [n for n in ast.walk(block) if isinstance(n, ast.ImportFrom)]
         targets = [i.module for i in imports if i.module and i.module.startswith("dode")]
@@ -81,7 +76,7 @@ def test_every_script_module_outside_cli_is_a_shim():
         assert len(ast.unparse(block).splitlines()) <= 5, f"dode/{rel} does more than a shim"
         shims[path.stem] = rel
     assert set(shims) == set(ENTRY_POINTS)
-    assert all(rel == f"{name}.py" for name, rel in shims.items())
+    assert all(f"dode.{rel[:-3].replace('/', '.')}" == script_module(n) for n, rel in shims.items())
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
@@ -90,11 +85,12 @@ def test_python_m_runs_the_cli_main(name, monkeypatch):
     calls = []
     cli = importlib.import_module(f"dode.cli.{name}")
     monkeypatch.setattr(cli, "main", lambda *a: calls.append(a) or 0)
-    monkeypatch.setattr(sys, "argv", [f"dode/{name}.py", "--some_flag"])
+    script = script_module(name)
+    monkeypatch.setattr(sys, "argv", [script.replace(".", "/") + ".py", "--some_flag"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules" (runpy)
         try:
-            runpy.run_module(f"dode.{name}", run_name="__main__", alter_sys=False)
+            runpy.run_module(script, run_name="__main__", alter_sys=False)
         except SystemExit as e:
             assert e.code in (0, None)
     assert calls == [()]
@@ -104,7 +100,7 @@ def test_python_m_runs_the_cli_main(name, monkeypatch):
 def test_help_style_and_underscore_flags(name, capsys):
     sub = ["ref"] if name == "fid" else []
     text = _help(name, capsys, sub)
-    assert text.startswith(f"usage: python -m dode.{name}"), text[:200]
+    assert text.startswith(f"usage: python -m {script_module(name)}"), text[:200]
     flags = set(re.findall(r"(?<![\w-])--[A-Za-z][\w.+-]*", text))
     dashed = {f for f in flags if "-" in f[2:]}
     for f in dashed:  # a dashed flag only as the alias of its underscore spelling

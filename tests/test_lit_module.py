@@ -239,3 +239,26 @@ def test_frechet_callback_features_match_numpy_frechet(lstsq_fit):
     metric.update(fake, real=False)
     ref = frechet_distance(feats(real), feats(fake))
     assert float(metric.compute()) == pytest.approx(ref, rel=1e-6)
+
+
+def test_each_fit_mode_delegates_to_its_own_class(lstsq_fit, tmp_path):
+    """lstsq, sgd-* and end-to-end each hand their work to one class; end-to-end has no Trainer
+    loop, so ``trainer.fit`` says how to run it instead of fitting something else."""
+    from dode.lit.end_to_end import EndToEndFit
+    from dode.lit.gradient import GradientFit
+    from dode.lit.lstsq import LstsqFit
+
+    m, data, _ = lstsq_fit
+    assert isinstance(m.mode_fit, LstsqFit) and not m.automatic_optimization
+    for mode, scope in (("sgd-local", "local"), ("sgd-global", "global")):
+        g = _module(fit_mode=mode)
+        assert isinstance(g.mode_fit, GradientFit) and g.mode_fit.scope == scope
+        assert g.automatic_optimization
+        with pytest.raises(ValueError, match="needs fit_mode end-to-end"):
+            g.fit_end_to_end([0, 1], [2, 3])
+    e2e = _module(fit_mode="end-to-end", end_to_end={"steps": 1})
+    assert isinstance(e2e.mode_fit, EndToEndFit) and e2e.mode_fit.options == {"steps": 1}
+    small = NoiseDataModule(FIT, VAL, batch_size=16, cache_dir=data.hparams.cache_dir)
+    with pytest.raises(ValueError, match="does not run in a Trainer loop"):
+        _fit(e2e, small, limit_val_batches=0)
+    assert float(e2e.lambdas.detach().abs().sum()) == 0

@@ -7,10 +7,19 @@ import sys
 import warnings
 from collections.abc import Callable
 
-__all__ = ["ENTRY_POINTS", "no_gpu_hint", "lightning_parser", "moved", "moved_names"]
+__all__ = [
+    "ENTRY_POINTS",
+    "SCRIPTS",
+    "script_module",
+    "no_gpu_hint",
+    "lightning_parser",
+    "moved",
+    "moved_names",
+]
 
-#: every ``python -m dode.<name>`` command; its implementation is ``dode/cli/<name>.py`` and
-#: ``dode/<name>.py`` only runs its ``main()`` (plus, for some, library code of that name).
+#: every command; its implementation is ``dode/cli/<name>.py``, and the module ``python -m``
+#: runs (``dode.<name>``, or the one :data:`SCRIPTS` names) only runs its ``main()`` (plus, for
+#: some, library code of that name).
 ENTRY_POINTS: tuple[str, ...] = (
     "train",
     "sample",
@@ -19,7 +28,18 @@ ENTRY_POINTS: tuple[str, ...] = (
     "fid",
     "pretrain",
     "digits",
+    "bench",
 )
+
+#: the commands whose ``python -m`` module is not ``dode.<name>``: the benchmark of
+#: ``python -m dode.train`` lives with the Lightning code it times.
+SCRIPTS: dict[str, str] = {"bench": "dode.lit.bench"}
+
+
+def script_module(name: str) -> str:
+    """The module ``python -m`` runs for entry point ``name`` (``dode.<name>`` for most)."""
+    return SCRIPTS.get(name, f"dode.{name}")
+
 
 #: the release that drops the old import paths of the entry points' functions.
 REMOVAL_VERSION = "0.2"

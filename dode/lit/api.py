@@ -36,7 +36,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from ..artifact import FittedSolver, ensure_writable
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
-from .module import DODEModule, FitMode, FitStopped, check_resume_seeds
+from .fit_modes import FitMode, FitStopped
+from .module import DODEModule, check_resume_seeds
 from .tracking import wandb_mode as resolve_wandb_mode
 
 __all__ = [
@@ -487,7 +488,8 @@ def _run_fit(
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     if module.fit_mode == "end-to-end":
-        fitted, scale = _end_to_end(module, datamodule, trainer, ckpt_path), 1.0
+        fitted = module.mode_fit.run(module, datamodule, trainer, ckpt_path)  # EndToEndFit
+        scale = 1.0
     else:
         t_fit = time.perf_counter()
         try:
@@ -519,39 +521,6 @@ def _run_fit(
             lg.experiment.finish()
     module.timings["wandb_finish_s"] = time.perf_counter() - t_finish
     return FitResult(fitted, path, scale)
-
-
-def _end_to_end(
-    module: DODEModule, datamodule: NoiseDataModule, trainer: pl.Trainer, ckpt_path: str | None
-) -> FittedSolver:
-    """``fit_mode: end-to-end``: :meth:`DODEModule.fit_end_to_end` on the data module's fit
-    seeds (fit) and ``val_seeds`` (selection), in this process (one device: the ``Trainer``
-    loop, its strategies and checkpoints are not used); its record goes to the loggers."""
-    if ckpt_path is not None:
-        raise ValueError(
-            "fit_mode end-to-end has no checkpoints to resume (it runs in one go); drop "
-            "ckpt_path, or start it again."
-        )
-    if trainer.world_size > 1:
-        raise ValueError(
-            "fit_mode end-to-end runs on one device; set trainer.devices 1 and num_nodes 1."
-        )
-    t0 = time.perf_counter()
-    module.to(trainer.strategy.root_device)
-    fitted = module.fit_end_to_end(datamodule.fit_seeds, datamodule.val_seeds)
-    module.timings["fit_total_s"] = time.perf_counter() - t0
-    rec = fitted.metrics["end_to_end"]
-    scalars = {
-        "e2e/accepted": float(rec["accepted"]),
-        "e2e/select_mse_base": rec["select_mse_base"],
-        "e2e/select_mse": rec["select_mse"],
-        "e2e/best_step": float(rec["best_step"]),
-        "e2e/seconds": rec["seconds"],
-    }
-    for lg in trainer.loggers:
-        lg.log_metrics(scalars, step=0)
-        lg.save()
-    return fitted
 
 
 def fit(

@@ -1,21 +1,19 @@
-"""``python -m dode.lit.bench``: wall time of ``python -m dode.train`` against a direct
-``dode.fit_lambdas`` call on the same work, and where the time goes.
+"""The wall time of ``python -m dode.train`` against a direct ``dode.fit_lambdas`` call on the
+same work, and where the time goes (:func:`bench`; command line: ``python -m dode.lit.bench``,
+implemented in :mod:`dode.cli.bench`).
 
 Both run in fresh processes on the same problem (``configs/tiny.yaml``: the exact GMM digits
 model, DDIM at 4 NFE, teacher 10×, the same fit seeds and batch size), alternately, each
-``--repeat`` times; the minimum of each is reported. Both use ``--threads`` CPU threads
-(default 1: on a shared machine, idle-waiting thread teams make timings erratic). The training run computes its teacher
-from scratch (fresh cache folder), skips validation and the end-of-fit callbacks (the direct
-call does neither), and logs to W&B offline and CSV. Its own breakdown (imports, parse and
-model load, W&B start-up, teacher, fit loop) comes from the timings recorded in the
-fitted-solver file.
-
-Options: ``--seeds N`` (fit seeds, default 128), ``--batch-size``, ``--repeat``, ``--config``.
+``repeat`` times; the minimum of each is reported. Both use ``threads`` CPU threads
+(default 1: on a shared machine, idle-waiting thread teams make timings erratic). The training
+run computes its teacher from scratch (fresh cache folder), skips validation and the end-of-fit
+callbacks (the direct call does neither), and logs to W&B offline and CSV. Its own breakdown
+(imports, parse and model load, W&B start-up, teacher, fit loop) comes from the timings
+recorded in the fitted-solver file.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -51,38 +49,61 @@ def _run(cmd: list[str], env: dict, cwd: str) -> tuple[float, subprocess.Complet
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     dt = time.perf_counter() - t
     if proc.returncode != 0:
-        raise SystemExit(
+        raise RuntimeError(
             f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}"
         )
     return dt, proc
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
-        prog="python -m dode.lit.bench", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--seeds", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--nfe", type=int, default=4)
-    p.add_argument("--model", default="gmm-digits")
-    p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of both runs")
-    p.add_argument(
-        "--config", default=str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
-    )
-    args = p.parse_args(argv)
-    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(args.threads)}
+#: the config both runs share unless another is given
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+
+
+def bench(
+    seeds: int = 128,
+    batch_size: int = 32,
+    nfe: int = 4,
+    model: str = "gmm-digits",
+    repeat: int = 2,
+    threads: int = 1,
+    config: str | os.PathLike | None = None,
+) -> dict:
+    """Time ``python -m dode.train`` and a direct ``dode.fit_lambdas`` call on the same work.
+
+    Args:
+        seeds: number of fit seeds (``0`` to ``seeds - 1``).
+        batch_size: batch size of both runs.
+        nfe: model calls of the DDIM student.
+        model: the model both fit (a registered name).
+        repeat: runs of each, alternately; the fastest of each is reported.
+        threads: OMP/torch threads of both runs.
+        config: the training run's YAML config (default ``configs/tiny.yaml``).
+
+    Returns:
+        The problem, the fastest run of each (wall time, its breakdown and λ), the ratios of
+        their wall and compute times, and the largest difference of their λ.
+
+    Raises:
+        ValueError: a count below 1.
+        RuntimeError: one of the runs failed (its command and the end of its stderr).
+    """
+    for name, value in (("seeds", seeds), ("batch_size", batch_size), ("nfe", nfe),
+                        ("repeat", repeat), ("threads", threads)):  # fmt: skip
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    config = str(config or TINY_CONFIG)
+    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(threads)}
     env.pop("WANDB_API_KEY", None)
     from ..artifact import FittedSolver
 
     train, direct = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeat):
+        for r in range(repeat):
             run = Path(tmp) / f"run{r}"
             cmd = [
-                sys.executable, "-m", "dode.train", "-c", args.config,
-                "--model.model", args.model, "--model.nfe", str(args.nfe),
-                "--data.fit_seeds", f"0-{args.seeds - 1}", "--data.batch_size", str(args.batch_size),
+                sys.executable, "-m", "dode.train", "-c", config,
+                "--model.model", model, "--model.nfe", str(nfe),
+                "--data.fit_seeds", f"0-{seeds - 1}", "--data.batch_size", str(batch_size),
                 "--data.cache_dir", str(Path(tmp) / f"cache{r}"), "--run_dir", str(run),
                 "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
                 "--samples.num_samples", "0", "--lambda_plot.enabled", "false",
@@ -101,10 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
                     sys.executable,
                     "-c",
                     DIRECT,
-                    str(args.seeds),
-                    str(args.batch_size),
-                    str(args.nfe),
-                    args.model,
+                    str(seeds),
+                    str(batch_size),
+                    str(nfe),
+                    model,
                 ],  # fmt: skip
                 env,
                 tmp,
@@ -113,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     best_t = min(train, key=lambda d: d["wall_s"])
     best_d = min(direct, key=lambda d: d["wall_s"])
     out = {
-        "problem": f"{args.model}, ddim NFE {args.nfe}, {args.seeds} fit seeds, batch "
-        f"{args.batch_size}, teacher 10x, {args.threads} CPU thread(s)",
+        "problem": f"{model}, ddim NFE {nfe}, {seeds} fit seeds, batch "
+        f"{batch_size}, teacher 10x, {threads} CPU thread(s)",
         "train": best_t,
         "direct": best_d,
         "ratio_wall": best_t["wall_s"] / best_d["wall_s"],
@@ -124,9 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
             abs(a - b) for a, b in zip(best_t["lambdas"], best_d["lambdas"])
         ),
     }
-    print(json.dumps(out, indent=1))
     return out
 
 
 if __name__ == "__main__":
+    from dode.cli.bench import main
+
     main()

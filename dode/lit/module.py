@@ -1,21 +1,14 @@
 """``DODEModule``: a frozen denoiser and the D-ODE λ as a LightningModule.
 
 The module defines the problem (model, solver, σ grid, teacher) and fits one λ per model call
-(Kim, Tang & Yu, CVPR 2024, Eq. 6: ``õ_k = o_k + λ_k (o_k − o_{k−1})``). Three fit modes:
-
-``lstsq`` (default, the paper's closed form)
-    The fit is sequential over the K model calls, so **epoch k fits λ_k**: every training batch
-    adds its float64 sufficient statistics ``[<g, r>, <g, g>, <r, r>, n]`` (see
-    :func:`dode.lambda_fit.batch_stats`); after a rank's last batch they are summed over ranks
-    (all-reduce) and ``λ_k = <g, r>/<g, g>`` is set on every rank. ``max_epochs`` is set to K.
-    The model outputs of calls < k are cached per batch, so each call is evaluated once.
-``sgd-local``
-    Adam on the per-state MSE to the teacher; the state before call k is detached, so the loss
-    of the state after call k reaches only λ_k (the closed form's objective, by gradients; no
-    backprop through the network).
-``sgd-global``
-    Adam on the MSE of every state of the whole trajectory, backpropagated through the
-    network (activation checkpointing per call).
+(Kim, Tang & Yu, CVPR 2024, Eq. 6: ``õ_k = o_k + λ_k (o_k − o_{k−1})``). It keeps what
+Lightning needs (hooks, logging, the optimizer, checkpoints) and hands each fit mode's work to
+a small class (:mod:`dode.lit.fit_modes`): ``lstsq`` (the paper's closed form, **epoch k fits
+λ_k**: :class:`~dode.lit.lstsq.LstsqFit`), ``sgd-local`` / ``sgd-global`` (Adam on the MSE to
+the teacher: :class:`~dode.lit.gradient.GradientFit`) and ``end-to-end`` (grid, history
+coefficients and model-time shift on the final sample, one process, no Trainer loop:
+:class:`~dode.lit.end_to_end.EndToEndFit`). Validation (MSE to the teacher per state) is
+:class:`~dode.lit.validation.TeacherMSE`.
 
 Conditional models (class-conditional UNets, Stable Diffusion): the data module's
 per-seed conditioning (``--data.class_labels`` / ``--data.prompts``) comes with each batch and
@@ -30,40 +23,34 @@ on resume.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..artifact import FittedSolver, model_schedule, weights_hash
 from ..conditioning import SeedConditioning
 from ..correction import DODECorrection, model_fn
 from ..denoisers import check_guidance
-from ..lambda_fit import FitInfo, LambdaFit, at_sigma, batch_stats, branch, teacher_states
+from ..lambda_fit import FitInfo, at_sigma, teacher_states
 from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..loading import load_denoiser, resolve_dtype
-from ..noise import format_seeds, noise_from_seeds
+from ..noise import format_seeds
 from ..schedules import grid_for_model, refine_space
 from ..solvers import Solver, get_solver
 from ..version import __version__
 from .data import NoiseDataModule, TeacherSource, problem_digest
+from .end_to_end import EndToEndFit, check_end_to_end
+from .fit_modes import FIT_MODES, FitMode, FitStopped, ModeFit
+from .gradient import GradientFit
+from .lstsq import LstsqFit
+from .validation import TeacherMSE
 
 __all__ = ["DODEModule", "build_grid", "FitMode", "FitStopped", "check_resume_seeds"]
-
-
-class FitStopped(RuntimeError):
-    """A fit that stopped before its end (a limit, a signal): nothing half-written, no solver
-    file; ``exit_code`` is the status ``python -m dode.train`` exits with."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
@@ -82,10 +69,22 @@ def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
 
 build_grid = grid_for_model  # the old name (the grid is built in dode.schedules)
 
-FitMode = Literal["lstsq", "sgd-local", "sgd-global", "end-to-end"]
-_FIT_MODES = ("lstsq", "sgd-local", "sgd-global", "end-to-end")
-#: ``end_to_end`` settings that are not keywords of :func:`dode.learned_solver.fit_end_to_end`.
-_E2E_OWN = {"warm_start": "best_standard", "reference_nfe": 100}
+
+def make_fit_mode(
+    fit_mode: str,
+    *,
+    cache_outputs: bool = True,
+    activation_checkpointing: bool = True,
+    end_to_end: dict[str, Any] | None = None,
+) -> ModeFit:
+    """The object that does ``fit_mode``'s work for a :class:`DODEModule`."""
+    if fit_mode == "lstsq":
+        return LstsqFit(cache_outputs)
+    if fit_mode in ("sgd-local", "sgd-global"):
+        return GradientFit(fit_mode[4:], activation_checkpointing)
+    if fit_mode == "end-to-end":
+        return EndToEndFit(end_to_end or {})
+    raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(FIT_MODES)}.")
 
 
 class DODEModule(pl.LightningModule):
@@ -163,13 +162,13 @@ class DODEModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if fit_mode not in _FIT_MODES:
-            raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(_FIT_MODES)}.")
+        if fit_mode not in FIT_MODES:
+            raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(FIT_MODES)}.")
         if end_to_end and fit_mode != "end-to-end":
             raise ValueError(
                 f"end_to_end settings apply only to fit_mode end-to-end (fit_mode is {fit_mode!r})."
             )
-        self.end_to_end = _check_end_to_end(end_to_end)
+        self.end_to_end = check_end_to_end(end_to_end)
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")
         if nfe == 1:
@@ -241,14 +240,17 @@ class DODEModule(pl.LightningModule):
         self.cache_outputs = cache_outputs
         self.activation_checkpointing = activation_checkpointing
         self.check_finite = check_finite
-        self.automatic_optimization = fit_mode != "lstsq"
+        #: the fit mode's work (:mod:`dode.lit.fit_modes`); this module delegates to it
+        self.mode_fit: ModeFit = make_fit_mode(
+            fit_mode,
+            cache_outputs=cache_outputs,
+            activation_checkpointing=activation_checkpointing,
+            end_to_end=self.end_to_end,
+        )
+        self.automatic_optimization = self.mode_fit.automatic_optimization
         self.timings: dict[str, float] = {"model_load_s": t_load}
         self.val_metrics: dict[str, float] = {}
-        self._acc: Tensor | None = None
-        self._acc_sigma = 0.0
-        self._caches: dict[int, tuple[tuple[int, ...], list[Tensor]]] = {}
-        self._base_val: dict[int, list[Tensor]] = {}
-        self._val_acc: Tensor | None = None
+        self.validation = TeacherMSE()
 
     # ---- the problem -------------------------------------------------------------------------
     def teacher_config(self) -> dict:
@@ -475,7 +477,7 @@ class DODEModule(pl.LightningModule):
         self.fit_info = FitInfo(**meta["fit_info"])
         check_resume_seeds(meta, self.fit_seeds(), "the checkpoint")
 
-    # ---- fit ---------------------------------------------------------------------------------
+    # ---- fit: Lightning's hooks, the work delegated to the fit mode -------------------------
     def configure_optimizers(self):
         # lstsq sets λ in closed form (manual optimization; its steps see no gradient).
         return torch.optim.Adam([self.lambdas], lr=self.lr)
@@ -488,158 +490,48 @@ class DODEModule(pl.LightningModule):
         if isinstance(datamodule, NoiseDataModule):
             self.use_conditioning(datamodule.conditioning)
             datamodule.attach(self.teacher_source())
-        # The one place max_epochs is set for lstsq (epoch k fits λ_k), whoever built the Trainer.
-        if stage == "fit" and self.fit_mode == "lstsq":
-            self.trainer.fit_loop.max_epochs = self.num_calls
+        self.mode_fit.setup(self, stage)
 
     def on_train_start(self) -> None:
         self._t_train = time.perf_counter()
         self.timings.setdefault("validation_s", 0.0)
 
     def on_train_epoch_start(self) -> None:
-        self._acc = None
+        self.mode_fit.on_train_epoch_start(self)
 
     def training_step(self, batch: dict, batch_idx: int):
-        noise = batch["noise"]
-        target = self._target_fn(batch["teacher"])
-        if self.fit_mode == "lstsq":
-            self._lstsq_step(batch, batch_idx, noise, target)
-            return None
-        if self.fit_mode == "sgd-local":
-            sig, states = self._local_states(noise, batch.get("cond"))
-        else:
-            sig, states = self._global_states(noise, batch.get("cond"))
-        errs = torch.stack([((x - target(s)) ** 2).mean() for s, x in zip(sig, states)])
-        loss = errs.mean()
-        bs = noise.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        for k, e in enumerate(errs.detach()):
-            self.log(f"train/mse_{k}", e, on_step=False, on_epoch=True, batch_size=bs)
-        return loss
-
-    @torch.no_grad()
-    def _lstsq_step(self, batch: dict, batch_idx: int, noise: Tensor, target) -> None:
-        k = self.current_epoch
-        if k >= self.num_calls:
-            return
-        seeds = tuple(batch["seeds"].tolist())
-        cached = self._caches.get(batch_idx)
-        if not self.cache_outputs or cached is None or cached[0] != seeds:
-            cached = (seeds, [])
-            if self.cache_outputs:
-                self._caches[batch_idx] = cached
-        st, sigma = batch_stats(
-            self.solver,
-            self._fn(batch.get("cond")),
-            self.s_list,
-            noise,
-            target,
-            cached[1],
-            self.lambdas.detach(),
-            k,
-            self.check_finite,
-        )
-        self._acc = st if self._acc is None else self._acc + st
-        self._acc_sigma = sigma
-        if batch_idx == self.trainer.num_training_batches - 1:
-            self._solve_call(k)
-
-    def _solve_call(self, k: int) -> None:
-        """After this rank's last batch of epoch k: all-reduce the statistics, set λ_k."""
-        acc = self._acc if self._acc is not None else torch.zeros(4, dtype=torch.float64)
-        st = self.trainer.strategy.reduce(acc.to(self.device), reduce_op="sum").cpu()
-        lam, degenerate = LambdaFit.solve(st, k)
-        with torch.no_grad():
-            self.lambdas[k] = lam
-        self.num_fitted.fill_(k + 1)
-        # One optimizer "step" per fitted λ (no gradients, so nothing moves): global_step then
-        # counts the fitted λ, and Lightning writes the epoch-end checkpoints.
-        self.optimizers().step()
-        info = self.fit_info
-        info.record(k, self._acc_sigma, lam, st, degenerate)
-        self.log(f"train/lambda_{k}", lam, on_step=False, on_epoch=True)
-        self.log(f"train/mse_before_{k}", info.mse_before[-1], on_step=False, on_epoch=True)
-        self.log(f"train/mse_after_{k}", info.mse_after[-1], on_step=False, on_epoch=True)
-        self.log("train/num_fitted", float(k + 1), on_step=False, on_epoch=True, prog_bar=True)
-        if k + 1 == self.num_calls:
-            self._caches.clear()
+        return self.mode_fit.training_step(self, batch, batch_idx)
 
     def on_train_epoch_end(self) -> None:
-        if self.fit_mode != "lstsq":
-            for k, v in enumerate(self.lambdas.detach().tolist()):
-                self.log(f"train/lambda_{k}", v)
-
-    def _local_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
-        fn = self._fn(cond)
-
-        def frozen(x: Tensor, sigma: float) -> Tensor:
-            with torch.no_grad():
-                return fn(x.detach(), sigma)
-
-        cache: list[Tensor] = []
-        lam = self.lambdas.detach()
-        sig, states = [], []
-        for k in range(self.num_calls):
-            x, s = branch(
-                self.solver, frozen, self.s_list, noise, cache, lam, k, self.lambdas[k],
-                self.check_finite,
-            )  # fmt: skip
-            sig.append(s)
-            states.append(x)
-        return sig, states
-
-    def _global_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
-        fn = self._fn(cond)
-        if self.activation_checkpointing:
-
-            def call(x: Tensor, sigma: float) -> Tensor:
-                return checkpoint(fn, x, sigma, use_reentrant=False)
-        else:
-            call = fn
-        return self.trajectory(noise, self.lambdas, call)
+        self.mode_fit.on_train_epoch_end(self)
 
     def on_train_end(self) -> None:
         self.timings["train_loop_s"] = time.perf_counter() - getattr(self, "_t_train", 0.0)
-        if self.fit_mode == "lstsq" and int(self.num_fitted) < self.num_calls:
-            n = int(self.num_fitted)
-            raise FitStopped(
-                f"the lstsq fit stopped after {n} of {self.num_calls} λ (one epoch per model "
-                f"call; a max_epochs/max_steps/max_time limit ended it): no solver file was "
-                f"written{'; the last checkpoint holds the λ fitted so far' if n else ''}. "
-                "Resume with --ckpt_path last (ckpt_path='last') and without the limit to fit "
-                "the rest."
-            )
+        self.mode_fit.on_train_end(self)
         if self.trainer.world_size > 1:
             every = self.all_gather(self.lambdas.detach())
             if not bool((every == every[0]).all()):
                 raise RuntimeError(f"λ differ across ranks: {every.tolist()}")
 
+    def _global_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
+        """The whole trajectory with the λ parameter (``sgd-global``'s states)."""
+        return GradientFit("global", self.activation_checkpointing).global_states(self, noise, cond)
+
+    def _local_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
+        """Each call's state from the detached state before it (``sgd-local``'s states)."""
+        return GradientFit.local_states(self, noise, cond)
+
     # ---- validation: MSE to the teacher, per state and final --------------------------------
     def _fitted(self) -> bool:
-        return self.fit_mode != "lstsq" or int(self.num_fitted) >= self.num_calls
+        return self.mode_fit.fitted(self)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_acc = None
+        self.validation.reset()
         self._t_val = time.perf_counter()
 
-    @torch.no_grad()
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if not self._fitted():
-            return
-        noise = batch["noise"]
-        target = self._target_fn(batch["teacher"])
-        seeds = tuple(batch["seeds"].tolist())
-        base = self._base_val.get(batch_idx)
-        if base is None or base[0] != seeds:
-            sig, states = self.trajectory(noise, None, cond=batch.get("cond"))
-            base = (seeds, [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)])
-            self._base_val[batch_idx] = base
-        sig, states = self.trajectory(noise, self.lambdas.detach(), cond=batch.get("cond"))
-        dode = [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)]
-        n = float(states[-1].numel())
-        acc = torch.stack([torch.stack(dode), torch.stack(base[1]), torch.full_like(dode[0], n)
-                           .expand(len(dode))])  # fmt: skip
-        self._val_acc = acc if self._val_acc is None else self._val_acc + acc
+        if self._fitted():
+            self.validation.add(self, batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self.timings["validation_s"] = self.timings.get("validation_s", 0.0) + (
@@ -647,70 +539,22 @@ class DODEModule(pl.LightningModule):
         )
         if not self._fitted() or self.trainer.sanity_checking:
             return
-        acc = self._val_acc
-        if acc is None:
-            acc = torch.zeros(3, self.num_calls, dtype=torch.float64, device=self.device)
-        acc = self.trainer.strategy.reduce(acc, reduce_op="sum").cpu()
-        if float(acc[2].min()) <= 0:
+        metrics = self.validation.metrics(self)
+        if metrics is None:
             return
-        dode, base = (acc[0] / acc[2]).tolist(), (acc[1] / acc[2]).tolist()
-        metrics = {}
-        for k in range(self.num_calls):
-            metrics[f"val/mse_{k}"] = dode[k]
-            metrics[f"val/mse_base_{k}"] = base[k]
-        metrics["val/mse_final"] = dode[-1]
-        metrics["val/mse_base_final"] = base[-1]
-        metrics["val/mse_ratio_final"] = dode[-1] / base[-1] if base[-1] > 0 else math.nan
         self.val_metrics = metrics
         self.log_dict(metrics)
 
     # ---- the end-to-end mode -----------------------------------------------------------------
     def fit_end_to_end(self, fit_seeds: list[int], select_seeds: list[int]) -> FittedSolver:
-        """``fit_mode: end-to-end``: references of both seed sets, the warm-start cell, then
-        :func:`dode.learned_solver.fit_end_to_end`; the fitted solver with this run's model
-        record. Runs on this module's device, in this process."""
-        from ..grids import reference_solution, select_grid, standard_grids
-        from ..learned_solver import fit_end_to_end
-
-        opts = {**_E2E_OWN, **self.end_to_end}
-        warm, ref_nfe = opts.pop("warm_start"), opts.pop("reference_nfe")
-        t0 = time.perf_counter()
-        dev = self.device
-        dens, noise, refs = [], [], []
-        for seeds in (fit_seeds, select_seeds):
-            z = noise_from_seeds(seeds, self.sample_shape, self.integration_dtype, dev)
-            den = self.bound(self.condition(seeds))
-            dens.append(den)
-            noise.append(z)
-            refs.append(reference_solution(den, z, nfe=ref_nfe))
-        t_ref = time.perf_counter() - t0
-        grid, label = self.sigmas, self.grid_record.get("schedule")
-        if warm == "best_standard":
-            choice = select_grid(
-                dens[1], self.solver, self.num_calls, noise[1],
-                grids=standard_grids(self.denoiser), reference=refs[1],
-            )  # fmt: skip
-            grid, label = choice.sigmas, choice.spec.label
-        fitted = fit_end_to_end(
-            dens[0], self.solver, grid, noise[0], refs[0], select_noise=noise[1],
-            select_reference=refs[1], select_denoiser=dens[1], **opts,
-        )  # fmt: skip
-        record = fitted.metrics["end_to_end"]
-        record.update(warm_start=warm, warm_start_grid=label, reference_nfe=ref_nfe)
-        self.grid_record = {"schedule": "end-to-end", "warm_start": label}
-        self.timings.update(reference_s=t_ref, end_to_end_s=time.perf_counter() - t0)
-        model = self.model_config()
-        schedule = model_schedule(self.denoiser)
-        if schedule is not None:
-            model["schedule"] = schedule
-        metrics = {
-            "fit_mode": self.fit_mode,
-            "nfe": self.num_calls,
-            "end_to_end": record,
-            "grid": self.grid_record,
-            **{f"time/{k}": v for k, v in self.timings.items()},
-        }
-        return replace(fitted, model=model, metrics=metrics)
+        """``fit_mode: end-to-end``: :meth:`dode.lit.end_to_end.EndToEndFit.fit` of this
+        problem (references, warm-start cell, :func:`dode.learned_solver.fit_end_to_end`); the
+        fitted solver with this run's model record. Runs on this module's device."""
+        if not isinstance(self.mode_fit, EndToEndFit):
+            raise ValueError(
+                f"fit_end_to_end needs fit_mode end-to-end (this module's is {self.fit_mode!r})."
+            )
+        return self.mode_fit.fit(self, fit_seeds, select_seeds)
 
     # ---- the artifact ------------------------------------------------------------------------
     def fitted_solver(self, metrics: dict | None = None, scale: float = 1.0) -> FittedSolver:
@@ -741,44 +585,19 @@ class DODEModule(pl.LightningModule):
             **scaled,
             **(metrics or {}),
         }
-        model = self.model_config()
-        schedule = model_schedule(self.denoiser)
-        if schedule is not None:
-            model["schedule"] = schedule
         return FittedSolver(
             solver=self.solver.config(),
             sigmas=self.sigmas,
             lambdas=lam,
             teacher=self.teacher_config(),
-            model=model,
+            model=self.model_record(),
             metrics=m,
         )
 
-
-def _check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``end_to_end`` settings, checked against :func:`fit_end_to_end`'s keywords."""
-    import inspect
-
-    from ..learned_solver import fit_end_to_end
-
-    opts = dict(options or {})
-    allowed = {
-        p.name
-        for p in inspect.signature(fit_end_to_end).parameters.values()
-        if p.kind == p.KEYWORD_ONLY
-    } - {"select_noise", "select_reference", "select_denoiser"}
-    bad = sorted(set(opts) - allowed - set(_E2E_OWN))
-    if bad:
-        raise ValueError(
-            f"unknown end_to_end setting {', '.join(bad)}; use {', '.join(sorted(_E2E_OWN))} "
-            f"or {', '.join(sorted(allowed))}."
-        )
-    if opts.get("warm_start", "best_standard") not in ("best_standard", "config"):
-        raise ValueError(
-            f"end_to_end.warm_start must be 'best_standard' or 'config', got "
-            f"{opts['warm_start']!r}."
-        )
-    nfe = opts.get("reference_nfe", 100)
-    if not isinstance(nfe, int) or nfe < 10:
-        raise ValueError(f"end_to_end.reference_nfe must be an integer >= 10, got {nfe!r}.")
-    return opts
+    def model_record(self) -> dict:
+        """:meth:`model_config` with the model's noise schedule (the solver file's ``model``)."""
+        model = self.model_config()
+        schedule = model_schedule(self.denoiser)
+        if schedule is not None:
+            model["schedule"] = schedule
+        return model

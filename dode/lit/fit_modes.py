@@ -1,0 +1,68 @@
+"""What every fit mode of :class:`~dode.lit.DODEModule` shares: the names, the stop error and
+the hooks a mode answers.
+
+The module owns the Lightning side (hooks, logging, checkpoints, the λ parameter); each mode
+does its own work in a small class the module delegates to:
+
+=================  ===========================================  ============================
+``lstsq``          :class:`dode.lit.lstsq.LstsqFit`             closed form, epoch k fits λ_k
+``sgd-local``      :class:`dode.lit.gradient.GradientFit`       Adam, one call's error per λ
+``sgd-global``     :class:`dode.lit.gradient.GradientFit`       Adam through the trajectory
+``end-to-end``     :class:`dode.lit.end_to_end.EndToEndFit`     grid, coefficients, shift
+=================  ===========================================  ============================
+
+A mode's hooks take the module as their first argument (the mode keeps no reference to it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .module import DODEModule
+
+__all__ = ["FitMode", "FIT_MODES", "FitStopped", "ModeFit"]
+
+FitMode = Literal["lstsq", "sgd-local", "sgd-global", "end-to-end"]
+FIT_MODES: tuple[str, ...] = ("lstsq", "sgd-local", "sgd-global", "end-to-end")
+
+
+class FitStopped(RuntimeError):
+    """A fit that stopped before its end (a limit, a signal): nothing half-written, no solver
+    file; ``exit_code`` is the status ``python -m dode.train`` exits with."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ModeFit:
+    """The hooks a fit mode answers; each does nothing here.
+
+    Attributes:
+        automatic_optimization: whether Lightning runs the optimizer on the returned loss.
+    """
+
+    automatic_optimization: bool = True
+
+    def setup(self, module: DODEModule, stage: str) -> None:
+        """After the data module is attached (``module.trainer`` is set)."""
+
+    def on_train_epoch_start(self, module: DODEModule) -> None:
+        """Before an epoch's first training batch."""
+
+    def training_step(self, module: DODEModule, batch: dict, batch_idx: int) -> Tensor | None:
+        """One training batch: the loss to optimise, or ``None`` (manual optimisation)."""
+        return None
+
+    def on_train_epoch_end(self, module: DODEModule) -> None:
+        """After an epoch's last training batch."""
+
+    def on_train_end(self, module: DODEModule) -> None:
+        """After the training loop (raise :class:`FitStopped` if it ended early)."""
+
+    def fitted(self, module: DODEModule) -> bool:
+        """Whether every λ has its value (validation is skipped before)."""
+        return True
