@@ -26,8 +26,8 @@ For one bundled model (``digits``, ``digits-cond`` at CFG w = 2 with labels seed
 Outputs ``experiments/results/<model>/fidelity.csv`` and ``fidelity.png`` (MSE vs NFE with the
 intervals); with ``--ablation-nfes`` also ``fidelity_ablation.csv`` (what each ingredient adds).
 The default seed counts keep each target under 5 minutes on 2 cores; ``--slow`` uses the
-issue's held-out count (5,000 held-out seeds for MSE and FD; 64 selection and 128 fit seeds, 40
-Adam steps, five solvers, ablation at NFE 4 and 5). Each committed file's comment lines say
+issue's held-out count (5,000 held-out seeds for MSE and FD; 128 selection and 128 fit seeds,
+100 Adam steps, five solvers, ablation at NFE 4 and 5). Each committed file's comment lines say
 which setting made it.
 
 Usage::
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=list(PRESETS), default="digits")
     p.add_argument("--slow", action="store_true",
-                   help="5,000 held-out, 64 selection, 128 fit seeds, 40 Adam steps")  # fmt: skip
+                   help="5,000 held-out, 128 selection, 128 fit seeds, 100 Adam steps")  # fmt: skip
     p.add_argument("--fit", type=int, default=None, help="fit seeds (0..FIT-1)")
     p.add_argument("--select", type=int, default=None, help="selection seeds (from 3,000,000)")
     p.add_argument("--held", type=int, default=None, help="held-out seeds (from 1,000,000)")
