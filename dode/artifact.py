@@ -51,6 +51,11 @@ __all__ = [
 LAMBDA_WARN = 100.0
 
 
+def _denoiser_name(denoiser) -> str:
+    """How messages name a denoiser: its model id, else its class."""
+    return getattr(denoiser, "model_id", None) or type(denoiser).__name__
+
+
 def model_family(denoiser_or_class) -> str:
     """``"flow"`` or ``"vp"``: :func:`dode.denoisers.base.family_of` (the denoiser owns the
     answer), for a denoiser or the class name a fitted-solver file records."""
@@ -504,10 +509,10 @@ class FittedSolver:
         actual = model_family(denoiser)
         if recorded is not None and actual != recorded:
             names = {"vp": "diffusion (DDPM/VP, σ-space)", "flow": "rectified-flow"}
-            name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
+            name = _denoiser_name(denoiser)
             raise ValueError(
                 f"this solver was fitted on a {names[recorded]} model "
-                f"({self.model.get('id') or self.model.get('class')}) but {name!r} is a "
+                f"({self._name()}) but {name!r} is a "
                 f"{names[actual]} model: its σ grid and λ do not apply. Sample with the model "
                 "the file records, or fit a solver for this model."
             )
@@ -524,7 +529,7 @@ class FittedSolver:
             return
         s0 = float(self.sigmas[0])
         if top < float("inf") and top > 0 and s0 > top * (1 + 1e-3):
-            name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
+            name = _denoiser_name(denoiser)
             raise ValueError(
                 f"the fitted solver's grid starts at σ = {s0:.6g}, above the largest σ of "
                 f"{name!r} ({top:.6g}): the model was never trained there, so the file does not "
@@ -537,7 +542,7 @@ class FittedSolver:
         fitted_cond = m.get("conditioning") is not None
         w_file = m.get("guidance_scale")
         w_used = getattr(denoiser, "guidance_scale", None)
-        name = getattr(denoiser, "model_id", None) or type(denoiser).__name__
+        name = _denoiser_name(denoiser)
         if fitted_cond and w_used is None:
             raise ValueError(
                 f"this solver was fitted on the conditional model {self._name()!r} "

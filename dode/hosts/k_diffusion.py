@@ -104,12 +104,18 @@ def host_sigma_table(model: Any, depth: int = 5) -> Tensor | None:
     return None
 
 
+def _cond_scale(extra_args: Mapping[str, Any]) -> float | None:
+    """k-diffusion's ``extra_args["cond_scale"]`` when the host passes a number, else ``None``."""
+    w = extra_args.get("cond_scale") if isinstance(extra_args, Mapping) else None
+    return float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else None
+
+
 def _host_guidance(extra_args: Mapping[str, Any], fitted: float | None) -> float | None:
     """The guidance scale the host applies: k-diffusion's ``cond_scale`` when given, else the
     file's (``None`` for an unguided file)."""
-    w = extra_args.get("cond_scale") if isinstance(extra_args, Mapping) else None
-    if isinstance(w, (int, float)) and not isinstance(w, bool):
-        return float(w)
+    w = _cond_scale(extra_args)
+    if w is not None:
+        return w
     return None if fitted is None else float(fitted)
 
 
@@ -307,9 +313,9 @@ class KDiffusionSampler:
     def _check_guidance(self, extra_args: Mapping[str, Any]) -> None:
         """Warn when k-diffusion-style ``extra_args["cond_scale"]`` differs from the file's
         guidance scale (λ depend on it)."""
-        w = extra_args.get("cond_scale") if isinstance(extra_args, Mapping) else None
+        w = _cond_scale(extra_args)
         fitted = (self.fitted.model or {}).get("guidance_scale")
-        if isinstance(w, (int, float)) and fitted is not None and float(w) != float(fitted):
+        if w is not None and fitted is not None and w != float(fitted):
             warnings.warn(
                 f"the host's guidance scale (cond_scale {w:g}) is not the one the λ were fitted "
                 f"at ({float(fitted):g}); λ depend on it, so fit again at this scale for the "
