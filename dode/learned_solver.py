@@ -46,7 +46,7 @@ from .sampling import _check_batch, _check_denoiser, sample
 from .schedules import explicit
 from .solvers import Solver, get_solver
 
-__all__ = ["COEFFICIENTS", "OBJECTIVES", "fit_end_to_end", "history_mask"]
+__all__ = ["COEFFICIENTS", "OBJECTIVES", "fit_end_to_end", "history_mask", "paired_improvement"]
 
 COEFFICIENTS = ("none", "lambda", "history")
 OBJECTIVES = ("l2", "l1")
@@ -58,13 +58,44 @@ def history_mask(num_calls: int) -> Tensor:
     return torch.tril(torch.ones(num_calls, num_calls, dtype=torch.float64), diagonal=-2)
 
 
-def _mse(x: Tensor, ref: Tensor) -> float:
-    return float(((x.to(torch.float64) - ref.to(torch.float64)) ** 2).mean())
+def _clipped(x: Tensor, clip: tuple[float, float] | None) -> Tensor:
+    x = x.to(torch.float64)
+    return x if clip is None else x.clamp(clip[0], clip[1])
 
 
-def _distance(x: Tensor, ref: Tensor, objective: str) -> Tensor:
-    d = x.to(torch.float64) - ref
+def _distance(x: Tensor, ref: Tensor, objective: str, clip: tuple[float, float] | None) -> Tensor:
+    d = _clipped(x, clip) - _clipped(ref, clip)
     return (d**2).mean() if objective == "l2" else d.abs().mean()
+
+
+def _check_clip(clip) -> tuple[float, float] | None:
+    if clip is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"clip must be None or (low, high) with finite low < high (the data range, e.g. "
+            f"(-1, 1) for images), got {clip!r}."
+        )
+    return lo, hi
+
+
+def paired_improvement(
+    base: Tensor, new: Tensor, *, level: float = 0.95, num: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Mean per-seed change ``new − base`` and its one-sided bootstrap upper bound at
+    ``level`` (resampling seeds, paired): ``new`` improves on ``base`` with that confidence
+    when the bound is below 0."""
+    d = (new.to(torch.float64) - base.to(torch.float64)).flatten()
+    if d.numel() < 2 or not torch.isfinite(d).all():
+        return (float(d.mean()) if d.numel() else math.nan), math.inf
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, d.numel(), (num, d.numel()), generator=gen)
+    means = d[idx].mean(1)
+    return float(d.mean()), float(torch.quantile(means, level))
 
 
 def _check_pair(denoiser: Denoiser, noise: Tensor, ref: Tensor, what: str) -> None:
@@ -90,18 +121,19 @@ def _rows(denoiser: Denoiser, index) -> Denoiser:
     return denoiser[index] if callable(getattr(denoiser, "__getitem__", None)) else denoiser
 
 
-def _batched_mse(run, denoiser, noise: Tensor, ref: Tensor, batch_size: int | None) -> float:
-    """MSE of ``run(denoiser_rows, noise_chunk)`` to ``ref`` over batches (the mean over all
-    elements)."""
-    if not batch_size:
-        return _mse(run(denoiser, noise), ref)
-    tot, n = 0.0, 0
-    for i in range(0, noise.shape[0], batch_size):
-        j = min(i + batch_size, noise.shape[0])
-        x = run(_rows(denoiser, slice(i, j)), noise[i:j]).to(torch.float64)
-        tot += ((x - ref[i:j].to(torch.float64)) ** 2).sum().item()
-        n += ref[i:j].numel()
-    return tot / n
+def _per_seed_mse(
+    run, denoiser, noise: Tensor, ref: Tensor, batch_size: int | None, clip=None
+) -> Tensor:
+    """Per-seed MSE ``[B]`` (float64) of ``run(denoiser_rows, noise_chunk)`` to ``ref``, both
+    clamped to ``clip`` where given, over batches of ``batch_size`` seeds (default: one)."""
+    step = batch_size or noise.shape[0]
+    out = []
+    for i in range(0, noise.shape[0], step):
+        j = min(i + step, noise.shape[0])
+        den = denoiser if (i, j) == (0, noise.shape[0]) else _rows(denoiser, slice(i, j))
+        d = _clipped(run(den, noise[i:j]), clip) - _clipped(ref[i:j], clip)
+        out.append((d**2).flatten(1).mean(1))
+    return torch.cat(out)
 
 
 def fit_end_to_end(
@@ -126,6 +158,8 @@ def fit_end_to_end(
     eval_every: int = 2,
     patience: int | None = None,
     batch_size: int | None = None,
+    clip: tuple[float, float] | None = None,
+    accept_level: float | None = 0.95,
     seed: int = 0,
 ) -> FittedSolver:
     """Fit the grid, coefficients and model-time shift of ``solver`` end to end.
@@ -159,11 +193,19 @@ def fit_end_to_end(
             (``None``: run all ``steps``).
         batch_size: fit seeds per Adam step (random mini-batches from ``seed``; default: all,
             full batch); also the batch of the selection evaluations.
+        clip: the data range ``(low, high)`` (``(-1, 1)`` for pixel images): the objective and
+            the selection MSE compare samples and references clamped to it, as an image shows
+            them (a converged reference can leave the data range on rare seeds, by a margin
+            that then dominates an unclamped mean). ``None``: no clamping (latents).
+        accept_level: accept the fit only if a paired bootstrap over the selection seeds puts
+            the one-sided ``accept_level`` upper bound of the per-seed MSE change below 0
+            (:func:`paired_improvement`); ``None``: accept any lower selection MSE.
         seed: the mini-batch order.
 
     Returns:
         A :class:`~dode.artifact.FittedSolver` whose ``metrics["end_to_end"]`` records
         ``accepted``, ``select_mse_base`` / ``select_mse`` (before/after, the returned solver's),
+        ``select_change_bound`` (the paired bound acceptance tested),
         the steps, seconds and what was fitted. Not accepted: the warm-start cell, λ = 0, no
         coefficients or shift.
     """
@@ -187,6 +229,11 @@ def fit_end_to_end(
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+    clip = _check_clip(clip)
+    if accept_level is not None and not (0.5 <= float(accept_level) < 1):
+        raise ValueError(
+            f"accept_level must be None or in [0.5, 1) (e.g. 0.95), got {accept_level!r}."
+        )
     raw = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     if raw.numel() and float(raw[-1]) != 0.0:
         raise ValueError(
@@ -238,19 +285,23 @@ def fit_end_to_end(
 
     @torch.no_grad()
     def select_mse(p: dict[str, Tensor]) -> float:
-        return _batched_mse(
-            lambda d, z: run(p, d, z), sel_den, select_noise, select_reference, batch_size
-        )
+        return float(
+            _per_seed_mse(
+                lambda d, z: run(p, d, z), sel_den, select_noise, select_reference,
+                batch_size, clip,
+            ).mean()
+        )  # fmt: skip
 
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in params.items()}
 
     # the warm-start cell through the public sampling path
     with torch.no_grad():
-        base_select = _batched_mse(
+        base_per_seed = _per_seed_mse(
             lambda d, z: sample(d, solver, z, grid), sel_den, select_noise, select_reference,
-            batch_size,
+            batch_size, clip,
         )  # fmt: skip
+    base_select = float(base_per_seed.mean())
     losses: list[float] = []
     curve: list[tuple[int, float]] = []
     best = (math.inf, snapshot(), 0)  # (selection MSE, parameters, step)
@@ -295,7 +346,7 @@ def fit_end_to_end(
                     d, z, r = _rows(denoiser, idx), noise[idx], ref[idx]
                 opt.zero_grad()
                 try:
-                    loss = _distance(run(params, d, z), r, objective)
+                    loss = _distance(run(params, d, z), r, objective, clip)
                 except ValueError:
                     stop = "non-finite model output"
                     break
@@ -324,20 +375,31 @@ def fit_end_to_end(
             model=_model_record(denoiser),
         )
         try:
-            fit_select = _batched_mse(
+            fit_per_seed = _per_seed_mse(
                 lambda d, z: fitted.sample(d, z), sel_den, select_noise, select_reference,
-                batch_size,
+                batch_size, clip,
             )  # fmt: skip
+            fit_select = float(fit_per_seed.mean())
+            change, bound = paired_improvement(
+                base_per_seed, fit_per_seed, level=accept_level or 0.95, seed=seed
+            )
         except ValueError:
-            fit_select = math.inf
+            fit_select, change, bound = math.inf, math.inf, math.inf
+    fit_select = fit_select if math.isfinite(fit_select) else math.inf
     # the start is the given cell (its grid up to rounding in the logits): never "accept" it
     accepted = best[2] > 0 and fit_select < base_select
+    if accept_level is not None:
+        accepted = accepted and bound < 0
     record: dict[str, Any] = {
         "method": "end_to_end",
         "accepted": bool(accepted),
         "select_mse_base": base_select,
         "select_mse": fit_select if accepted else base_select,
         "select_mse_fitted": fit_select,
+        "select_change": change,
+        "select_change_bound": bound,
+        "accept_level": accept_level,
+        "clip": None if clip is None else list(clip),
         "learn_grid": bool("logits" in params),
         "coefficients": coefficients,
         "time_shift": bool(time_shift),

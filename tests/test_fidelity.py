@@ -333,3 +333,19 @@ def test_fit_learned_switches_to_end_to_end_and_acceptance_guards(monkeypatch):
     lv = mod.fit_learned(den, cell, fit_noise, ref, sel, steps=15)
     ok, v = mod.accept(lv, sel, cell.mse)
     assert "learned grid + λ" in lv.label and ok and v < cell.mse
+
+
+def test_judge_clip_clamps_sample_and_reference_and_keeps_the_raw_mse():
+    den = _gauss()
+    seeds = list(range(32))
+    judge = FidelityJudge(den, seeds, dtype=torch.float64, bootstrap=200, clip=(-0.5, 0.5))
+    x = judge.sample(dode.get_solver("ddim"), dode.schedules.karras(4, 0.002, 80.0))
+    ref = judge.reference.samples
+    s = judge.score(x, fd=False)
+    assert s.mse == pytest.approx(float(((x.clamp(-0.5, 0.5) - ref.clamp(-0.5, 0.5)) ** 2).mean()))
+    assert s.mse_raw == pytest.approx(float(((x - ref) ** 2).mean()))
+    assert s.mse < s.mse_raw  # the reference leaves [-0.5, 0.5] on these seeds
+    assert torch.equal(judge.mse_per_seed(x, clip=False), ((x - ref) ** 2).mean(1))
+    for bad in ((1.0, -1.0), (0.0,)):
+        with pytest.raises(ValueError, match="clip must be None or"):
+            FidelityJudge(den, seeds, clip=bad)

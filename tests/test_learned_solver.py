@@ -390,3 +390,64 @@ def test_dode_evaluate_and_dode_sample_run_the_end_to_end_solver(tmp_path):
     with np.load(tmp_path / "s" / "samples.npz") as f:
         got = torch.from_numpy(f["samples"])
     assert torch.equal(got, want.float())
+
+
+# ---- acceptance by a paired bootstrap, and the data-range clamp ------------------------------
+
+
+def test_paired_improvement_separates_a_real_gain_from_noise():
+    from dode.learned_solver import paired_improvement
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(400, dtype=torch.float64, generator=g) + 1.0
+    better = base - 0.05 + 0.01 * torch.randn(400, dtype=torch.float64, generator=g)
+    change, bound = paired_improvement(base, better)
+    assert change == pytest.approx(-0.05, abs=3e-3) and change < bound < 0
+    # the same seeds reshuffled: no paired gain although the means agree
+    noisy = base + 0.5 * torch.randn(400, dtype=torch.float64, generator=g)
+    change, bound = paired_improvement(base, noisy - float((noisy - base).mean()))
+    assert abs(change) < 1e-12 and bound > 0
+    # a single seed or a non-finite change cannot be trusted
+    assert paired_improvement(base[:1], better[:1])[1] == float("inf")
+    assert paired_improvement(base, better.clone().fill_(float("nan")))[1] == float("inf")
+
+
+def test_acceptance_needs_a_significant_gain_on_the_selection_seeds():
+    den, z, ref, zs, rs = _problem(fit=48, select=48)
+    grid = karras(4, 0.002, 80.0)
+    kw = dict(select_noise=zs, select_reference=rs, steps=10)
+    fs = fit_end_to_end(den, "unipc", grid, z, ref, **kw)
+    rec = fs.metrics["end_to_end"]
+    assert rec["accepted"] and rec["select_change_bound"] < 0 and rec["accept_level"] == 0.95
+    assert rec["select_change"] == pytest.approx(rec["select_mse"] - rec["select_mse_base"])
+    # two selection seeds: a bootstrap over them bounds nothing useful, the fit is refused
+    # unless acceptance is left to the mean alone (accept_level=None)
+    two = dict(select_noise=zs[:2], select_reference=rs[:2], steps=10)
+    strict = fit_end_to_end(den, "unipc", grid, z, ref, **two).metrics["end_to_end"]
+    loose = fit_end_to_end(den, "unipc", grid, z, ref, accept_level=None, **two)
+    assert loose.metrics["end_to_end"]["accepted"]
+    assert strict["select_change_bound"] >= strict["select_change"]
+    if not strict["accepted"]:
+        assert strict["select_mse"] == strict["select_mse_base"]
+
+
+def test_clip_compares_samples_as_images_show_them():
+    den, z, ref, zs, rs = _problem(fit=16, select=16)
+    grid = karras(4, 0.002, 80.0)
+    fs = fit_end_to_end(
+        den, "ddim", grid, z, ref, select_noise=zs, select_reference=rs, steps=4,
+        clip=(-0.25, 0.25), accept_level=None,
+    )  # fmt: skip
+    rec = fs.metrics["end_to_end"]
+    assert rec["clip"] == [-0.25, 0.25]
+    base = dode.sample(den, get_solver("ddim"), zs, grid)
+    clamped = _mse(base.clamp(-0.25, 0.25), rs.clamp(-0.25, 0.25))
+    assert rec["select_mse_base"] == pytest.approx(clamped, rel=1e-10)
+    assert clamped < _mse(base, rs)
+    kw = dict(select_noise=zs, select_reference=rs, steps=1)
+    for bad in ((1, -1), (0, float("inf")), (1,), "wide"):
+        with pytest.raises(ValueError, match="clip must be None or"):
+            fit_end_to_end(den, "ddim", grid, z, ref, clip=bad, **kw)
+    for bad in (0.3, 1.0):
+        with pytest.raises(ValueError, match="accept_level must be None or in"):
+            fit_end_to_end(den, "ddim", grid, z, ref, accept_level=bad, **kw)

@@ -208,6 +208,8 @@ class Score:
     fd_lo: float = math.nan
     fd_hi: float = math.nan
     per_seed: Tensor | None = field(default=None, repr=False)
+    #: the MSE without clamping to the judge's ``clip`` range (equal to ``mse`` without one)
+    mse_raw: float = math.nan
 
     def row(self, prefix: str = "") -> dict[str, float]:
         keys = ("mse", "mse_lo", "mse_hi", "psnr", "psnr_lo", "psnr_hi", "fd", "fd_lo", "fd_hi")
@@ -233,6 +235,9 @@ class FidelityJudge:
             ``max(100, bootstrap // 5)``, each a covariance and a matrix square root).
         dtype: the noise's dtype (the model's integration dtype).
         batch_size: samples per batch when sampling (default: all at once).
+        clip: the data range ``(low, high)`` the MSE clamps samples and reference to, as an
+            image shows them (``(-1, 1)`` for pixel models); ``None``: unclamped (latents).
+            The unclamped MSE stays in :attr:`Score.mse_raw`.
     """
 
     def __init__(
@@ -248,7 +253,11 @@ class FidelityJudge:
         bootstrap: int = 1000,
         dtype: torch.dtype = torch.float32,
         batch_size: int | None = None,
+        clip: tuple[float, float] | None = None,
     ) -> None:
+        if clip is not None and not (len(clip) == 2 and float(clip[0]) < float(clip[1])):
+            raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         if reference_nfe < 100 and check_reference:
             raise ValueError(
                 f"the judge's reference needs >= 100 NFE, got {reference_nfe}; pass "
@@ -287,22 +296,26 @@ class FidelityJudge:
             )  # fmt: skip
         return x
 
-    def mse_per_seed(self, samples: Tensor) -> Tensor:
-        """Per-seed MSE ``[B]`` (float64) of ``samples`` to the reference."""
+    def mse_per_seed(self, samples: Tensor, *, clip: bool = True) -> Tensor:
+        """Per-seed MSE ``[B]`` (float64) of ``samples`` to the reference, both clamped to the
+        judge's ``clip`` range unless ``clip=False``."""
         ref = self.reference.samples
         if samples.shape != ref.shape:
             raise ValueError(
                 f"samples have shape {tuple(samples.shape)} but the reference "
                 f"{tuple(ref.shape)}; sample the judge's own seeds (FidelityJudge.sample)."
             )
-        d = samples.to(torch.float64) - ref
-        return (d**2).flatten(1).mean(1)
+        x, ref = samples.to(torch.float64), ref.to(torch.float64)
+        if clip and self.clip is not None:
+            x, ref = x.clamp(*self.clip), ref.clamp(*self.clip)
+        return ((x - ref) ** 2).flatten(1).mean(1)
 
     def score(self, samples: Tensor, *, fd: bool = True) -> Score:
         """MSE/PSNR to the reference (and FD if set up and ``fd``) with 95 % intervals."""
         per = self.mse_per_seed(samples)
         m, lo, hi = bootstrap_mean(per, num=self.bootstrap)
-        out = Score(m, lo, hi, psnr(m), psnr(hi), psnr(lo), per_seed=per)
+        raw = float(self.mse_per_seed(samples, clip=False).mean()) if self.clip else m
+        out = Score(m, lo, hi, psnr(m), psnr(hi), psnr(lo), per_seed=per, mse_raw=raw)
         if fd and self.features is not None:
             out.fd, out.fd_lo, out.fd_hi = self.fd(samples)
         return out
