@@ -4,17 +4,14 @@ and the CLI share.
 A fit's settings fall into five groups, each a frozen dataclass that checks its fields when it
 is made (one ``ValueError`` naming the field and the fix):
 
-==============  =======================================================  ==================
-spec            settings                                                 config section
-==============  =======================================================  ==================
-:class:`ModelSpec`   the frozen model and how it is evaluated (dtypes,   ``model:``
-                     σ → t, loader options, guidance)
-:class:`SolverSpec`  the problem: solver, NFE, σ grid, teacher           ``model:``
-:class:`FitSpec`     how λ are fitted (mode, learning rate, memory)      ``model:``
-:class:`DataSpec`    seeds, batch size, teacher cache, conditioning      ``data:``
-:class:`RunSpec`     run folder, solver file, resume, W&B, ``Trainer``   top level,
-                     and callback options, seed                          ``trainer:``, ...
-==============  =======================================================  ==================
+* :class:`ModelSpec`: the frozen model and how it is evaluated (dtypes, σ → t, loader
+  options, guidance); config section ``model:``.
+* :class:`SolverSpec`: the problem: solver, NFE, σ grid, teacher; ``model:``.
+* :class:`FitSpec`: how λ are fitted (mode, learning rate, memory switches, end-to-end
+  settings); ``model:``.
+* :class:`DataSpec`: seeds, batch size, teacher cache, conditioning; ``data:``.
+* :class:`RunSpec`: run folder, solver file, resume, W&B, seed (top level) and the options of
+  the ``Trainer`` and the callbacks (``trainer:``, ``samples:``, ``lambda_plot:``, ``fid:``).
 
 :class:`Specs` holds one of each. ``Specs.from_config("configs/tiny.yaml")`` reads a
 ``python -m dode.train`` config as it is (the ``model:`` section holds the fields of the first
