@@ -252,8 +252,12 @@ def test_a_setting_given_twice_is_refused_before_anything_runs(tmp_path):
         dode.fit("gmm-digits", SolverSpec(nfe=4), nfe=6, run_dir=tmp_path / "b")
     with pytest.raises(ValueError, match="run_dir is given both"):
         dode.fit("gmm-digits", run=RunSpec(), run_dir=tmp_path / "c")
-    with pytest.raises(ValueError, match=r"dode.fit\(specs\) takes no other setting"):
+    with pytest.raises(ValueError, match="nfe is given both as a keyword and in the SolverSpec"):
         dode.fit(Specs(), nfe=4)
+    with pytest.raises(ValueError, match="solver is given both"):
+        dode.fit(Specs(), "heun")
+    with pytest.raises(ValueError, match=r"dode.fit\(specs\) takes no other spec"):
+        dode.fit(Specs(), data=DataSpec())
     with pytest.raises(ValueError, match="data must be a DataSpec"):
         dode.fit("gmm-digits", data={"fit_seeds": "0-7"}, run_dir=tmp_path / "d")
     assert not any(tmp_path.iterdir())

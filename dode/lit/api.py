@@ -625,14 +625,14 @@ def fit(
         RuntimeError: the fit was interrupted (nothing written; resume with ``ckpt_path="last"``).
     """
     flat = {k: v for k, v in locals().items() if k not in ("model", "solver", "data", "fit", "run")}
-    if isinstance(model, Specs):
-        defaults = Specs.defaults()  # anything else given would be ignored
-        if solver != "ddim" or data or fit or run or any(v != defaults[k] for k, v in flat.items()):
+    if isinstance(model, Specs):  # every group given: a flat keyword set too is refused
+        if isinstance(solver, SolverSpec) or data or fit or run:
             raise ValueError(
-                "dode.fit(specs) takes no other setting; put it in the Specs "
-                "(dataclasses.replace(specs.solver, nfe=8), ...)."
+                "dode.fit(specs) takes no other spec; put it in the Specs "
+                "(dataclasses.replace(specs, solver=SolverSpec(...)))."
             )
-        return fit_specs(model)
+        groups = {g: getattr(model, g) for g in ("model", "solver", "fit", "data", "run")}
+        return fit_specs(Specs.combine(groups, {**flat, "solver": solver}))
     groups = {"data": data, "fit": fit, "run": run}
     if isinstance(model, ModelSpec):
         groups["model"] = model
