@@ -7,8 +7,11 @@ Public API::
     from dode.solvers import get_solver
     from dode.denoisers import CallableDenoiser
     fitted = dode.fit("gmm-digits", "ddim", nfe=4)   # the Lightning fit (dode.lit.api.fit)
+    fitted = dode.fit(dode.ModelSpec("gmm-digits"), dode.SolverSpec("ddim", nfe=4))
 
-``dode.fit`` is imported on first use: ``import dode`` does not import Lightning.
+``dode.fit`` and its specs (``ModelSpec``, ``SolverSpec``, ``FitSpec``, ``DataSpec``,
+``RunSpec``, ``Specs``: :mod:`dode.lit.specs`) are imported on first use: ``import dode`` does
+not import Lightning.
 """
 
 from . import denoisers, schedules, solvers
@@ -34,8 +37,16 @@ __all__ = [
     "LambdaFit",
     "FitInfo",
     "fit",
+    "ModelSpec",
+    "SolverSpec",
+    "FitSpec",
+    "DataSpec",
+    "RunSpec",
+    "Specs",
     "__version__",
 ]
+
+_SPECS = ("ModelSpec", "SolverSpec", "FitSpec", "DataSpec", "RunSpec", "Specs")
 
 
 def __getattr__(name: str):
@@ -43,4 +54,8 @@ def __getattr__(name: str):
         from .lit.api import fit
 
         return fit
+    if name in _SPECS:
+        from .lit import specs
+
+        return getattr(specs, name)
     raise AttributeError(f"module 'dode' has no attribute {name!r}")

@@ -115,21 +115,19 @@ class SeedConditioning:
     prompts: tuple[str, ...] | None = None
     negative_prompt: str | None = None
 
-    @classmethod
-    def from_options(
-        cls,
+    @staticmethod
+    def check_options(
         class_labels: Any = None,
         prompts_file: str | os.PathLike | None = None,
         prompts: Sequence[str] | str | None = None,
         negative_prompt: str | None = None,
-    ) -> SeedConditioning | None:
-        """The rule for the given options (``None`` when none is given).
+    ) -> None:
+        """The checks of :meth:`from_options` that need no file: one kind of conditioning, a
+        valid label rule, non-empty prompts, a negative prompt only with prompts. The prompts
+        file itself is read (and checked) by :meth:`from_options`.
 
-        Args:
-            class_labels: ``"all"``, ``"uniform"``, a list or ``"0,1,2"``.
-            prompts_file: a text file, one prompt per line.
-            prompts: prompts given directly (a string: one prompt for every seed).
-            negative_prompt: one negative prompt for all samples (text models).
+        Raises:
+            ValueError: the first problem, with its fix.
         """
         given = [
             n
@@ -153,6 +151,34 @@ class SeedConditioning:
                     "negative_prompt is for text models; a class-conditional model's "
                     "unconditional input is its null label. Drop negative_prompt."
                 )
+            label_rule(class_labels)
+        elif prompts is not None:
+            items = [prompts] if isinstance(prompts, str) else list(prompts)
+            if not items or not all(isinstance(p, str) and p.strip() for p in items):
+                raise ValueError("prompts must be non-empty strings; give at least one prompt.")
+        elif prompts_file is None and negative_prompt is not None:
+            raise ValueError(
+                "negative_prompt without prompts; give prompts (or a prompts file) too."
+            )
+
+    @classmethod
+    def from_options(
+        cls,
+        class_labels: Any = None,
+        prompts_file: str | os.PathLike | None = None,
+        prompts: Sequence[str] | str | None = None,
+        negative_prompt: str | None = None,
+    ) -> SeedConditioning | None:
+        """The rule for the given options (``None`` when none is given).
+
+        Args:
+            class_labels: ``"all"``, ``"uniform"``, a list or ``"0,1,2"``.
+            prompts_file: a text file, one prompt per line.
+            prompts: prompts given directly (a string: one prompt for every seed).
+            negative_prompt: one negative prompt for all samples (text models).
+        """
+        cls.check_options(class_labels, prompts_file, prompts, negative_prompt)
+        if class_labels is not None:
             rule = label_rule(class_labels)
             return cls("class_labels", labels=rule if isinstance(rule, str) else tuple(rule))
         if prompts_file is not None:
@@ -160,13 +186,7 @@ class SeedConditioning:
                        negative_prompt=negative_prompt)  # fmt: skip
         if prompts is not None:
             items = [prompts] if isinstance(prompts, str) else list(prompts)
-            if not items or not all(isinstance(p, str) and p.strip() for p in items):
-                raise ValueError("prompts must be non-empty strings; give at least one prompt.")
             return cls("prompts", prompts=tuple(items), negative_prompt=negative_prompt)
-        if negative_prompt is not None:
-            raise ValueError(
-                "negative_prompt without prompts; give prompts (or a prompts file) too."
-            )
         return None
 
     # ---- against a model ---------------------------------------------------------------------

@@ -181,3 +181,23 @@ def test_flux_mu_is_the_default_flow_grid(flux):
     _, den, emb = flux
     s = grid_for_model(den.bind(emb), "flow", 5)
     assert torch.allclose(s, flow_sigmas(5, mu=den.mu, spacing="dpm_solver"))
+
+
+def test_a_slice_of_a_bound_flux_keeps_every_attribute(flux):
+    """Slicing a bound FLUX (a GuidedFlowDenoiser wrapping the model) keeps what was set on it
+    after it was made (its embedded guidance, anything else), and each slice computes the rows
+    of the whole bound model."""
+    _, den, emb = flux
+    bound = den.bind(emb, guidance=2.0)
+    bound.note = "kept"
+    parts = [bound[0], bound[1:], bound[[1]], *bound.split(1)]
+    for part in parts:
+        assert isinstance(part, GuidedFlowDenoiser) and part.model is den
+        assert part.embedded_guidance == 2.0 and part.note == "kept"
+        assert len(part) == 1
+    x = torch.randn(2, *den.sample_shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = bound.x0(x, 1.5)
+        rows = torch.cat([bound[0].x0(x[:1], 1.5), bound[1].x0(x[1:], 1.5)])
+    assert torch.allclose(rows, whole, atol=1e-6)
+    assert not hasattr(den.bind(emb), "note")  # a new binding starts afresh

@@ -236,3 +236,48 @@ def test_old_import_paths_warn_with_the_new_name():
     import dode as new
 
     assert old.fit_lambdas is new.fit_lambdas and old.sample is new.sample
+
+
+def _patches_and_borrows(source: str) -> list[str]:
+    """Module-level assignments to an attribute of a class defined in ``source`` (a class
+    patched after its definition) and class-body assignments of another class's function
+    (``x0 = FlowDenoiser.x0``: a method borrowed by assignment)."""
+    tree = ast.parse(source)
+    classes = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id in classes
+                ):
+                    found.append(f"line {node.lineno}: {target.value.id}.{target.attr} = ...")
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if (
+                    isinstance(item, ast.Assign)
+                    and isinstance(item.value, ast.Attribute)
+                    and isinstance(item.value.value, ast.Name)
+                    and item.value.value.id[:1].isupper()
+                    and not item.value.attr[:1].isupper()
+                ):
+                    names = ", ".join(ast.unparse(t) for t in item.targets)
+                    found.append(
+                        f"line {item.lineno}: {node.name}.{names} = {ast.unparse(item.value)}"
+                    )
+    return found
+
+
+def test_no_class_is_patched_and_no_method_borrowed():
+    """Classes are whole where they are defined: nothing is set on a class afterwards, and a
+    method comes from a base class (or a wrapped object), never by assignment from another."""
+    found = [
+        f"{path.relative_to(ROOT)} {hit}"
+        for path, _ in module_files().values()
+        for hit in _patches_and_borrows(path.read_text())
+    ]
+    assert not found, "\n".join(found)
+    bad = "class A:\n    pass\nclass B:\n    f = A.f\nA.g = 1\n"
+    assert len(_patches_and_borrows(bad)) == 2

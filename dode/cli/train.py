@@ -39,8 +39,9 @@ from ..lit import (
     LambdaPlotCallback,
     NoiseDataModule,
     SampleGridCallback,
+    Specs,
 )
-from ..lit.api import TRAINER_DEFAULTS, FitStopped, default_run_dir, run_fit, trainer_extras
+from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths, trainer_extras
 from ..lit.tracking import wandb_mode
 from .common import lightning_parser, no_gpu_hint
 
@@ -145,12 +146,14 @@ class DODECLI(LightningCLI):
         parser.add_lightning_class_args(FrechetCallback, "fid")
 
     # ---- run folder, loggers, checkpoint: what dode.fit adds too -----------------------------
+    def specs(self) -> Specs:
+        """The parsed settings as :class:`~dode.lit.Specs` (what ``dode.fit(specs)`` takes)."""
+        config = self.config.as_dict()
+        config.pop("config", None)  # the -c files themselves
+        return Specs.from_config(config)
+
     def run_dir(self) -> Path:
-        c = self.config
-        if c.run_dir:
-            return Path(c.run_dir)
-        m = c.model
-        return default_run_dir(m.model, m.solver, m.nfe, m.fit_mode)
+        return run_paths(self.specs())[0]
 
     def instantiate_trainer(self, **kwargs: Any):
         c = self.config
@@ -186,13 +189,13 @@ def main(args: list[str] | None = None) -> Path | None:
     module, trainer = cli.model, cli.trainer
     module.timings["startup_imports_s"] = _startup_seconds()
     module.timings["parse_and_load_s"] = time.perf_counter() - t_parse
-    run_dir = cli.run_dir()
+    run_dir, solver_file = run_paths(cli.specs())
     try:
         result = run_fit(
             module,
             cli.datamodule,
             trainer,
-            solver_file=cli.config.solver_file or run_dir / "solver.safetensors",
+            solver_file=solver_file,
             ckpt_path=cli.config.ckpt_path,
         )
     except ValueError as e:

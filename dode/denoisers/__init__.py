@@ -6,11 +6,14 @@ One module per model family:
 ``base``       :class:`Denoiser` (the contract) and :func:`as_sigma`
 ``callable``   :class:`CallableDenoiser`: any ``fn(x, sigma)``
 ``vp``         :class:`DiffusersDenoiser`: a diffusers ``UNet2DModel`` DDPM (pixel space),
-               unconditional or class-conditional (``num_class_embeds``, null label for CFG)
+               unconditional or class-conditional (``num_class_embeds``, null label for CFG:
+               :class:`~dode.denoisers.vp.ClassLabelDenoiser`, shared with the flow UNet)
 ``latent``     :class:`LatentDiffusionDenoiser`: Stable Diffusion 1.x/2.x and SDXL (latents,
                prompts, VAE decoding)
 ``flow``       :class:`FlowDenoiser`, :class:`DiffusersFlowDenoiser`, :class:`GaussianMixtureFlow`:
-               rectified flows (velocity prediction) mapped to σ-space, class labels + CFG
+               rectified flows (velocity prediction) mapped to σ-space, class labels + CFG;
+               :class:`GuidedFlowDenoiser` (a bound flow); both are a
+               :class:`~dode.denoisers.flow.VelocityFlow` (x̂0, ε̂, start from the velocity)
 ``flow_latent`` :class:`SD3Denoiser`, :class:`FluxDenoiser`: SD3 and FLUX latent flows (text
                embeddings, CFG / embedded guidance, packed latents, VAE decoding)
 ``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
@@ -19,7 +22,9 @@ One module per model family:
 =============  ===================================================================================
 
 A conditional model is bound to its batch first, ``den.bind(cond, guidance_scale=w)``, and is
-then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`).
+then a plain ``D(x, σ)`` for every solver (see :mod:`dode.denoisers.guidance`): the bound
+denoiser wraps the model (:meth:`ConditionalDenoiser.guided` makes it; a flow makes a
+:class:`GuidedFlowDenoiser`).
 """
 
 from .base import Denoiser, as_sigma, family_of

@@ -51,12 +51,13 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import flow_t_to_sigma
-from .base import family_of, quiet_loading
+from .base import Denoiser, family_of, quiet_loading
 from .gmm import GaussianMixtureDenoiser
 from .guidance import ConditionalDenoiser, Conditioning, GuidedDenoiser, rescale_noise_cfg
-from .vp import DiffusersDenoiser, unet_sample_shape, weight_files
+from .vp import ClassLabelDenoiser, unet_sample_shape, weight_files
 
 __all__ = [
+    "VelocityFlow",
     "FlowDenoiser",
     "GuidedFlowDenoiser",
     "DiffusersFlowDenoiser",
@@ -105,52 +106,20 @@ def flow_from_native(v: Tensor, x: Tensor, sigma, want: str = "x0") -> Tensor:
     return x_t - t.to(x.dtype) * v if want == "x0" else x_t + c.to(x.dtype) * v
 
 
-class FlowDenoiser(ConditionalDenoiser):
-    """A rectified-flow model seen as a σ-space denoiser (see the module docstring).
-
-    Subclasses implement :meth:`velocity` ``v(x_t, t) ≈ ε − x0``; :meth:`x0` and :meth:`eps`
-    follow from it without round trips. A conditional flow (``conditional = True``) takes the
-    batch's :class:`~dode.denoisers.Conditioning` as a third argument and is bound to it with
-    :meth:`bind`, as every conditional model: ``den.bind(cond, guidance_scale=w)`` gives a
-    :class:`GuidedFlowDenoiser`, whose classifier-free guidance combines the velocities
-    (the flow's native prediction) ``v = v_u + w (v_c − v_u)`` from one forward of ``2B``.
-
-    Args:
-        sample_shape: the shape of one sample, or ``None``.
-        t_min: the smallest flow time the model was trained on (σ_min = t_min/(1 − t_min)).
+class VelocityFlow(Denoiser):
+    """What every rectified flow shares, written once over its velocity: :meth:`x0`,
+    :meth:`eps`, :meth:`denoise` and :meth:`start` from :meth:`velocity` ``v(x_t, t)`` (see the
+    module docstring). :class:`FlowDenoiser` (a network) and :class:`GuidedFlowDenoiser` (a
+    conditional flow bound to its rows, whose velocity is the guided one) are both one.
     """
 
     prediction = "x0"
     family = "flow"
 
-    def __init__(self, sample_shape: tuple[int, ...] | None = None, t_min: float = 1e-3) -> None:
-        if not 0 <= t_min < 1:
-            raise ValueError(f"t_min must be in [0, 1), got {t_min}.")
-        super().__init__(t_min / (1 - t_min), math.inf, sample_shape)
-
-    def velocity(
-        self, x_t: Tensor, t: Tensor, cond: Conditioning | None = None
-    ) -> Tensor:  # pragma: no cover - abstract
-        """The flow's velocity at ``x_t`` (the flow's own variable) and time ``t``.
-
-        Args:
-            x_t: ``[B, ...]``.
-            t: float64, shape ``[B, 1, ...]`` (broadcastable to ``x_t``), in (0, 1].
-            cond: conditional flows: the batch's conditioning (``B`` rows).
-        """
+    def velocity(self, x_t: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The velocity at ``x_t`` (the flow's own variable) and time ``t`` (float64,
+        ``[B, 1, ...]``)."""
         raise NotImplementedError
-
-    def _velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning | None) -> Tensor:
-        # unconditional subclasses may define velocity(x_t, t) without ``cond``
-        return self.velocity(x_t, t) if cond is None else self.velocity(x_t, t, cond)
-
-    # the ConditionalDenoiser contract: the native prediction is v at x_t = x/(1 + σ)
-    def native(self, x: Tensor, sigma: Tensor, cond: Conditioning | None) -> Tensor:
-        t, c = _t_and_scale(sigma, x)
-        return self._velocity(x * c.to(x.dtype), t, cond)
-
-    def from_native(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        return flow_from_native(out, x, sigma, "x0")
 
     def x0(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x̂0 = x_t − t·v with x_t = x/(1 + σ), t = σ/(1 + σ)."""
@@ -198,17 +167,71 @@ class FlowDenoiser(ConditionalDenoiser):
         return latents + x0 / s[1].item(), s[1:]
 
 
-class GuidedFlowDenoiser(GuidedDenoiser):
+class FlowDenoiser(VelocityFlow, ConditionalDenoiser):
+    """A rectified-flow model seen as a σ-space denoiser (see the module docstring).
+
+    Subclasses implement :meth:`velocity` ``v(x_t, t) ≈ ε − x0``; :meth:`x0` and :meth:`eps`
+    follow from it without round trips. A conditional flow (``conditional = True``) takes the
+    batch's :class:`~dode.denoisers.Conditioning` as a third argument and is bound to it with
+    :meth:`bind`, as every conditional model: ``den.bind(cond, guidance_scale=w)`` gives a
+    :class:`GuidedFlowDenoiser`, whose classifier-free guidance combines the velocities
+    (the flow's native prediction) ``v = v_u + w (v_c − v_u)`` from one forward of ``2B``.
+
+    Args:
+        sample_shape: the shape of one sample, or ``None``.
+        t_min: the smallest flow time the model was trained on (σ_min = t_min/(1 − t_min)).
+    """
+
+    def __init__(self, sample_shape: tuple[int, ...] | None = None, t_min: float = 1e-3) -> None:
+        if not 0 <= t_min < 1:
+            raise ValueError(f"t_min must be in [0, 1), got {t_min}.")
+        super().__init__(t_min / (1 - t_min), math.inf, sample_shape)
+
+    def velocity(
+        self, x_t: Tensor, t: Tensor, cond: Conditioning | None = None
+    ) -> Tensor:  # pragma: no cover - abstract
+        """The flow's velocity at ``x_t`` (the flow's own variable) and time ``t``.
+
+        Args:
+            x_t: ``[B, ...]``.
+            t: float64, shape ``[B, 1, ...]`` (broadcastable to ``x_t``), in (0, 1].
+            cond: conditional flows: the batch's conditioning (``B`` rows).
+        """
+        raise NotImplementedError
+
+    def _velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning | None) -> Tensor:
+        # unconditional subclasses may define velocity(x_t, t) without ``cond``
+        return self.velocity(x_t, t) if cond is None else self.velocity(x_t, t, cond)
+
+    # the ConditionalDenoiser contract: the native prediction is v at x_t = x/(1 + σ)
+    def native(self, x: Tensor, sigma: Tensor, cond: Conditioning | None) -> Tensor:
+        t, c = _t_and_scale(sigma, x)
+        return self._velocity(x * c.to(x.dtype), t, cond)
+
+    def from_native(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        return flow_from_native(out, x, sigma, "x0")
+
+    def guided(
+        self,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+    ) -> GuidedFlowDenoiser:
+        """This flow wrapped with its bound rows and scales: a :class:`GuidedFlowDenoiser`
+        (still a flow: its velocity is the guided one)."""
+        return GuidedFlowDenoiser(self, cond, uncond, guidance_scale, guidance_rescale)
+
+
+class GuidedFlowDenoiser(VelocityFlow, GuidedDenoiser):
     """A conditional flow bound to a batch's conditioning and the CFG scale (made by
-    :meth:`FlowDenoiser.bind`).
+    :meth:`FlowDenoiser.bind`): a :class:`~dode.denoisers.GuidedDenoiser` wrapping the flow.
 
     Guidance acts on the velocity, the flow's native prediction, from one forward of ``2B``
     (unconditional rows first, as the SD3 pipeline does): ``v = v_u + w (v_c − v_u)``. It is
-    still a flow: :meth:`velocity` is the guided velocity, :meth:`x0`, :meth:`eps` and
-    :meth:`start` are :class:`FlowDenoiser`'s.
+    still a flow: :meth:`velocity` is the guided velocity, and :meth:`x0`, :meth:`eps`,
+    :meth:`denoise` and :meth:`start` are every flow's (:class:`VelocityFlow`).
     """
-
-    family = "flow"
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
         """The guided velocity (``cond`` must be ``None``: the bound rows are used)."""
@@ -229,14 +252,6 @@ class GuidedFlowDenoiser(GuidedDenoiser):
             v = rescale_noise_cfg(v, v_c, self.guidance_rescale)
         return v
 
-    x0 = FlowDenoiser.x0
-    eps = FlowDenoiser.eps
-    denoise = FlowDenoiser.denoise
-    start = FlowDenoiser.start
-
-
-FlowDenoiser.guided_class = GuidedFlowDenoiser  # what FlowDenoiser.bind returns
-
 
 def is_flow(denoiser: Any) -> bool:
     """Whether ``denoiser`` is a rectified flow: its :attr:`~dode.denoisers.Denoiser.family`
@@ -254,11 +269,11 @@ def flow_start(denoiser: FlowDenoiser, latents: Tensor, sigmas: Tensor) -> tuple
     return denoiser.start(latents, sigmas)
 
 
-class DiffusersFlowDenoiser(FlowDenoiser):
+class DiffusersFlowDenoiser(FlowDenoiser, ClassLabelDenoiser):
     """A diffusers ``UNet2DModel`` trained as a rectified flow (velocity at timestep ``t·T``).
 
-    Class-conditional UNets (``num_class_embeds``) follow :class:`~dode.denoisers.
-    DiffusersDenoiser`'s convention: ``num_classes = num_class_embeds − 1`` makes the last index
+    Class-conditional UNets (``num_class_embeds``) follow the convention of
+    :class:`~dode.denoisers.vp.ClassLabelDenoiser` (as the DDPM adapter does): ``num_classes = num_class_embeds − 1`` makes the last index
     the null label, used for classifier-free guidance. Bind labels (one per sample, or one for
     all) with ``den.bind(labels, guidance_scale=w)``; :meth:`set_class_labels` fixes labels on
     the model itself (no guidance).
@@ -273,11 +288,6 @@ class DiffusersFlowDenoiser(FlowDenoiser):
         num_classes: class-conditional UNets: the number of real classes (default
             ``num_class_embeds``: no null label, no guidance).
     """
-
-    # the class-label convention (null label, checks, messages) of the DDPM UNet2DModel adapter
-    _init_classes = DiffusersDenoiser._init_classes
-    make_conditioning = DiffusersDenoiser.make_conditioning
-    describe_conditioning = DiffusersDenoiser.describe_conditioning
 
     def __init__(
         self,

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..schedules import flux_mu
 from .base import Denoiser
-from .flow import FlowDenoiser, GuidedFlowDenoiser
+from .flow import FlowDenoiser
 from .guidance import Conditioning, check_guidance
 from .vp import PipelineFolder, vae_decode
 
@@ -549,7 +549,7 @@ class FluxDenoiser(_LatentFlow):
             ref = c.kwargs["pooled_projections"]
             rows = torch.full((len(c),), g, dtype=torch.float32, device=ref.device)
             c = Conditioning({**c.kwargs, "guidance": rows})
-        bound = GuidedFlowDenoiser(self, c, None, 1.0, 0.0)
+        bound = self.guided(c, None, 1.0, 0.0)
         bound.embedded_guidance = g if self.guidance_embeds else None
         return bound
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -179,14 +179,13 @@ class ConditionalDenoiser(Denoiser):
     and :meth:`make_conditioning` (user input → conditional and unconditional
     :class:`Conditioning`), and set :attr:`conditional` and :attr:`has_unconditional`.
     An unconditional network (``conditional = False``) is used as is; a conditional one must
-    be bound to the batch's conditioning with :meth:`bind` first; :attr:`guided_class` is the
-    class :meth:`bind` returns (a model family whose bound form needs more than
-    :class:`GuidedDenoiser`, such as a flow, sets its own).
+    be bound to the batch's conditioning with :meth:`bind` first, which wraps it (and the
+    bound rows and scales) in the denoiser :meth:`guided` makes: a :class:`GuidedDenoiser`
+    here; a model family whose bound form needs more, such as a flow, returns its own.
     """
 
     conditional: bool = False
     has_unconditional: bool = False
-    guided_class: ClassVar[type[GuidedDenoiser]]  # set below, once GuidedDenoiser exists
 
     def native(
         self, x: Tensor, sigma: Tensor, cond: Conditioning | None
@@ -255,7 +254,19 @@ class ConditionalDenoiser(Denoiser):
                 "a model with a null condition."
             )
         c, u = self.make_conditioning(cond, negative_prompt, guided)
-        return self.guided_class(self, c, u if guided else None, w, phi)
+        return self.guided(c, u if guided else None, w, phi)
+
+    def guided(
+        self,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+    ) -> GuidedDenoiser:
+        """This model wrapped with its bound rows and scales (what :meth:`bind` returns once
+        it has made the conditioning): a :class:`GuidedDenoiser`. Families whose bound form
+        needs more (a flow's guided velocity) override it."""
+        return GuidedDenoiser(self, cond, uncond, guidance_scale, guidance_rescale)
 
     def describe_conditioning(self) -> str:
         """A short phrase naming the kind of conditioning, for error messages."""
@@ -265,8 +276,10 @@ class ConditionalDenoiser(Denoiser):
 class GuidedDenoiser(Denoiser):
     """A conditional model with a batch's conditioning and the CFG scale bound in.
 
-    Made by :meth:`ConditionalDenoiser.bind`. ``len(bound)`` is the number of conditioning
-    rows; ``bound[i:j]`` (or a list/tensor of indices) is the same model bound to those rows.
+    Made by :meth:`ConditionalDenoiser.bind`; it wraps the model (composition: the model is
+    shared, never copied or subclassed). ``len(bound)`` is the number of conditioning rows;
+    ``bound[i:j]`` (or a list/tensor of indices) is the same wrapper bound to those rows, with
+    every other attribute kept (such as FLUX's ``embedded_guidance``).
 
     Attributes:
         model: the conditional model (shared, not copied).
@@ -312,13 +325,19 @@ class GuidedDenoiser(Denoiser):
         return True
 
     def __getitem__(self, index: Index) -> GuidedDenoiser:
-        return type(self)(
+        out = type(self)(
             self.model,
             self.cond[index],
             None if self.uncond is None else self.uncond[index],
             self.guidance_scale,
             self.guidance_rescale,
         )
+        # what was set on this wrapper after it was made stays (the rows are the slice's)
+        for name, value in vars(self).items():
+            vars(out).setdefault(name, value)
+        for name, module in self._modules.items():
+            out._modules.setdefault(name, module)
+        return out
 
     def split(self, batch_size: int) -> list[GuidedDenoiser]:
         """Bound denoisers for ``noise.split(batch_size)``, chunk by chunk."""
@@ -358,6 +377,3 @@ class GuidedDenoiser(Denoiser):
             "cond": self.cond.fingerprint(),
             "uncond": None if self.uncond is None else self.uncond.fingerprint(),
         }
-
-
-ConditionalDenoiser.guided_class = GuidedDenoiser

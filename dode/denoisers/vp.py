@@ -21,7 +21,14 @@ from ..schedules import vp_sigmas
 from .base import quiet_loading
 from .guidance import ConditionalDenoiser, Conditioning
 
-__all__ = ["DiffusersDenoiser", "vp_from_native", "vp_prediction", "vp_scale", "vp_sigma_to_t"]
+__all__ = [
+    "ClassLabelDenoiser",
+    "DiffusersDenoiser",
+    "vp_from_native",
+    "vp_prediction",
+    "vp_scale",
+    "vp_sigma_to_t",
+]
 
 
 def resolve_model_path(path_or_id: str | os.PathLike, example: str) -> str:
@@ -188,54 +195,13 @@ def vp_from_native(out: Tensor, x: Tensor, sigma: Tensor, prediction_type: str) 
     return out
 
 
-class DiffusersDenoiser(ConditionalDenoiser):
-    """A diffusers ``UNet2DModel`` trained as a discrete VP (DDPM) model, seen in σ-space.
-
-    The network sees ``x_vp = x / sqrt(1 + σ²)`` at timestep ``t(σ)``; ``t`` comes from linear
-    interpolation of log σ over the discrete table (``sigma_to_t="interp"``, as diffusers'
-    Karras/Heun schedulers do) or from snapping to the nearest table entry (``"snap"``, exact
-    parity with DDIM on integer timesteps).
-
-    Args:
-        unet: the network (kept frozen: ``eval()`` and ``requires_grad_(False)``).
-        alphas_cumprod: the discrete ᾱ table, ascending in t.
-        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
-        sigma_to_t: ``"interp"`` or ``"snap"``.
-        model_id: where the model came from (hub id or folder), recorded in artifacts.
-        num_classes: class-conditional UNets only: the number of real classes. Default:
-            ``num_class_embeds`` (no null label, so no guidance); ``num_class_embeds − 1``
-            makes the last index the null label used for classifier-free guidance.
+class ClassLabelDenoiser(ConditionalDenoiser):
+    """The class-label convention of diffusers' class-conditional ``UNet2DModel``
+    (``num_class_embeds``), shared by the VP (:class:`DiffusersDenoiser`) and flow
+    (:class:`~dode.denoisers.DiffusersFlowDenoiser`) adapters: integer labels, and with
+    ``num_classes = num_class_embeds − 1`` the last index as the null label used for
+    classifier-free guidance. A subclass calls :meth:`_init_classes` from its constructor.
     """
-
-    def __init__(
-        self,
-        unet: nn.Module,
-        alphas_cumprod: Tensor,
-        prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
-        sigma_to_t: Literal["interp", "snap"] = "interp",
-        model_id: str | None = None,
-        num_classes: int | None = None,
-    ) -> None:
-        table = vp_sigmas(alphas_cumprod)
-        cfg = getattr(unet, "config", None)
-        super().__init__(float(table[0]), float(table[-1]), unet_sample_shape(unet))
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(
-                f"unknown prediction_type {prediction_type!r}; use 'epsilon', 'v_prediction' "
-                "or 'sample'."
-            )
-        if sigma_to_t not in ("interp", "snap"):
-            raise ValueError(f"sigma_to_t must be 'interp' or 'snap', got {sigma_to_t!r}.")
-        self.unet = unet.eval().requires_grad_(False)
-        self.prediction_type = prediction_type
-        self.prediction = vp_prediction(prediction_type)
-        self.sigma_to_t_mode = sigma_to_t
-        self.model_id = model_id
-        self.register_buffer("log_sigmas", table.log(), persistent=False)
-        self.register_buffer(
-            "alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64), persistent=False
-        )
-        self._init_classes(cfg, num_classes)
 
     def _init_classes(self, cfg: Any, num_classes: int | None) -> None:
         embeds = getattr(cfg, "num_class_embeds", None) if cfg is not None else None
@@ -310,6 +276,56 @@ class DiffusersDenoiser(ConditionalDenoiser):
             else None
         )
         return c, u
+
+
+class DiffusersDenoiser(ClassLabelDenoiser):
+    """A diffusers ``UNet2DModel`` trained as a discrete VP (DDPM) model, seen in σ-space.
+
+    The network sees ``x_vp = x / sqrt(1 + σ²)`` at timestep ``t(σ)``; ``t`` comes from linear
+    interpolation of log σ over the discrete table (``sigma_to_t="interp"``, as diffusers'
+    Karras/Heun schedulers do) or from snapping to the nearest table entry (``"snap"``, exact
+    parity with DDIM on integer timesteps).
+
+    Args:
+        unet: the network (kept frozen: ``eval()`` and ``requires_grad_(False)``).
+        alphas_cumprod: the discrete ᾱ table, ascending in t.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        sigma_to_t: ``"interp"`` or ``"snap"``.
+        model_id: where the model came from (hub id or folder), recorded in artifacts.
+        num_classes: class-conditional UNets only: the number of real classes. Default:
+            ``num_class_embeds`` (no null label, so no guidance); ``num_class_embeds − 1``
+            makes the last index the null label used for classifier-free guidance.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        alphas_cumprod: Tensor,
+        prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
+        sigma_to_t: Literal["interp", "snap"] = "interp",
+        model_id: str | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        table = vp_sigmas(alphas_cumprod)
+        cfg = getattr(unet, "config", None)
+        super().__init__(float(table[0]), float(table[-1]), unet_sample_shape(unet))
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(
+                f"unknown prediction_type {prediction_type!r}; use 'epsilon', 'v_prediction' "
+                "or 'sample'."
+            )
+        if sigma_to_t not in ("interp", "snap"):
+            raise ValueError(f"sigma_to_t must be 'interp' or 'snap', got {sigma_to_t!r}.")
+        self.unet = unet.eval().requires_grad_(False)
+        self.prediction_type = prediction_type
+        self.prediction = vp_prediction(prediction_type)
+        self.sigma_to_t_mode = sigma_to_t
+        self.model_id = model_id
+        self.register_buffer("log_sigmas", table.log(), persistent=False)
+        self.register_buffer(
+            "alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64), persistent=False
+        )
+        self._init_classes(cfg, num_classes)
 
     @classmethod
     def from_pretrained(

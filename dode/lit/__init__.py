@@ -8,11 +8,19 @@
     trainer = lightning.Trainer(use_distributed_sampler=False)
     trainer.fit(module, data)
     module.fitted_solver().save("ddim-nfe5.safetensors")
+
+The settings as typed specs (:mod:`dode.lit.specs`), shared by ``dode.fit``, the configs and
+the constructors::
+
+    specs = Specs.from_config("configs/tiny.yaml")
+    module = DODEModule.from_specs(specs.model, specs.solver, specs.fit)
+    data = NoiseDataModule.from_spec(specs.data)
 """
 
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule, TeacherCache
 from .module import DODEModule
+from .specs import DataSpec, FitSpec, ModelSpec, RunSpec, SolverSpec, Specs
 
 __all__ = [
     "DODEModule",
@@ -21,6 +29,12 @@ __all__ = [
     "SampleGridCallback",
     "LambdaPlotCallback",
     "FrechetCallback",
+    "ModelSpec",
+    "SolverSpec",
+    "FitSpec",
+    "DataSpec",
+    "RunSpec",
+    "Specs",
 ]
 
 

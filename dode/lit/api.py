@@ -38,10 +38,23 @@ from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
 from .fit_modes import FitMode, FitStopped
 from .module import DODEModule, check_resume_seeds
+from .specs import (
+    DataSpec,
+    FitSpec,
+    ModelSpec,
+    RunSpec,
+    SolverSpec,
+    Specs,
+    WandbMode,
+    check_trainer_options,
+    fit_kwargs,
+)
 from .tracking import wandb_mode as resolve_wandb_mode
 
 __all__ = [
     "fit",
+    "fit_specs",
+    "run_paths",
     "run_fit",
     "fit_kwargs",
     "trainer_extras",
@@ -50,8 +63,6 @@ __all__ = [
     "FitResult",
     "FitStopped",
 ]
-
-WandbMode = Literal["auto", "offline", "online", "disabled"]
 
 #: ``Trainer`` settings of every dode fit unless overridden (``trainer=`` / ``--trainer.*``).
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -147,11 +158,7 @@ def trainer_extras(
     callbacks to add to the user's."""
     run_dir = Path(run_dir)
     opts = dict(trainer_options or {})
-    if opts.get("use_distributed_sampler"):
-        raise ValueError(
-            "trainer.use_distributed_sampler must stay false: NoiseDataModule shards the "
-            "seeds over ranks itself (no padding, no seed served twice)."
-        )
+    check_trainer_options(opts)
     out: dict[str, Any] = {"default_root_dir": str(run_dir)}
     if opts.get("logger") is None:
         out["logger"] = _loggers(run_dir, wandb_mode, wandb_project, name, resume)
@@ -524,8 +531,8 @@ def _run_fit(
 
 
 def fit(
-    model: str = "digits",
-    solver: str = "ddim",
+    model: str | ModelSpec | Specs = "digits",
+    solver: str | SolverSpec = "ddim",
     *,
     nfe: int = 5,
     solver_options: dict[str, Any] | None = None,
@@ -565,18 +572,39 @@ def fit(
     wandb_project: str = "dode",
     name: str | None = None,
     seed: int = 0,
+    data: DataSpec | None = None,
+    fit: FitSpec | None = None,
+    run: RunSpec | None = None,
 ) -> FittedSolver:
     """Fit D-ODE λ with Lightning and return the fitted solver (also written to a file).
 
-    The Python form of ``python -m dode.train``, with the same settings and defaults: the
-    arguments from ``model`` to ``end_to_end`` are those of :class:`~dode.lit.DODEModule`
-    (``--model.*``), ``fit_seeds`` to ``negative_prompt`` those of
-    :class:`~dode.lit.NoiseDataModule` (``--data.*``); ``trainer``, ``samples``, ``lambda_plot`` and ``fid`` are the keyword
-    options of ``lightning.Trainer``, :class:`~dode.lit.SampleGridCallback`,
+    The Python form of ``python -m dode.train``, with the same settings and defaults. They
+    come as typed specs (:mod:`dode.lit.specs`) or as flat keywords, which are gathered into
+    the same specs (one code path, :func:`fit_specs`)::
+
+        dode.fit(ModelSpec("gmm-digits"), SolverSpec("ddim", nfe=4), data=DataSpec("0-255"),
+                 fit=FitSpec("sgd-local"), run=RunSpec(wandb_mode="disabled"))
+        dode.fit(Specs.from_config("configs/tiny.yaml"))
+        dode.fit("gmm-digits", "ddim", nfe=4, fit_seeds="0-255", wandb_mode="disabled")
+
+    A group given as a spec takes none of its flat keywords (``ValueError`` if one is set).
+    The flat keywords from ``model`` to ``end_to_end`` are those of
+    :class:`~dode.lit.DODEModule` (``--model.*``: :class:`~dode.lit.ModelSpec`,
+    :class:`~dode.lit.SolverSpec`, :class:`~dode.lit.FitSpec`), ``fit_seeds`` to
+    ``negative_prompt`` those of :class:`~dode.lit.NoiseDataModule` (``--data.*``:
+    :class:`~dode.lit.DataSpec`); ``trainer``, ``samples``, ``lambda_plot`` and ``fid`` are
+    the keyword options of ``lightning.Trainer``, :class:`~dode.lit.SampleGridCallback`,
     :class:`~dode.lit.LambdaPlotCallback` and :class:`~dode.lit.FrechetCallback`
-    (``--trainer.*``, ``--samples.*``, ...).
+    (``--trainer.*``, ``--samples.*``, ...) and, with the settings below, form
+    :class:`~dode.lit.RunSpec`.
 
     Args:
+        model: a model name (flat form), a :class:`~dode.lit.ModelSpec`, or a whole
+            :class:`~dode.lit.Specs` (then nothing else may be given).
+        solver: a solver name (flat form) or a :class:`~dode.lit.SolverSpec`.
+        data: the data settings as a :class:`~dode.lit.DataSpec` (instead of ``fit_seeds``...).
+        fit: the fit settings as a :class:`~dode.lit.FitSpec` (instead of ``fit_mode``...).
+        run: the run settings as a :class:`~dode.lit.RunSpec` (instead of ``run_dir``...).
         run_dir: the run folder (logs, checkpoints, W&B, images); default
             ``runs/<model>-<solver>-nfe<N>-<fit_mode>``.
         solver_file: where the fitted-solver file goes; default ``<run_dir>/solver.safetensors``.
@@ -596,26 +624,64 @@ def fit(
         ValueError: bad settings (one message naming the problem).
         RuntimeError: the fit was interrupted (nothing written; resume with ``ckpt_path="last"``).
     """
-    settings = dict(locals())
-    pl.seed_everything(seed, workers=True, verbose=False)
-    module = DODEModule(**{k: settings[k] for k in _MODEL_KEYS})
-    data = NoiseDataModule(**{k: settings[k] for k in _DATA_KEYS})
+    flat = {k: v for k, v in locals().items() if k not in ("model", "solver", "data", "fit", "run")}
+    if isinstance(model, Specs):  # every group given: a flat keyword set too is refused
+        if isinstance(solver, SolverSpec) or data or fit or run:
+            raise ValueError(
+                "dode.fit(specs) takes no other spec; put it in the Specs "
+                "(dataclasses.replace(specs, solver=SolverSpec(...)))."
+            )
+        groups = {g: getattr(model, g) for g in ("model", "solver", "fit", "data", "run")}
+        return fit_specs(Specs.combine(groups, {**flat, "solver": solver}))
+    groups = {"data": data, "fit": fit, "run": run}
+    if isinstance(model, ModelSpec):
+        groups["model"] = model
+    else:
+        flat["model"] = model
+    if isinstance(solver, SolverSpec):
+        groups["solver"] = solver
+    else:
+        flat["solver"] = solver
+    return fit_specs(Specs.combine(groups, flat))
+
+
+def run_paths(specs: Specs) -> tuple[Path, Path]:
+    """The run folder and the fitted-solver file of ``specs``: ``run.run_dir`` (default
+    :func:`default_run_dir`) and ``run.solver_file`` (default ``<run_dir>/solver.safetensors``)."""
+    r = specs.run
+    run_dir = (
+        Path(r.run_dir)
+        if r.run_dir
+        else default_run_dir(specs.model.model, specs.solver.solver, specs.solver.nfe,
+                             specs.fit.fit_mode)
+    )  # fmt: skip
+    return run_dir, Path(r.solver_file) if r.solver_file else run_dir / "solver.safetensors"
+
+
+def fit_specs(specs: Specs) -> FittedSolver:
+    """:func:`fit` of :class:`~dode.lit.specs.Specs` (what ``dode.fit(specs)`` runs; the flat
+    keywords of :func:`fit` are gathered into specs and come here too)."""
+    if not isinstance(specs, Specs):
+        raise ValueError(f"fit_specs takes a Specs, got {type(specs).__name__}.")
+    r = specs.run
+    pl.seed_everything(r.seed, workers=True, verbose=False)
+    module = DODEModule.from_specs(specs.model, specs.solver, specs.fit)
+    data = NoiseDataModule.from_spec(specs.data)
     module.use_conditioning(data.conditioning)
     callbacks = [
-        SampleGridCallback(**(samples or {})),
-        LambdaPlotCallback(**(lambda_plot or {})),
-        FrechetCallback(**(fid or {})),
+        SampleGridCallback(**(r.samples or {})),
+        LambdaPlotCallback(**(r.lambda_plot or {})),
+        FrechetCallback(**(r.fid or {})),
     ]
-    run_dir = Path(run_dir) if run_dir else default_run_dir(model, solver, nfe, fit_mode)
-    opts = {**TRAINER_DEFAULTS, **(trainer or {})}
+    run_dir, out = run_paths(specs)
+    opts = {**TRAINER_DEFAULTS, **(r.trainer or {})}
     extras = trainer_extras(
-        run_dir, opts, wandb_mode=wandb_mode, wandb_project=wandb_project, name=name,
-        resume=bool(ckpt_path),
+        run_dir, opts, wandb_mode=r.wandb_mode, wandb_project=r.wandb_project, name=r.name,
+        resume=bool(r.ckpt_path),
     )  # fmt: skip
     extras["callbacks"] = [*(opts.get("callbacks") or []), *callbacks, *extras["callbacks"]]
     pl_trainer = pl.Trainer(**{**opts, **extras})
-    out = Path(solver_file) if solver_file else run_dir / "solver.safetensors"
-    return run_fit(module, data, pl_trainer, solver_file=out, ckpt_path=ckpt_path).fitted
+    return run_fit(module, data, pl_trainer, solver_file=out, ckpt_path=r.ckpt_path).fitted
 
 
 def _init_keys(cls: type) -> tuple[str, ...]:
@@ -625,42 +691,3 @@ def _init_keys(cls: type) -> tuple[str, ...]:
 
 _MODEL_KEYS = _init_keys(DODEModule)
 _DATA_KEYS = _init_keys(NoiseDataModule)
-_SECTIONS = ("trainer", "samples", "lambda_plot", "fid")
-_TOP = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project", "name")
-
-
-def fit_kwargs(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """A ``python -m dode.train`` YAML config (or its parsed dict) as :func:`fit` keyword
-    arguments: the ``model:`` and ``data:`` sections are flattened, ``trainer:``,
-    ``samples:``, ``lambda_plot:`` and ``fid:`` stay dicts, ``seed_everything`` becomes
-    ``seed``. Raises ``ValueError`` for a key :func:`fit` does not take."""
-    if not isinstance(config, Mapping):
-        import yaml
-
-        path = Path(config)
-        if not path.is_file():
-            raise ValueError(f"config {str(path)!r} does not exist; pass a dode.train YAML file.")
-        config = yaml.safe_load(path.read_text()) or {}
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if key in ("model", "data") and isinstance(value, Mapping):
-            allowed = _MODEL_KEYS if key == "model" else _DATA_KEYS
-            for k, v in value.items():
-                if k not in allowed:
-                    raise ValueError(
-                        f"unknown setting {key}.{k} in the fit config; {key}: takes "
-                        f"{', '.join(allowed)}."
-                    )
-                out[k] = v
-        elif key in _SECTIONS:
-            out[key] = dict(value or {})
-        elif key == "seed_everything":
-            out["seed"] = value
-        elif key in _TOP:
-            out[key] = value
-        else:
-            raise ValueError(
-                f"unknown setting {key!r} in the fit config; use the sections model, data, "
-                f"{', '.join(_SECTIONS)} or {', '.join(_TOP)}."
-            )
-    return out

@@ -39,7 +39,8 @@ from tqdm import tqdm
 from ..artifact import atomic_write
 from ..cache import cache_root
 from ..conditioning import SeedConditioning
-from ..noise import noise_from_seeds, parse_seeds, shard_seeds
+from ..noise import noise_from_seeds, shard_seeds
+from .specs import DataSpec
 
 __all__ = [
     "NoiseDataModule",
@@ -278,18 +279,6 @@ class _Batches(Dataset):
         return self.batches[i]
 
 
-def _seeds(spec, what: str) -> list[int]:
-    try:
-        seeds = parse_seeds(spec)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"bad {what}: {e}") from None
-    if not seeds:
-        raise ValueError(f"{what} is empty; give seeds such as '0-255'.")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{what} lists a seed twice; every sample needs its own seed.")
-    return seeds
-
-
 def _rows(cond: Any, index: list[int]) -> Any:
     if isinstance(cond, Tensor):
         return cond[index]
@@ -330,19 +319,17 @@ class NoiseDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        #: the settings, checked (:class:`~dode.lit.specs.DataSpec`)
+        self.spec = DataSpec(
+            fit_seeds=fit_seeds, val_seeds=val_seeds, batch_size=batch_size,
+            cache_dir=cache_dir, class_labels=class_labels, prompts=prompts,
+            negative_prompt=negative_prompt,
+        )  # fmt: skip
         self.conditioning: SeedConditioning | None = SeedConditioning.from_options(
             class_labels=class_labels, prompts_file=prompts, negative_prompt=negative_prompt
         )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        self.fit_seeds = _seeds(fit_seeds, "fit_seeds")
-        self.val_seeds = _seeds(val_seeds, "val_seeds")
-        both = set(self.fit_seeds) & set(self.val_seeds)
-        if both:
-            raise ValueError(
-                f"fit_seeds and val_seeds overlap ({len(both)} seeds, e.g. {min(both)}); "
-                "validation must use other samples than the fit."
-            )
+        self.fit_seeds = list(self.spec.fit_seed_list)
+        self.val_seeds = list(self.spec.val_seed_list)
         self.batch_size = batch_size
         if cache_dir == "auto":
             self.cache_dir: Path | None = default_cache_dir()
@@ -351,6 +338,15 @@ class NoiseDataModule(pl.LightningDataModule):
         self._cache: TeacherCache | None = None
         self.teacher: TeacherSource | None = None
         self.served: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec) -> NoiseDataModule:
+        """The data module of ``spec``: the same as the constructor with its fields."""
+        if not isinstance(spec, DataSpec):
+            raise ValueError(
+                f"NoiseDataModule.from_spec takes a DataSpec, got {type(spec).__name__}."
+            )
+        return cls(**spec.kwargs())
 
     # ---- sharding ----------------------------------------------------------------------------
     def _rank(self) -> tuple[int, int]:

@@ -41,13 +41,14 @@ from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..loading import load_denoiser, resolve_dtype
 from ..noise import format_seeds
 from ..schedules import grid_for_model, refine_space
-from ..solvers import Solver, get_solver
+from ..solvers import Solver
 from ..version import __version__
 from .data import NoiseDataModule, TeacherSource, problem_digest
-from .end_to_end import EndToEndFit, check_end_to_end
+from .end_to_end import EndToEndFit
 from .fit_modes import FIT_MODES, FitMode, FitStopped, ModeFit
 from .gradient import GradientFit
 from .lstsq import LstsqFit
+from .specs import FitSpec, ModelSpec, SolverSpec
 from .validation import TeacherMSE
 
 __all__ = ["DODEModule", "build_grid", "FitMode", "FitStopped", "check_resume_seeds"]
@@ -162,36 +163,30 @@ class DODEModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if fit_mode not in FIT_MODES:
-            raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(FIT_MODES)}.")
-        if end_to_end and fit_mode != "end-to-end":
-            raise ValueError(
-                f"end_to_end settings apply only to fit_mode end-to-end (fit_mode is {fit_mode!r})."
-            )
-        self.end_to_end = check_end_to_end(end_to_end)
-        if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
-            raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")
-        if nfe == 1:
-            raise ValueError(
-                "nfe 1 leaves nothing to fit: the one model call's λ_0 is 0 by definition (no "
-                "previous output), so the D-solver would be the base solver; use nfe >= 2."
-            )
-        if not isinstance(teacher_factor, int) or teacher_factor < 2:
-            raise ValueError(
-                f"teacher_factor must be an integer >= 2 (the paper uses 10), got {teacher_factor!r}."
-            )
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}.")
+        # The settings, checked by their specs (dode.lit.specs: one place for every check).
+        self.fit_spec = FitSpec(
+            fit_mode=fit_mode, lr=lr, cache_outputs=cache_outputs,
+            activation_checkpointing=activation_checkpointing, check_finite=check_finite,
+            end_to_end=end_to_end,
+        )  # fmt: skip
+        self.solver_spec = SolverSpec(
+            solver=solver, nfe=nfe, solver_options=solver_options, schedule=schedule,
+            schedule_options=schedule_options, teacher_factor=teacher_factor,
+            teacher_solver=teacher_solver, teacher_solver_options=teacher_solver_options,
+            teacher_space=teacher_space,
+        )  # fmt: skip
+        self.model_spec = ModelSpec(
+            model=model, dtype=dtype, model_dtype=model_dtype, sigma_to_t=sigma_to_t,
+            model_options=model_options, guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+        )  # fmt: skip
+        self.end_to_end = dict(self.fit_spec.end_to_end or {})
         self.fit_mode = fit_mode
         self.lr = float(lr)
         self.integration_dtype = resolve_dtype(dtype)
-        self.solver: Solver = get_solver(solver, **(solver_options or {}))
+        self.solver: Solver = self.solver_spec.build()
         self.num_steps = self.solver.steps_for_nfe(nfe)
-        self.teacher: Solver | None = (
-            get_solver(teacher_solver, **(teacher_solver_options or {}))
-            if teacher_solver is not None
-            else None
-        )
+        self.teacher: Solver | None = self.solver_spec.build_teacher()
         t_load = time.perf_counter()
         self.denoiser = load_denoiser(
             model, sigma_to_t=sigma_to_t, dtype=model_dtype or dtype, **(model_options or {})
@@ -251,6 +246,28 @@ class DODEModule(pl.LightningModule):
         self.timings: dict[str, float] = {"model_load_s": t_load}
         self.val_metrics: dict[str, float] = {}
         self.validation = TeacherMSE()
+
+    @classmethod
+    def from_specs(
+        cls, model: ModelSpec, solver: SolverSpec, fit: FitSpec | None = None
+    ) -> DODEModule:
+        """The module of these specs (:mod:`dode.lit.specs`): the same as the constructor with
+        their fields as keywords.
+
+        Args:
+            model: the model and how it is evaluated.
+            solver: solver, NFE, σ grid, teacher.
+            fit: how λ are fitted (default: ``FitSpec()``, the closed form).
+        """
+        fit = FitSpec() if fit is None else fit
+        for name, spec, want in (("model", model, ModelSpec), ("solver", solver, SolverSpec),
+                                 ("fit", fit, FitSpec)):  # fmt: skip
+            if not isinstance(spec, want):
+                raise ValueError(
+                    f"DODEModule.from_specs: {name} must be a {want.__name__}, got "
+                    f"{type(spec).__name__}."
+                )
+        return cls(**model.kwargs(), **solver.kwargs(), **fit.kwargs())
 
     # ---- the problem -------------------------------------------------------------------------
     def teacher_config(self) -> dict:
