@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,9 +63,22 @@ def _clipped(x: Tensor, clip: tuple[float, float] | None) -> Tensor:
     return x if clip is None else x.clamp(clip[0], clip[1])
 
 
-def _distance(x: Tensor, ref: Tensor, objective: str, clip: tuple[float, float] | None) -> Tensor:
-    d = _clipped(x, clip) - _clipped(ref, clip)
+def _distance(x: Tensor, ref: Tensor, objective, clip: tuple[float, float] | None) -> Tensor:
+    x, ref = _clipped(x, clip), _clipped(ref, clip)
+    if callable(objective):
+        loss = objective(x, ref)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise TypeError(
+                f"the objective must return a scalar tensor (the batch's loss), got "
+                f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}."
+            )
+        return loss.reshape(())
+    d = x - ref
     return (d**2).mean() if objective == "l2" else d.abs().mean()
+
+
+def _objective_name(objective) -> str:
+    return objective if isinstance(objective, str) else getattr(objective, "__name__", "custom")
 
 
 def _check_clip(clip) -> tuple[float, float] | None:
@@ -154,7 +167,7 @@ def fit_end_to_end(
     coefficients: str = "history",
     time_shift: bool = True,
     weight_decay: float = 0.0,
-    objective: str = "l2",
+    objective: str | Callable[[Tensor, Tensor], Tensor] = "l2",
     eval_every: int = 2,
     patience: int | None = None,
     batch_size: int | None = None,
@@ -186,8 +199,10 @@ def fit_end_to_end(
         coefficients: ``"none"``, ``"lambda"`` or ``"history"`` (see the module docstring).
         time_shift: fit the per-call model-time shift.
         weight_decay: L2 penalty (Adam's ``weight_decay``) on the coefficients and the shift.
-        objective: the fit's distance to the reference: ``"l2"`` (MSE) or ``"l1"``. Selection
-            and acceptance always use the MSE.
+        objective: the fit's distance to the reference: ``"l2"`` (MSE), ``"l1"``, or a
+            callable ``(samples, reference) -> scalar loss`` on the batch (both float64, clamped
+            to ``clip``; e.g. MSE plus a feature distance; its name goes in the record).
+            Selection and acceptance always use the MSE.
         eval_every: evaluate the selection MSE every this many steps (and at the end).
         patience: stop after this many evaluations without a better selection MSE
             (``None``: run all ``steps``).
@@ -216,8 +231,11 @@ def fit_end_to_end(
         raise ValueError(
             f"unknown coefficients {coefficients!r}; use one of {', '.join(COEFFICIENTS)}."
         )
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}.")
+    if not callable(objective) and objective not in OBJECTIVES:
+        raise ValueError(
+            f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)} or a callable "
+            "(samples, reference) -> scalar loss."
+        )
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}.")
     if not isinstance(eval_every, int) or eval_every < 1:
@@ -403,7 +421,7 @@ def fit_end_to_end(
         "learn_grid": bool("logits" in params),
         "coefficients": coefficients,
         "time_shift": bool(time_shift),
-        "objective": objective,
+        "objective": _objective_name(objective),
         "steps": steps,
         "steps_run": len(losses),
         "best_step": best[2],

@@ -451,3 +451,24 @@ def test_clip_compares_samples_as_images_show_them():
     for bad in (0.3, 1.0):
         with pytest.raises(ValueError, match="accept_level must be None or in"):
             fit_end_to_end(den, "ddim", grid, z, ref, accept_level=bad, **kw)
+
+
+def test_a_callable_objective_is_fitted_and_named():
+    den, z, ref, zs, rs = _problem(fit=16, select=16)
+    grid = karras(4, 0.002, 80.0)
+    kw = dict(select_noise=zs, select_reference=rs, steps=6, accept_level=None)
+
+    def squared_error(x, r):
+        return ((x - r) ** 2).mean()
+
+    a = fit_end_to_end(den, "unipc", grid, z, ref, objective="l2", **kw)
+    b = fit_end_to_end(den, "unipc", grid, z, ref, objective=squared_error, **kw)
+    assert b.metrics["end_to_end"]["objective"] == "squared_error"
+    assert torch.equal(a.sigmas, b.sigmas) and torch.equal(a.coefficients, b.coefficients)
+    # a distance that ignores the first coordinate leaves a different fit
+    c = fit_end_to_end(
+        den, "unipc", grid, z, ref, objective=lambda x, r: ((x - r)[:, 1:] ** 2).mean(), **kw
+    )
+    assert not torch.equal(a.sigmas, c.sigmas)
+    with pytest.raises(TypeError, match="must return a scalar tensor"):
+        fit_end_to_end(den, "unipc", grid, z, ref, objective=lambda x, r: (x - r) ** 2, **kw)
