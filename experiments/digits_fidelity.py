@@ -288,13 +288,68 @@ def run(
     rows, ablation, notes = [], [], []
     e2e = _end_to_end() is not None
     fit_opts = {"steps": steps, "batch": batch, "eval_every": eval_every}
+    cells: dict[int, tuple[CellChoice, float, object]] = {}
+
+    def cell_at(nfe: int):
+        """The best learning-free cell at ``nfe`` (searched once), its search time, its score."""
+        if nfe not in cells:
+            t0 = time.perf_counter()
+            cell = best_free_cell(sel, nfe, solvers=cand, grids=grids)
+            cells[nfe] = (cell, time.perf_counter() - t0, jud.score_cell(cell.solver, cell.sigmas))
+        return cells[nfe]
+
+    def ablate(nfe: int) -> dict[str, tuple[Learned, bool, float, float]]:
+        """Every ingredient variant fitted at ``nfe``: variant -> (fit, accepted, selection
+        MSE, fit CPU seconds); one ablation row each."""
+        cell, _, bf = cell_at(nfe)
+        fits = {}
+        for variant in E2E_VARIANTS if e2e else STANDIN_VARIANTS:
+            c0 = time.process_time()
+            lv = fit_learned(
+                fit_den, cell, fit_noise, fit_ref.samples, sel, variant=variant, **fit_opts
+            )
+            okv, sv = accept(lv, sel, cell.mse)
+            fits[variant] = (lv, okv, sv, time.process_time() - c0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sc = jud.score(lv.sample(jud.denoiser, jud.noise))
+            ablation.append({
+                "nfe": nfe, "variant": variant, "accepted": okv, "select_mse": sv,
+                "mse": sc.mse, "mse_lo": sc.mse_lo, "mse_hi": sc.mse_hi,
+                "ratio": sc.mse / bf.mse, "fd": sc.fd,
+                "fit_x": (teacher_s + fits[variant][3]) / teacher_s,
+            })  # fmt: skip
+            print(f"  ablation NFE {nfe} {variant}: {sc.mse / bf.mse:.2f}x", flush=True)
+        return fits
+
+    # the ingredients: chosen once, on the selection seeds at the first ablation NFE (the
+    # accepted variant with the lowest selection MSE), then used at every NFE
+    choice_nfe = ablation_nfes[0] if e2e and ablation_nfes else None
+    chosen, choice_fits, choice_note = None, {}, "all ingredients (no choice made)"
+    if choice_nfe is not None:
+        choice_fits = ablate(choice_nfe)
+        good = {v: f[2] for v, f in choice_fits.items() if f[1]}
+        if good:
+            chosen = min(good, key=good.get)
+        choice_note = (
+            f"ingredients chosen on the selection seeds at NFE {choice_nfe}: {chosen or 'all'} "
+            f"(selection MSE per variant: "
+            + ", ".join(
+                f"{v} {f[2]:.4g}{'' if f[1] else ' rejected'}" for v, f in choice_fits.items()
+            )
+            + f"; the choice's fits took {sum(f[3] for f in choice_fits.values()):.1f} s CPU once)"
+        )
+        print(choice_note, flush=True)
     for nfe in nfes:
-        t0 = time.perf_counter()
-        cell = best_free_cell(sel, nfe, solvers=cand, grids=grids)
-        search_s = time.perf_counter() - t0
-        bf = jud.score_cell(cell.solver, cell.sigmas)
+        cell, search_s, bf = cell_at(nfe)
         c0 = time.process_time()
-        learned = fit_learned(fit_den, cell, fit_noise, fit_ref.samples, sel, **fit_opts)
+        if nfe == choice_nfe and chosen is not None:
+            learned, _, _, spent = choice_fits[chosen]
+            c0 -= spent  # fit_x counts that variant's own fit
+        else:
+            learned = fit_learned(
+                fit_den, cell, fit_noise, fit_ref.samples, sel, variant=chosen, **fit_opts
+            )
         ok, sel_mse = accept(learned, sel, cell.mse)
         fit_total = teacher_s + (time.process_time() - c0)
         if ok:
@@ -335,23 +390,8 @@ def run(
             f"(teacher {teacher.fd:.3g}), fit_x {row['fit_x']:.1f}",
             flush=True,
         )
-        if nfe in ablation_nfes:
-            for variant in E2E_VARIANTS if e2e else STANDIN_VARIANTS:
-                c0 = time.process_time()
-                lv = fit_learned(
-                    fit_den, cell, fit_noise, fit_ref.samples, sel, variant=variant, **fit_opts
-                )
-                okv, sv = accept(lv, sel, cell.mse)
-                fx = (teacher_s + time.process_time() - c0) / teacher_s
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    sc = jud.score(lv.sample(jud.denoiser, jud.noise))
-                ablation.append({
-                    "nfe": nfe, "variant": variant, "accepted": okv, "select_mse": sv,
-                    "mse": sc.mse, "mse_lo": sc.mse_lo, "mse_hi": sc.mse_hi,
-                    "ratio": sc.mse / bf.mse, "fd": sc.fd, "fit_x": fx,
-                })  # fmt: skip
-                print(f"  ablation NFE {nfe} {variant}: {sc.mse / bf.mse:.2f}x", flush=True)
+        if nfe in ablation_nfes and nfe != choice_nfe:
+            ablate(nfe)
     total = time.perf_counter() - t_all
     cpu = time.process_time() - cpu_all
     what = {
@@ -360,7 +400,7 @@ def run(
         "digits-flow": "digits-flow (rectified flow, w=1, labels seed mod 10)",
     }[model]
     learned_what = (
-        "dode.learned_solver.fit_end_to_end (grid + history coefficients + model-time shift)"
+        "dode.learned_solver.fit_end_to_end (grid; λ or history coefficients; model-time shift)"
         if e2e
         else "joint grid + λ gradient fit (dode.learned_grid.sgd_grid) from the best_free cell, "
         "λ = 0"
@@ -381,7 +421,7 @@ def run(
         + (f" (mini-batches of {batch})" if batch else "")
         + ", accepted only if it lowers the selection MSE"
         + (" by a paired bootstrap's 95 % bound" if e2e else "")
-        + " (else the baseline cell is kept)",
+        + f" (else the baseline cell is kept); {choice_note}",
         f"# teacher_fd: the reference's FD-digits vs the 360 held-out real digits, interval "
         f"[{teacher.fd_lo:.4g}, {teacher.fd_hi:.4g}]; fit_x in units of the reference's "
         f"generation time on the fit seeds ({teacher_s:.2f} s CPU); all fit times are CPU "
