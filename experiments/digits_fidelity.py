@@ -11,17 +11,20 @@ For one bundled model (``digits``, ``digits-cond`` at CFG w = 2 with labels seed
   from t = 0.999, each also with a final jump to 0), :func:`dode.evaluation.fidelity.
   best_free_cell`;
 * **learned**: a learned sampler warm-started at that cell and fitted on the *fit* seeds only
-  (:func:`fit_learned`), accepted only if it lowers the selection seeds' MSE, else the baseline
-  cell is kept (the CSV says so): never worse than best_free by construction on the selection
-  seeds;
+  (:func:`fit_learned`), accepted only if it lowers the selection seeds' MSE by more than
+  their noise (a paired bootstrap), else the baseline cell is kept (the CSV says so): never
+  worse than best_free by construction on the selection seeds. With ablation NFEs, the
+  ingredients (grid, λ, history coefficients, model-time shift) are chosen once per model on
+  the selection seeds at the first of them and used at every NFE;
 * both judged on the *held-out* seeds (:class:`dode.evaluation.fidelity.FidelityJudge`): MSE to
   the converged reference (DPM-Solver++(3M), 100 NFE, Karras from the model's σ_max, checked by
   halving its steps) with a bootstrap 95 % interval, and FD-digits (the shipped classifier's
   features against the 360 held-out real digits) with its interval; ``teacher_fd`` is the
   reference's own FD-digits;
-* ``fit_x``: the learned fit's wall time (the reference on the fit seeds, the fit itself, the
+* ``fit_x``: the learned fit's CPU time (the reference on the fit seeds, the fit itself, the
   acceptance check on the selection seeds) over the reference's generation time on the fit
-  seeds; the comment lines give the breakdown per NFE.
+  seeds; the comment lines give the breakdown per NFE (and the one-time cost of the
+  ingredient choice).
 
 Outputs ``experiments/results/<model>/fidelity.csv`` and ``fidelity.png`` (MSE vs NFE with the
 intervals); with ``--ablation-nfes`` also ``fidelity_ablation.csv`` (what each ingredient adds).
