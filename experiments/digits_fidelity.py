@@ -480,7 +480,7 @@ def plot(rows: list[dict], path: Path, title: str = "digits") -> None:
         ax.errorbar(nfe, m, yerr=err, fmt=mk, capsize=3, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("NFE")
-    ax.set_ylabel("MSE to the converged reference (held-out)")
+    ax.set_ylabel("MSE to the converged reference (held-out, in [-1, 1])", fontsize=8)
     ax.set_title(title + " (95 % bootstrap intervals)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
