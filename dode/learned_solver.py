@@ -171,6 +171,7 @@ def fit_end_to_end(
     eval_every: int = 2,
     patience: int | None = None,
     batch_size: int | None = None,
+    select_batch_size: int | None = None,
     clip: tuple[float, float] | None = None,
     accept_level: float | None = 0.95,
     seed: int = 0,
@@ -207,7 +208,10 @@ def fit_end_to_end(
         patience: stop after this many evaluations without a better selection MSE
             (``None``: run all ``steps``).
         batch_size: fit seeds per Adam step (random mini-batches from ``seed``; default: all,
-            full batch); also the batch of the selection evaluations.
+            full batch).
+        select_batch_size: seeds per batch of the selection evaluations (no gradients, so
+            larger batches than ``batch_size`` fit in memory and run faster); default:
+            ``batch_size``.
         clip: the data range ``(low, high)`` (``(-1, 1)`` for pixel images): the objective and
             the selection MSE compare samples and references clamped to it, as an image shows
             them (a converged reference can leave the data range on rare seeds, by a margin
@@ -247,6 +251,13 @@ def fit_end_to_end(
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+    if select_batch_size is not None and (
+        not isinstance(select_batch_size, int) or select_batch_size < 1
+    ):
+        raise ValueError(
+            f"select_batch_size must be a positive integer or None, got {select_batch_size!r}."
+        )
+    eval_batch = select_batch_size or batch_size
     clip = _check_clip(clip)
     if accept_level is not None and not (0.5 <= float(accept_level) < 1):
         raise ValueError(
@@ -306,7 +317,7 @@ def fit_end_to_end(
         return float(
             _per_seed_mse(
                 lambda d, z: run(p, d, z), sel_den, select_noise, select_reference,
-                batch_size, clip,
+                eval_batch, clip,
             ).mean()
         )  # fmt: skip
 
@@ -317,7 +328,7 @@ def fit_end_to_end(
     with torch.no_grad():
         base_per_seed = _per_seed_mse(
             lambda d, z: sample(d, solver, z, grid), sel_den, select_noise, select_reference,
-            batch_size, clip,
+            eval_batch, clip,
         )  # fmt: skip
     base_select = float(base_per_seed.mean())
     losses: list[float] = []
@@ -395,7 +406,7 @@ def fit_end_to_end(
         try:
             fit_per_seed = _per_seed_mse(
                 lambda d, z: fitted.sample(d, z), sel_den, select_noise, select_reference,
-                batch_size, clip,
+                eval_batch, clip,
             )  # fmt: skip
             fit_select = float(fit_per_seed.mean())
             change, bound = paired_improvement(
@@ -431,6 +442,7 @@ def fit_end_to_end(
         "lr_shift": lr_shift,
         "weight_decay": weight_decay,
         "batch_size": batch_size,
+        "select_batch_size": eval_batch,
         "seed": seed,
         "num_fit_seeds": int(noise.shape[0]),
         "num_select_seeds": int(select_noise.shape[0]),

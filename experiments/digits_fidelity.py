@@ -184,7 +184,8 @@ def fit_learned(
         fitted = e2e(
             fit_den, cell.solver, cell.sigmas, fit_noise, fit_ref,
             select_noise=select.noise, select_reference=select.reference.samples,
-            steps=steps, batch_size=batch, eval_every=eval_every, clip=CLIP, seed=0, **opts,
+            steps=steps, batch_size=batch, select_batch_size=len(select.noise),
+            eval_every=eval_every, clip=CLIP, seed=0, **opts,
         )  # fmt: skip
         label = f"{cell.solver_label} / end-to-end ({variant or 'grid + history + shift'})"
         return Learned(

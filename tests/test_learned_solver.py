@@ -472,3 +472,18 @@ def test_a_callable_objective_is_fitted_and_named():
     assert not torch.equal(a.sigmas, c.sigmas)
     with pytest.raises(TypeError, match="must return a scalar tensor"):
         fit_end_to_end(den, "unipc", grid, z, ref, objective=lambda x, r: (x - r) ** 2, **kw)
+
+
+def test_selection_batches_change_the_cost_not_the_fit():
+    den, z, ref, zs, rs = _problem(fit=32, select=32)
+    grid = karras(4, 0.002, 80.0)
+    kw = dict(select_noise=zs, select_reference=rs, steps=8, batch_size=8, eval_every=2)
+    a = fit_end_to_end(den, "unipc", grid, z, ref, **kw)
+    b = fit_end_to_end(den, "unipc", grid, z, ref, select_batch_size=32, **kw)
+    ra, rb = a.metrics["end_to_end"], b.metrics["end_to_end"]
+    assert ra["select_batch_size"] == 8 and rb["select_batch_size"] == 32
+    assert ra["best_step"] == rb["best_step"]
+    torch.testing.assert_close(a.sigmas, b.sigmas, rtol=1e-12, atol=0)
+    assert rb["select_mse"] == pytest.approx(ra["select_mse"], rel=1e-12)
+    with pytest.raises(ValueError, match="select_batch_size must be a positive integer"):
+        fit_end_to_end(den, "unipc", grid, z, ref, select_batch_size=0, **kw)
