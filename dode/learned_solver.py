@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -42,6 +43,7 @@ from .correction import DODECorrection, model_fn
 from .denoisers import Denoiser
 from .grids import model_sigma_range
 from .learned_grid import grid_from_logits, logits_from_grid
+from .metrics import bootstrap_means, check_clip, clipped, per_seed_mse
 from .sampling import _check_batch, _check_denoiser, sample
 from .schedules import explicit
 from .solvers import Solver, get_solver
@@ -58,13 +60,8 @@ def history_mask(num_calls: int) -> Tensor:
     return torch.tril(torch.ones(num_calls, num_calls, dtype=torch.float64), diagonal=-2)
 
 
-def _clipped(x: Tensor, clip: tuple[float, float] | None) -> Tensor:
-    x = x.to(torch.float64)
-    return x if clip is None else x.clamp(clip[0], clip[1])
-
-
 def _distance(x: Tensor, ref: Tensor, objective, clip: tuple[float, float] | None) -> Tensor:
-    x, ref = _clipped(x, clip), _clipped(ref, clip)
+    x, ref = clipped(x, clip), clipped(ref, clip)
     if callable(objective):
         loss = objective(x, ref)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
@@ -81,21 +78,6 @@ def _objective_name(objective) -> str:
     return objective if isinstance(objective, str) else getattr(objective, "__name__", "custom")
 
 
-def _check_clip(clip) -> tuple[float, float] | None:
-    if clip is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in clip)
-    except (TypeError, ValueError):
-        lo = hi = math.nan
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(
-            f"clip must be None or (low, high) with finite low < high (the data range, e.g. "
-            f"(-1, 1) for images), got {clip!r}."
-        )
-    return lo, hi
-
-
 def paired_improvement(
     base: Tensor, new: Tensor, *, level: float = 0.95, num: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
@@ -105,10 +87,7 @@ def paired_improvement(
     d = (new.to(torch.float64) - base.to(torch.float64)).flatten()
     if d.numel() < 2 or not torch.isfinite(d).all():
         return (float(d.mean()) if d.numel() else math.nan), math.inf
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, d.numel(), (num, d.numel()), generator=gen)
-    means = d[idx].mean(1)
-    return float(d.mean()), float(torch.quantile(means, level))
+    return float(d.mean()), float(np.quantile(bootstrap_means(d, num=num, seed=seed), level))
 
 
 def _check_pair(denoiser: Denoiser, noise: Tensor, ref: Tensor, what: str) -> None:
@@ -144,8 +123,7 @@ def _per_seed_mse(
     for i in range(0, noise.shape[0], step):
         j = min(i + step, noise.shape[0])
         den = denoiser if (i, j) == (0, noise.shape[0]) else _rows(denoiser, slice(i, j))
-        d = _clipped(run(den, noise[i:j]), clip) - _clipped(ref[i:j], clip)
-        out.append((d**2).flatten(1).mean(1))
+        out.append(per_seed_mse(run(den, noise[i:j]), ref[i:j], clip))
     return torch.cat(out)
 
 
@@ -258,7 +236,7 @@ def fit_end_to_end(
             f"select_batch_size must be a positive integer or None, got {select_batch_size!r}."
         )
     eval_batch = select_batch_size or batch_size
-    clip = _check_clip(clip)
+    clip = check_clip(clip)
     if accept_level is not None and not (0.5 <= float(accept_level) < 1):
         raise ValueError(
             f"accept_level must be None or in [0.5, 1) (e.g. 0.95), got {accept_level!r}."

@@ -1,4 +1,5 @@
-"""Metrics: Fréchet distance between feature sets, trajectory error to the teacher.
+"""Metrics: Fréchet distance between feature sets, errors to a reference (optionally in the
+data range), and the bootstrap of a per-seed mean.
 
 The Fréchet distance is computed here and only here (``dode.fid`` and ``dode.evaluate`` use it
 for Inception features); it works on any features (pixels, a digits classifier's penultimate
@@ -6,6 +7,8 @@ layer, Inception pool3).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -17,6 +20,11 @@ __all__ = [
     "frechet_distance_from_stats",
     "FrechetReference",
     "mse",
+    "check_clip",
+    "clipped",
+    "per_seed_mse",
+    "bootstrap_means",
+    "bootstrap_mean",
 ]
 
 
@@ -114,3 +122,69 @@ class FrechetReference:
 def mse(a: Tensor, b: Tensor) -> float:
     """Mean squared error, in float64."""
     return float(((a.to(torch.float64) - b.to(torch.float64)) ** 2).mean())
+
+
+def check_clip(clip) -> tuple[float, float] | None:
+    """``clip`` as a data range ``(low, high)`` of floats, or ``None``; a ``ValueError`` names
+    anything else."""
+    if clip is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"clip must be None or (low, high) with finite low < high (the data range, e.g. "
+            f"(-1, 1) for images), got {clip!r}."
+        )
+    return lo, hi
+
+
+def clipped(x: Tensor, clip: tuple[float, float] | None) -> Tensor:
+    """``x`` in float64, clamped to the data range ``clip`` where given."""
+    x = x.to(torch.float64)
+    return x if clip is None else x.clamp(clip[0], clip[1])
+
+
+def per_seed_mse(x: Tensor, ref: Tensor, clip: tuple[float, float] | None = None) -> Tensor:
+    """Per-sample MSE ``[B]`` (float64) of ``x`` to ``ref``, both clamped to ``clip`` where
+    given (as an image shows them)."""
+    return ((clipped(x, clip) - clipped(ref, clip)) ** 2).flatten(1).mean(1)
+
+
+def _finite_values(values: Tensor | np.ndarray, what: str) -> np.ndarray:
+    v = np.asarray(torch.as_tensor(values, dtype=torch.float64).cpu()).ravel()
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError(f"{what} needs a non-empty set of finite values.")
+    return v
+
+
+def _resampled_means(v: np.ndarray, num: int, seed: int) -> np.ndarray:
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(num, v.size))
+    return v[idx].mean(1)
+
+
+def bootstrap_means(values: Tensor | np.ndarray, *, num: int = 1000, seed: int = 0) -> np.ndarray:
+    """``num`` means of ``values`` resampled with replacement (float64, seeded).
+
+    Raises:
+        ValueError: no values, or a non-finite one.
+    """
+    return _resampled_means(_finite_values(values, "bootstrap_means"), num, seed)
+
+
+def bootstrap_mean(
+    values: Tensor | np.ndarray, *, num: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """The mean of per-seed ``values`` and its percentile bootstrap interval.
+
+    Returns:
+        ``(mean, lo, hi)``.
+    """
+    v = _finite_values(values, "bootstrap_mean")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}.")
+    means = _resampled_means(v, num, seed)
+    a = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))

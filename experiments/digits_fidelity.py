@@ -171,8 +171,9 @@ def fit_learned(
     With ``dode.learned_solver.fit_end_to_end`` available: the end-to-end fit (grid, history
     coefficients, model-time shift; ``variant`` a key of :data:`E2E_VARIANTS`, default all
     on; mini-batches of ``batch`` fit seeds, the MSE on images clamped to :data:`CLIP`,
-    accepted by its paired test on the selection seeds). Otherwise the joint grid + λ gradient fit (:func:`dode.learned_grid.sgd_grid`) started
-    at the cell's grid with λ = 0 (``variant`` a key of :data:`STANDIN_VARIANTS`).
+    accepted by its paired test on the selection seeds). Otherwise the joint grid + λ gradient
+    fit (:func:`dode.learned_grid.sgd_grid`) started at the cell's grid with λ = 0
+    (``variant`` a key of :data:`STANDIN_VARIANTS`).
     """
     t0 = time.process_time()
     e2e = _end_to_end()
@@ -371,8 +372,8 @@ def run(
             "fit_x": fit_total / teacher_s,
         }  # fmt: skip
         rows.append(row)
-        rec = learned.detail.get("fitted")
-        rec = rec.metrics["end_to_end"] if rec is not None else {}
+        fitted = learned.detail.get("fitted")
+        rec = fitted.metrics["end_to_end"] if fitted is not None else {}
         paired = (
             f", paired change {rec['select_change']:.3g} (95 % upper bound "
             f"{rec['select_change_bound']:.3g})"
@@ -481,7 +482,9 @@ def plot(rows: list[dict], path: Path, title: str = "digits") -> None:
         ax.errorbar(nfe, m, yerr=err, fmt=mk, capsize=3, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("NFE")
-    ax.set_ylabel("MSE to the converged reference (held-out, in [-1, 1])", fontsize=8)
+    ax.set_ylabel(
+        f"MSE to the converged reference (held-out, in [{CLIP[0]:g}, {CLIP[1]:g}])", fontsize=8
+    )
     ax.set_title(title + " (95 % bootstrap intervals)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

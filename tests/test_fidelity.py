@@ -16,11 +16,10 @@ from dode.evaluation.fidelity import (
     FidelityJudge,
     SeedSplit,
     best_free_cell,
-    bootstrap_mean,
     converged_reference,
 )
 from dode.grids import GridSpec
-from dode.metrics import FrechetReference
+from dode.metrics import FrechetReference, bootstrap_mean
 from dode.noise import noise_from_seeds
 
 ROOT = Path(__file__).resolve().parents[1]

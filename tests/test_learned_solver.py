@@ -403,7 +403,7 @@ def test_paired_improvement_separates_a_real_gain_from_noise():
     better = base - 0.05 + 0.01 * torch.randn(400, dtype=torch.float64, generator=g)
     change, bound = paired_improvement(base, better)
     assert change == pytest.approx(-0.05, abs=3e-3) and change < bound < 0
-    # the same seeds reshuffled: no paired gain although the means agree
+    # mean-zero noise on every seed: no paired gain, the means agree
     noisy = base + 0.5 * torch.randn(400, dtype=torch.float64, generator=g)
     change, bound = paired_improvement(base, noisy - float((noisy - base).mean()))
     assert abs(change) < 1e-12 and bound > 0

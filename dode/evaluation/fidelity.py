@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..grids import GridSpec, model_sigma_range, reference_solution, standard_grids
+from ..metrics import bootstrap_mean, check_clip, per_seed_mse
 from ..noise import noise_from_seeds
 from ..solvers import Solver, get_solver
 
@@ -43,7 +44,6 @@ __all__ = [
     "FidelityJudge",
     "CellChoice",
     "bind_seeds",
-    "bootstrap_mean",
     "converged_reference",
     "best_free_cell",
     "psnr",
@@ -119,26 +119,6 @@ def bind_seeds(denoiser, seeds: Sequence[int], guidance_scale: float = 1.0):
 
 
 # ---- statistics -------------------------------------------------------------------------------
-def bootstrap_mean(
-    values: Tensor | np.ndarray, *, num: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """The mean of per-seed ``values`` and its percentile bootstrap interval.
-
-    Returns:
-        ``(mean, lo, hi)``.
-    """
-    v = np.asarray(torch.as_tensor(values, dtype=torch.float64).cpu()).ravel()
-    if v.size == 0 or not np.isfinite(v).all():
-        raise ValueError("bootstrap_mean needs a non-empty set of finite values.")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}.")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(num, v.size))
-    means = v[idx].mean(1)
-    a = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
 def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
     """PSNR in dB of a mean squared error for images in a range of width ``peak_to_peak``
     (2 for [-1, 1])."""
@@ -255,9 +235,7 @@ class FidelityJudge:
         batch_size: int | None = None,
         clip: tuple[float, float] | None = None,
     ) -> None:
-        if clip is not None and not (len(clip) == 2 and float(clip[0]) < float(clip[1])):
-            raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
-        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.clip = check_clip(clip)
         if reference_nfe < 100 and check_reference:
             raise ValueError(
                 f"the judge's reference needs >= 100 NFE, got {reference_nfe}; pass "
@@ -305,10 +283,7 @@ class FidelityJudge:
                 f"samples have shape {tuple(samples.shape)} but the reference "
                 f"{tuple(ref.shape)}; sample the judge's own seeds (FidelityJudge.sample)."
             )
-        x, ref = samples.to(torch.float64), ref.to(torch.float64)
-        if clip and self.clip is not None:
-            x, ref = x.clamp(*self.clip), ref.clamp(*self.clip)
-        return ((x - ref) ** 2).flatten(1).mean(1)
+        return per_seed_mse(samples, ref, self.clip if clip else None)
 
     def score(self, samples: Tensor, *, fd: bool = True) -> Score:
         """MSE/PSNR to the reference (and FD if set up and ``fd``) with 95 % intervals."""
