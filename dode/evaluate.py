@@ -13,7 +13,7 @@ Generation runs as a Lightning ``predict`` loop, sharded across devices and node
 * the output folder must be on a filesystem every node sees (rank 0 scores all samples).
 
 Then rank 0 computes the Fréchet distance of the samples' features to reference statistics
-(:mod:`dode.fid`: torch-fidelity's Inception for FID, or a stand-in extractor), appends one
+(:mod:`dode.evaluation.fid`: torch-fidelity's Inception for FID, or a stand-in extractor), appends one
 JSON line to ``--log`` and logs the result (and a sample grid) to Weights & Biases, offline
 unless ``WANDB_API_KEY`` is set. ``--save npz`` packs the PNGs into ``samples.npz``
 (``arr_0``: uint8 ``[N, H, W, C]``, the layout guided-diffusion's evaluator reads, and
@@ -59,7 +59,7 @@ def __getattr__(name: str):
 
         return generate
     if name == "main":  # the command line moved to dode.cli.evaluate (warns)
-        from .cli.common import moved
+        from .import_paths import moved
 
         return moved("dode.evaluate", "dode.cli.evaluate", name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

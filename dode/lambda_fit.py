@@ -21,9 +21,9 @@ from torch import Tensor
 
 from .correction import _correct, model_fn
 from .denoisers import Denoiser
+from .grids.schedules import refine, round_refined
 from .replay import Replay, ReplayStop, run_until_stop
 from .sampling import _check_denoiser, _prepare, sample
-from .schedules import refine, round_refined
 from .solvers import Solver, get_solver
 
 __all__ = [
@@ -404,7 +404,7 @@ def fit_lambdas(
         batch_size: process the noise in chunks of this size (statistics are summed); a
             denoiser bound to one conditioning row per sample (``den.bind(labels)``) is split
             along with the noise (:meth:`~dode.denoisers.GuidedDenoiser.split`).
-        space, rho: parameterisation of the refinement (see :func:`dode.schedules.refine`).
+        space, rho: parameterisation of the refinement (see :func:`dode.grids.schedules.refine`).
         return_info: also return a :class:`FitInfo` with per-call MSE before/after.
 
     Returns:

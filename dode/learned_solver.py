@@ -4,7 +4,7 @@
 fits by Adam, backpropagating through the whole trajectory (network, solver, correction), the
 distance of the final sample to a converged reference from the same noise, on fit seeds only:
 
-* the **grid** (``learn_grid``): :func:`dode.learned_grid.grid_from_logits` keeps σ_0 (the
+* the **grid** (``learn_grid``): :func:`dode.grids.learned.grid_from_logits` keeps σ_0 (the
   warm start's first σ, the model's σ_max) and the final 0, and the interior strictly
   descending for any logits;
 * the **coefficients** (``coefficients``): ``"none"``; ``"lambda"``, D-ODE's one λ per call,
@@ -21,8 +21,8 @@ path of :func:`dode.sample`; otherwise the given cell comes back unchanged (λ =
 record says so. So the result is never worse than the given cell on the selection seeds by
 construction.
 
-The result is a :class:`~dode.artifact.FittedSolver` (grid, λ, coefficients, shift and the
-record in ``metrics["end_to_end"]``); :meth:`~dode.artifact.FittedSolver.sample`,
+The result is a :class:`~dode.files.solver_file.FittedSolver` (grid, λ, coefficients, shift and the
+record in ``metrics["end_to_end"]``); :meth:`~dode.files.solver_file.FittedSolver.sample`,
 :func:`dode.sample` and :func:`dode.evaluate` run it with the arithmetic the fit optimised.
 """
 
@@ -38,14 +38,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .artifact import FittedSolver
 from .correction import DODECorrection, model_fn
 from .denoisers import Denoiser
-from .grids import model_sigma_range
-from .learned_grid import grid_from_logits, logits_from_grid
-from .metrics import bootstrap_means, check_clip, clipped, per_seed_mse
+from .evaluation.metrics import bootstrap_means, check_clip, clipped, per_seed_mse
+from .files.solver_file import FittedSolver
+from .grids.learned import grid_from_logits, logits_from_grid
+from .grids.schedules import explicit
+from .grids.standard import model_sigma_range
 from .sampling import _check_batch, _check_denoiser, sample
-from .schedules import explicit
 from .solvers import Solver, get_solver
 
 __all__ = ["COEFFICIENTS", "OBJECTIVES", "fit_end_to_end", "history_mask", "paired_improvement"]
@@ -200,7 +200,7 @@ def fit_end_to_end(
         seed: the mini-batch order.
 
     Returns:
-        A :class:`~dode.artifact.FittedSolver` whose ``metrics["end_to_end"]`` records
+        A :class:`~dode.files.solver_file.FittedSolver` whose ``metrics["end_to_end"]`` records
         ``accepted``, ``select_mse_base`` / ``select_mse`` (before/after, the returned solver's),
         ``select_change_bound`` (the paired bound acceptance tested),
         the steps, seconds and what was fitted. Not accepted: the warm-start cell, λ = 0, no

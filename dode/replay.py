@@ -5,7 +5,7 @@ run a solver *part of the way* without a second implementation of it:
 
 * the closed-form fit (:mod:`dode.lambda_fit`) walks the student up to the input of call
   ``k + 1``, answering calls below ``k`` from a per-batch cache;
-* a host that hands out one model call at a time (:class:`dode.diffusers.DODEScheduler`)
+* a host that hands out one model call at a time (:class:`dode.hosts.diffusers.DODEScheduler`)
   receives each output from the pipeline and needs the state of the solver's next call.
 
 Both wrap the raw model outputs in a :class:`Replay` (the D-ODE correction, when wanted, wraps

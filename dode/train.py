@@ -4,7 +4,7 @@ Only a script entry point; ``dode.train.main`` and ``dode.train.DODECLI`` still 
 ``DeprecationWarning``: import them from :mod:`dode.cli.train`.
 """
 
-from .cli.common import moved_names
+from .import_paths import moved_names
 
 __getattr__ = moved_names("dode.train", "dode.cli.train", ("main", "DODECLI"))
 

@@ -38,7 +38,7 @@ from torch import Tensor
 from dode import LambdaFit, sample, teacher_states
 from dode.correction import _correct
 from dode.denoisers import Denoiser, DiffusersDenoiser, GaussianMixtureDenoiser
-from dode.schedules import karras, vp_alphas_cumprod
+from dode.grids.schedules import karras, vp_alphas_cumprod
 from dode.solvers import get_solver
 
 SOLVERS = ["ddim", "euler", "heun", "ipndm", "dpm_solver", "dpm_solver_pp", "deis", "unipc"]

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _tiny import make_tiny_sd  # noqa: E402
 
 import dode  # noqa: E402
+from dode.denoisers.loading import load_denoiser  # noqa: E402
 from dode.lambda_fit import LambdaFit, teacher_states  # noqa: E402
-from dode.loading import load_denoiser  # noqa: E402
 from dode.noise import noise_from_seeds  # noqa: E402
 
 torch.set_num_threads(1)
@@ -29,7 +29,7 @@ with tempfile.TemporaryDirectory() as tmp:
     prompts = [f"prompt number {i}" for i in range(16)]
     bound = den.bind(prompts, guidance_scale=7.5)
     solver = dode.get_solver("dpm_solver_pp")
-    sigmas = dode.schedules.karras(solver.steps_for_nfe(5), 0.03, 14.6)
+    sigmas = dode.grids.schedules.karras(solver.steps_for_nfe(5), 0.03, 14.6)
     noise = noise_from_seeds(range(16), den.sample_shape, torch.float32)
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -53,19 +53,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dode  # noqa: E402
-from dode.artifact import FittedSolver  # noqa: E402
-from dode.digits import (  # noqa: E402
+from dode.denoisers.loading import load_denoiser  # noqa: E402
+from dode.digits.classifier import (  # noqa: E402
     check_images,
     digits_features,
     load_classifier,
     load_digits_split,
 )
+from dode.evaluation.metrics import FrechetReference, mse  # noqa: E402
+from dode.files.solver_file import FittedSolver  # noqa: E402
+from dode.grids.schedules import get_schedule  # noqa: E402
 from dode.lit.api import fit_kwargs  # noqa: E402
-from dode.loading import load_denoiser  # noqa: E402
-from dode.metrics import FrechetReference, mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.sampling import sample_many  # noqa: E402
-from dode.schedules import get_schedule  # noqa: E402
 from dode.select import select_scale  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
 

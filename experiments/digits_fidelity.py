@@ -60,7 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dode.digits import check_images, digits_features, load_classifier, load_digits_split  # noqa: E402
+from dode.denoisers.loading import load_denoiser  # noqa: E402
+from dode.digits.classifier import check_images, digits_features, load_classifier, load_digits_split  # noqa: E402
 from dode.evaluation.fidelity import (  # noqa: E402
     CellChoice,
     FidelityJudge,
@@ -69,10 +70,9 @@ from dode.evaluation.fidelity import (  # noqa: E402
     bind_seeds,
     converged_reference,
 )
-from dode.grids import standard_grids  # noqa: E402
-from dode.learned_grid import sgd_grid  # noqa: E402
-from dode.loading import load_denoiser  # noqa: E402
-from dode.metrics import FrechetReference  # noqa: E402
+from dode.evaluation.metrics import FrechetReference  # noqa: E402
+from dode.grids.learned import sgd_grid  # noqa: E402
+from dode.grids.standard import standard_grids  # noqa: E402
 from dode.noise import noise_from_seeds  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
 
@@ -172,7 +172,7 @@ def fit_learned(
     coefficients, model-time shift; ``variant`` a key of :data:`E2E_VARIANTS`, default all
     on; mini-batches of ``batch`` fit seeds, the MSE on images clamped to :data:`CLIP`,
     accepted by its paired test on the selection seeds). Otherwise the joint grid + λ gradient
-    fit (:func:`dode.learned_grid.sgd_grid`) started at the cell's grid with λ = 0
+    fit (:func:`dode.grids.learned.sgd_grid`) started at the cell's grid with λ = 0
     (``variant`` a key of :data:`STANDIN_VARIANTS`).
     """
     t0 = time.process_time()
@@ -407,7 +407,7 @@ def run(
     learned_what = (
         "dode.learned_solver.fit_end_to_end (grid; λ or history coefficients; model-time shift)"
         if e2e
-        else "joint grid + λ gradient fit (dode.learned_grid.sgd_grid) from the best_free cell, "
+        else "joint grid + λ gradient fit (dode.grids.learned.sgd_grid) from the best_free cell, "
         "λ = 0"
     )
     header = [

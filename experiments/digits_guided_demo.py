@@ -72,12 +72,12 @@ from digits_demo import (  # noqa: E402
 import dode  # noqa: E402
 from dode.denoisers import Denoiser  # noqa: E402
 from dode.denoisers.flow import FlowDenoiser, flow_start  # noqa: E402
-from dode.digits import digits_features  # noqa: E402
+from dode.digits.classifier import digits_features  # noqa: E402
+from dode.evaluation.metrics import mse  # noqa: E402
+from dode.grids.schedules import flow_sigmas, grid_for_model, refine_space  # noqa: E402
 from dode.lambda_fit import at_sigma  # noqa: E402
-from dode.metrics import mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.sampling import sample_many  # noqa: E402
-from dode.schedules import flow_sigmas, grid_for_model, refine_space  # noqa: E402
 from dode.select import check_scales, select_scale  # noqa: E402
 from dode.solvers import Solver, get_solver  # noqa: E402
 
@@ -186,7 +186,7 @@ class DemoSettings:
             class-conditional rectified flow; guidance 1 only).
         solvers: the solvers (label, get_solver name, options, grid). DDPM: ``schedule`` and
             ``schedule_options`` as ``--model.schedule`` of dode.train (default time_uniform).
-            Flow: ``schedule`` is the spacing of :func:`dode.schedules.flow_sigmas` (default
+            Flow: ``schedule`` is the spacing of :func:`dode.grids.schedules.flow_sigmas` (default
             ``flux``: t uniform from 1 to 1/N) and ``schedule_options`` its options (``shift``).
         nfes: the NFE values, model calls per sample (for a flow, the call at t = 1 included).
         guidance_scales: the classifier-free guidance scales w (1: the conditional model alone).
@@ -489,7 +489,7 @@ def _header(s: DemoSettings, total: float, peak_mb: float, processes: int) -> li
             "t = 1, is taken exactly by `FlowDenoiser.start` (`dode.denoisers.flow_start`), "
             "shared by base and D-solver and not corrected; it **counts in the NFE**, and the "
             "solver makes the other NFE − 1 calls, where the λ act. Flow grid per solver "
-            f"(`dode.schedules.flow_sigmas` spacing): {grids}."
+            f"(`dode.grids.schedules.flow_sigmas` spacing): {grids}."
         )
         ref_grid = "the same flow grid"
     else:

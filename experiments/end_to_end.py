@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dode.grids import reference_solution, select_grid, standard_grids
+from dode.denoisers.loading import load_denoiser
+from dode.grids.standard import reference_solution, select_grid, standard_grids
 from dode.learned_solver import fit_end_to_end
-from dode.loading import load_denoiser
 from dode.noise import noise_from_seeds
 from dode.sampling import sample
 from dode.solvers import get_solver

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from dode import fit_lambdas, sample, teacher_states
 from dode.denoisers import GaussianMixtureDenoiser
-from dode.schedules import karras
+from dode.grids.schedules import karras
 from dode.solvers import get_solver
 
 SOLVERS = ["ipndm", "deis", "dpm_solver_pp", "unipc"]

@@ -55,8 +55,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dode  # noqa: E402
-from dode.artifact import FittedSolver  # noqa: E402
 from dode.evaluate import EvalConfig, build_grid, evaluate, load_model  # noqa: E402
+from dode.files.solver_file import FittedSolver  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "paper"
@@ -184,7 +184,7 @@ def _hash(obj) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from dode.artifact import atomic_write
+    from dode.files.solver_file import atomic_write
 
     def write(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
@@ -434,7 +434,7 @@ def _real_reference(spec: dict) -> str:
 
 
 def _check_features(spec: dict) -> None:
-    from dode.fid import get_feature_extractor
+    from dode.evaluation.fid import get_feature_extractor
 
     get_feature_extractor(spec["eval"].get("features", "inception"))
 

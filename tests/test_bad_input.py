@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import dode
-from dode.artifact import FittedSolver, atomic_write, weights_hash
 from dode.denoisers import CallableDenoiser, gaussian
-from dode.schedules import karras, refine
+from dode.files.solver_file import FittedSolver, atomic_write, weights_hash
+from dode.grids.schedules import karras, refine
 from dode.solvers import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,10 +15,10 @@ import torch
 from _tiny import make_tiny_unet
 
 import dode
-from dode.artifact import FittedSolver
 from dode.conditioning import SeedConditioning
+from dode.denoisers.loading import load_denoiser
+from dode.files.solver_file import FittedSolver
 from dode.lit import DODEModule, NoiseDataModule
-from dode.loading import load_denoiser
 from dode.noise import noise_from_seeds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,7 +72,7 @@ def test_lambda_zero_equals_base_with_conditioning(cond_folder):
     den = load_denoiser(str(cond_folder), num_classes=3, dtype="float64")
     noise = noise_from_seeds(range(6), den.sample_shape, torch.float64)
     bound = den.bind(torch.arange(6) % 3, guidance_scale=2.0)
-    sigmas = dode.schedules.karras(4, 0.01, 80.0)
+    sigmas = dode.grids.schedules.karras(4, 0.01, 80.0)
     for solver in ("ddim", "dpm_solver_pp", "unipc"):
         base = dode.sample(bound, solver, noise, sigmas)
         zero = dode.sample(bound, solver, noise, sigmas, torch.zeros(4, dtype=torch.float64))
@@ -102,7 +102,7 @@ def test_fit_records_guidance_and_schedule(cond_folder, tmp_path):
     assert torch.allclose(
         torch.tensor(m["schedule"]["alphas_cumprod"], dtype=torch.float64), den.alphas_cumprod
     )
-    from dode.diffusers import DODEScheduler
+    from dode.hosts.diffusers import DODEScheduler
 
     sched = DODEScheduler.from_solver_file(tmp_path / "run" / "solver.safetensors")
     assert sched.config.guidance_scale == 2.0

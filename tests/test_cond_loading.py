@@ -9,7 +9,7 @@ from _tiny import make_tiny_sd, make_tiny_unet
 
 import dode
 from dode.denoisers import DiffusersDenoiser, LatentDiffusionDenoiser
-from dode.loading import ASSETS, MODELS, load_denoiser
+from dode.denoisers.loading import ASSETS, MODELS, load_denoiser
 from dode.noise import noise_from_seeds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,7 +68,7 @@ def test_fit_lambdas_splits_bound_denoiser(cond_folder):
     noise = noise_from_seeds(range(7), den.sample_shape, torch.float64)
     labels = torch.arange(7) % 3
     bound = den.bind(labels, guidance_scale=2.0)
-    sigmas = dode.schedules.karras(3, 0.01, 80.0)
+    sigmas = dode.grids.schedules.karras(3, 0.01, 80.0)
     whole = dode.fit_lambdas(bound, "ddim", noise, sigmas, teacher_factor=3)
     chunked = dode.fit_lambdas(bound, "ddim", noise, sigmas, teacher_factor=3, batch_size=3)
     assert torch.allclose(whole, chunked, rtol=1e-9, atol=1e-12)

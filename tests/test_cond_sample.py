@@ -9,16 +9,16 @@ import torch
 from _tiny import make_tiny_sd, make_tiny_unet
 
 import dode
-from dode.artifact import FittedSolver, model_schedule, weights_hash
 from dode.cli.sample import main as sample_main
-from dode.loading import load_denoiser
+from dode.denoisers.loading import load_denoiser
+from dode.files.solver_file import FittedSolver, model_schedule, weights_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _solver_file(path, folder, conditioning, w=2.0, options=None):
     den = load_denoiser(str(folder), **(options or {}))
-    sigmas = dode.schedules.karras(3, 0.1, 10.0)
+    sigmas = dode.grids.schedules.karras(3, 0.1, 10.0)
     model = {
         "id": str(folder), "class": type(den).__name__, "weights_hash": weights_hash(den),
         "dtype": "float32", "integration_dtype": "float32", "sigma_to_t": "interp",

@@ -28,7 +28,6 @@ from _tiny import (
 )
 
 import dode
-from dode.artifact import FittedSolver
 from dode.denoisers import (
     CallableDenoiser,
     DiffusersDenoiser,
@@ -36,11 +35,12 @@ from dode.denoisers import (
     SD3Denoiser,
     flow_start,
 )
-from dode.schedules import flow_sigmas, karras, vp_sigmas
+from dode.files.solver_file import FittedSolver
+from dode.grids.schedules import flow_sigmas, karras, vp_sigmas
 
 diffusers = pytest.importorskip("diffusers")
-from dode.diffusers import DODEScheduler  # noqa: E402
-from dode.export import export  # noqa: E402
+from dode.hosts.diffusers import DODEScheduler  # noqa: E402
+from dode.hosts.export import export  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),

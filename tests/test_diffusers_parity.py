@@ -29,7 +29,7 @@ from _tiny import make_tiny_unet, scheduler_config
 from torch import nn
 
 from dode.denoisers import DiffusersDenoiser
-from dode.schedules import time_uniform, vp_sigmas
+from dode.grids.schedules import time_uniform, vp_sigmas
 from dode.solvers import get_solver
 
 diffusers = pytest.importorskip("diffusers")

@@ -33,13 +33,13 @@ from _tiny import (
 )
 
 import dode
-from dode.artifact import FittedSolver
 from dode.denoisers import FluxDenoiser, LatentDiffusionDenoiser, SD3Denoiser, flow_start
-from dode.schedules import flow_sigmas, karras, vp_sigmas
+from dode.files.solver_file import FittedSolver
+from dode.grids.schedules import flow_sigmas, karras, vp_sigmas
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
-from dode.diffusers import DODEScheduler  # noqa: E402
+from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),

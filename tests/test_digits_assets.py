@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dode.denoisers import DiffusersDenoiser
-from dode.digits import (
+from dode.digits.classifier import (
     DIGITS_CLASSIFIER,
     DIGITS_MODEL,
     DigitsClassifier,
@@ -189,7 +189,7 @@ def test_pretrain_cli_writes_a_loadable_model(tmp_path):
 
 
 def test_pretrain_rejects_mismatched_block_lists():
-    from dode.pretrain import DDPMPretrain
+    from dode.digits.pretrain import DDPMPretrain
 
     with pytest.raises(ValueError, match="one entry per block_out_channels"):
         DDPMPretrain(block_out_channels=(16, 32), down_block_types=("DownBlock2D",))

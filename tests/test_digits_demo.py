@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import digits_demo  # noqa: E402
 
-from dode.artifact import FittedSolver  # noqa: E402
+from dode.files.solver_file import FittedSolver  # noqa: E402
 
 
 def _read(path: Path) -> list[dict]:

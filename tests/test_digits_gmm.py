@@ -23,7 +23,7 @@ import torch
 
 from dode import fit_lambdas, sample
 from dode.denoisers import GaussianMixtureDenoiser
-from dode.schedules import karras
+from dode.grids.schedules import karras
 from dode.solvers import get_solver
 
 NFES = (3, 4, 5, 6, 8, 10)

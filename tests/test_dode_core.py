@@ -20,7 +20,7 @@ from torch import nn
 import dode
 from dode import LambdaFit, fit_lambdas, sample, teacher_states
 from dode.denoisers import CallableDenoiser, GaussianMixtureDenoiser, gaussian
-from dode.schedules import karras, refine
+from dode.grids.schedules import karras, refine
 from dode.solvers import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")

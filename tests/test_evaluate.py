@@ -1,4 +1,4 @@
-"""``python -m dode.evaluate`` and ``dode.fid``: sharding, resume, Fréchet distances, errors."""
+"""``python -m dode.evaluate`` and ``dode.evaluation.fid``: sharding, resume, Fréchet distances, errors."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 from _tiny import make_tiny_unet
 
-from dode import fid as fidlib
 from dode.cli.evaluate import main
 from dode.evaluate import EvalConfig, SampleStore, evaluate
-from dode.metrics import frechet_distance_from_stats
+from dode.evaluation import fid as fidlib
+from dode.evaluation.metrics import frechet_distance_from_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

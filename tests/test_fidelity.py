@@ -18,8 +18,8 @@ from dode.evaluation.fidelity import (
     best_free_cell,
     converged_reference,
 )
-from dode.grids import GridSpec
-from dode.metrics import FrechetReference, bootstrap_mean
+from dode.evaluation.metrics import FrechetReference, bootstrap_mean
+from dode.grids.standard import GridSpec
 from dode.noise import noise_from_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_reference_is_converged_on_exact_gaussian():
     assert err <= judge.reference.halving_mse < 1e-5 * scale
     # a few-step cell is measured against the same analytic truth
     solver = dode.get_solver("ddim")
-    sig = dode.schedules.karras(5, 0.002, 80.0)
+    sig = dode.grids.schedules.karras(5, 0.002, 80.0)
     x = judge.sample(solver, sig)
     s = judge.score(x)
     assert s.mse == pytest.approx(float(((x.double() - exact) ** 2).mean()), rel=5e-3)
@@ -86,7 +86,7 @@ def test_fd_interval_contains_point_and_truth_is_near_zero():
     ref = judge.reference_score()
     assert ref.mse == 0.0
     assert ref.fd_lo <= ref.fd <= ref.fd_hi
-    bad = judge.score_cell(dode.get_solver("ddim"), dode.schedules.karras(3, 0.002, 80.0))
+    bad = judge.score_cell(dode.get_solver("ddim"), dode.grids.schedules.karras(3, 0.002, 80.0))
     assert bad.fd_lo <= bad.fd <= bad.fd_hi
     assert bad.fd > ref.fd_hi  # a 3-step DDIM lands measurably off the distribution
 
@@ -211,21 +211,27 @@ def test_sd_configs_start_at_sigma_max(name):
         steps = dode.get_solver(cfg["solver"], **(cfg.get("solver_options") or {})).steps_for_nfe(
             nfe
         )
-        g = dode.schedules.grid_for_model(den, cfg["schedule"], steps, cfg["schedule_options"])
+        g = dode.grids.schedules.grid_for_model(
+            den, cfg["schedule"], steps, cfg["schedule_options"]
+        )
         assert float(g[0]) == pytest.approx(den.sigma_max, rel=1e-9)
         # leading spacing stays available, and starts late (the reason for the default)
-        lead = dode.schedules.grid_for_model(den, "time_uniform", steps, {"spacing": "leading"})
+        lead = dode.grids.schedules.grid_for_model(
+            den, "time_uniform", steps, {"spacing": "leading"}
+        )
         assert float(lead[0]) < 0.6 * den.sigma_max
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "digits-guided.yaml", "tiny.yaml"])
 def test_digits_configs_start_at_sigma_max(name):
-    from dode.loading import load_denoiser
+    from dode.denoisers.loading import load_denoiser
 
     cfg = _config(name)
     den = load_denoiser(cfg["model"])
     steps = dode.get_solver(cfg["solver"]).steps_for_nfe(cfg["nfe"])
-    g = dode.schedules.grid_for_model(den, cfg["schedule"], steps, cfg.get("schedule_options"))
+    g = dode.grids.schedules.grid_for_model(
+        den, cfg["schedule"], steps, cfg.get("schedule_options")
+    )
     assert float(g[0]) == pytest.approx(float(den.sigma_max), rel=1e-6)
 
 
@@ -233,10 +239,10 @@ def test_digits_configs_start_at_sigma_max(name):
 def test_flow_configs_start_at_t_one(name, shift):
     cfg = _config(name)
     assert cfg["schedule"] == "flow"
-    g = dode.schedules.flow_schedule(cfg["nfe"], shift=shift, **cfg["schedule_options"])
+    g = dode.grids.schedules.flow_schedule(cfg["nfe"], shift=shift, **cfg["schedule_options"])
     assert float(g[0] / (1 + g[0])) >= 0.999  # t = 1 − 1/T or later
     cfg = _config("digits-flow.yaml")
-    g = dode.schedules.flow_schedule(cfg["nfe"], shift=1.0, **cfg["schedule_options"])
+    g = dode.grids.schedules.flow_schedule(cfg["nfe"], shift=1.0, **cfg["schedule_options"])
     assert float(g[0] / (1 + g[0])) >= 0.999
 
 
@@ -249,9 +255,9 @@ def test_late_start_is_an_error_no_lambda_repairs(tmp_path):
 
     from dode.denoisers import LatentDiffusionDenoiser
     from dode.denoisers.guidance import Conditioning
-    from dode.grids import reference_solution
-    from dode.learned_grid import sgd_grid
-    from dode.schedules import grid_for_model
+    from dode.grids.learned import sgd_grid
+    from dode.grids.schedules import grid_for_model
+    from dode.grids.standard import reference_solution
 
     make_tiny_sd(tmp_path / "sd", seed=1)
     den0 = LatentDiffusionDenoiser.from_pretrained(tmp_path / "sd")
@@ -325,7 +331,7 @@ def test_judge_clip_clamps_sample_and_reference_and_keeps_the_raw_mse():
     den = _gauss()
     seeds = list(range(32))
     judge = FidelityJudge(den, seeds, dtype=torch.float64, bootstrap=200, clip=(-0.5, 0.5))
-    x = judge.sample(dode.get_solver("ddim"), dode.schedules.karras(4, 0.002, 80.0))
+    x = judge.sample(dode.get_solver("ddim"), dode.grids.schedules.karras(4, 0.002, 80.0))
     ref = judge.reference.samples
     s = judge.score(x, fd=False)
     assert s.mse == pytest.approx(float(((x.clamp(-0.5, 0.5) - ref.clamp(-0.5, 0.5)) ** 2).mean()))

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import dode
-from dode.artifact import FittedSolver
-from dode.loading import load_denoiser
+from dode.denoisers.loading import load_denoiser
+from dode.files.solver_file import FittedSolver
 from dode.noise import noise_from_seeds, parse_seeds
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ import torch
 
 import dode
 from dode.denoisers import CallableDenoiser, GaussianMixtureDenoiser
+from dode.grids.schedules import karras
 from dode.lambda_fit import FitInfo, LambdaFit, at_sigma, fit_lambdas, teacher_states
-from dode.schedules import karras
 from dode.solvers import SOLVERS, get_solver
 from dode.solvers.ddim import DDIM
 

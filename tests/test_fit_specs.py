@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _train_configs() -> list[Path]:
     """Every ``python -m dode.train`` config under configs/: all files but those of the other
-    entry points (``dode.pretrain``: pretrain/; the paper tables and ``dode.evaluate``: paper/;
+    entry points (``dode.digits.pretrain``: pretrain/; the paper tables and ``dode.evaluate``: paper/;
     the demo drivers, whose configs list ``solvers:``)."""
     out = []
     for path in sorted((ROOT / "configs").rglob("*.yaml")):

@@ -35,7 +35,7 @@ from dode.denoisers import (
     flow_start,
     gaussian,
 )
-from dode.schedules import flow_sigmas, flux_mu, sigma_to_flow_t
+from dode.grids.schedules import flow_sigmas, flux_mu, sigma_to_flow_t
 from dode.solvers import get_solver
 
 pytestmark = [
@@ -187,7 +187,7 @@ def test_d_solver_lowers_error_on_mixture_flow(mixture, name, kw):
         fit_noise, grid = mixture.start(fit_latents, s)
         lam = dode.fit_lambdas(mixture, solver, fit_noise, grid, space="log")
         noise, grid = mixture.start(test_latents, s)
-        fine = dode.schedules.refine(grid, 100, space="log")
+        fine = dode.grids.schedules.refine(grid, 100, space="log")
         ref = dode.sample(mixture, ref_solver, noise, fine)
         err_base = (dode.sample(mixture, solver, noise, grid) - ref).pow(2).mean().item()
         err_d = (dode.sample(mixture, solver, noise, grid, lam) - ref).pow(2).mean().item()

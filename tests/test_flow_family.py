@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import dode
-from dode.artifact import FittedSolver, model_family
 from dode.denoisers import GaussianMixtureFlow, gaussian
-from dode.schedules import flow_sigmas
+from dode.files.solver_file import FittedSolver, model_family
+from dode.grids.schedules import flow_sigmas
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,7 +60,7 @@ def test_flow_file_with_vp_model_and_reverse(models):
     flow, vp = models
     noise = torch.randn(3, 4, dtype=torch.float64)
     flow_file = _fitted("GaussianMixtureFlow", flow_sigmas(4, 3.0, spacing="dpm_solver"))
-    vp_file = _fitted("GaussianMixtureDenoiser", dode.schedules.karras(4, 0.002, 80.0))
+    vp_file = _fitted("GaussianMixtureDenoiser", dode.grids.schedules.karras(4, 0.002, 80.0))
     assert flow_file.sample(flow, noise).shape == noise.shape
     assert vp_file.sample(vp, noise).shape == noise.shape
     with pytest.raises(ValueError, match="fitted on a rectified-flow model .* is a diffusion"):
@@ -88,8 +88,8 @@ def test_grid_from_infinity_says_start(models):
 def test_cli_refuses_the_other_family_first(tmp_path, capsys, tool):
     """A flow solver file with the bundled DDPM: one error naming the family, before the
     weights check (whose override could not make the λ apply) and before anything is written."""
-    from dode.loading import load_denoiser
-    from dode.schedules import flow_sigmas
+    from dode.denoisers.loading import load_denoiser
+    from dode.grids.schedules import flow_sigmas
 
     flow = load_denoiser("digits-flow")
     fs = FittedSolver(

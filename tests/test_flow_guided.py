@@ -16,7 +16,7 @@ from test_flow import T
 
 import dode
 from dode.denoisers import DiffusersFlowDenoiser, GuidedFlowDenoiser, flow_start
-from dode.schedules import flow_sigmas
+from dode.grids.schedules import flow_sigmas
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -119,8 +119,8 @@ def test_cfg_dpm_solver_pp_parity(cfg_flow):
 
 
 def test_digits_flow_registered():
-    from dode.loading import load_denoiser
-    from dode.schedules import grid_for_model
+    from dode.denoisers.loading import load_denoiser
+    from dode.grids.schedules import grid_for_model
 
     den = load_denoiser("digits-flow")
     assert isinstance(den, DiffusersFlowDenoiser) and den.model_id == "digits-flow"
@@ -136,7 +136,7 @@ def test_digits_flow_registered():
 
 def test_flow_schedule_bad_input(cfg_flow):
     from dode.denoisers import gaussian
-    from dode.schedules import grid_for_model
+    from dode.grids.schedules import grid_for_model
 
     _, den = cfg_flow
     with pytest.raises(ValueError, match="starts at t = 1"):

@@ -24,7 +24,7 @@ from _tiny import float_timesteps, flux_embeds, make_tiny_flux, make_tiny_sd3, s
 
 import dode
 from dode.denoisers import FluxDenoiser, GuidedFlowDenoiser, SD3Denoiser
-from dode.schedules import flow_sigmas
+from dode.grids.schedules import flow_sigmas
 from dode.solvers import get_solver
 
 pytestmark = [
@@ -176,7 +176,7 @@ def test_flux_euler_parity(flux, n, g):
 
 
 def test_flux_mu_is_the_default_flow_grid(flux):
-    from dode.schedules import grid_for_model
+    from dode.grids.schedules import grid_for_model
 
     _, den, emb = flux
     s = grid_for_model(den.bind(emb), "flow", 5)

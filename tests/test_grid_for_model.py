@@ -1,4 +1,4 @@
-"""``dode.schedules.grid_for_model``: a model's σ grid, rounded to the σ the model evaluates at.
+"""``dode.grids.schedules.grid_for_model``: a model's σ grid, rounded to the σ the model evaluates at.
 
 A DDPM model with ``sigma_to_t="snap"`` runs its network at the nearest table timestep. On a grid
 whose σ are off the table (Karras) the solver would scale the input (``c_in``) and convert ε → x̂0
@@ -16,7 +16,7 @@ from _tiny import make_tiny_unet, scheduler_config
 
 import dode
 from dode.denoisers import DiffusersDenoiser
-from dode.schedules import grid_for_model, karras, time_uniform, vp_sigmas
+from dode.grids.schedules import grid_for_model, karras, time_uniform, vp_sigmas
 from dode.solvers import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,7 +134,7 @@ def test_snap_model_teacher_runs_at_table_sigmas(unet):
 
 
 def test_round_refined_identity_keeps_the_grid():
-    from dode.schedules import refine, round_refined
+    from dode.grids.schedules import refine, round_refined
 
     g = refine(karras(4, 0.01, 80.0), 10)
     assert torch.equal(round_refined(g, lambda s: s, keep=g[1:4].tolist()), g)

@@ -23,7 +23,7 @@ from dode.denoisers import (
     GuidedDenoiser,
     rescale_noise_cfg,
 )
-from dode.schedules import vp_sigmas
+from dode.grids.schedules import vp_sigmas
 from dode.solvers import get_solver
 
 diffusers = pytest.importorskip("diffusers")
@@ -146,7 +146,7 @@ def test_one_forward_per_call(unet, noise, labels):
     sched = diffusers.DDPMScheduler(**BETAS, prediction_type="v_prediction")
     rec = Counter(unet)
     den = make_den(rec, sched, mode="interp")
-    sigmas = dode.schedules.karras(4, den.sigma_min, den.sigma_max)
+    sigmas = dode.grids.schedules.karras(4, den.sigma_min, den.sigma_max)
     with torch.no_grad():
         a = dode.sample(den.bind(labels, guidance_scale=1.0), "ddim", noise, sigmas)
         assert rec.batches == [4] * 4
@@ -179,7 +179,7 @@ def test_conditioning_follows_the_batch(unet, noise, labels):
     the rows of the whole batch; one label broadcasts; a mismatched batch is an error."""
     sched = diffusers.DDPMScheduler(**BETAS, prediction_type="v_prediction")
     den = make_den(unet, sched, mode="interp")
-    sigmas = dode.schedules.karras(3, den.sigma_min, den.sigma_max)
+    sigmas = dode.grids.schedules.karras(3, den.sigma_min, den.sigma_max)
     bound = den.bind(labels, guidance_scale=2.0)
     assert len(bound) == 4 and len(bound[1:3]) == 2 and len(bound[[3, 0]]) == 2
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_zero_lambdas_and_fit_with_guidance(unet, labels):
     noise with other labels."""
     sched = diffusers.DDPMScheduler(**BETAS, prediction_type="v_prediction")
     den = make_den(unet, sched, mode="interp")
-    sigmas = dode.schedules.karras(5, 0.5, 80.0)
+    sigmas = dode.grids.schedules.karras(5, 0.5, 80.0)
     gen = torch.Generator().manual_seed(11)
     fit_noise = torch.randn(16, 3, 8, 8, generator=gen)
     test_noise = torch.randn(16, 3, 8, 8, generator=gen)
@@ -219,7 +219,7 @@ def test_zero_lambdas_and_fit_with_guidance(unet, labels):
         zero = dode.sample(test_bound, solver, test_noise, sigmas, torch.zeros(solver.nfe(5)))
         assert torch.equal(base, zero)
         lam = dode.fit_lambdas(fit_bound, solver, fit_noise, sigmas)
-        teacher_grid = dode.schedules.refine(torch.as_tensor(sigmas), 10)
+        teacher_grid = dode.grids.schedules.refine(torch.as_tensor(sigmas), 10)
         teacher = dode.sample(test_bound, solver, test_noise, teacher_grid)
         fitted = dode.sample(test_bound, solver, test_noise, sigmas, lam)
     err_base = (base - teacher).pow(2).mean().item()

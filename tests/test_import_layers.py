@@ -44,15 +44,17 @@ def _script_entry(node: ast.AST) -> bool:
     return (
         isinstance(node, ast.If)
         and isinstance(test, ast.Compare)
+        and isinstance(test.ops[0], ast.Eq)
         and isinstance(test.left, ast.Name)
         and test.left.id == "__name__"
         and getattr(test.comparators[0], "value", None) == "__main__"
     )
 
 
-def _imports(tree: ast.AST):
+def _imports(tree: ast.AST, eager: bool = False):
     """Import nodes of a module, outside ``if TYPE_CHECKING:`` blocks and outside the
-    ``if __name__ == "__main__":`` shim that hands ``python -m dode.<name>`` to ``dode.cli``."""
+    ``if __name__ == "__main__":`` shim that hands ``python -m dode.<name>`` to ``dode.cli``;
+    ``eager``: only those that run when the module is imported (none inside a function)."""
     todo = [tree]
     while todo:
         node = todo.pop()
@@ -61,14 +63,17 @@ def _imports(tree: ast.AST):
             continue
         if _script_entry(node):
             continue
+        if eager and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
         todo.extend(ast.iter_child_nodes(node))
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(eager: bool = False) -> dict[str, set[str]]:
     """Module -> the package modules it imports (a name imported from a package resolves to the
-    submodule of that name if there is one, else to the package)."""
+    submodule of that name if there is one, else to the package); ``eager``: only the imports
+    that run when the module is imported."""
     mods = module_files()
 
     def owner(name: str) -> str | None:
@@ -79,7 +84,7 @@ def import_graph() -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for mod, (path, is_pkg) in mods.items():
         pkg = mod if is_pkg else mod.rpartition(".")[0]
-        for node in _imports(ast.parse(path.read_text(), str(path))):
+        for node in _imports(ast.parse(path.read_text(), str(path)), eager):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -193,6 +198,34 @@ def test_no_import_points_up():
     assert not up, "imports that point to a later layer:\n" + "\n".join(up)
 
 
+def test_a_wing_init_runs_nothing_of_a_later_layer():
+    """Importing a module runs its package's ``__init__`` first: what that ``__init__`` imports
+    when it runs must sit in the module's own layer or an earlier one. A wing that holds modules
+    of several layers (``dode/grids/``: the grid formulas of layer 1 beside the fit code of layer
+    5) therefore hands out its names on first use (``dode.import_paths.wing_exports``), and
+    ``import dode.grids.schedules`` runs no fit code. (The facade, ``dode/__init__.py``, is the
+    exception every package has: it runs before any of its modules.)"""
+    mods = module_files()
+    layer = layer_of(mods)
+    names = [name for name, _ in readme_layers()]
+    eager = import_graph(eager=True)
+    bad = []
+    for mod in sorted(mods):
+        parts = mod.split(".")
+        for depth in range(2, len(parts)):
+            package = ".".join(parts[:depth])
+            for target in sorted(eager[package]):
+                if mod in layer and target in layer and layer[target] > layer[mod]:
+                    bad.append(
+                        f"importing {mod} ({names[layer[mod]]}) runs {package}/__init__, which "
+                        f"imports {target} ({names[layer[target]]})"
+                    )
+    assert not bad, "\n".join(bad)
+    # the rule bites: an __init__ importing its fit module eagerly would be refused
+    assert "dode.grids.standard" not in eager["dode.grids"]
+    assert "dode.grids.standard" in import_graph()["dode.grids"]
+
+
 @pytest.mark.parametrize(
     "source, expect",
     [
@@ -223,7 +256,7 @@ def test_old_import_paths_warn_with_the_new_name():
     import importlib
 
     import dode.lit
-    from dode.schedules import grid_for_model
+    from dode.grids.schedules import grid_for_model
 
     with pytest.warns(DeprecationWarning, match=r"removed in dode 0\.2.*grid_for_model"):
         assert dode.lit.build_grid is grid_for_model

@@ -20,10 +20,10 @@ import pytest
 import torch
 from torch import nn
 
-from dode.artifact import FittedSolver
+from dode.denoisers.loading import load_denoiser
+from dode.files.solver_file import FittedSolver
+from dode.grids.schedules import karras
 from dode.hosts import KDiffusionSampler
-from dode.loading import load_denoiser
-from dode.schedules import karras
 from dode.solvers import get_solver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -377,7 +377,7 @@ class _FlowHost(nn.Module):
 
 
 def test_flow_file_in_a_flow_host_equals_dode_sample(tmp_path):
-    from dode.schedules import flow_sigmas
+    from dode.grids.schedules import flow_sigmas
 
     den = load_denoiser("digits-flow", dtype=torch.float64)
     sigmas = flow_sigmas(5, spacing="dpm_solver")

@@ -19,7 +19,7 @@ from _tiny import make_tiny_sd
 
 import dode
 from dode.denoisers import Conditioning, LatentDiffusionDenoiser
-from dode.schedules import vp_sigmas
+from dode.grids.schedules import vp_sigmas
 from dode.solvers import get_solver
 
 diffusers = pytest.importorskip("diffusers")
@@ -169,7 +169,7 @@ def test_model_dtype(pipes):
     den32 = LatentDiffusionDenoiser.from_pretrained(folder)
     den16 = LatentDiffusionDenoiser.from_pretrained(folder, model_dtype=torch.bfloat16)
     assert next(den16.unet.parameters()).dtype == torch.bfloat16
-    sigmas = dode.schedules.karras(4, 0.1, 10.0)
+    sigmas = dode.grids.schedules.karras(4, 0.1, 10.0)
     noise = latents0(2)
     with torch.no_grad():
         a = dode.sample(den32.bind(PROMPTS, guidance_scale=3.0), "dpm_solver_pp", noise, sigmas)

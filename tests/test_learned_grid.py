@@ -1,4 +1,4 @@
-"""Learned σ grids fitted with λ (dode.learned_grid)."""
+"""Learned σ grids fitted with λ (dode.grids.learned)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import dode
-from dode.artifact import FittedSolver
 from dode.denoisers import CallableDenoiser
-from dode.learned_grid import (
+from dode.files.solver_file import FittedSolver
+from dode.grids.learned import (
     dp_brute_force,
     dp_search,
     grid_from_logits,
@@ -16,7 +16,7 @@ from dode.learned_grid import (
     learned_sgd,
     logits_from_grid,
 )
-from dode.schedules import karras
+from dode.grids.schedules import karras
 from dode.solvers import get_solver
 
 S2 = 0.25
@@ -139,8 +139,8 @@ def test_learned_dp_grid_is_valid_and_round_trips(tmp_path):
 @pytest.mark.parametrize("schedule", ["learned_dp", "learned_sgd"])
 def test_config_schedule_option_builds_a_learned_grid_and_records_it(schedule):
     from dode.denoisers import GaussianMixtureDenoiser
+    from dode.denoisers.loading import MODELS, register_model
     from dode.lit import DODEModule
-    from dode.loading import MODELS, register_model
 
     g = torch.Generator().manual_seed(0)
     means = torch.randn(2, 4, generator=g, dtype=torch.float64)
@@ -208,7 +208,7 @@ def test_learned_dp_on_a_flow_model_beats_the_best_standard_flow_grid():
     """A rectified flow (σ_max = ∞): the standard family holds shifted-uniform flow grids, and
     the learned grid + λ lands closer to the converged ODE solution than the best of them."""
     from dode.denoisers import GaussianMixtureDenoiser, GaussianMixtureFlow
-    from dode.grids import reference_solution, select_grid, standard_grids
+    from dode.grids.standard import reference_solution, select_grid, standard_grids
 
     g = torch.Generator().manual_seed(0)
     means = 1.5 * torch.randn(3, 6, generator=g, dtype=torch.float64)

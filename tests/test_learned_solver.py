@@ -10,12 +10,12 @@ import torch
 from safetensors import safe_open
 
 import dode
-from dode.artifact import FittedSolver
 from dode.correction import DODECorrection, model_fn
 from dode.denoisers.gmm import gaussian
-from dode.learned_grid import grid_from_logits
+from dode.files.solver_file import FittedSolver
+from dode.grids.learned import grid_from_logits
+from dode.grids.schedules import karras
 from dode.learned_solver import fit_end_to_end, history_mask
-from dode.schedules import karras
 from dode.solvers import get_solver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,8 +300,8 @@ QUIET = dict(
 
 
 def test_fit_mode_end_to_end_from_dode_fit_and_dode_train(tmp_path):
-    from dode.grids import reference_solution, select_grid, standard_grids
-    from dode.loading import load_denoiser
+    from dode.denoisers.loading import load_denoiser
+    from dode.grids.standard import reference_solution, select_grid, standard_grids
     from dode.noise import noise_from_seeds, parse_seeds
 
     fitted = dode.fit(**E2E, **QUIET, run_dir=tmp_path / "api")
@@ -353,11 +353,11 @@ def test_fit_mode_end_to_end_refuses_bad_settings(tmp_path):
 def test_dode_evaluate_and_dode_sample_run_the_end_to_end_solver(tmp_path):
     import numpy as np
 
-    from dode.artifact import weights_hash
     from dode.cli.sample import main as sample_main
+    from dode.denoisers.loading import load_denoiser
     from dode.evaluate import EvalConfig, SampleStore, evaluate
-    from dode.images import to_uint8
-    from dode.loading import load_denoiser
+    from dode.files.images import to_uint8
+    from dode.files.solver_file import weights_hash
     from dode.noise import noise_from_seeds
 
     gmm = load_denoiser("gmm-digits")

@@ -14,7 +14,7 @@ import torch
 from _tiny import make_tiny_unet
 
 import dode
-from dode.loading import load_denoiser
+from dode.denoisers.loading import load_denoiser
 from dode.noise import noise_from_seeds
 
 SCRIPT = textwrap.dedent(
@@ -92,7 +92,7 @@ def test_ddp_two_ranks_same_lambdas_as_one_process(tmp_path):
     # The same fit in one process, without Lightning.
     den = load_denoiser(str(model_dir), dtype="float64")
     solver = dode.get_solver("ddim")
-    sigmas = dode.schedules.karras(solver.steps_for_nfe(3), max(0.002, den.sigma_min), 80.0)
+    sigmas = dode.grids.schedules.karras(solver.steps_for_nfe(3), max(0.002, den.sigma_min), 80.0)
     noise = noise_from_seeds(range(11), den.sample_shape, torch.float64)
     ref = dode.fit_lambdas(den, solver, noise, sigmas, teacher_factor=4)
     got = torch.tensor(ranks[0]["lambdas"], dtype=torch.float64)

@@ -16,9 +16,9 @@ import torch
 
 import dode
 from dode.denoisers import GaussianMixtureDenoiser
+from dode.denoisers.loading import MODELS, register_model
 from dode.lit import DODEModule, NoiseDataModule
 from dode.lit.data import rank_batches
-from dode.loading import MODELS, register_model
 from dode.noise import noise_from_seeds, parse_seeds
 
 FIT, VAL = "0-47", "1000-1015"
@@ -131,7 +131,7 @@ def test_teacher_cache_reused_with_another_batch_size(lstsq_fit, monkeypatch):
     assert torch.equal(first["noise"], second["noise"])
     # The cached final state is the teacher's sample: a 10x finer solve of the same ODE.
     noise = first["noise"][:4]
-    fine = dode.schedules.refine(m.sigmas, 10, space="rho")
+    fine = dode.grids.schedules.refine(m.sigmas, 10, space="rho")
     x = dode.sample(m.denoiser, "ddim", noise, fine)
     assert torch.allclose(second["teacher"][:4, -1], x, atol=1e-12)
 
@@ -225,9 +225,9 @@ def test_frechet_callback_features_match_numpy_frechet(lstsq_fit):
     """torchmetrics' Fréchet distance on the pluggable pixel features equals the scipy one."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from dode.fid import PixelFeatures
+    from dode.evaluation.fid import PixelFeatures
+    from dode.evaluation.metrics import frechet_distance
     from dode.lit.callbacks import _Features, to_uint8_images
-    from dode.metrics import frechet_distance
 
     m, data, _ = lstsq_fit
     batch = data.states_for(list(range(2000, 2064)), m.teacher_source())

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy import linalg
 
-from dode import fid as fidlib
-from dode.cache import cache_root
-from dode.images import image_grid, to_uint8, to_uint8_hwc, to_uint8_images
-from dode.metrics import FrechetReference, frechet_distance_from_stats
+from dode.evaluation import fid as fidlib
+from dode.evaluation.metrics import FrechetReference, frechet_distance_from_stats
+from dode.files.cache import cache_root
+from dode.files.images import image_grid, to_uint8, to_uint8_hwc, to_uint8_images
 
 
 def test_to_uint8_rounds_like_diffusers_and_clips():
@@ -65,7 +65,7 @@ def test_one_frechet_distance_equals_scipy_and_torch_fidelity(dim):
 def test_feature_extractor_factory_uses_the_one_importer():
     with pytest.raises(ValueError, match="cannot import feature extractor 'no_such_mod:f'"):
         fidlib.get_feature_extractor("no_such_mod:f")
-    fx = fidlib.get_feature_extractor("dode.fid:PixelFeatures")
+    fx = fidlib.get_feature_extractor("dode.evaluation.fid:PixelFeatures")
     assert callable(fx) and fx.name
 
 

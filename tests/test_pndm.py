@@ -26,7 +26,7 @@ from torch import nn
 
 import dode
 from dode.denoisers import DiffusersDenoiser
-from dode.schedules import vp_sigmas
+from dode.grids.schedules import vp_sigmas
 from dode.solvers import get_solver
 
 diffusers = pytest.importorskip("diffusers")
@@ -130,14 +130,14 @@ def test_convergence_order_plms(problem):  # noqa: F811
 def test_fitted_d_pndm_beats_base_on_held_out_noise(skip_prk_steps):
     """D-PNDM on the exact Gaussian-mixture denoiser of the sklearn digits: λ fitted in closed
     form on one noise batch lower the error to the teacher on another."""
-    from dode.loading import load_denoiser
+    from dode.denoisers.loading import load_denoiser
 
     torch.manual_seed(0)
     den = load_denoiser("gmm-digits")
     solver = get_solver("pndm", skip_prk_steps=skip_prk_steps)
     nfe = 6 if skip_prk_steps else 14  # the few-step regime (PRK needs at least 13 calls)
     steps = solver.steps_for_nfe(nfe)
-    sigmas = dode.schedules.karras(steps, den.sigma_min, den.sigma_max)
+    sigmas = dode.grids.schedules.karras(steps, den.sigma_min, den.sigma_max)
     shape = den.sample_shape
     g = torch.Generator().manual_seed(0)
     train = torch.randn(256, *shape, generator=g, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""``dode.pretrain``: class conditioning with label dropout, the rectified-flow objective, export.
+"""``dode.digits.pretrain``: class conditioning with label dropout, the rectified-flow objective, export.
 
 Ground truths come from diffusers: ``DDPMScheduler.add_noise`` for the DDPM forward process,
 ``FlowMatchEulerDiscreteScheduler.scale_noise`` and its training timesteps for the flow, and
@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from dode.pretrain import DDPMPretrain, export_pretrained
+from dode.digits.pretrain import DDPMPretrain, export_pretrained
 
 TINY = dict(
     block_out_channels=(8, 16),

@@ -16,14 +16,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import dode
-from dode.artifact import FittedSolver, weights_hash
 from dode.cli.evaluate import main as evaluate_main
 from dode.cli.sample import main as sample_main
 from dode.denoisers import CallableDenoiser, gaussian
+from dode.denoisers.loading import load_denoiser
 from dode.evaluate import EvalConfig, evaluate
+from dode.files.solver_file import FittedSolver, weights_hash
+from dode.grids.schedules import karras
 from dode.lit.data import TeacherCache
-from dode.loading import load_denoiser
-from dode.schedules import karras
 from dode.solvers import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -801,7 +801,7 @@ def test_resume_with_other_fit_seeds_is_refused_and_the_file_records_them(tmp_pa
 
 
 def test_grid_options_outside_the_model_are_refused(gmm):
-    from dode.schedules import grid_for_model
+    from dode.grids.schedules import grid_for_model
 
     with pytest.raises(ValueError, match=r"sigma_max = 1e\+06 .* above the largest σ of the model"):
         grid_for_model(gmm, "karras", 3, {"sigma_max": 1e6})

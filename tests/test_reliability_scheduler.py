@@ -13,12 +13,12 @@ import torch
 from _tiny import make_tiny_unet, scheduler_config, tiny_alphas_cumprod
 
 import dode
-from dode.artifact import FittedSolver, weights_hash
 from dode.denoisers import DiffusersDenoiser
-from dode.schedules import karras
+from dode.files.solver_file import FittedSolver, weights_hash
+from dode.grids.schedules import karras
 
 diffusers = pytest.importorskip("diffusers")
-from dode.diffusers import DODEScheduler  # noqa: E402
+from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),

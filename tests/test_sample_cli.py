@@ -15,9 +15,9 @@ from _tiny import make_tiny_unet
 from PIL import Image
 
 import dode
-from dode.artifact import FittedSolver, weights_hash
 from dode.cli.sample import main
-from dode.loading import load_denoiser
+from dode.denoisers.loading import load_denoiser
+from dode.files.solver_file import FittedSolver, weights_hash
 from dode.noise import noise_from_seeds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +30,7 @@ def solver_file(tmp_path_factory):
     model = root / "unet"
     make_tiny_unet(model)
     den = load_denoiser(str(model))
-    sigmas = dode.schedules.karras(3, 0.01, 80.0)
+    sigmas = dode.grids.schedules.karras(3, 0.01, 80.0)
     noise = noise_from_seeds(range(8), den.sample_shape)
     lam = dode.fit_lambdas(den, "ipndm", noise, sigmas, teacher_factor=3)
     fs = FittedSolver(
@@ -100,7 +100,7 @@ def test_missing_solver_file_is_one_clear_error(tmp_path, capsys):
 def test_importing_the_cli_keeps_dode_sample_callable():
     noise = torch.zeros(2, 3)
     den = dode.denoisers.gaussian(torch.zeros(3), torch.eye(3))
-    out = dode.sample(den, "ddim", noise, dode.schedules.karras(2))
+    out = dode.sample(den, "ddim", noise, dode.grids.schedules.karras(2))
     assert out.shape == (2, 3)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EDMEulerScheduler
 
-from dode.schedules import (
+from dode.grids.schedules import (
     explicit,
     karras,
     log_uniform,

@@ -76,7 +76,7 @@ def problem():
 
 
 def grid(solver, extra: int) -> torch.Tensor:
-    return dode.schedules.karras(solver.min_steps() + extra, 0.02, 10.0)
+    return dode.grids.schedules.karras(solver.min_steps() + extra, 0.02, 10.0)
 
 
 def model_of(den, solver):

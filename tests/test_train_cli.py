@@ -22,8 +22,8 @@ import torch
 from _tiny import make_tiny_unet
 
 import dode
-from dode.artifact import FittedSolver, weights_hash
-from dode.loading import load_denoiser
+from dode.denoisers.loading import load_denoiser
+from dode.files.solver_file import FittedSolver, weights_hash
 from dode.noise import noise_from_seeds
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from _tiny import make_tiny_unet
 
-from dode import artifact
-from dode.artifact import weights_hash
 from dode.denoisers import DiffusersDenoiser, gaussian
+from dode.files import solver_file as artifact
+from dode.files.solver_file import weights_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,11 +1,8 @@
-"""What the entry points share: the list of them, the no-GPU hint, the moved-name warning."""
+"""What the entry points share: the list of them, the no-GPU hint, the one-line parser errors."""
 
 from __future__ import annotations
 
-import importlib
 import sys
-import warnings
-from collections.abc import Callable
 
 __all__ = [
     "ENTRY_POINTS",
@@ -13,8 +10,6 @@ __all__ = [
     "script_module",
     "no_gpu_hint",
     "lightning_parser",
-    "moved",
-    "moved_names",
 ]
 
 #: every command; its implementation is ``dode/cli/<name>.py``, and the module ``python -m``
@@ -39,10 +34,6 @@ SCRIPTS: dict[str, str] = {"bench": "dode.lit.bench"}
 def script_module(name: str) -> str:
     """The module ``python -m`` runs for entry point ``name`` (``dode.<name>`` for most)."""
     return SCRIPTS.get(name, f"dode.{name}")
-
-
-#: the release that drops the old import paths of the entry points' functions.
-REMOVAL_VERSION = "0.2"
 
 
 def no_gpu_hint(e: Exception) -> str:
@@ -70,26 +61,3 @@ def lightning_parser(name: str) -> type:
 
     _Parser.__qualname__ = _Parser.__name__ = "Parser"
     return _Parser
-
-
-def moved(old: str, new: str, name: str) -> object:
-    """``name`` of module ``new``, handed out under its old module ``old`` with a
-    ``DeprecationWarning`` (the old path goes in :data:`REMOVAL_VERSION`)."""
-    warnings.warn(
-        f"{old}.{name} moved to {new}.{name}; the old name is removed in dode {REMOVAL_VERSION}.",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return getattr(importlib.import_module(new), name)
-
-
-def moved_names(old: str, new: str, names: tuple[str, ...]) -> Callable[[str], object]:
-    """A module ``__getattr__`` for ``old`` that hands out ``names`` of module ``new`` with
-    :func:`moved`'s warning."""
-
-    def __getattr__(name: str) -> object:
-        if name not in names:
-            raise AttributeError(f"module {old!r} has no attribute {name!r}")
-        return moved(old, new, name)
-
-    return __getattr__

@@ -20,7 +20,7 @@ def parser():
     """The parser of ``python -m dode.digits`` (jsonargparse; ``train_classifier``'s arguments)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from ..digits import train_classifier
+    from ..digits.classifier import train_classifier
 
     p = ArgumentParser(
         prog="python -m dode.digits",
@@ -34,7 +34,7 @@ def parser():
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse, then :func:`dode.digits.train_classifier`; print and return its result."""
-    from ..digits import train_classifier
+    from ..digits.classifier import train_classifier
 
     ns = parser().parse_args(argv).as_dict()
     ns.pop("config", None)

@@ -4,7 +4,7 @@ Example::
 
     python -m dode.export --solver_file runs/x/solver.safetensors --out my_scheduler/
 
-The work is :func:`dode.export.export` (see :mod:`dode.export` for what it writes and
+The work is :func:`dode.hosts.export.export` (see :mod:`dode.hosts.export` for what it writes and
 refuses). ``--solver-file`` is accepted as the old spelling of ``--solver_file``.
 """
 
@@ -47,9 +47,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, then :func:`dode.export.export`; one ``error:`` line and status 2 on bad input."""
+    """Parse, then :func:`dode.hosts.export.export`; one ``error:`` line and status 2 on bad input."""
     args = parser().parse_args(argv)
-    from ..export import export
+    from ..hosts.export import export
 
     try:
         out: Path = export(args.solver_file, args.out, args.like, args.base)

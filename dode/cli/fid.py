@@ -5,7 +5,7 @@ Examples::
     python -m dode.fid ref --images DIR --out stats.npz       # reference statistics (mu, sigma)
     python -m dode.fid score --images DIR --ref stats.npz     # {"fid": ..., "num_images": N}
 
-The work is :func:`dode.fid.write_reference` and :func:`dode.fid.score_folder`.
+The work is :func:`dode.evaluation.fid.write_reference` and :func:`dode.evaluation.fid.score_folder`.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse, then write or score; one ``error:`` line and status 2 on bad input."""
     a = parser().parse_args(argv)
-    from ..fid import score_folder, write_reference
+    from ..evaluation.fid import score_folder, write_reference
 
     opts = dict(
         features=a.features,

@@ -6,9 +6,9 @@ Examples::
     python -m dode.pretrain -c configs/pretrain/digits-cond.yaml   # dode/assets/digits_cond_ddpm
     python -m dode.pretrain -c configs/pretrain/digits-flow.yaml   # dode/assets/digits_flow
 
-Options: ``--model.*`` (:class:`dode.pretrain.DDPMPretrain`), ``--data.*``
-(:class:`dode.pretrain.DigitsDataModule`), ``--trainer.*``, plus ``--output``, ``--results`` and
-``--curve_name``; ``-h`` describes each. The work is :func:`dode.pretrain.pretrain`.
+Options: ``--model.*`` (:class:`dode.digits.pretrain.DDPMPretrain`), ``--data.*``
+(:class:`dode.digits.pretrain.DigitsDataModule`), ``--trainer.*``, plus ``--output``, ``--results`` and
+``--curve_name``; ``-h`` describes each. The work is :func:`dode.digits.pretrain.pretrain`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from ..pretrain import DDPMPretrain, DigitsDataModule, pretrain
+from ..digits.pretrain import DDPMPretrain, DigitsDataModule, pretrain
 from .common import lightning_parser
 
 __all__ = ["main"]

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact import FittedSolver, atomic_write, check_model_weights
 from ..conditioning import SeedConditioning, bind_seeds, conditioning_for_solver
 from ..evaluation.store import claim_out_dir
-from ..images import image_grid as _grid
-from ..images import to_uint8_hwc as _uint8
+from ..files.images import image_grid as _grid
+from ..files.images import to_uint8_hwc as _uint8
+from ..files.solver_file import FittedSolver, atomic_write, check_model_weights
 from ..noise import noise_from_seeds, parse_seeds
 
 __all__ = ["main", "generate", "parser", "sample_to_folder"]
@@ -281,7 +281,7 @@ def sample_to_folder(
     """The work of ``python -m dode.sample`` (each argument is the flag of that name): sample
     ``seeds`` with the solver file and write them into the folder ``out``; returns the path of
     ``samples.npz``. ``ValueError`` on bad input (nothing is sampled then)."""
-    from ..loading import load_denoiser, resolve_dtype
+    from ..denoisers.loading import load_denoiser, resolve_dtype
 
     device = _device(device)
     fs = FittedSolver.load(solver_file)

@@ -17,6 +17,8 @@ One module per model family:
 ``flow_latent`` :class:`SD3Denoiser`, :class:`FluxDenoiser`: SD3 and FLUX latent flows (text
                embeddings, CFG / embedded guidance, packed latents, VAE decoding)
 ``gmm``        :class:`GaussianMixtureDenoiser`, :func:`gaussian`: exact mixture denoisers
+``loading``    :func:`load_denoiser`: a model by registered name (the bundled digits models), diffusers
+               folder or hub id, or ``package.module:factory``; :func:`register_model`
 ``guidance``   :class:`Conditioning`, :class:`ConditionalDenoiser`, :class:`GuidedDenoiser`:
                a conditional model bound to a batch's conditioning, classifier-free guidance
 =============  ===================================================================================
@@ -47,6 +49,7 @@ from .guidance import (
     rescale_noise_cfg,
 )
 from .latent import LatentDiffusionDenoiser
+from .loading import load_denoiser, register_model
 from .vp import DiffusersDenoiser
 
 __all__ = [
@@ -71,4 +74,6 @@ __all__ = [
     "GuidedDenoiser",
     "check_guidance",
     "rescale_noise_cfg",
+    "load_denoiser",
+    "register_model",
 ]

@@ -15,7 +15,7 @@ which is exactly dode's convention ``x = y + σ·n``. The denoiser and the noise
 both computed from ``v`` directly (no division by a small t or 1 − t). Every dode solver and the
 D-ODE correction therefore apply unchanged: Euler in x̂0 form (``"euler"``) and DDIM in ε form
 (``"ddim"``) are both diffusers' flow Euler step ``x_{t'} = x_t + (t' − t)·v``. A time shift
-(SD3's ``shift``, FLUX's μ) is ``σ' = s·σ``: it changes the grid (:func:`dode.schedules.
+(SD3's ``shift``, FLUX's μ) is ``σ' = s·σ``: it changes the grid (:func:`dode.grids.schedules.
 flow_sigmas`), not the model.
 
 t = 1 and the initial noise
@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..schedules import flow_t_to_sigma
+from ..grids.schedules import flow_t_to_sigma
 from .base import Denoiser, family_of, quiet_loading
 from .gmm import GaussianMixtureDenoiser
 from .guidance import ConditionalDenoiser, Conditioning, GuidedDenoiser, rescale_noise_cfg
@@ -98,7 +98,7 @@ def flow_from_native(v: Tensor, x: Tensor, sigma, want: str = "x0") -> Tensor:
     """A flow's velocity ``v`` at ``x_t = x/(1 + σ)`` as ``want``: ``x̂0 = x_t − t·v`` or
     ``ε̂ = x_t + (1 − t)·v`` (each straight from ``v``: no division by a small t or 1 − t).
 
-    The one conversion: :class:`FlowDenoiser` and :class:`dode.diffusers.DODEScheduler` both
+    The one conversion: :class:`FlowDenoiser` and :class:`dode.hosts.diffusers.DODEScheduler` both
     call it. ``sigma``: a float or one per sample.
     """
     t, c = _t_and_scale(sigma, x)
@@ -141,7 +141,7 @@ class VelocityFlow(Denoiser):
 
         Args:
             latents: the pipeline's starting latents ``[B, ...]`` (at t_0).
-            sigmas: a flow grid (:func:`dode.schedules.flow_sigmas`), possibly starting at ∞.
+            sigmas: a flow grid (:func:`dode.grids.schedules.flow_sigmas`), possibly starting at ∞.
 
         Returns:
             ``noise`` (with ``noise · sigmas[0]`` the σ-space state) and the finite grid.
@@ -150,7 +150,7 @@ class VelocityFlow(Denoiser):
         if s.numel() < 2 or not (s[1:] < s[:-1]).all() or s[-1] < 0 or torch.isnan(s).any():
             raise ValueError(
                 "sigmas must be a descending flow grid ending in 0; build it with "
-                "dode.schedules.flow_sigmas."
+                "dode.grids.schedules.flow_sigmas."
             )
         if not torch.isinf(s[0]):
             t0 = s[0] / (1 + s[0])

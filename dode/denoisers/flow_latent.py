@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..schedules import flux_mu
+from ..grids.schedules import flux_mu
 from .base import Denoiser
 from .flow import FlowDenoiser
 from .guidance import Conditioning, check_guidance
@@ -444,7 +444,7 @@ class FluxDenoiser(_LatentFlow):
 
     @property
     def mu(self) -> float:
-        """FLUX's dynamic shift μ for this resolution (:func:`dode.schedules.flux_mu` with the
+        """FLUX's dynamic shift μ for this resolution (:func:`dode.grids.schedules.flux_mu` with the
         scheduler config's values, as ``FluxPipeline``)."""
         c = self.scheduler_config
         return flux_mu(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..schedules import vp_sigmas
+from ..grids.schedules import vp_sigmas
 from .base import quiet_loading
 from .guidance import ConditionalDenoiser, Conditioning
 
@@ -185,7 +185,7 @@ def vp_from_native(out: Tensor, x: Tensor, sigma: Tensor, prediction_type: str) 
     """A VP network's native output (ε, v or x0 at ``x_vp = x / sqrt(1 + σ²)``) as
     :func:`vp_prediction` says (ε̂ for ε and v, x̂0 for x0); ``sigma`` is [B, 1, ...] in x's dtype.
 
-    The one conversion: :class:`DiffusersDenoiser` and :class:`dode.diffusers.DODEScheduler`
+    The one conversion: :class:`DiffusersDenoiser` and :class:`dode.hosts.diffusers.DODEScheduler`
     both call it.
     """
     if prediction_type == "v_prediction":

@@ -9,36 +9,42 @@
 :mod:`.run`               :func:`evaluate`: all of the above, in order
 :mod:`.fidelity`          the fidelity-first judge: MSE/PSNR to a converged reference with
                           bootstrap intervals, FD second; the best learning-free cell
+:mod:`.fid`               Fréchet distances of image folders and reference statistics (Inception
+                          or a stand-in extractor); ``python -m dode.fid``
+:mod:`.metrics`           the formulas every judge uses: Fréchet distance, MSE clamped to the
+                          data range, the bootstrap of a mean (foundation: imports no other dode
+                          module, so the fit uses them too)
 ========================  ============================================================
 
-``python -m dode.evaluate`` is the command line (:mod:`dode.evaluate`).
+``python -m dode.evaluate`` is the command line (:mod:`dode.evaluate`). The names below are
+imported on first use (:func:`dode.import_paths.wing_exports`): importing :mod:`.metrics` runs
+nothing else of this folder.
 """
 
 from __future__ import annotations
 
-from ..images import to_uint8
-from .config import EvalConfig, build_grid, load_model, resolve_solver, seed_list
-from .run import evaluate
-from .store import SampleStore, claim_out_dir
+from ..import_paths import wing_exports
 
-__all__ = [
-    "EvalConfig",
-    "SampleStore",
-    "build_grid",
-    "load_model",
-    "to_uint8",
-    "generate",
-    "evaluate",
-    "resolve_solver",
-    "seed_list",
-    "claim_out_dir",
-]
+_SUBMODULES = ("config", "fid", "fidelity", "metrics", "predict", "report", "run", "score", "store")
+
+
+def _modules():
+    from . import config, run, store
+
+    return config, run, store
+
+
+_exports = wing_exports(__name__, _SUBMODULES, _modules)
 
 
 def __getattr__(name: str):
-    # The predict loop imports Lightning: loaded when first used.
-    if name == "generate":
+    """:class:`EvalConfig`, :func:`evaluate`, :class:`SampleStore`, … on first use."""
+    if name == "generate":  # the predict loop imports Lightning: loaded when first used
         from .predict import generate
 
         return generate
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name == "to_uint8":  # kept where it was first handed out
+        from ..files.images import to_uint8
+
+        return to_uint8
+    return _exports(name)

@@ -7,11 +7,11 @@ from typing import Literal
 
 from torch import Tensor
 
-from ..artifact import FittedSolver, check_model_weights
 from ..denoisers import Denoiser
-from ..loading import load_denoiser
+from ..denoisers.loading import load_denoiser
+from ..files.solver_file import FittedSolver, check_model_weights
+from ..grids.schedules import grid_for_model
 from ..noise import parse_seeds
-from ..schedules import grid_for_model
 from ..solvers import Solver, get_solver
 
 __all__ = ["EvalConfig", "load_model", "build_grid", "resolve_solver", "seed_list"]
@@ -137,7 +137,7 @@ def load_model(
     model_dtype: str = "float32",
     **options,
 ) -> Denoiser:
-    """Load a model (hub id, diffusers folder, or a name ``dode.loading`` knows) as a denoiser.
+    """Load a model (hub id, diffusers folder, or a name ``dode.denoisers.loading`` knows) as a denoiser.
 
     A hub id that cannot be fetched (offline, no cache) raises ``ValueError`` naming the
     ``huggingface-cli download`` command and the folder to pass instead.
@@ -159,7 +159,7 @@ def build_grid(
 ) -> Tensor:
     """The σ-grid on which ``solver`` makes exactly ``nfe`` model calls.
 
-    The same grids as ``python -m dode.train`` builds (:func:`dode.schedules.grid_for_model`):
+    The same grids as ``python -m dode.train`` builds (:func:`dode.grids.schedules.grid_for_model`):
     ``karras`` and ``log_uniform`` span ``[max(0.002, σ_min), min(80, σ_max)]`` of the model
     unless ``options`` say otherwise (``sigma_min``, ``sigma_max``, ``rho``); ``time_uniform``
     and ``quadratic`` pick timesteps of the model's discrete table (``spacing``, ...).

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..grids import GridSpec, model_sigma_range, reference_solution, standard_grids
-from ..metrics import bootstrap_mean, check_clip, per_seed_mse
+from ..grids.standard import GridSpec, model_sigma_range, reference_solution, standard_grids
 from ..noise import noise_from_seeds
 from ..solvers import Solver, get_solver
+from .metrics import bootstrap_mean, check_clip, per_seed_mse
 
 __all__ = [
     "SeedSplit",
@@ -309,7 +309,7 @@ class FidelityJudge:
         covariance), by much more than the spread at a few hundred seeds; so the percentile
         interval is shifted by the bootstrap's bias estimate (mean of the resampled FDs minus
         the point estimate), the percentile interval of the bias-corrected estimate."""
-        from ..metrics import gaussian_stats
+        from .metrics import gaussian_stats
 
         if self.features is None:
             raise ValueError("this judge has no features; pass features= and fd_reference=.")

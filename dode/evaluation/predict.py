@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..conditioning import bind_seeds
 from ..denoisers import Denoiser
-from ..images import to_uint8
+from ..files.images import to_uint8
 from ..noise import noise_from_seeds, shard_seeds
 from ..sampling import sample
 from ..solvers import get_solver
@@ -159,7 +159,7 @@ def generate(
     """Generate the samples of ``seeds`` into ``out`` (skipping those already there).
 
     ``history``: an end-to-end solver's ``coefficients`` and ``shift``
-    (:meth:`dode.artifact.FittedSolver.correction`), applied with ``lambdas``.
+    (:meth:`dode.files.solver_file.FittedSolver.correction`), applied with ``lambdas``.
 
     Returns ``{"rank", "world_size", "generated", "seconds"}`` for this process; every rank
     returns after all ranks are done.

@@ -6,9 +6,9 @@ import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..artifact import FittedSolver
 from ..conditioning import conditioning_for_solver
 from ..denoisers import Denoiser
+from ..files.solver_file import FittedSolver
 from ..solvers import get_solver
 from ..version import __version__
 from .clip import check_clip, clip_score

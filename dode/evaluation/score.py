@@ -1,5 +1,5 @@
 """Scoring: the Fréchet distance of the stored samples' features to reference statistics
-(:mod:`dode.fid`: torch-fidelity's Inception for FID, or a stand-in extractor)."""
+(:mod:`dode.evaluation.fid`: torch-fidelity's Inception for FID, or a stand-in extractor)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import fid as fidlib
+from . import fid as fidlib
 from .config import EvalConfig
 from .store import SampleStore
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..artifact import atomic_write
+from ..files.solver_file import atomic_write
 
 __all__ = ["SampleStore", "claim_out_dir"]
 
@@ -84,7 +84,7 @@ class SampleStore:
 
     def _read(self, seed: int) -> np.ndarray:
         """The PNG of ``seed`` as uint8 ``[H, W, C]``; ``ValueError`` if it is unreadable."""
-        from ..fid import _read_image
+        from .fid import _read_image
 
         p = self.path(seed)
         try:
@@ -158,7 +158,7 @@ def claim_out_dir(
     """Record what the samples in ``out`` are made with (``run.json``); refuse to mix in
     other samples: a ``run.json`` of other settings, or a non-empty folder without one (files
     this run did not write). ``extra``: more settings that must match (e.g. the tool)."""
-    from ..artifact import ensure_writable
+    from ..files.solver_file import ensure_writable
 
     out = Path(out)
     ident = {

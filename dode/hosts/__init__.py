@@ -1,17 +1,30 @@
 """Host adapters: a fitted solver file run by sampling code that is not dode's own.
 
 =================  ==============================================================================
+``diffusers``      :class:`DODEScheduler`: a solver file as a drop-in diffusers scheduler, a thin
+                   adapter over the denoisers' native-output conversion, the correction and the
+                   replay engine
+``export``         :func:`export`: a solver file as a diffusers scheduler folder (its one file,
+                   ``scheduler_config.json``; ``python -m dode.export``)
 ``k_diffusion``    :class:`KDiffusionSampler`: a sampler function with k-diffusion's interface
                    ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None)``, as
                    ComfyUI (``comfy.samplers.KSAMPLER(fn)``), AUTOMATIC1111 and Forge call it
 =================  ==============================================================================
 
-(The diffusers scheduler, :mod:`dode.diffusers`, predates this package and keeps its path.)
 Every host is a thin adapter over the core: it converts the host's model call and state to a
-:class:`~dode.denoisers.Denoiser` and noise, and runs :meth:`dode.artifact.FittedSolver.sample`;
-no host re-derives the solver, the correction or the λ.
+:class:`~dode.denoisers.Denoiser` and noise, and runs
+:meth:`dode.files.solver_file.FittedSolver.sample` or the replay engine; no host re-derives the
+solver, the correction or the λ. ``from dode.hosts import DODEScheduler`` works for every public
+name of the three, imported on first use (diffusers is imported only when asked for).
 """
 
-from .k_diffusion import KDiffusionSampler
+from ..import_paths import wing_exports
 
-__all__ = ["KDiffusionSampler"]
+
+def _modules():
+    from . import diffusers, export, k_diffusion
+
+    return diffusers, export, k_diffusion
+
+
+__getattr__ = wing_exports(__name__, ("diffusers", "export", "k_diffusion"), _modules)

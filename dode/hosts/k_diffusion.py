@@ -11,7 +11,7 @@ disable=None)``: ``model(x, sigma, **extra_args)`` returns the denoised x̂0 (cl
 guidance already applied by the host), ``sigma`` has shape ``[B]``, ``x`` starts at
 ``noise · sigmas[0]`` and ``sigmas`` descends to 0. :class:`KDiffusionSampler` is such a
 function. It wraps the host's model as a :class:`~dode.denoisers.Denoiser` (x̂0 prediction)
-and runs :meth:`dode.artifact.FittedSolver.sample`, i.e. :func:`dode.sample` with the file's
+and runs :meth:`dode.files.solver_file.FittedSolver.sample`, i.e. :func:`dode.sample` with the file's
 solver, grid and λ: the same conversion (x̂0 → ε̂ for noise-prediction solvers), the same
 D-ODE correction and the same solver code as every other dode path. Nothing here re-derives
 them, so whatever the file holds and the core applies reaches the host unchanged.
@@ -51,8 +51,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..artifact import FittedSolver
 from ..denoisers import Denoiser
+from ..files.solver_file import FittedSolver
 
 __all__ = ["KDiffusionSampler", "host_sigma_table"]
 
@@ -177,7 +177,7 @@ class KDiffusionSampler:
 
     Args:
         solver: a fitted-solver file (``python -m dode.train`` writes one) or a
-            :class:`~dode.artifact.FittedSolver`.
+            :class:`~dode.files.solver_file.FittedSolver`.
         host_family: the host's convention: ``"vp"`` (σ-space, k-diffusion's own; default) or
             ``"flow"`` (ComfyUI's rectified flows: σ_host = t). It must be the file's model
             family.

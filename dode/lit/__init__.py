@@ -39,14 +39,16 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "build_grid":  # the old name, with the signature of dode.schedules.grid_for_model
+    if (
+        name == "build_grid"
+    ):  # the old name, with the signature of dode.grids.schedules.grid_for_model
         import warnings
 
-        from ..schedules import grid_for_model
+        from ..grids.schedules import grid_for_model
 
         warnings.warn(
             "dode.lit.build_grid is deprecated and will be removed in dode 0.2: use "
-            "dode.schedules.grid_for_model (same arguments).",
+            "dode.grids.schedules.grid_for_model (same arguments).",
             DeprecationWarning,
             stacklevel=2,
         )

@@ -10,7 +10,7 @@
 the callbacks and the ``Trainer`` from typed keyword arguments (the settings of a
 ``python -m dode.train`` config, section by section), then runs :func:`run_fit`, the code path
 ``python -m dode.train`` also takes after parsing its config: fit, write the fitted-solver
-file (rank 0), finish the W&B run, return the :class:`~dode.artifact.FittedSolver`.
+file (rank 0), finish the W&B run, return the :class:`~dode.files.solver_file.FittedSolver`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..artifact import FittedSolver, ensure_writable
+from ..files.solver_file import FittedSolver, ensure_writable
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
 from .fit_modes import FitMode, FitStopped
@@ -362,7 +362,7 @@ def _foreign_files(run_dir: Path) -> list[str]:
 def _check_solver_file(module: DODEModule, solver_file: Path, resume: bool) -> None:
     """Refuse to replace a solver file this run did not write: any existing file on a fresh
     fit, and on a resume one fitted for another problem (solver, grid or model)."""
-    from ..artifact import check_replaceable
+    from ..files.solver_file import check_replaceable
 
     check_replaceable(solver_file, "solver_file")
     if not solver_file.exists():
@@ -616,7 +616,7 @@ def fit(
         seed: passed to ``lightning.seed_everything`` (noise depends on the data seeds only).
 
     Returns:
-        The :class:`~dode.artifact.FittedSolver` (λ times the scale chosen by
+        The :class:`~dode.files.solver_file.FittedSolver` (λ times the scale chosen by
         ``fid={"select": True}``, if any), on every rank; rank 0 has written it to
         ``solver_file``.
 

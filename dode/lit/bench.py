@@ -26,13 +26,13 @@ DIRECT = """
 import time, json, sys
 t0 = time.perf_counter()
 import torch, dode
-from dode.loading import load_denoiser
+from dode.denoisers.loading import load_denoiser
 from dode.noise import noise_from_seeds
 t1 = time.perf_counter()
 n, bs, nfe, model = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 den = load_denoiser(model)
 solver = dode.get_solver("ddim")
-sigmas = dode.schedules.karras(  # the grid build_grid() makes for "karras" (no lightning import)
+sigmas = dode.grids.schedules.karras(  # the grid build_grid() makes for "karras" (no lightning import)
     solver.steps_for_nfe(nfe), max(0.002, den.sigma_min), min(80.0, den.sigma_max)
 )
 noise = noise_from_seeds(range(n), den.sample_shape, torch.float32)
@@ -94,7 +94,7 @@ def bench(
     config = str(config or TINY_CONFIG)
     env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(threads)}
     env.pop("WANDB_API_KEY", None)
-    from ..artifact import FittedSolver
+    from ..files.solver_file import FittedSolver
 
     train, direct = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
-from ..images import image_grid, to_uint8_images
-from ..metrics import frechet_distance_from_stats
+from ..evaluation.metrics import frechet_distance_from_stats
+from ..files.images import image_grid, to_uint8_images
 from ..noise import parse_seeds, shard_seeds
 from ..select import best_scale, check_scales
 
@@ -47,7 +47,7 @@ def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
 def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    from ..artifact import atomic_write
+    from ..files.solver_file import atomic_write
 
     try:
         atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
@@ -164,7 +164,7 @@ class LambdaPlotCallback(pl.Callback):
 
 
 class _Features(nn.Module):
-    """A :mod:`dode.fid` extractor (uint8 images → flat features ``[B, F]``); also usable as a
+    """A :mod:`dode.evaluation.fid` extractor (uint8 images → flat features ``[B, F]``); also usable as a
     torchmetrics ``feature``."""
 
     def __init__(self, extractor, sample_shape: tuple[int, ...]) -> None:
@@ -205,7 +205,7 @@ class _Moments:
 
 class FrechetCallback(pl.Callback):
     """Fréchet distance of D-solver and base samples to a reference, with a pluggable feature
-    extractor (:mod:`dode.fid`).
+    extractor (:mod:`dode.evaluation.fid`).
 
     Runs at the end of the fit on every rank (samples sharded by seed; the feature statistics
     are summed across ranks). Logs ``val/<name>_dode`` and ``val/<name>_base`` where name is
@@ -267,7 +267,7 @@ class FrechetCallback(pl.Callback):
             return
         if num_samples < 2:
             raise ValueError("fid.num_samples must be >= 2.")
-        from .. import fid
+        from ..evaluation import fid
 
         if feature == "inception":
             # Fail now, before any fitting, if the weights cannot be had.
@@ -289,14 +289,14 @@ class FrechetCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if self.feature is None:
             return
-        from .. import fid
+        from ..evaluation import fid
 
         fx = fid.get_feature_extractor(self.feature, self.inception_weights)
         self.name = fid.metric_name(fx)
         self.features = _Features(fx, pl_module.sample_shape)
 
     def _reference_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        from .. import fid
+        from ..evaluation import fid
 
         mu, sigma = fid.load_stats(self.reference)
         if len(mu) != self.features.num_features:

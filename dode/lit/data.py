@@ -36,9 +36,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..artifact import atomic_write
-from ..cache import cache_root
 from ..conditioning import SeedConditioning
+from ..files.cache import cache_root
+from ..files.solver_file import atomic_write
 from ..noise import noise_from_seeds, shard_seeds
 from .specs import DataSpec
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..artifact import FittedSolver
+from ..files.solver_file import FittedSolver
 from ..noise import noise_from_seeds
 from .fit_modes import ModeFit
 
@@ -85,7 +85,7 @@ class EndToEndFit(ModeFit):
         """References of both seed sets, the warm-start cell, then
         :func:`dode.learned_solver.fit_end_to_end`; the fitted solver with the module's model
         record. Runs on the module's device, in this process."""
-        from ..grids import reference_solution, select_grid, standard_grids
+        from ..grids.standard import reference_solution, select_grid, standard_grids
         from ..learned_solver import fit_end_to_end
 
         opts = {**OWN_SETTINGS, **self.options}

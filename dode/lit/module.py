@@ -32,15 +32,15 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from ..artifact import FittedSolver, model_schedule, weights_hash
 from ..conditioning import SeedConditioning
 from ..correction import DODECorrection, model_fn
 from ..denoisers import check_guidance
+from ..denoisers.loading import load_denoiser, resolve_dtype
+from ..files.solver_file import FittedSolver, model_schedule, weights_hash
+from ..grids.learned import LEARNED_SCHEDULES, learned_schedule
+from ..grids.schedules import grid_for_model, refine_space
 from ..lambda_fit import FitInfo, at_sigma, teacher_states
-from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
-from ..loading import load_denoiser, resolve_dtype
 from ..noise import format_seeds
-from ..schedules import grid_for_model, refine_space
 from ..solvers import Solver
 from ..version import __version__
 from .data import NoiseDataModule, TeacherSource, problem_digest
@@ -68,7 +68,7 @@ def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
     )
 
 
-build_grid = grid_for_model  # the old name (the grid is built in dode.schedules)
+build_grid = grid_for_model  # the old name (the grid is built in dode.grids.schedules)
 
 
 def make_fit_mode(
@@ -102,7 +102,7 @@ class DODEModule(pl.LightningModule):
             ``explicit``, or a grid learned on ``schedule_options.seeds`` (default 0-99) before
             the λ fit: ``learned_dp`` (dynamic programme over a fine teacher grid) or
             ``learned_sgd`` (gradient fit of grid and λ; λ are then refitted on that grid by
-            ``fit_mode``); see :mod:`dode.learned_grid` for their options.
+            ``fit_mode``); see :mod:`dode.grids.learned` for their options.
         schedule_options: options of the schedule, e.g. ``{sigma_min: 0.002, sigma_max: 80,
             rho: 7}`` for ``karras`` or ``{sigmas: [...]}`` for ``explicit``.
         teacher_factor: C, the teacher's refinement of the student grid (the paper uses 10).
@@ -210,7 +210,7 @@ class DODEModule(pl.LightningModule):
                 f"model {model!r} does not declare its sample shape; set sample_shape on the "
                 "Denoiser your factory returns."
             )
-        # how the grid was obtained (the file's metrics["grid"]); learned grids: dode.learned_grid
+        # how the grid was obtained (the file's metrics["grid"]); learned grids: dode.grids.learned
         self.grid_record: dict[str, Any] = {"schedule": schedule}
         if schedule in LEARNED_SCHEDULES:
             self.sigmas, rec = learned_schedule(

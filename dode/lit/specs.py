@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from ..conditioning import SeedConditioning
 from ..denoisers import check_guidance
-from ..loading import resolve_dtype
+from ..denoisers.loading import resolve_dtype
 from ..noise import parse_seeds
 from ..solvers import get_solver
 from .end_to_end import check_end_to_end

@@ -136,7 +136,7 @@ class Solver:
             raise ValueError(
                 f"the σ grid must be strictly descending, but σ[{i}] = {s[i].item():.6g} <= "
                 f"σ[{i + 1}] = {s[i + 1].item():.6g}; sort it largest first without repeats, or "
-                "build it with dode.schedules (karras, log_uniform, time_uniform, explicit)."
+                "build it with dode.grids.schedules (karras, log_uniform, time_uniform, explicit)."
             )
         steps = s.numel() - 1
         if steps < self.min_steps():

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .denoisers.base import FAMILIES, family_of
-from .solvers import Solver, get_solver
-from .version import __version__
+from ..denoisers.base import FAMILIES, family_of
+from ..solvers import Solver, get_solver
+from ..version import __version__
 
 FORMAT = "dode.fitted_solver/2"
 _FORMAT_NAME, _FORMAT_MAJOR = "dode.fitted_solver", 2
@@ -185,7 +185,7 @@ def weights_hash(module: nn.Module, *, cache: bool = True) -> str | None:
     analytic model) is hashed by what can identify it: the tensors reachable from its
     attributes (modules, closures, globals its functions name, bound methods' ``self``,
     ``functools.partial`` arguments), else the factory and arguments it was loaded with
-    (``weights_spec``, set by :func:`dode.loading.load_denoiser`). ``None`` means nothing
+    (``weights_spec``, set by :func:`dode.denoisers.loading.load_denoiser`). ``None`` means nothing
     identifies its weights: the teacher cache is then off for it and the model checks of
     ``dode.sample``/``dode.evaluate`` cannot vouch for it (see :func:`check_model_weights`).
 
@@ -225,7 +225,7 @@ def weights_hash(module: nn.Module, *, cache: bool = True) -> str | None:
 
 def model_schedule(denoiser) -> dict | None:
     """The model family's noise schedule, as the fitted-solver file records it under
-    ``model["schedule"]`` (what :meth:`dode.diffusers.DODEScheduler.from_solver_file` needs to
+    ``model["schedule"]`` (what :meth:`dode.hosts.diffusers.DODEScheduler.from_solver_file` needs to
     run the solver in a pipeline): ``{"family": "vp", "alphas_cumprod": [...],
     "prediction_type": ..., "num_train_timesteps": T}`` for diffusers VP models (pixel and
     latent), ``{"family": "flow", "prediction_type": "flow", "num_train_timesteps": T,
@@ -483,7 +483,7 @@ class FittedSolver:
                 f"{solver.describe()} on {len(self.sigmas) - 1} steps makes {nfe} model calls "
                 f"but {len(self.lambdas)} λ were given."
             )
-        from .correction import check_history
+        from ..correction import check_history
 
         check_history(self.coefficients, self.shift, nfe, "fitted solver: ")
 
@@ -576,7 +576,7 @@ class FittedSolver:
 
         The model is checked against what the file records (:meth:`check_model`); noise in
         float16/bfloat16 is refused (too coarse for the ODE: pass ``noise.float()``)."""
-        from .sampling import sample
+        from ..sampling import sample
 
         self.check_model(denoiser)
         if denoiser is not None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .denoisers import Denoiser
+    from ..denoisers import Denoiser
 
 __all__ = [
     "karras",
@@ -279,7 +279,7 @@ def get_schedule(name: str, num_steps: int, **kwargs) -> Tensor:
     if name not in SCHEDULES:
         raise ValueError(
             f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} or pass an explicit "
-            "σ list to dode.schedules.explicit()."
+            "σ list to dode.grids.schedules.explicit()."
         )
     return SCHEDULES[name](num_steps, **kwargs)
 

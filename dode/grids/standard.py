@@ -10,7 +10,7 @@ the usual candidates for a model:
 * Karras ρ = 7 with σ_max ∈ {80, the model's max} and σ_min ∈ {the model's min, 0.002};
 * uniform in log-SNR over the same ranges;
 * flow models (σ_max = ∞, :class:`~dode.denoisers.FlowDenoiser`): shifted-uniform flow grids,
-  uniform in flow time t and shifted as SD3/FLUX shift (:func:`dode.schedules.flow_sigmas`,
+  uniform in flow time t and shifted as SD3/FLUX shift (:func:`dode.grids.schedules.flow_sigmas`,
   shifts :data:`FLOW_SHIFTS`), all starting at the same finite σ (:data:`FLOW_SIGMA_MAX`, the
   t = 1 − 1/1000 of diffusers' multistep flow schedulers) and ending in a step to 0;
 * every one of those also as a *jump* variant: the first N points of the family's N + 1-step
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..solvers import Solver, get_solver
 from .schedules import explicit, flow_sigmas, karras, log_uniform, quadratic, time_uniform
-from .solvers import Solver, get_solver
 
 __all__ = [
     "FLOW_SHIFTS",
@@ -63,7 +63,7 @@ def flow_grid(num_steps: int, shift: float = 1.0, sigma_max: float = FLOW_SIGMA_
     """A shifted-uniform flow grid that starts at ``sigma_max``: unshifted flow times
     ``u_0 · k / N`` (k = N … 1, as diffusers' ``use_flow_sigmas`` multistep schedulers space
     them) with ``u_0`` chosen so that the shifted first point is ``sigma_max``, shifted by
-    ``shift`` (:func:`dode.schedules.flow_sigmas`), then 0.
+    ``shift`` (:func:`dode.grids.schedules.flow_sigmas`), then 0.
     """
     if not (math.isfinite(sigma_max) and sigma_max > 0):
         raise ValueError(f"sigma_max must be finite and > 0, got {sigma_max}.")
@@ -198,7 +198,7 @@ def reference_solution(
     whole σ range, so it starts where the model's ODE starts (``σ_max`` of the model;
     :data:`FLOW_SIGMA_MAX` for a flow model, see :func:`model_sigma_range`).
     """
-    from .sampling import sample_many
+    from ..sampling import sample_many
 
     opts = dict(solver_options or {})
     if isinstance(solver, str) and solver == "dpm_solver_pp":
@@ -259,7 +259,7 @@ def select_grid(
     Returns:
         A :class:`GridChoice`; ties go to the first candidate listed.
     """
-    from .sampling import sample_many
+    from ..sampling import sample_many
 
     solver = get_solver(solver) if isinstance(solver, str) else solver
     steps = solver.steps_for_nfe(nfe)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from dode.diffusers import DODEScheduler
+    from dode.hosts.diffusers import DODEScheduler
     pipe.scheduler = DODEScheduler.from_solver_file("solver.safetensors", like=pipe)
     images = pipe(prompt, num_inference_steps=N, guidance_scale=W).images
 
@@ -82,13 +82,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
-from .correction import DODECorrection, check_history
-from .denoisers.base import FAMILIES, as_prediction, as_sigma
-from .denoisers.flow import flow_from_native, flow_scale
-from .denoisers.vp import vp_from_native, vp_prediction, vp_scale, vp_sigma_to_t
-from .replay import Replay, run_until_stop
-from .schedules import vp_sigmas
-from .solvers import Solver, get_solver
+from ..correction import DODECorrection, check_history
+from ..denoisers.base import FAMILIES, as_prediction, as_sigma
+from ..denoisers.flow import flow_from_native, flow_scale
+from ..denoisers.vp import vp_from_native, vp_prediction, vp_scale, vp_sigma_to_t
+from ..grids.schedules import vp_sigmas
+from ..replay import Replay, run_until_stop
+from ..solvers import Solver, get_solver
 
 __all__ = ["DODEScheduler"]
 
@@ -328,7 +328,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         ignore_model_hash: bool = False,
         **overrides: Any,
     ) -> DODEScheduler:
-        """Build the scheduler from a fitted-solver file (``dode.artifact.FittedSolver``).
+        """Build the scheduler from a fitted-solver file (``dode.files.solver_file.FittedSolver``).
 
         The model's schedule comes from, in this order: ``overrides`` (``alphas_cumprod``,
         ``prediction_type``, ``family``, ...), the file's ``model["schedule"]`` if it records
@@ -348,7 +348,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 hash.
             overrides: constructor arguments that win over what the file and ``like`` give.
         """
-        from .artifact import FittedSolver
+        from ..files.solver_file import FittedSolver
 
         fitted = FittedSolver.load(path)
         pipe = like if _is_pipeline(like) else None
@@ -703,7 +703,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
         recorded = model.get("weights_hash")
         if model.get("class") in _PIXEL_CLASSES and recorded:
-            from .artifact import weights_hash
+            from ..files.solver_file import weights_hash
 
             holder = torch.nn.Module()
             holder.unet = net  # the fitted denoiser's state dict: the network under "unet."

@@ -32,14 +32,11 @@ from pathlib import Path
 
 import torch
 
-from .denoisers import (
-    Denoiser,
-    DiffusersDenoiser,
-    DiffusersFlowDenoiser,
-    GaussianMixtureDenoiser,
-    LatentDiffusionDenoiser,
-)
-from .denoisers.base import quiet_loading
+from .base import Denoiser, quiet_loading
+from .flow import DiffusersFlowDenoiser
+from .gmm import GaussianMixtureDenoiser
+from .latent import LatentDiffusionDenoiser
+from .vp import DiffusersDenoiser
 
 __all__ = [
     "load_denoiser",
@@ -52,7 +49,7 @@ __all__ = [
     "is_latent_pipeline",
 ]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 MODELS: dict[str, Callable[..., Denoiser]] = {}
 
@@ -302,6 +299,6 @@ def load_denoiser(
     if getattr(den, "model_id", None) is None:
         den.model_id = model
     if (model in MODELS or ":" in model) and getattr(den, "weights_spec", None) is None:
-        # What identifies a factory's model when no tensor does (dode.artifact.weights_hash).
+        # What identifies a factory's model when no tensor does (dode.files.solver_file.weights_hash).
         den.weights_spec = {"factory": model, "options": kwargs, "sigma_to_t": sigma_to_t}
     return den

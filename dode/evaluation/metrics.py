@@ -1,7 +1,7 @@
 """Metrics: Fréchet distance between feature sets, errors to a reference (optionally in the
 data range), and the bootstrap of a per-seed mean.
 
-The Fréchet distance is computed here and only here (``dode.fid`` and ``dode.evaluate`` use it
+The Fréchet distance is computed here and only here (``dode.evaluation.fid`` and ``dode.evaluate`` use it
 for Inception features); it works on any features (pixels, a digits classifier's penultimate
 layer, Inception pool3).
 """
@@ -62,7 +62,7 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
 
     ``Tr (Σ1 Σ2)^{1/2} = Tr (R Σ1 R)^{1/2}`` with ``R = Σ2^{1/2}``: the trace of a symmetric
     PSD matrix's square root, from two symmetric eigendecompositions (the one implementation
-    behind :class:`FrechetReference` and :func:`dode.fid.fid_from_stats`; equal to the general
+    behind :class:`FrechetReference` and :func:`dode.evaluation.fid.fid_from_stats`; equal to the general
     matrix square root formula, scipy's ``sqrtm`` as in torch-fidelity, up to rounding).
     """
     mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))

@@ -12,7 +12,7 @@ Metrics (none of them is FID; no Inception network is involved):
   penultimate-layer features of a small digits classifier (:class:`DigitsClassifier`, shipped
   in ``dode/assets/digits_classifier``), a feature space that knows what a digit looks like.
 * **FD-pixel** (:func:`fd_pixel`): the same distance on the 64 raw pixels.
-* **MSE to the teacher**: :func:`dode.metrics.mse` between a sampler's output and the
+* **MSE to the teacher**: :func:`dode.evaluation.metrics.mse` between a sampler's output and the
   teacher's from the same noise.
 
 Train the classifier with ``python -m dode.digits --output dode/assets/digits_classifier``
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .artifact import atomic_folder
-from .metrics import frechet_distance, gaussian_stats, mse
+from ..evaluation.metrics import frechet_distance, gaussian_stats, mse
+from ..files.solver_file import atomic_folder
 
 __all__ = [
     "ASSETS",
@@ -57,7 +57,7 @@ __all__ = [
     "verify_assets",
 ]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DIGITS_MODEL = ASSETS / "digits_ddpm"
 DIGITS_CLASSIFIER = ASSETS / "digits_classifier"
 
@@ -413,7 +413,7 @@ def pixel_stats(images: Tensor):
 
 
 def _fd(a, b, feats) -> float:
-    from .metrics import frechet_distance_from_stats
+    from ..evaluation.metrics import frechet_distance_from_stats
 
     def stats(x):
         if isinstance(x, tuple) and len(x) == 2:
@@ -423,9 +423,3 @@ def _fd(a, b, feats) -> float:
     if not isinstance(a, tuple) and not isinstance(b, tuple):
         return frechet_distance(feats(a), feats(b))
     return frechet_distance_from_stats(*stats(a), *stats(b))
-
-
-if __name__ == "__main__":
-    from dode.cli.digits import main
-
-    main()
