@@ -1,7 +1,8 @@
-"""``python -m dode.export``: a fitted-solver file as a diffusers scheduler folder (:mod:`dode.cli.export`).
+"""``python -m dode.export``: a fitted-solver file as a diffusers scheduler folder.
 
-The library moved to :mod:`dode.hosts.export`; importing ``dode.export`` still gives that module, with a
-``DeprecationWarning``, until dode 0.2.
+The command line is :mod:`dode.cli.export`. The library moved to :mod:`dode.hosts.export`;
+importing ``dode.export`` still gives that module, with a ``DeprecationWarning``, until dode
+0.2.
 """
 
 if __name__ != "__main__":  # imported by its old library path

@@ -1,7 +1,7 @@
-"""``python -m dode.fid``: reference statistics and Fréchet distances of image folders (:mod:`dode.cli.fid`).
+"""``python -m dode.fid``: reference statistics and Fréchet distances of image folders.
 
-The library moved to :mod:`dode.evaluation.fid`; importing ``dode.fid`` still gives that module, with a
-``DeprecationWarning``, until dode 0.2.
+The command line is :mod:`dode.cli.fid`. The library moved to :mod:`dode.evaluation.fid`;
+importing ``dode.fid`` still gives that module, with a ``DeprecationWarning``, until dode 0.2.
 """
 
 if __name__ != "__main__":  # imported by its old library path

@@ -1,19 +1,20 @@
 """The package's import paths: the public names of a wing, and the old paths of moved modules.
 
 A *wing* is a folder of ``dode/`` that groups modules by job (``grids/``, ``files/``,
-``hosts/``, ``evaluation/``, ``digits/``, …). Its ``__init__`` imports nothing when it runs:
-importing a foundation module such as :mod:`dode.grids.schedules` must not run the fit code that
-sits beside it in :mod:`dode.grids.standard`. A wing's public names (``from dode.grids import
-select_grid``) are imported on first use by the ``__getattr__`` that :func:`wing_exports` makes.
+``hosts/``, ``evaluation/``, ``digits/``, …). Its ``__init__`` imports none of its modules
+when it runs: importing a foundation module such as :mod:`dode.grids.schedules` must not run
+the fit code that sits beside it in :mod:`dode.grids.standard`. A wing's public names
+(``from dode.grids import select_grid``) are imported on first use by the ``__getattr__`` that
+:func:`wing_exports` makes.
 
-Names that moved from one module to another (``dode.train.main`` → ``dode.cli.train.main``)
-are handed out by :func:`moved` / :func:`moved_names` with the same warning. The modules that
-moved into wings keep their old import path until dode 0.2:
+The modules that moved into wings keep their old import path until dode 0.2:
 ``import dode.schedules`` hands out :mod:`dode.grids.schedules` itself (the same module object)
-with a ``DeprecationWarning`` that names the new path. :data:`MOVED` is the whole list; the
-facade installs the finder that serves them (:func:`install`), and the entry-point shims
-(``dode/export.py``, ``dode/fid.py``, ``dode/pretrain.py``) hand their old library path on with
-:func:`redirect`.
+with a ``DeprecationWarning`` that names the new path, attributed to the line that wrote the
+import. :data:`MOVED` is the whole list; the facade installs the finder that serves them
+(:func:`install`), and the entry-point shims (``dode/export.py``, ``dode/fid.py``,
+``dode/pretrain.py``) hand their old library path on with :func:`redirect`. Names that moved
+from one module to another (``dode.train.main`` → ``dode.cli.train.main``) are handed out by
+:func:`moved` / :func:`moved_names` with the same kind of warning.
 
 This module imports nothing from dode.
 """

@@ -1,7 +1,8 @@
-"""``python -m dode.pretrain``: train the bundled digits models (LightningCLI) (:mod:`dode.cli.pretrain`).
+"""``python -m dode.pretrain``: train the bundled digits models (LightningCLI).
 
-The library moved to :mod:`dode.digits.pretrain`; importing ``dode.pretrain`` still gives that module, with a
-``DeprecationWarning``, until dode 0.2.
+The command line is :mod:`dode.cli.pretrain`. The library moved to :mod:`dode.digits.pretrain`;
+importing ``dode.pretrain`` still gives that module, with a ``DeprecationWarning``, until dode
+0.2.
 """
 
 if __name__ != "__main__":  # imported by its old library path
