@@ -27,40 +27,32 @@ Examples::
         --ref refs/cifar10-32x32.npz
     python -m dode.evaluate -c configs/paper/eval/cifar10.yaml --solver_file F
 
-The command line is :mod:`dode.cli.evaluate`; this module holds the Python API of the same
-name (:class:`EvalConfig`, :func:`evaluate`, ...) and runs the command when run as a script.
+The command line is :mod:`dode.cli.evaluate`; the Python API is :mod:`dode.evaluation`
+(:class:`~dode.evaluation.config.EvalConfig`, :func:`~dode.evaluation.run.evaluate`, ...). This
+module only runs the command; the names it once re-exported (``dode.evaluate.evaluate``, ...)
+and ``main`` still resolve, with a ``DeprecationWarning``, until dode 0.2.
 """
 
 from __future__ import annotations
 
-from .evaluation import (
-    EvalConfig,
-    SampleStore,
-    build_grid,
-    evaluate,
-    load_model,
-    to_uint8,
-)
+from .import_paths import moved
 
-__all__ = [
+#: the names this module once re-exported from :mod:`dode.evaluation`
+_REEXPORTED = (
     "EvalConfig",
     "SampleStore",
     "build_grid",
     "load_model",
     "to_uint8",
-    "generate",  # noqa: F822 - imported on first use (module __getattr__)
+    "generate",
     "evaluate",
-]
+)
 
 
 def __getattr__(name: str):
-    if name == "generate":  # the Lightning predict loop, imported when first used
-        from .evaluation.predict import generate
-
-        return generate
-    if name == "main":  # the command line moved to dode.cli.evaluate (warns)
-        from .import_paths import moved
-
+    if name in _REEXPORTED:
+        return moved("dode.evaluate", "dode.evaluation", name)
+    if name == "main":
         return moved("dode.evaluate", "dode.cli.evaluate", name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

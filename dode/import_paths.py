@@ -113,15 +113,18 @@ def install() -> None:
         sys.meta_path.append(_MovedModules())
 
 
-def moved(old: str, new: str, name: str) -> object:
-    """``name`` of module ``new``, handed out under its old module ``old`` with a
-    ``DeprecationWarning`` (the old path goes in :data:`REMOVAL_VERSION`)."""
+def moved(old: str, new: str, name: str, new_name: str | None = None) -> object:
+    """``new_name`` (default ``name``) of module ``new``, handed out as ``name`` of its old module
+    ``old`` with a ``DeprecationWarning`` (the old name goes in :data:`REMOVAL_VERSION`); called
+    from the old module's ``__getattr__``."""
+    new_name = new_name or name
     warnings.warn(
-        f"{old}.{name} moved to {new}.{name}; the old name is removed in dode {REMOVAL_VERSION}.",
+        f"{old}.{name} moved to {new}.{new_name}; the old name is removed in dode "
+        f"{REMOVAL_VERSION}.",
         DeprecationWarning,
         stacklevel=3,
     )
-    return getattr(importlib.import_module(new), name)
+    return getattr(importlib.import_module(new), new_name)
 
 
 def moved_names(old: str, new: str, names: tuple[str, ...]) -> Callable[[str], object]:

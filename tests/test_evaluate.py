@@ -14,7 +14,7 @@ import torch
 from _tiny import make_tiny_unet
 
 from dode.cli.evaluate import main
-from dode.evaluate import EvalConfig, SampleStore, evaluate
+from dode.evaluation import EvalConfig, SampleStore, evaluate
 from dode.evaluation import fid as fidlib
 from dode.evaluation.metrics import frechet_distance_from_stats
 

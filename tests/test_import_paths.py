@@ -115,3 +115,27 @@ def test_importing_the_grid_formulas_runs_no_fit_code():
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "['dode.grids', 'dode.grids.schedules']"
+
+
+@pytest.mark.parametrize(
+    "name", ["evaluate", "EvalConfig", "SampleStore", "build_grid", "to_uint8"]
+)
+def test_the_names_dode_evaluate_re_exported_warn_and_are_the_evaluation_ones(name):
+    import dode.evaluate
+    import dode.evaluation
+
+    with pytest.warns(
+        DeprecationWarning, match=rf"dode\.evaluate\.{name} moved to dode\.evaluation\.{name}"
+    ):
+        old = getattr(dode.evaluate, name)
+    assert old is getattr(dode.evaluation, name)
+
+
+def test_the_old_grid_name_of_the_lightning_module_warns_with_the_new_name():
+    import dode.lit.module
+    from dode.grids.schedules import grid_for_model
+
+    with pytest.warns(DeprecationWarning, match=r"moved to dode\.grids\.schedules\.grid_for_model"):
+        assert dode.lit.module.build_grid is grid_for_model
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        dode.lit.module.no_such_name  # noqa: B018

@@ -20,7 +20,7 @@ from dode.cli.evaluate import main as evaluate_main
 from dode.cli.sample import main as sample_main
 from dode.denoisers import CallableDenoiser, gaussian
 from dode.denoisers.loading import load_denoiser
-from dode.evaluate import EvalConfig, evaluate
+from dode.evaluation import EvalConfig, evaluate
 from dode.files.solver_file import FittedSolver, weights_hash
 from dode.grids.schedules import karras
 from dode.lit.data import TeacherCache

@@ -51,7 +51,7 @@ from .lstsq import LstsqFit
 from .specs import FitSpec, ModelSpec, SolverSpec
 from .validation import TeacherMSE
 
-__all__ = ["DODEModule", "build_grid", "FitMode", "FitStopped", "check_resume_seeds"]
+__all__ = ["DODEModule", "FitMode", "FitStopped", "check_resume_seeds"]
 
 
 def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
@@ -66,9 +66,6 @@ def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
         f"run's ({len(seeds)} seeds): resuming would mix λ statistics of both. Resume with the "
         "same --data.fit_seeds, or start a new run folder."
     )
-
-
-build_grid = grid_for_model  # the old name (the grid is built in dode.grids.schedules)
 
 
 def make_fit_mode(
@@ -219,7 +216,7 @@ class DODEModule(pl.LightningModule):
             )  # fmt: skip
             self.grid_record.update(rec)
         else:
-            self.sigmas = build_grid(self.denoiser, schedule, self.num_steps, schedule_options)
+            self.sigmas = grid_for_model(self.denoiser, schedule, self.num_steps, schedule_options)
         self.solver.check_grid(self.sigmas)
         self.s_list: list[float] = self.sigmas.tolist()
         self.num_calls = self.solver.nfe(self.num_steps)
@@ -618,3 +615,11 @@ class DODEModule(pl.LightningModule):
         if schedule is not None:
             model["schedule"] = schedule
         return model
+
+
+def __getattr__(name: str):
+    if name == "build_grid":  # the old name of dode.grids.schedules.grid_for_model (warns)
+        from ..import_paths import moved
+
+        return moved("dode.lit.module", "dode.grids.schedules", name, "grid_for_model")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
