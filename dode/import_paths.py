@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import pkgutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -120,7 +121,7 @@ def moved(old: str, new: str, name: str, new_name: str | None = None) -> object:
     new_name = new_name or name
     warnings.warn(
         f"{old}.{name} moved to {new}.{new_name}; the old name is removed in dode "
-        f"{REMOVAL_VERSION}.",
+        f"{REMOVAL_VERSION}: import {new_name} from {new}.",
         DeprecationWarning,
         stacklevel=3,
     )
@@ -140,14 +141,18 @@ def moved_names(old: str, new: str, names: tuple[str, ...]) -> Callable[[str], o
 
 
 def wing_exports(
-    package: str, submodules: tuple[str, ...], load: Callable[[], tuple[ModuleType, ...]]
+    package: str, path: list[str], load: Callable[[], tuple[ModuleType, ...]]
 ) -> Callable[[str], object]:
     """A wing's ``__getattr__``: a name in the ``__all__`` of one of the modules ``load()``
     imports (the wing's ``__init__`` writes those imports, so the layer test sees them), found on
-    first use. The names of the wing's own ``submodules`` are left to the import system, so that
-    ``from dode.grids import schedules`` imports that module alone."""
+    first use. The names of the wing's own modules (read from the package's ``path``, its
+    ``__path__``) are left to the import system, so that ``from dode.grids import schedules``
+    imports that module alone (and ``load()`` can import its modules without recursing)."""
+    submodules: set[str] = set()
 
     def __getattr__(name: str) -> object:
+        if not submodules:
+            submodules.update(m.name for m in pkgutil.iter_modules(path))
         if name not in submodules and not name.startswith("__"):
             for module in load():
                 if name in getattr(module, "__all__", ()):

@@ -20,4 +20,4 @@ def _modules():
     return (classifier,)
 
 
-__getattr__ = wing_exports(__name__, ("classifier", "pretrain"), _modules)
+__getattr__ = wing_exports(__name__, __path__, _modules)

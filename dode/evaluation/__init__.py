@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from ..import_paths import wing_exports
 
-_SUBMODULES = ("config", "fid", "fidelity", "metrics", "predict", "report", "run", "score", "store")
-
 
 def _modules():
     from . import config, run, store
@@ -34,7 +32,7 @@ def _modules():
     return config, run, store
 
 
-_exports = wing_exports(__name__, _SUBMODULES, _modules)
+_exports = wing_exports(__name__, __path__, _modules)
 
 
 def __getattr__(name: str):

@@ -1,9 +1,10 @@
 """Metrics: Fréchet distance between feature sets, errors to a reference (optionally in the
 data range), and the bootstrap of a per-seed mean.
 
-The Fréchet distance is computed here and only here (``dode.evaluation.fid`` and ``dode.evaluate`` use it
-for Inception features); it works on any features (pixels, a digits classifier's penultimate
-layer, Inception pool3).
+The Fréchet distance is computed here and only here (:mod:`dode.evaluation.fid` and the
+``evaluate`` run use it for Inception features); it works on any features (pixels, a digits
+classifier's penultimate layer, Inception pool3). This module imports no other dode module, so
+the fit (:mod:`dode.learned_solver`) uses its clamp, per-seed MSE and bootstrap too.
 """
 
 from __future__ import annotations

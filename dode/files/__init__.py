@@ -23,4 +23,4 @@ def _modules():
     return solver_file, cache, images
 
 
-__getattr__ = wing_exports(__name__, ("solver_file", "cache", "images"), _modules)
+__getattr__ = wing_exports(__name__, __path__, _modules)

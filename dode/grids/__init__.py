@@ -24,4 +24,4 @@ def _modules():
     return schedules, standard, learned
 
 
-__getattr__ = wing_exports(__name__, ("schedules", "standard", "learned"), _modules)
+__getattr__ = wing_exports(__name__, __path__, _modules)

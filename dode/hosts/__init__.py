@@ -27,4 +27,4 @@ def _modules():
     return diffusers, export, k_diffusion
 
 
-__getattr__ = wing_exports(__name__, ("diffusers", "export", "k_diffusion"), _modules)
+__getattr__ = wing_exports(__name__, __path__, _modules)

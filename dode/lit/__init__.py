@@ -39,18 +39,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if (
-        name == "build_grid"
-    ):  # the old name, with the signature of dode.grids.schedules.grid_for_model
-        import warnings
+    if name == "build_grid":  # the old name, with the signature of grid_for_model (warns)
+        from ..import_paths import moved
 
-        from ..grids.schedules import grid_for_model
-
-        warnings.warn(
-            "dode.lit.build_grid is deprecated and will be removed in dode 0.2: use "
-            "dode.grids.schedules.grid_for_model (same arguments).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return grid_for_model
+        return moved("dode.lit", "dode.grids.schedules", name, "grid_for_model")
     raise AttributeError(f"module 'dode.lit' has no attribute {name!r}")
