@@ -4,7 +4,7 @@
 fits by Adam, backpropagating through the whole trajectory (network, solver, correction), the
 distance of the final sample to a converged reference from the same noise, on fit seeds only:
 
-* the **grid** (``learn_grid``): :func:`dode.grids.learned.grid_from_logits` keeps σ_0 (the
+* the **grid** (``learn_grid``): :func:`dode.learned_grid.grid_from_logits` keeps σ_0 (the
   warm start's first σ, the model's σ_max) and the final 0, and the interior strictly
   descending for any logits;
 * the **coefficients** (``coefficients``): ``"none"``; ``"lambda"``, D-ODE's one λ per call,
@@ -40,13 +40,13 @@ from torch import Tensor, nn
 
 from .correction import DODECorrection, model_fn
 from .denoisers import Denoiser
-from .evaluation.metrics import bootstrap_means, check_clip, clipped, per_seed_mse
 from .files.solver_file import FittedSolver
-from .grids.learned import grid_from_logits, logits_from_grid
 from .grids.schedules import explicit
-from .grids.standard import model_sigma_range
+from .learned_grid import grid_from_logits, logits_from_grid
+from .metrics import bootstrap_means, check_clip, clipped, per_seed_mse
 from .sampling import _check_batch, _check_denoiser, sample
 from .solvers import Solver, get_solver
+from .standard_grids import model_sigma_range
 
 __all__ = ["COEFFICIENTS", "OBJECTIVES", "fit_end_to_end", "history_mask", "paired_improvement"]
 
@@ -94,7 +94,7 @@ def _check_pair(denoiser: Denoiser, noise: Tensor, ref: Tensor, what: str) -> No
     if not isinstance(noise, Tensor) or not isinstance(ref, Tensor):
         raise ValueError(
             f"{what} noise and reference must be tensors (the reference from "
-            "dode.grids.reference_solution(denoiser, noise))."
+            "dode.standard_grids.reference_solution(denoiser, noise))."
         )
     denoiser.check_noise(noise)
     _check_batch(noise)
@@ -164,7 +164,7 @@ def fit_end_to_end(
         noise: standard-normal fit noise ``[B, ...]`` (scaled by σ_0 inside, as
             :func:`dode.sample` does).
         reference: the converged final samples from ``noise``
-            (:func:`dode.grids.reference_solution`).
+            (:func:`dode.standard_grids.reference_solution`).
         select_noise, select_reference: the same for the selection seeds (seeds used nowhere
             else): they pick the iterate and decide acceptance.
         select_denoiser: the model for the selection seeds where it differs from

@@ -1,8 +1,6 @@
-"""``python -m dode.sample``: samples from a fitted-solver file (see :mod:`dode.cli.sample`).
+"""``python -m dode.sample``: runs :func:`dode.cli.sample.main`.
 
-Only a script entry point: import :mod:`dode.cli.sample` for :func:`~dode.cli.sample.main`
-and :func:`~dode.cli.sample.generate`. Importing this module would shadow the sampling
-function ``dode.sample`` with it, so nothing in the package does.
+Only a script entry point: importing it would shadow the sampling function ``dode.sample``.
 """
 
 if __name__ == "__main__":

@@ -60,10 +60,10 @@ from dode.digits.classifier import (  # noqa: E402
     load_classifier,
     load_digits_split,
 )
-from dode.evaluation.metrics import FrechetReference, mse  # noqa: E402
 from dode.files.solver_file import FittedSolver  # noqa: E402
 from dode.grids.schedules import get_schedule  # noqa: E402
 from dode.lit.api import fit_kwargs  # noqa: E402
+from dode.metrics import FrechetReference, mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.sampling import sample_many  # noqa: E402
 from dode.select import select_scale  # noqa: E402
@@ -855,7 +855,7 @@ def _wandb_start(runs: Path, mode: str):
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    from dode.lit.tracking import wandb_mode
+    from dode.tracking import wandb_mode
 
     return wandb.init(
         project="dode",

@@ -6,7 +6,7 @@ For one bundled model (``digits``, ``digits-cond`` at CFG w = 2 with labels seed
 
 * **best_free**: the learning-free (solver, grid) cell with the lowest MSE to the converged
   reference on the *selection* seeds, over every solver of :data:`SOLVERS` and the model's
-  standard grid family (:func:`dode.grids.standard_grids`: leading/trailing/linspace/quadratic
+  standard grid family (:func:`dode.standard_grids.standard_grids`: leading/trailing/linspace/quadratic
   on the ᾱ table, Karras and log-SNR from the model's σ_max (and from 80), shifted flow grids
   from t = 0.999, each also with a final jump to 0), :func:`dode.evaluation.fidelity.
   best_free_cell`;
@@ -70,11 +70,11 @@ from dode.evaluation.fidelity import (  # noqa: E402
     bind_seeds,
     converged_reference,
 )
-from dode.evaluation.metrics import FrechetReference  # noqa: E402
-from dode.grids.learned import sgd_grid  # noqa: E402
-from dode.grids.standard import standard_grids  # noqa: E402
+from dode.learned_grid import sgd_grid  # noqa: E402
+from dode.metrics import FrechetReference  # noqa: E402
 from dode.noise import noise_from_seeds  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
+from dode.standard_grids import standard_grids  # noqa: E402
 
 #: The learning-free solvers searched (label → name, options); one model call per step each.
 SOLVERS = {
@@ -172,7 +172,7 @@ def fit_learned(
     coefficients, model-time shift; ``variant`` a key of :data:`E2E_VARIANTS`, default all
     on; mini-batches of ``batch`` fit seeds, the MSE on images clamped to :data:`CLIP`,
     accepted by its paired test on the selection seeds). Otherwise the joint grid + λ gradient
-    fit (:func:`dode.grids.learned.sgd_grid`) started at the cell's grid with λ = 0
+    fit (:func:`dode.learned_grid.sgd_grid`) started at the cell's grid with λ = 0
     (``variant`` a key of :data:`STANDIN_VARIANTS`).
     """
     t0 = time.process_time()
@@ -407,7 +407,7 @@ def run(
     learned_what = (
         "dode.learned_solver.fit_end_to_end (grid; λ or history coefficients; model-time shift)"
         if e2e
-        else "joint grid + λ gradient fit (dode.grids.learned.sgd_grid) from the best_free cell, "
+        else "joint grid + λ gradient fit (dode.learned_grid.sgd_grid) from the best_free cell, "
         "λ = 0"
     )
     header = [

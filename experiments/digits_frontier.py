@@ -5,15 +5,15 @@ dode adds on top (issue 14).
 Per NFE (3–10):
 
 * **best_base**: the best learning-free (solver, grid): every solver on every grid of
-  :func:`dode.grids.standard_grids`, the grid chosen per (solver, NFE) by MSE to a converged
-  solution on selection seeds (:func:`dode.grids.select_grid`), the solver by FD-digits on the
+  :func:`dode.standard_grids.standard_grids`, the grid chosen per (solver, NFE) by MSE to a converged
+  solution on selection seeds (:func:`dode.standard_grids.select_grid`), the solver by FD-digits on the
   same selection seeds;
 * **best_dode**: each solver on its best standard grid with λ fitted in closed form on the fit
   seeds and α ∈ {0, ½, 1} chosen by FD-digits on the selection seeds (as the demo does);
 * **learned**: the GITS-style DP grid, refined with the student solver + λ, and λ
-  (:func:`dode.grids.learned.learned_dp`) for the solver of best_dode, α chosen the same way; at
+  (:func:`dode.learned_grid.learned_dp`) for the solver of best_dode, α chosen the same way; at
   NFE 4 and 5 also the gradient fit of grid and λ warm-started from it
-  (:func:`dode.grids.learned.learned_sgd`, ``learned_sgd*`` columns), α chosen the same way.
+  (:func:`dode.learned_grid.learned_sgd`, ``learned_sgd*`` columns), α chosen the same way.
   ``learned_fit_x`` / ``learned_sgd_fit_x``: the whole fit's time over the teacher's
   generation time on the same 100 fit seeds (goal ≤ 3).
 
@@ -57,11 +57,11 @@ if str(ROOT) not in sys.path:
 import dode  # noqa: E402
 from dode.denoisers.loading import load_denoiser  # noqa: E402
 from dode.digits.classifier import check_images, digits_features, load_classifier, load_digits_split  # noqa: E402
-from dode.evaluation.metrics import FrechetReference  # noqa: E402
-from dode.grids.learned import learned_dp, learned_sgd  # noqa: E402
-from dode.grids.standard import reference_solution, select_grid, standard_grids  # noqa: E402
+from dode.learned_grid import learned_dp, learned_sgd  # noqa: E402
+from dode.metrics import FrechetReference  # noqa: E402
 from dode.noise import noise_from_seeds  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
+from dode.standard_grids import reference_solution, select_grid, standard_grids  # noqa: E402
 
 SOLVERS = {
     "DDIM": ("ddim", {}),

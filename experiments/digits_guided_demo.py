@@ -73,9 +73,9 @@ import dode  # noqa: E402
 from dode.denoisers import Denoiser  # noqa: E402
 from dode.denoisers.flow import FlowDenoiser, flow_start  # noqa: E402
 from dode.digits.classifier import digits_features  # noqa: E402
-from dode.evaluation.metrics import mse  # noqa: E402
 from dode.grids.schedules import flow_sigmas, grid_for_model, refine_space  # noqa: E402
 from dode.lambda_fit import at_sigma  # noqa: E402
+from dode.metrics import mse  # noqa: E402
 from dode.noise import noise_from_seeds, parse_seeds  # noqa: E402
 from dode.sampling import sample_many  # noqa: E402
 from dode.select import check_scales, select_scale  # noqa: E402

@@ -2,7 +2,7 @@
 standard cell, with an ablation of its ingredients, on the bundled digits models.
 
 Per model and NFE: the best standard cell (UniPC and DPM-Solver++(2M) over
-:func:`dode.grids.standard_grids`) is chosen on selection seeds by the MSE to the converged
+:func:`dode.standard_grids.standard_grids`) is chosen on selection seeds by the MSE to the converged
 reference (DPM-Solver++(3M), ``--ref-nfe`` calls from the model's σ_max), then each variant is
 fitted on the fit seeds from that cell and judged on held-out seeds::
 
@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from dode.denoisers.loading import load_denoiser
-from dode.grids.standard import reference_solution, select_grid, standard_grids
 from dode.learned_solver import fit_end_to_end
 from dode.noise import noise_from_seeds
 from dode.sampling import sample
 from dode.solvers import get_solver
+from dode.standard_grids import reference_solution, select_grid, standard_grids
 
 VARIANTS = {
     "grid": {"coefficients": "none", "time_shift": False},

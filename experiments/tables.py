@@ -501,7 +501,7 @@ def render(spec: dict, cells: list[dict], dry_run: bool = False) -> tuple[str, s
 def _wandb_table(spec: dict, cells: list[dict], md_path: Path, results: Path) -> None:
     import wandb
 
-    from dode.lit.tracking import wandb_mode
+    from dode.tracking import wandb_mode
 
     mode = wandb_mode("auto")
     run = wandb.init(

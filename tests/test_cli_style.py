@@ -1,7 +1,6 @@
 """One command-line style for every ``python -m dode.<name>``: the implementation is
 ``dode/cli/<name>.py``, ``dode/<name>.py`` only runs its ``main()``, ``-h`` prints a usage with
-every option described, flags are spelled with underscores and the dashed spellings the
-commands once took are accepted as aliases."""
+every option described, flags are spelled with underscores (no dashed spelling is accepted)."""
 
 from __future__ import annotations
 
@@ -19,15 +18,6 @@ import dode
 from dode.cli import ENTRY_POINTS, script_module
 
 PKG = Path(dode.__file__).resolve().parent
-
-#: the dashed spellings the README documented before the flags took underscores
-DASHED_ALIASES = {
-    "sample": ["--solver-file", "--batch-size", "--no-png", "--ignore-model-hash",
-               "--prompts-file", "--negative-prompt", "--class-labels", "--guidance-scale",
-               "--guidance-rescale"],
-    "export": ["--solver-file"],
-    "bench": ["--batch-size"],
-}  # fmt: skip
 
 
 def _help(name: str, capsys, argv: list[str] | None = None) -> str:
@@ -106,9 +96,7 @@ def test_help_style_and_underscore_flags(name, capsys):
     assert text.startswith(f"usage: python -m {script_module(name)}"), text[:200]
     flags = set(re.findall(r"(?<![\w-])--[A-Za-z][\w.+-]*", text))
     dashed = {f for f in flags if "-" in f[2:]}
-    for f in dashed:  # a dashed flag only as the alias of its underscore spelling
-        assert "--" + f[2:].replace("-", "_") in flags, f"{name}: {f} has no underscore spelling"
-    assert sorted(dashed) == sorted(DASHED_ALIASES.get(name, [])), name
+    assert not dashed, f"{name}: dashed flags {sorted(dashed)}; spell them with underscores"
 
 
 def _actions(parser):
@@ -128,7 +116,7 @@ def test_every_option_is_described(name):
     for a in _actions(parser):
         assert a.help and a.help.strip() and not a.help.startswith("(type:"), (name, a)
         long = [s for s in a.option_strings if s.startswith("--")]
-        assert "-" not in long[0][2:], f"{name}: {long[0]} is not the underscore spelling"
+        assert all("-" not in f[2:] for f in long), f"{name}: {long} is not the underscore spelling"
 
 
 @pytest.mark.parametrize(
@@ -145,34 +133,15 @@ def test_lightning_entry_points_describe_their_own_options(name, own, capsys):
         assert m and not m.group(1).startswith("(type:"), f"{name}: {flag} has no description"
 
 
-def test_dashed_spellings_parse_as_the_underscore_ones():
+def test_dashed_spellings_are_refused(capsys):
     from dode.cli import export, sample
 
-    under = ["--solver_file", "f", "--out", "o", "--batch_size", "3", "--no_png",
-             "--ignore_model_hash", "--prompts_file", "p", "--negative_prompt", "n",
-             "--class_labels", "1,2", "--guidance_scale", "2", "--guidance_rescale", "0.5"]  # fmt: skip
-    dashed = [a.replace("_", "-") if a.startswith("--") else a for a in under]
-    a, b = sample.parser().parse_args(under), sample.parser().parse_args(dashed)
-    assert vars(a) == vars(b)
-    assert a.batch_size == 3 and a.no_png and a.class_labels == "1,2" and a.guidance_scale == 2
-    e = export.parser().parse_args(["--solver-file", "f", "--out", "o"])
-    assert e.solver_file == "f"
-
-
-def test_old_import_paths_warn_or_are_gone():
-    """``dode.train`` (an entry-point layer module) keeps ``main`` with a warning; the library
-    modules ``dode.hosts.export`` / ``dode.digits.pretrain`` import nothing from ``dode.cli`` (the import-layer
-    test), so their old ``main`` is gone rather than forwarded."""
-    import dode.digits.pretrain
-    import dode.hosts.export
-    import dode.train
-    from dode.cli import train
-
-    with pytest.warns(DeprecationWarning, match=r"dode\.train\.main moved to dode\.cli\.train"):
-        assert dode.train.main is train.main
-    for mod in (dode.hosts.export, dode.digits.pretrain):
-        with pytest.raises(AttributeError):
-            mod.main  # noqa: B018
+    given = ["--solver_file", "f", "--out", "o"]
+    for parser, dashed in ((sample.parser(), "--batch-size"), (export.parser(), "--solver-file")):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([*given, dashed, "3"])
+        assert e.value.code == 2
+        assert f"unrecognized arguments: {dashed}" in capsys.readouterr().err
 
 
 def test_fid_cli_writes_and_scores_through_its_functions(tmp_path, capsys):

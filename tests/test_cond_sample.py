@@ -46,8 +46,8 @@ def test_sample_prompts_decodes_pngs(folders, tmp_path):
     f = _solver_file(tmp_path / "sd.safetensors", folders / "sd", PROMPTS_REC)
     (tmp_path / "p.txt").write_text("a red cube\n\na blue ball\n")
     out = tmp_path / "out"
-    sample_main(["--solver-file", str(f), "--prompts-file", str(tmp_path / "p.txt"), "--seeds",
-                 "0-2", "--out", str(out), "--device", "cpu", "--batch-size", "2"])  # fmt: skip
+    sample_main(["--solver_file", str(f), "--prompts_file", str(tmp_path / "p.txt"), "--seeds",
+                 "0-2", "--out", str(out), "--device", "cpu", "--batch_size", "2"])  # fmt: skip
     data = np.load(out / "samples.npz")
     assert data["images"].shape == (3, 16, 16, 3)  # decoded by the VAE
     assert list(data["prompts"]) == ["a red cube", "a blue ball", "a red cube"]
@@ -63,19 +63,19 @@ def test_sample_prompts_decodes_pngs(folders, tmp_path):
     assert torch.allclose(torch.from_numpy(data["samples"]), den.decode(lat), atol=1e-5)
     # Another guidance scale warns that λ were fitted for 2.
     with pytest.warns(UserWarning, match="fitted for guidance scale 2"):
-        sample_main(["--solver-file", str(f), "--prompt", "a cat", "--seeds", "0", "--out",
-                     str(tmp_path / "o2"), "--device", "cpu", "--guidance-scale", "4"])  # fmt: skip
+        sample_main(["--solver_file", str(f), "--prompt", "a cat", "--seeds", "0", "--out",
+                     str(tmp_path / "o2"), "--device", "cpu", "--guidance_scale", "4"])  # fmt: skip
 
 
 def test_sample_class_labels(folders, tmp_path):
     rec = {"kind": "class_labels", "labels": "all"}
     f = _solver_file(tmp_path / "c.safetensors", folders / "cond", rec, options={"num_classes": 3})
     out = tmp_path / "out"
-    sample_main(["--solver-file", str(f), "--class-labels", "0,2", "--seeds", "0-3", "--out",
+    sample_main(["--solver_file", str(f), "--class_labels", "0,2", "--seeds", "0-3", "--out",
                  str(out), "--device", "cpu"])  # fmt: skip
     assert np.load(out / "samples.npz")["class_labels"].tolist() == [0, 2, 0, 2]
     # Without labels: the file's rule (all: seed % 3).
-    sample_main(["--solver-file", str(f), "--seeds", "0-3", "--out", str(tmp_path / "o2"),
+    sample_main(["--solver_file", str(f), "--seeds", "0-3", "--out", str(tmp_path / "o2"),
                  "--device", "cpu"])  # fmt: skip
     assert np.load(tmp_path / "o2" / "samples.npz")["class_labels"].tolist() == [0, 1, 2, 0]
 
@@ -103,18 +103,18 @@ def test_bad_conditioning_inputs(folders, tmp_path, capsys):
     nonull = _solver_file(tmp_path / "n.safetensors", folders / "cond",
                           {"kind": "class_labels", "labels": "all"}, w=1.0)  # fmt: skip
     out = tmp_path / "never"
-    _fails(capsys, ["--solver-file", str(un), "--prompt", "a cat"],
+    _fails(capsys, ["--solver_file", str(un), "--prompt", "a cat"],
            "prompts were given for the unconditional model", out)  # fmt: skip
-    _fails(capsys, ["--solver-file", str(c), "--class-labels", "1,3"],
+    _fails(capsys, ["--solver_file", str(c), "--class_labels", "1,3"],
            "class label 3 is out of range", out)  # fmt: skip
     (tmp_path / "empty.txt").write_text("\n  \n")
-    _fails(capsys, ["--solver-file", str(sd), "--prompts-file", str(tmp_path / "empty.txt")],
+    _fails(capsys, ["--solver_file", str(sd), "--prompts_file", str(tmp_path / "empty.txt")],
            "is empty", out)  # fmt: skip
-    _fails(capsys, ["--solver-file", str(sd), "--prompts-file", str(tmp_path / "no.txt")],
+    _fails(capsys, ["--solver_file", str(sd), "--prompts_file", str(tmp_path / "no.txt")],
            "does not exist", out)  # fmt: skip
-    _fails(capsys, ["--solver-file", str(nonull), "--guidance-scale", "3"],
+    _fails(capsys, ["--solver_file", str(nonull), "--guidance_scale", "3"],
            "has no unconditional input", out)  # fmt: skip
-    _fails(capsys, ["--solver-file", str(sd)], "fitted with prompts", out)
+    _fails(capsys, ["--solver_file", str(sd)], "fitted with prompts", out)
 
 
 def test_fit_bad_conditioning_writes_nothing(folders, tmp_path):

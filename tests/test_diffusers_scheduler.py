@@ -409,7 +409,7 @@ def test_from_solver_file_and_export(unet, alphas, tmp_path):
     like = diffusers.DDPMScheduler(**scheduler_config("v_prediction"))
     a = DODEScheduler.from_solver_file(path, like=like)
     b = DODEScheduler.from_solver_file(path)  # the schedule from the model's own folder
-    assert export_main(["--solver-file", str(path), "--out", str(tmp_path / "exp")]) == 0
+    assert export_main(["--solver_file", str(path), "--out", str(tmp_path / "exp")]) == 0
     c = DODEScheduler.from_pretrained(tmp_path / "exp")
     outs = [run_ddpm(unet, s)[0] for s in (a, b, c)]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
@@ -425,7 +425,7 @@ def test_from_solver_file_and_export(unet, alphas, tmp_path):
 def test_export_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    assert export_main(["--solver-file", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert export_main(["--solver_file", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a readable fitted-solver file" in err[0]
     assert not (tmp_path / "o").exists()

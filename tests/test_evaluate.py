@@ -16,7 +16,7 @@ from _tiny import make_tiny_unet
 from dode.cli.evaluate import main
 from dode.evaluation import EvalConfig, SampleStore, evaluate
 from dode.evaluation import fid as fidlib
-from dode.evaluation.metrics import frechet_distance_from_stats
+from dode.metrics import frechet_distance_from_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

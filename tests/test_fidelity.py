@@ -18,9 +18,9 @@ from dode.evaluation.fidelity import (
     best_free_cell,
     converged_reference,
 )
-from dode.evaluation.metrics import FrechetReference, bootstrap_mean
-from dode.grids.standard import GridSpec
+from dode.metrics import FrechetReference, bootstrap_mean
 from dode.noise import noise_from_seeds
+from dode.standard_grids import GridSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 12
@@ -255,9 +255,9 @@ def test_late_start_is_an_error_no_lambda_repairs(tmp_path):
 
     from dode.denoisers import LatentDiffusionDenoiser
     from dode.denoisers.guidance import Conditioning
-    from dode.grids.learned import sgd_grid
     from dode.grids.schedules import grid_for_model
-    from dode.grids.standard import reference_solution
+    from dode.learned_grid import sgd_grid
+    from dode.standard_grids import reference_solution
 
     make_tiny_sd(tmp_path / "sd", seed=1)
     den0 = LatentDiffusionDenoiser.from_pretrained(tmp_path / "sd")

@@ -153,8 +153,6 @@ def test_fit_info_record_matches_the_statistics():
     assert info.degenerate == [3]
 
 
-def test_fit_lambdas_from_the_old_and_new_paths_agree():
-    from dode.dode import fit_lambdas as old
-
-    assert old is fit_lambdas is dode.fit_lambdas
+def test_the_facade_hands_out_the_fit():
+    assert fit_lambdas is dode.fit_lambdas
     assert dode.LambdaFit is LambdaFit

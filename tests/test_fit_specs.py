@@ -225,14 +225,14 @@ def one_thread():
 def test_a_fit_from_specs_equals_the_fit_from_flat_keywords(tmp_path, one_thread):
     flat = dode.fit(**SETTINGS, **QUIET, run_dir=tmp_path / "flat")
     grouped = dode.fit(
-        dode.ModelSpec("gmm-digits"),
-        dode.SolverSpec("ddim", nfe=4, teacher_factor=4),
-        data=dode.DataSpec("0-31", "100-107", batch_size=16, cache_dir=None),
-        run=dode.RunSpec(**QUIET, run_dir=tmp_path / "specs"),
+        ModelSpec("gmm-digits"),
+        SolverSpec("ddim", nfe=4, teacher_factor=4),
+        data=DataSpec("0-31", "100-107", batch_size=16, cache_dir=None),
+        run=RunSpec(**QUIET, run_dir=tmp_path / "specs"),
     )
     whole = dode.fit(Specs.from_kwargs(**SETTINGS, **QUIET, run_dir=tmp_path / "whole"))
     mixed = dode.fit(  # a spec for one group, flat keywords for the others
-        "gmm-digits", dode.SolverSpec("ddim", nfe=4, teacher_factor=4), fit_seeds="0-31",
+        "gmm-digits", SolverSpec("ddim", nfe=4, teacher_factor=4), fit_seeds="0-31",
         val_seeds="100-107", batch_size=16, cache_dir=None, **QUIET, run_dir=tmp_path / "mixed",
     )  # fmt: skip
     assert flat.lambdas.abs().max() > 0
@@ -263,11 +263,11 @@ def test_a_setting_given_twice_is_refused_before_anything_runs(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_the_specs_are_dode_level_names_without_importing_lightning():
+def test_dode_fit_is_the_lightning_fit_without_importing_lightning_first():
     import subprocess
     import sys
 
     code = ("import sys, dode; assert not any(m.startswith('lightning') for m in sys.modules); "
-            "from dode.lit import specs; assert dode.Specs is specs.Specs; "
-            "assert dode.ModelSpec is specs.ModelSpec")  # fmt: skip
+            "from dode.lit import api, fit; assert dode.fit is fit is api.fit; "
+            "assert not hasattr(dode, 'ModelSpec')")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

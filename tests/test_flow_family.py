@@ -103,7 +103,7 @@ def test_cli_refuses_the_other_family_first(tmp_path, capsys, tool):
     if tool == "sample":
         from dode.cli.sample import main
 
-        argv = ["--solver-file", str(path), "--model", "digits", "--seeds", "0-1"]
+        argv = ["--solver_file", str(path), "--model", "digits", "--seeds", "0-1"]
         with pytest.raises(SystemExit) as e:
             main([*argv, "--out", str(out), "--ignore_model_hash"])
         code = e.value.code

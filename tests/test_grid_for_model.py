@@ -34,15 +34,6 @@ def table():
     return ac, vp_sigmas(ac)
 
 
-def test_old_names_are_the_core_function():
-    from dode.evaluate import build_grid as eval_grid
-    from dode.lit import build_grid as lit_grid
-    from dode.lit.module import build_grid
-
-    assert build_grid is lit_grid is grid_for_model
-    assert callable(eval_grid)
-
-
 def test_snap_model_karras_grid_is_on_the_table(unet):
     """Every σ the network is called at is a table σ, and the network's timestep is the index
     of that very σ: c_in and the ε → x̂0 conversion use the σ the network runs at."""

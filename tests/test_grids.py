@@ -9,7 +9,7 @@ import torch
 
 from dode.denoisers import CallableDenoiser
 from dode.grids.schedules import karras, log_uniform, vp_alphas_cumprod
-from dode.grids.standard import GridSpec, select_grid, standard_grids
+from dode.standard_grids import GridSpec, select_grid, standard_grids
 
 S2 = 0.25  # data variance of the 1-D Gaussian test problem
 

@@ -1,21 +1,68 @@
-"""The package's imports against the layers the README's Architecture section names.
+"""The package's imports against its layers.
 
 Every ``import`` of ``dode/**.py`` (read with ``ast``, lazy imports inside functions included,
 ``if TYPE_CHECKING:`` blocks excluded) is an edge from one module to another. The test fails on
-an import circle and on an edge that points from a layer to a later one in the README's table.
-The layers are read from the README itself, so the map and the code cannot drift apart.
+an import circle and on an edge that points from a layer to a later one in :data:`LAYERS`, the
+layer table (the README's Architecture section shows it). A package holds modules of one layer,
+so its ``__init__`` imports its public names plainly.
 """
 
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dode"
+
+#: the layers, first to last: (name, paths); a path ending in ``/`` holds every module under it.
+#: A module imports only from its own layer or an earlier one.
+LAYERS: list[tuple[str, list[str]]] = [
+    (
+        "foundation: tensors, grid formulas, solvers, metrics",
+        [
+            "dode/version.py",
+            "dode/noise.py",
+            "dode/tracking.py",
+            "dode/metrics.py",
+            "dode/grids/",
+            "dode/solvers/",
+        ],
+    ),
+    ("models", ["dode/denoisers/"]),
+    (
+        "core: one conversion, one correction, one replay engine, sampling",
+        ["dode/correction.py", "dode/replay.py", "dode/sampling.py", "dode/conditioning.py"],
+    ),
+    ("the solver file and what dode writes", ["dode/files/"]),
+    (
+        "fit",
+        [
+            "dode/lambda_fit.py",
+            "dode/select.py",
+            "dode/learned_solver.py",
+            "dode/standard_grids.py",
+            "dode/learned_grid.py",
+        ],
+    ),
+    ("hosts and judging", ["dode/hosts/", "dode/digits/", "dode/evaluation/"]),
+    ("Lightning", ["dode/lit/"]),
+    (
+        "entry points",
+        [
+            "dode/cli/",
+            "dode/train.py",
+            "dode/sample.py",
+            "dode/evaluate.py",
+            "dode/export.py",
+            "dode/fid.py",
+            "dode/pretrain.py",
+        ],
+    ),
+    ("the package facade", ["dode/__init__.py"]),
+]
 
 
 def module_files() -> dict[str, tuple[Path, bool]]:
@@ -102,26 +149,10 @@ def import_graph(eager: bool = False) -> dict[str, set[str]]:
     return edges
 
 
-def readme_layers() -> list[tuple[str, list[str]]]:
-    """The README's layer table: (layer name, module paths) in order."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Layers", 1)
-    if len(section) < 2:
-        raise AssertionError("README.md has no '### Layers' table in its Architecture section.")
-    layers = []
-    for line in section[1].splitlines():
-        m = re.match(r"\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|(.*)\|\s*$", line)
-        if m:
-            layers.append((m.group(2), re.findall(r"`(dode/[^`]*)`", m.group(3))))
-        elif layers and not line.startswith("|"):
-            break
-    return layers
-
-
 def layer_of(mods: dict[str, tuple[Path, bool]]) -> dict[str, int]:
     """Module -> its layer index: a path ending in ``/`` holds every module under it."""
     rules = []
-    for index, (_, paths) in enumerate(readme_layers()):
+    for index, (_, paths) in enumerate(LAYERS):
         for p in paths:
             rules.append((p, index))
     out = {}
@@ -169,15 +200,16 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_readme_names_layers_and_every_module():
-    layers = readme_layers()
-    assert len(layers) >= 5, "the README's layer table lists fewer than five layers"
+def test_the_layer_table_names_every_module():
     mods = module_files()
     missing = sorted(set(mods) - set(layer_of(mods)))
     assert not missing, (
-        f"modules in no layer of the README's Architecture table: {missing}; add each to the "
-        "row of the layer it belongs to."
+        f"modules in no layer of LAYERS: {missing}; add each to the row of the layer it belongs to."
     )
+    paths = [p for _, ps in LAYERS for p in ps]
+    assert len(paths) == len(set(paths)), "a path in two layers"
+    for p in paths:
+        assert (ROOT / p).exists(), f"LAYERS names {p}, which does not exist"
 
 
 def test_no_import_circle():
@@ -188,7 +220,7 @@ def test_no_import_circle():
 def test_no_import_points_up():
     mods = module_files()
     layer = layer_of(mods)
-    names = [name for name, _ in readme_layers()]
+    names = [name for name, _ in LAYERS]
     up = [
         f"{a} ({names[layer[a]]}) imports {b} ({names[layer[b]]})"
         for a, targets in sorted(import_graph().items())
@@ -198,16 +230,29 @@ def test_no_import_points_up():
     assert not up, "imports that point to a later layer:\n" + "\n".join(up)
 
 
-def test_a_wing_init_runs_nothing_of_a_later_layer():
-    """Importing a module runs its package's ``__init__`` first: what that ``__init__`` imports
-    when it runs must sit in the module's own layer or an earlier one. A wing that holds modules
-    of several layers (``dode/grids/``: the grid formulas of layer 1 beside the fit code of layer
-    5) therefore hands out its names on first use (``dode.import_paths.wing_exports``), and
-    ``import dode.grids.schedules`` runs no fit code. (The facade, ``dode/__init__.py``, is the
-    exception every package has: it runs before any of its modules.)"""
+def test_a_package_holds_modules_of_one_layer():
+    """Every module of a package (its ``__init__`` included, subpackages too) sits in one layer,
+    so the ``__init__`` can import its public names plainly. (The facade, ``dode/__init__.py``,
+    is the exception every package has: it runs before any of its modules.)"""
     mods = module_files()
     layer = layer_of(mods)
-    names = [name for name, _ in readme_layers()]
+    names = [name for name, _ in LAYERS]
+    mixed = []
+    for package, (_, is_pkg) in sorted(mods.items()):
+        if not is_pkg or package == "dode":
+            continue
+        inside = {m: layer[m] for m in mods if m == package or m.startswith(package + ".")}
+        if len(set(inside.values())) > 1:
+            mixed.append(f"{package}: " + ", ".join(f"{m} ({names[i]})" for m, i in inside.items()))
+    assert not mixed, "packages that mix layers:\n" + "\n".join(mixed)
+
+
+def test_a_package_init_runs_nothing_of_a_later_layer():
+    """Importing a module runs its package's ``__init__`` first: what that ``__init__`` imports
+    when it runs must sit in the module's own layer or an earlier one."""
+    mods = module_files()
+    layer = layer_of(mods)
+    names = [name for name, _ in LAYERS]
     eager = import_graph(eager=True)
     bad = []
     for mod in sorted(mods):
@@ -221,9 +266,41 @@ def test_a_wing_init_runs_nothing_of_a_later_layer():
                         f"imports {target} ({names[layer[target]]})"
                     )
     assert not bad, "\n".join(bad)
-    # the rule bites: an __init__ importing its fit module eagerly would be refused
-    assert "dode.grids.standard" not in eager["dode.grids"]
-    assert "dode.grids.standard" in import_graph()["dode.grids"]
+    # the packages import their names when they run
+    assert "dode.grids.schedules" in eager["dode.grids"]
+    assert "dode.files.solver_file" in eager["dode.files"]
+
+
+def test_no_module_hands_out_names_lazily():
+    """No module-level ``__getattr__``: a package imports its public names plainly. The one
+    exception is the facade's ``dode.fit`` (:func:`dode.lit.api.fit`), imported on first use so
+    that ``import dode`` does not import Lightning."""
+    lazy = []
+    for mod, (path, _) in sorted(module_files().items()):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+            lazy.append(mod)
+    assert lazy == ["dode"], lazy
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["dode", "dode.grids", "dode.files", "dode.digits", "dode.evaluation", "dode.denoisers",
+     "dode.solvers", "dode.lit"],
+)  # fmt: skip
+def test_a_package_hands_out_every_name_it_lists(package):
+    """Every name of a package's ``__all__`` is there, and is the object of the module that
+    defines it; other names fail."""
+    import importlib
+
+    pkg = importlib.import_module(package)
+    for name in pkg.__all__:
+        obj = getattr(pkg, name)
+        home = getattr(obj, "__module__", None)
+        if home and home.startswith(package + ".") and hasattr(obj, "__qualname__"):
+            assert getattr(importlib.import_module(home), obj.__qualname__) is obj, name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        pkg.no_such_name  # noqa: B018
 
 
 @pytest.mark.parametrize(
@@ -248,27 +325,6 @@ def test_the_walk_sees_imports(tmp_path, monkeypatch, source, expect):
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     assert import_graph()["dode.probe"] == expect
     assert circles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
-
-
-def test_old_import_paths_warn_with_the_new_name():
-    """``dode.dode`` and ``dode.lit.build_grid`` still work, with a DeprecationWarning that names
-    the removal version and the new name."""
-    import importlib
-
-    import dode.lit
-    from dode.grids.schedules import grid_for_model
-
-    with pytest.warns(DeprecationWarning, match=r"removed in dode 0\.2.*grid_for_model"):
-        assert dode.lit.build_grid is grid_for_model
-    import dode.dode
-
-    with pytest.warns(
-        DeprecationWarning, match=r"dode\.dode is deprecated .* removed in dode 0\.2"
-    ):
-        old = importlib.reload(dode.dode)
-    import dode as new
-
-    assert old.fit_lambdas is new.fit_lambdas and old.sample is new.sample
 
 
 def _patches_and_borrows(source: str) -> list[str]:

@@ -1,10 +1,10 @@
-"""dode's k-diffusion-style sampler (:class:`dode.hosts.KDiffusionSampler`) against k-diffusion.
+"""dode's k-diffusion-style sampler (:class:`dode.hosts.k_diffusion.KDiffusionSampler`) against k-diffusion.
 
 k-diffusion (PyPI ``k-diffusion``, in the ``dev`` extra) is the reference: its own samplers
 (``sample_euler``, ``sample_heun``, ``sample_dpm_2``, ``sample_dpmpp_2m``,
 ``sample_dpmpp_2m_sde`` at η = 0) and its own model wrapper for ε-prediction DDPMs
 (``external.DiscreteEpsDDPMDenoiser``) around the bundled digits UNets. Solver files come from
-``python -m dode.train`` (run through ``dode.train.main`` in this process, the same code path).
+``python -m dode.train`` (run through ``dode.cli.train.main`` in this process, the same code path).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 from dode.denoisers.loading import load_denoiser
 from dode.files.solver_file import FittedSolver
 from dode.grids.schedules import karras
-from dode.hosts import KDiffusionSampler
+from dode.hosts.k_diffusion import KDiffusionSampler
 from dode.solvers import get_solver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_lambda_zero_equals_k_diffusion_sampler(kd, digits64, solver, kd_name, k
 
 def _train(tmp: Path, *extra: str) -> Path:
     """``python -m dode.train`` (its ``main``, in this process) at tiny settings."""
-    from dode.train import main
+    from dode.cli.train import main
 
     args = [
         "-c", str(ROOT / "configs" / "tiny.yaml"),
@@ -409,12 +409,13 @@ def test_flow_file_in_a_flow_host_equals_dode_sample(tmp_path):
 
 
 def test_the_host_module_needs_no_host_library():
-    """``dode.hosts`` imports neither k-diffusion nor Lightning (it sits beside the core)."""
+    """``dode.hosts.k_diffusion`` imports neither k-diffusion nor Lightning (it sits beside the
+    core)."""
     import os
     import subprocess
 
     code = (
-        "import sys, dode.hosts; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "import sys, dode.hosts.k_diffusion; bad = [m for m in sys.modules if m.split('.')[0] in "
         "('k_diffusion', 'lightning', 'pytorch_lightning', 'comfy')]; assert not bad, bad"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""Learned σ grids fitted with λ (dode.grids.learned)."""
+"""Learned σ grids fitted with λ (dode.learned_grid)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 import dode
 from dode.denoisers import CallableDenoiser
 from dode.files.solver_file import FittedSolver
-from dode.grids.learned import (
+from dode.grids.schedules import karras
+from dode.learned_grid import (
     dp_brute_force,
     dp_search,
     grid_from_logits,
@@ -16,7 +17,6 @@ from dode.grids.learned import (
     learned_sgd,
     logits_from_grid,
 )
-from dode.grids.schedules import karras
 from dode.solvers import get_solver
 
 S2 = 0.25
@@ -208,7 +208,7 @@ def test_learned_dp_on_a_flow_model_beats_the_best_standard_flow_grid():
     """A rectified flow (σ_max = ∞): the standard family holds shifted-uniform flow grids, and
     the learned grid + λ lands closer to the converged ODE solution than the best of them."""
     from dode.denoisers import GaussianMixtureDenoiser, GaussianMixtureFlow
-    from dode.grids.standard import reference_solution, select_grid, standard_grids
+    from dode.standard_grids import reference_solution, select_grid, standard_grids
 
     g = torch.Generator().manual_seed(0)
     means = 1.5 * torch.randn(3, 6, generator=g, dtype=torch.float64)

@@ -13,8 +13,8 @@ import dode
 from dode.correction import DODECorrection, model_fn
 from dode.denoisers.gmm import gaussian
 from dode.files.solver_file import FittedSolver
-from dode.grids.learned import grid_from_logits
 from dode.grids.schedules import karras
+from dode.learned_grid import grid_from_logits
 from dode.learned_solver import fit_end_to_end, history_mask
 from dode.solvers import get_solver
 
@@ -301,8 +301,8 @@ QUIET = dict(
 
 def test_fit_mode_end_to_end_from_dode_fit_and_dode_train(tmp_path):
     from dode.denoisers.loading import load_denoiser
-    from dode.grids.standard import reference_solution, select_grid, standard_grids
     from dode.noise import noise_from_seeds, parse_seeds
+    from dode.standard_grids import reference_solution, select_grid, standard_grids
 
     fitted = dode.fit(**E2E, **QUIET, run_dir=tmp_path / "api")
     rec = fitted.metrics["end_to_end"]
@@ -386,7 +386,7 @@ def test_dode_evaluate_and_dode_sample_run_the_end_to_end_solver(tmp_path):
     (images,) = SampleStore(tmp_path / "ev").iter_images(seeds)
     assert torch.equal(images, to_uint8(want))
 
-    sample_main(["--solver-file", str(path), "--seeds", "0-7", "--out", str(tmp_path / "s")])
+    sample_main(["--solver_file", str(path), "--seeds", "0-7", "--out", str(tmp_path / "s")])
     with np.load(tmp_path / "s" / "samples.npz") as f:
         got = torch.from_numpy(f["samples"])
     assert torch.equal(got, want.float())

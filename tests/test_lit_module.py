@@ -226,8 +226,8 @@ def test_frechet_callback_features_match_numpy_frechet(lstsq_fit):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from dode.evaluation.fid import PixelFeatures
-    from dode.evaluation.metrics import frechet_distance
     from dode.lit.callbacks import _Features, to_uint8_images
+    from dode.metrics import frechet_distance
 
     m, data, _ = lstsq_fit
     batch = data.states_for(list(range(2000, 2064)), m.teacher_source())

@@ -8,9 +8,9 @@ import torch
 from scipy import linalg
 
 from dode.evaluation import fid as fidlib
-from dode.evaluation.metrics import FrechetReference, frechet_distance_from_stats
 from dode.files.cache import cache_root
 from dode.files.images import image_grid, to_uint8, to_uint8_hwc, to_uint8_images
+from dode.metrics import FrechetReference, frechet_distance_from_stats
 
 
 def test_to_uint8_rounds_like_diffusers_and_clips():
@@ -90,7 +90,7 @@ def test_cache_root(monkeypatch, tmp_path):
     ],
 )
 def test_wandb_mode(monkeypatch, requested, env_mode, key, expected):
-    from dode.lit.tracking import wandb_mode
+    from dode.tracking import wandb_mode
 
     for name, value in (("WANDB_MODE", env_mode), ("WANDB_API_KEY", key)):
         if value is None:
@@ -101,7 +101,7 @@ def test_wandb_mode(monkeypatch, requested, env_mode, key, expected):
 
 
 def test_wandb_mode_rejects_unknown():
-    from dode.lit.tracking import wandb_mode
+    from dode.tracking import wandb_mode
 
     with pytest.raises(ValueError, match="unknown W&B mode"):
         wandb_mode("sometimes")

@@ -221,7 +221,7 @@ def test_weightless_models_are_told_apart_or_not_vouched_for(factories, tmp_path
 
 def test_sample_refuses_to_vouch_for_unidentified_weights(gmm, tmp_path, capsys):
     path = _fitted(gmm, weights_hash=None).save(tmp_path / "f.safetensors")
-    args = ["--solver-file", str(path), "--seeds", "0-1", "--no-png"]
+    args = ["--solver_file", str(path), "--seeds", "0-1", "--no_png"]
     _sample_cli_error(args + ["--out", str(tmp_path / "a")], capsys, "--ignore_model_hash")
     assert not (tmp_path / "a").exists()
     sample_main(args + ["--out", str(tmp_path / "b"), "--ignore_model_hash"])
@@ -255,7 +255,7 @@ def test_evaluate_refuses_a_file_fitted_on_other_weights(gmm, tmp_path, capsys):
     assert rec["model_check"] == "ignored"
     assert json.loads(log.read_text())["model_check"] == "ignored"
     _sample_cli_error(
-        ["--solver-file", str(path), "--out", str(tmp_path / "s")], capsys, "--ignore_model_hash"
+        ["--solver_file", str(path), "--out", str(tmp_path / "s")], capsys, "--ignore_model_hash"
     )
 
 
@@ -281,19 +281,19 @@ def test_sample_out_refuses_another_solvers_folder(gmm, tmp_path, capsys):
     a = _fitted(gmm).save(tmp_path / "a.safetensors")
     b = _fitted(gmm, lambdas=(0.0, 0.3, 0.1)).save(tmp_path / "b.safetensors")
     out = tmp_path / "out"
-    sample_main(["--solver-file", str(a), "--seeds", "0-1", "--out", str(out)])
+    sample_main(["--solver_file", str(a), "--seeds", "0-1", "--out", str(out)])
     record = json.loads((out / "run.json").read_text())
     assert record["tool"] == "dode.sample" and record["lambdas"] == [0.0, 0.1, 0.2]
-    sample_main(["--solver-file", str(a), "--seeds", "0-1", "--out", str(out)])  # same: fine
+    sample_main(["--solver_file", str(a), "--seeds", "0-1", "--out", str(out)])  # same: fine
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _sample_cli_error(
-        ["--solver-file", str(b), "--seeds", "0-1", "--out", str(out)], capsys, "different"
+        ["--solver_file", str(b), "--seeds", "0-1", "--out", str(out)], capsys, "different"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     other = tmp_path / "other"
     other.mkdir()
     (other / "seed_000000.png").write_bytes(b"x")
-    _sample_cli_error(["--solver-file", str(a), "--out", str(other)], capsys, "no run record")
+    _sample_cli_error(["--solver_file", str(a), "--out", str(other)], capsys, "no run record")
 
 
 # ---- 6. run folders of dode.fit / dode.train -----------------------------------------------------
@@ -449,7 +449,7 @@ def test_unwritable_cache_and_output_folders(gmm, tmp_path, capsys):
     assert cache.dir is None and "cannot be written" in capsys.readouterr().err
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     _sample_cli_error(
-        ["--solver-file", str(path), "--out", str(blocker / "out")], capsys, "not a folder"
+        ["--solver_file", str(path), "--out", str(blocker / "out")], capsys, "not a folder"
     )
     with pytest.raises(ValueError, match="not a folder"):
         evaluate(_eval_cfg(blocker / "out", solver_file=str(path)))
@@ -464,7 +464,7 @@ def test_read_only_folders(gmm, tmp_path, capsys):
         with pytest.raises(ValueError, match="not writable"):
             dode.fit(**FIT, trainer=TRAINER, run_dir=ro / "run")
         path = _fitted(gmm).save(tmp_path / "f.safetensors")
-        _sample_cli_error(["--solver-file", str(path), "--out", str(ro)], capsys, "not writable")
+        _sample_cli_error(["--solver_file", str(path), "--out", str(ro)], capsys, "not writable")
     finally:
         ro.chmod(0o755)
 
@@ -516,7 +516,7 @@ def test_sample_refuses_duplicate_seeds(gmm, tmp_path, capsys):
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     out = tmp_path / "out"
     _sample_cli_error(
-        ["--solver-file", str(path), "--seeds", "0-9,5", "--out", str(out)],
+        ["--solver_file", str(path), "--seeds", "0-9,5", "--out", str(out)],
         capsys,
         "seed 5 more than once",
     )
@@ -529,9 +529,9 @@ def test_sample_refuses_duplicate_seeds(gmm, tmp_path, capsys):
 def test_float16_integration_one_sample_and_one_call(gmm, den, tmp_path, capsys):
     path = _fitted(gmm, integration_dtype="float16").save(tmp_path / "f.safetensors")
     _sample_cli_error(
-        ["--solver-file", str(path), "--out", str(tmp_path / "o")], capsys, "--dtype float32"
+        ["--solver_file", str(path), "--out", str(tmp_path / "o")], capsys, "--dtype float32"
     )
-    sample_main(["--solver-file", str(path), "--out", str(tmp_path / "o"), "--dtype", "float32",
+    sample_main(["--solver_file", str(path), "--out", str(tmp_path / "o"), "--dtype", "float32",
                  "--seeds", "0-1"])  # fmt: skip
     one = torch.randn(1, 2, dtype=torch.float64)
     with pytest.warns(UserWarning, match="one sample"):
@@ -598,19 +598,19 @@ def test_export_writes_only_its_file_and_removes_nothing(tmp_path, capsys, monke
     monkeypatch.chdir(cwd)
     for out in (pipe, solver_file.parent, Path(".")):
         kept = _tree(out.resolve())
-        assert export_main(["--solver-file", str(solver_file), "--out", str(out)]) == 0
+        assert export_main(["--solver_file", str(solver_file), "--out", str(out)]) == 0
         after = _tree(out.resolve())
         assert {k: v for k, v in after.items() if k in kept} == kept
         assert set(after) - set(kept) == {"scheduler_config.json"}
     assert {k: v for k, v in _tree(pipe).items() if k in before} == before
     # again into the same folder: its own earlier export is replaced
-    assert export_main(["--solver-file", str(solver_file), "--out", str(pipe)]) == 0
+    assert export_main(["--solver_file", str(solver_file), "--out", str(pipe)]) == 0
     capsys.readouterr()
     # another scheduler's config, and a file as --out: refused, untouched
-    assert export_main(["--solver-file", str(solver_file), "--out", str(pipe / "scheduler")]) == 2
+    assert export_main(["--solver_file", str(solver_file), "--out", str(pipe / "scheduler")]) == 2
     _one_error_line(capsys.readouterr().err, "DDPMScheduler")
     assert (pipe / "scheduler" / "scheduler_config.json").read_text() == ddpm
-    assert export_main(["--solver-file", str(solver_file), "--out", str(cwd / "notes.txt")]) == 2
+    assert export_main(["--solver_file", str(solver_file), "--out", str(cwd / "notes.txt")]) == 2
     _one_error_line(capsys.readouterr().err, "is a file")
     assert (cwd / "notes.txt").read_text() == "mine"
 
@@ -642,10 +642,10 @@ def test_sample_runs_into_one_folder_merge_by_seed(gmm, tmp_path):
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     out = tmp_path / "o"
-    sample_main(["--solver-file", str(path), "--seeds", "0-3", "--out", str(out)])
+    sample_main(["--solver_file", str(path), "--seeds", "0-3", "--out", str(out)])
     with np.load(out / "samples.npz") as z:
         first = {k: z[k] for k in z.files}
-    sample_main(["--solver-file", str(path), "--seeds", "6-7,2", "--out", str(out)])
+    sample_main(["--solver_file", str(path), "--seeds", "6-7,2", "--out", str(out)])
     with np.load(out / "samples.npz") as z:
         both = {k: z[k] for k in z.files}
     assert both["seeds"].tolist() == [0, 1, 3, 6, 7, 2]
@@ -711,7 +711,7 @@ def test_atomic_writes_honour_the_umask(gmm, tmp_path, mask):
     try:
         path = _fitted(gmm).save(tmp_path / "f.safetensors")
         out = tmp_path / "s"
-        sample_main(["--solver-file", str(path), "--seeds", "0", "--out", str(out)])
+        sample_main(["--solver_file", str(path), "--seeds", "0", "--out", str(out)])
     finally:
         os.umask(old)
     for p in (path, out / "samples.npz", out / "run.json", out / "seed_000000.png"):
@@ -773,7 +773,7 @@ def test_duplicate_seed_search_is_linear(gmm, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "parse_seeds", lambda spec: Seeds(real(spec)))
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     _sample_cli_error(
-        ["--solver-file", str(path), "--seeds", "0-49999,7", "--out", str(tmp_path / "o")],
+        ["--solver_file", str(path), "--seeds", "0-49999,7", "--out", str(tmp_path / "o")],
         capsys,
         "seed 7 more than once",
     )
@@ -867,7 +867,7 @@ def test_damaged_or_odd_solver_paths_are_one_clear_line(gmm, tmp_path, capsys):
     with pytest.raises(ValueError, match="is a folder"):
         FittedSolver.load(tmp_path)
     out = tmp_path / "o"
-    _sample_cli_error(["--solver-file", str(path), "--seeds", "99999999999999999999999",
+    _sample_cli_error(["--solver_file", str(path), "--seeds", "99999999999999999999999",
                        "--out", str(out)], capsys, "outside 0")  # fmt: skip
     assert not out.exists()
 
@@ -882,11 +882,11 @@ def test_failed_sample_leaves_no_run_record(gmm, tmp_path, capsys, monkeypatch):
         raise ValueError("the model output is not finite")
 
     monkeypatch.setattr(cli, "generate", fail)
-    _sample_cli_error(["--solver-file", str(path), "--seeds", "0", "--out", str(out)], capsys,
+    _sample_cli_error(["--solver_file", str(path), "--seeds", "0", "--out", str(out)], capsys,
                       "not finite")  # fmt: skip
     assert not out.exists()
     monkeypatch.undo()
-    sample_main(["--solver-file", str(path), "--seeds", "0", "--out", str(out), "--base"])
+    sample_main(["--solver_file", str(path), "--seeds", "0", "--out", str(out), "--base"])
     assert (out / "samples.npz").is_file()
 
 
@@ -912,7 +912,7 @@ def test_a_gpu_asked_for_on_a_machine_without_one(gmm, tmp_path, capsys):
     from dode.cli.train import main
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
-    _sample_cli_error(["--solver-file", str(path), "--device", "cuda", "--out",
+    _sample_cli_error(["--solver_file", str(path), "--device", "cuda", "--out",
                        str(tmp_path / "o")], capsys, "no CUDA device")  # fmt: skip
     assert not (tmp_path / "o").exists()
     code = evaluate_main(

@@ -45,7 +45,7 @@ def solver_file(tmp_path_factory):
 
 def test_sample_writes_pngs_and_npz(solver_file, tmp_path):
     path, _, den = solver_file
-    main(["--solver-file", str(path), "--seeds", "3-7,11", "--out", str(tmp_path / "a")])
+    main(["--solver_file", str(path), "--seeds", "3-7,11", "--out", str(tmp_path / "a")])
     z = np.load(tmp_path / "a" / "samples.npz")
     seeds = [3, 4, 5, 6, 7, 11]
     assert z["seeds"].tolist() == seeds
@@ -61,12 +61,12 @@ def test_sample_writes_pngs_and_npz(solver_file, tmp_path):
 
 def test_same_samples_for_any_batch_size_and_base_flag(solver_file, tmp_path):
     path, _, den = solver_file
-    main(["--solver-file", str(path), "--seeds", "0-9", "--out", str(tmp_path / "b1"),
-          "--batch-size", "3", "--no-png"])  # fmt: skip
-    main(["--solver-file", str(path), "--seeds", "0-9", "--out", str(tmp_path / "b2"),
-          "--batch-size", "10", "--no-png", "--base"])  # fmt: skip
-    main(["--solver-file", str(path), "--seeds", "0-9", "--out", str(tmp_path / "b3"),
-          "--batch-size", "10", "--no-png"])  # fmt: skip
+    main(["--solver_file", str(path), "--seeds", "0-9", "--out", str(tmp_path / "b1"),
+          "--batch_size", "3", "--no_png"])  # fmt: skip
+    main(["--solver_file", str(path), "--seeds", "0-9", "--out", str(tmp_path / "b2"),
+          "--batch_size", "10", "--no_png", "--base"])  # fmt: skip
+    main(["--solver_file", str(path), "--seeds", "0-9", "--out", str(tmp_path / "b3"),
+          "--batch_size", "10", "--no_png"])  # fmt: skip
     a, base, c = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("b1", "b2", "b3"))
     assert np.allclose(a, c, rtol=1e-5, atol=1e-4)  # float32 convs: rounding only
     ref_base = dode.sample(den, "ipndm", noise_from_seeds(range(10), den.sample_shape),
@@ -80,18 +80,18 @@ def test_other_model_weights_are_refused(solver_file, tmp_path, capsys):
     other = tmp_path / "other"
     make_tiny_unet(other, seed=1)
     with pytest.raises(SystemExit) as e:
-        main(["--solver-file", str(path), "--model", str(other), "--out", str(tmp_path / "c")])
+        main(["--solver_file", str(path), "--model", str(other), "--out", str(tmp_path / "c")])
     assert e.value.code == 2
     assert "other weights" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
-    main(["--solver-file", str(path), "--model", str(other), "--out", str(tmp_path / "c"),
-          "--ignore-model-hash", "--seeds", "0-1"])  # fmt: skip
+    main(["--solver_file", str(path), "--model", str(other), "--out", str(tmp_path / "c"),
+          "--ignore_model_hash", "--seeds", "0-1"])  # fmt: skip
     assert (tmp_path / "c" / "samples.npz").is_file()
 
 
 def test_missing_solver_file_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["--solver-file", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o")])
+        main(["--solver_file", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
@@ -124,4 +124,4 @@ def test_python_m_dode_sample_help():
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    assert "usage: python -m dode.sample" in r.stdout and "--solver-file" in r.stdout
+    assert "usage: python -m dode.sample" in r.stdout and "--solver_file" in r.stdout

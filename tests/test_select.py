@@ -18,8 +18,8 @@ import torch
 
 from dode import fit_lambdas, sample, sample_many, select_scale
 from dode.denoisers import CallableDenoiser, GaussianMixtureDenoiser
-from dode.evaluation.metrics import FrechetReference, frechet_distance, mse
 from dode.grids.schedules import karras
+from dode.metrics import FrechetReference, frechet_distance, mse
 from dode.solvers import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,8 +13,7 @@
 
 Each module here only parses arguments and calls the function that does the work. One style:
 ``-h`` lists every option with a description, flags are spelled with underscores
-(``--solver_file``, ``--batch_size``), and the dashed spellings the commands once took
-(``--solver-file``) are accepted as aliases. Bad input prints one ``error:`` line and exits
+(``--solver_file``, ``--batch_size``). Bad input prints one ``error:`` line and exits
 with status 2. ``dode/<name>.py`` (``dode/digits/__main__.py`` for ``digits``,
 ``dode/lit/bench.py`` for ``bench``) is a shim that only calls ``main()`` when run as a script,
 so that no library code imports a module whose name clashes with a function of the package

@@ -6,8 +6,7 @@ Example::
     python -m dode.lit.bench --repeat 2 --seeds 128
 
 The options are the arguments of :func:`dode.lit.bench.bench` (the work; ``-h`` describes
-each); it prints the result as JSON. ``--batch-size`` is accepted as the old spelling of
-``--batch_size``.
+each); it prints the result as JSON.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=128, help="number of fit seeds (0 to N-1)")
     p.add_argument(
         "--batch_size",
-        "--batch-size",
-        dest="batch_size",
         type=int,
         default=32,
         help="batch size of both runs",

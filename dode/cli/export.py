@@ -5,7 +5,7 @@ Example::
     python -m dode.export --solver_file runs/x/solver.safetensors --out my_scheduler/
 
 The work is :func:`dode.hosts.export.export` (see :mod:`dode.hosts.export` for what it writes and
-refuses). ``--solver-file`` is accepted as the old spelling of ``--solver_file``.
+refuses).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--solver_file",
-        "--solver-file",
-        dest="solver_file",
         metavar="FILE",
         required=True,
         help="fitted-solver .safetensors file",

@@ -22,9 +22,8 @@ folder); pass ``--model`` when it lives elsewhere on this machine. Its weights h
 the file's (``--ignore_model_hash`` overrides, as in ``python -m dode.evaluate``). ``--out``
 must be new, empty, or hold the ``run.json`` of a run with the same model, solver, grid and λ.
 
-Flags are spelled with underscores, as in every ``python -m dode.<name>``; the dashed spellings
-this command first took (``--solver-file``, ``--batch-size``, ``--no-png``, ...) are accepted
-too. This module holds the implementation; ``dode/sample.py`` only runs :func:`main`, so the
+Flags are spelled with underscores, as in every ``python -m dode.<name>``. This module holds the
+implementation; ``dode/sample.py`` only runs :func:`main`, so the
 package attribute ``dode.sample`` stays the sampling function.
 """
 
@@ -96,88 +95,78 @@ def generate(
     return torch.cat(out)
 
 
-def _flag(group, name: str, **kwargs) -> None:
-    """``--name`` with its old dashed spelling ``--na-me`` accepted as an alias."""
-    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    group.add_argument(*flags, dest=name, **kwargs)
-
-
 def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
     """``--prompt``, ``--prompts_file``, ``--negative_prompt``, ``--class_labels``,
     ``--guidance_scale``, ``--guidance_rescale`` (the fields of the same names of
-    ``python -m dode.evaluate``); the dashed spellings are accepted too."""
+    ``python -m dode.evaluate``)."""
     g = p.add_argument_group("conditional models")
-    _flag(g, "prompt", default=None, metavar="TEXT", help="text models: one prompt for every seed")
-    _flag(
-        g,
-        "prompts_file",
+    g.add_argument(
+        "--prompt", default=None, metavar="TEXT", help="text models: one prompt for every seed"
+    )
+    g.add_argument(
+        "--prompts_file",
         default=None,
         metavar="FILE",
         help="text models: one prompt per line (seed s: line s %% n)",
     )
-    _flag(
-        g, "negative_prompt", default=None, metavar="TEXT", help="text models: the negative prompt"
+    g.add_argument(
+        "--negative_prompt", default=None, metavar="TEXT", help="text models: the negative prompt"
     )
-    _flag(
-        g,
-        "class_labels",
+    g.add_argument(
+        "--class_labels",
         default=None,
         metavar="LABELS",
         help="class-conditional models: 0,1,2 (seed s: labels[s %% n]), all or uniform",
     )
-    _flag(
-        g,
-        "guidance_scale",
+    g.add_argument(
+        "--guidance_scale",
         type=float,
         default=None,
         metavar="W",
         help="CFG scale (default: the file's)",
     )
-    _flag(g, "guidance_rescale", type=float, default=None, metavar="PHI",
+    g.add_argument("--guidance_rescale", type=float, default=None, metavar="PHI",
           help="CFG rescale φ (default: the file's)")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m dode.sample``: underscore flags, the dashed spellings
-    (``--solver-file``, ``--batch-size``, ...) accepted as aliases."""
+    """The parser of ``python -m dode.sample``."""
     p = argparse.ArgumentParser(
         prog="python -m dode.sample",
         description="Generate samples with a fitted D-ODE solver file.",
     )
-    _flag(p, "solver_file", required=True, metavar="FILE", help="fitted-solver .safetensors file")
-    _flag(
-        p,
-        "model",
+    p.add_argument(
+        "--solver_file", required=True, metavar="FILE", help="fitted-solver .safetensors file"
+    )
+    p.add_argument(
+        "--model",
         default=None,
         help="model (registered name, folder or hub id); default: the file's",
     )
-    _flag(p, "seeds", default="0-63", help="seeds, e.g. 0-63 or 0-9,20 (default 0-63)")
-    _flag(p, "out", required=True, help="output folder")
-    _flag(
-        p,
-        "batch_size",
+    p.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63 or 0-9,20 (default 0-63)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--batch_size",
         type=int,
         default=64,
         metavar="N",
         help="samples per batch (default 64; the samples do not depend on it)",
     )
-    _flag(p, "device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    _flag(
-        p,
-        "dtype",
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument(
+        "--dtype",
         choices=["float32", "float64"],
         default=None,
         help="integration dtype (default: the one the solver was fitted in)",
     )
-    _flag(p, "base", action="store_true", help="sample with the base solver (λ = 0)")
-    _flag(
-        p,
-        "ignore_model_hash",
+    p.add_argument("--base", action="store_true", help="sample with the base solver (λ = 0)")
+    p.add_argument(
+        "--ignore_model_hash",
         action="store_true",
         help="sample even if the model's weights differ from the ones the λ were fitted for, "
         "or cannot be identified (the same flag as python -m dode.evaluate's)",
     )
-    _flag(p, "no_png", action="store_true", help="write only samples.npz and grid.png")
+    p.add_argument("--no_png", action="store_true", help="write only samples.npz and grid.png")
     add_conditioning_arguments(p)
     return p
 

@@ -42,7 +42,7 @@ from ..lit import (
     Specs,
 )
 from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths, trainer_extras
-from ..lit.tracking import wandb_mode
+from ..tracking import wandb_mode
 from .common import lightning_parser, no_gpu_hint
 
 __all__ = ["DODECLI", "main"]

@@ -6,18 +6,51 @@
 ``pretrain``    training the bundled digits DDPMs and rectified flow (``python -m dode.pretrain``)
 ==============  ==================================================================================
 
-``python -m dode.digits`` trains the classifier (:mod:`dode.cli.digits`). ``from dode.digits
-import fd_digits`` works for every public name of :mod:`~dode.digits.classifier` (imported on
-first use; :mod:`~dode.digits.pretrain` imports Lightning and is imported only by name).
+``python -m dode.digits`` trains the classifier (:mod:`dode.cli.digits`). The package hands out
+the names of :mod:`~dode.digits.classifier`; :mod:`~dode.digits.pretrain` imports Lightning and
+is imported by name.
 """
 
-from ..import_paths import wing_exports
+from .classifier import (
+    ASSETS,
+    DIGITS_CLASSIFIER,
+    DIGITS_MODEL,
+    DigitsClassifier,
+    DigitsSplit,
+    asset_files,
+    check_images,
+    digits_features,
+    digits_stats,
+    fd_digits,
+    fd_pixel,
+    load_classifier,
+    load_digits_split,
+    mse,
+    pixel_stats,
+    to_images,
+    train_classifier,
+    verify_assets,
+    write_asset_hashes,
+)
 
-
-def _modules():
-    from . import classifier
-
-    return (classifier,)
-
-
-__getattr__ = wing_exports(__name__, __path__, _modules)
+__all__ = [
+    "ASSETS",
+    "DIGITS_MODEL",
+    "DIGITS_CLASSIFIER",
+    "DigitsSplit",
+    "load_digits_split",
+    "to_images",
+    "DigitsClassifier",
+    "load_classifier",
+    "train_classifier",
+    "digits_features",
+    "fd_digits",
+    "fd_pixel",
+    "mse",
+    "check_images",
+    "digits_stats",
+    "pixel_stats",
+    "asset_files",
+    "write_asset_hashes",
+    "verify_assets",
+]

@@ -12,7 +12,7 @@ Metrics (none of them is FID; no Inception network is involved):
   penultimate-layer features of a small digits classifier (:class:`DigitsClassifier`, shipped
   in ``dode/assets/digits_classifier``), a feature space that knows what a digit looks like.
 * **FD-pixel** (:func:`fd_pixel`): the same distance on the 64 raw pixels.
-* **MSE to the teacher**: :func:`dode.evaluation.metrics.mse` between a sampler's output and the
+* **MSE to the teacher**: :func:`dode.metrics.mse` between a sampler's output and the
   teacher's from the same noise.
 
 Train the classifier with ``python -m dode.digits --output dode/assets/digits_classifier``
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..evaluation.metrics import frechet_distance, gaussian_stats, mse
 from ..files.solver_file import atomic_folder
+from ..metrics import frechet_distance, gaussian_stats, mse
 
 __all__ = [
     "ASSETS",
@@ -413,7 +413,7 @@ def pixel_stats(images: Tensor):
 
 
 def _fd(a, b, feats) -> float:
-    from ..evaluation.metrics import frechet_distance_from_stats
+    from ..metrics import frechet_distance_from_stats
 
     def stats(x):
         if isinstance(x, tuple) and len(x) == 2:

@@ -306,9 +306,9 @@ def load_stats(path: str | os.PathLike, features: str | None = None) -> tuple[np
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """The Fréchet distance between two Gaussians (float64; :mod:`dode.evaluation.metrics`' formula,
+    """The Fréchet distance between two Gaussians (float64; :mod:`dode.metrics`' formula,
     equal to torch-fidelity's to rounding), never below 0."""
-    from .metrics import frechet_distance_from_stats
+    from ..metrics import frechet_distance_from_stats
 
     a_mu, b_mu = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     if a_mu.shape != b_mu.shape or np.shape(sigma1) != np.shape(sigma2):

@@ -10,14 +10,14 @@ bootstrap interval. Both need no Lightning.
 * :class:`SeedSplit`: fit, selection and held-out seeds, checked disjoint (cells are fitted on
   the fit seeds, chosen on the selection seeds and judged on the held-out ones).
 * :func:`converged_reference`: a high-order solver at ≥ 100 NFE from the model's σ_max
-  (:func:`dode.grids.reference_solution`: DPM-Solver++(3M) on a Karras grid over the model's
+  (:func:`dode.standard_grids.reference_solution`: DPM-Solver++(3M) on a Karras grid over the model's
   whole σ range; a flow model starts at t = 1 − 1/1000), checked by halving its steps: the
   MSE between the two runs bounds the reference's own error.
 * :class:`FidelityJudge`: one model (``digits``, ``digits-cond`` at any w with labels from the
   seed, ``digits-flow``, an exact Gaussian mixture, any :class:`~dode.denoisers.Denoiser`) on
   one seed set; :meth:`FidelityJudge.score` gives MSE, PSNR and FD with intervals.
 * :func:`best_free_cell`: the best learning-free (solver, grid) cell at an NFE by the judge's
-  MSE, over every given solver and grid (default: :func:`dode.grids.standard_grids`).
+  MSE, over every given solver and grid (default: :func:`dode.standard_grids.standard_grids`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..grids.standard import GridSpec, model_sigma_range, reference_solution, standard_grids
+from ..metrics import bootstrap_mean, check_clip, per_seed_mse
 from ..noise import noise_from_seeds
 from ..solvers import Solver, get_solver
-from .metrics import bootstrap_mean, check_clip, per_seed_mse
+from ..standard_grids import GridSpec, model_sigma_range, reference_solution, standard_grids
 
 __all__ = [
     "SeedSplit",
@@ -309,7 +309,7 @@ class FidelityJudge:
         covariance), by much more than the spread at a few hundred seeds; so the percentile
         interval is shifted by the bootstrap's bias estimate (mean of the resampled FDs minus
         the point estimate), the percentile interval of the bias-corrected estimate."""
-        from .metrics import gaussian_stats
+        from ..metrics import gaussian_stats
 
         if self.features is None:
             raise ValueError("this judge has no features; pass features= and fd_reference=.")
@@ -341,7 +341,7 @@ class CellChoice:
         label: ``"<solver label> / <grid label>"`` of the best cell.
         solver_label: the solver's label (key of the ``solvers`` mapping).
         solver: the solver.
-        grid: the grid's :class:`~dode.grids.GridSpec`.
+        grid: the grid's :class:`~dode.standard_grids.GridSpec`.
         sigmas: the grid at the NFE.
         mse: the best cell's MSE on the judge's seeds.
         scores: ``label -> MSE`` of every cell tried (``inf`` where it failed).
@@ -389,7 +389,7 @@ def best_free_cell(
             solver cannot make exactly ``nfe`` calls, or whose grid cannot be built or sampled,
             score ``inf``).
         solvers: label → solver (default: :func:`default_solvers`).
-        grids: the grid family (default: :func:`dode.grids.standard_grids` of the model).
+        grids: the grid family (default: :func:`dode.standard_grids.standard_grids` of the model).
     """
     solvers = dict(default_solvers() if solvers is None else solvers)
     grids = list(standard_grids(judge.base) if grids is None else grids)

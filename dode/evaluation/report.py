@@ -44,7 +44,7 @@ def wandb_log(cfg: EvalConfig, record: dict, store: SampleStore, seeds: list[int
     ``WANDB_API_KEY`` is set)."""
     import wandb
 
-    from ..lit.tracking import wandb_mode
+    from ..tracking import wandb_mode
 
     mode = wandb_mode("auto")
     run = wandb.init(

@@ -1,27 +1,57 @@
-"""σ grids: the grid formulas, a model's standard grid family, and learned grids.
+"""σ grids: the grid formulas in σ-space and a model's grid by name (foundation: imports no
+other dode module).
 
 ==============  ==================================================================================
-``schedules``   grid formulas in σ-space (Karras, time-uniform, log-SNR, quadratic, VP tables, flow
-                times and shifts) and a model's grid by name: :func:`grid_for_model` (foundation:
-                imports no other dode module)
-``standard``    the standard grid family of a model and the best grid per (solver, NFE):
-                :func:`standard_grids`, :func:`select_grid`, :func:`reference_solution`
-``learned``     learned grids fitted with λ: :func:`learned_dp` (dynamic programme),
-                :func:`learned_sgd` (gradient), :func:`learned_schedule`
+``schedules``   Karras, time-uniform, log-SNR, quadratic, explicit; VP tables, flow times and
+                shifts; :func:`grid_for_model` (a model's grid by name, on the σ it evaluates at)
 ==============  ==================================================================================
 
-``from dode.grids import karras, select_grid, learned_dp`` works for every public name of the
-three; they are imported on first use (:func:`dode.import_paths.wing_exports`), so that
-importing the grid formulas does not import the fit code beside them.
+The grids chosen or fitted for a model live with the fit: :mod:`dode.standard_grids` (the
+standard grid family and the best grid per (solver, NFE)) and :mod:`dode.learned_grid`.
 """
 
-from ..import_paths import wing_exports
+from .schedules import (
+    SCHEDULES,
+    explicit,
+    flow_schedule,
+    flow_shift,
+    flow_sigmas,
+    flow_t_to_sigma,
+    flow_times,
+    flux_mu,
+    get_schedule,
+    grid_for_model,
+    karras,
+    log_uniform,
+    quadratic,
+    refine,
+    round_grid,
+    round_refined,
+    sigma_to_flow_t,
+    time_uniform,
+    vp_alphas_cumprod,
+    vp_sigmas,
+)
 
-
-def _modules():
-    from . import learned, schedules, standard
-
-    return schedules, standard, learned
-
-
-__getattr__ = wing_exports(__name__, __path__, _modules)
+__all__ = [
+    "karras",
+    "log_uniform",
+    "time_uniform",
+    "quadratic",
+    "explicit",
+    "refine",
+    "vp_alphas_cumprod",
+    "vp_sigmas",
+    "get_schedule",
+    "grid_for_model",
+    "round_grid",
+    "round_refined",
+    "SCHEDULES",
+    "flow_shift",
+    "flow_sigmas",
+    "flow_schedule",
+    "flow_times",
+    "flux_mu",
+    "sigma_to_flow_t",
+    "flow_t_to_sigma",
+]

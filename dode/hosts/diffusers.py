@@ -475,13 +475,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         except Exception as e:  # noqa: BLE001 - unreadable / missing / bad JSON
             raise ValueError(
                 f"{where!r} holds no readable DODEScheduler config ({str(e).splitlines()[0]}); "
-                "write one with `python -m dode.export --solver-file F --out DIR`."
+                "write one with `python -m dode.export --solver_file F --out DIR`."
             ) from None
         if not isinstance(config, dict) or config.get("_class_name") != cls.__name__:
             found = config.get("_class_name") if isinstance(config, dict) else None
             raise ValueError(
                 f"{where!r} holds a {found or 'non-scheduler'} config, not a DODEScheduler; "
-                "export a fitted solver with `python -m dode.export --solver-file F --out DIR`."
+                "export a fitted solver with `python -m dode.export --solver_file F --out DIR`."
             )
         try:
             return cls.from_config(config)

@@ -2,7 +2,7 @@
 
 Usage, in a script with k-diffusion::
 
-    from dode.hosts import KDiffusionSampler
+    from dode.hosts.k_diffusion import KDiffusionSampler
     sample_dode = KDiffusionSampler("solver.safetensors")
     x0 = sample_dode(model, torch.randn(shape) * sample_dode.sigmas[0], sample_dode.sigmas)
 

@@ -1,4 +1,4 @@
-"""Lightning pieces of dode: the module, the data module, callbacks.
+"""Lightning pieces of dode: ``fit`` (also ``dode.fit``), the module, the data module, callbacks.
 
 ``python -m dode.train`` wires them with LightningCLI; use them directly for custom loops::
 
@@ -17,12 +17,14 @@ the constructors::
     data = NoiseDataModule.from_spec(specs.data)
 """
 
+from .api import fit
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule, TeacherCache
 from .module import DODEModule
 from .specs import DataSpec, FitSpec, ModelSpec, RunSpec, SolverSpec, Specs
 
 __all__ = [
+    "fit",
     "DODEModule",
     "NoiseDataModule",
     "TeacherCache",
@@ -36,11 +38,3 @@ __all__ = [
     "RunSpec",
     "Specs",
 ]
-
-
-def __getattr__(name: str):
-    if name == "build_grid":  # the old name, with the signature of grid_for_model (warns)
-        from ..import_paths import moved
-
-        return moved("dode.lit", "dode.grids.schedules", name, "grid_for_model")
-    raise AttributeError(f"module 'dode.lit' has no attribute {name!r}")

@@ -34,6 +34,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from ..files.solver_file import FittedSolver, ensure_writable
+from ..tracking import wandb_mode as resolve_wandb_mode
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
 from .fit_modes import FitMode, FitStopped
@@ -49,7 +50,6 @@ from .specs import (
     check_trainer_options,
     fit_kwargs,
 )
-from .tracking import wandb_mode as resolve_wandb_mode
 
 __all__ = [
     "fit",

@@ -32,7 +32,7 @@ t1 = time.perf_counter()
 n, bs, nfe, model = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 den = load_denoiser(model)
 solver = dode.get_solver("ddim")
-sigmas = dode.grids.schedules.karras(  # the grid build_grid() makes for "karras" (no lightning import)
+sigmas = dode.grids.schedules.karras(  # the grid grid_for_model makes for "karras" (no lightning import)
     solver.steps_for_nfe(nfe), max(0.002, den.sigma_min), min(80.0, den.sigma_max)
 )
 noise = noise_from_seeds(range(n), den.sample_shape, torch.float32)

@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
-from ..evaluation.metrics import frechet_distance_from_stats
 from ..files.images import image_grid, to_uint8_images
+from ..metrics import frechet_distance_from_stats
 from ..noise import parse_seeds, shard_seeds
 from ..select import best_scale, check_scales
 

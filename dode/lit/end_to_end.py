@@ -85,8 +85,8 @@ class EndToEndFit(ModeFit):
         """References of both seed sets, the warm-start cell, then
         :func:`dode.learned_solver.fit_end_to_end`; the fitted solver with the module's model
         record. Runs on the module's device, in this process."""
-        from ..grids.standard import reference_solution, select_grid, standard_grids
         from ..learned_solver import fit_end_to_end
+        from ..standard_grids import reference_solution, select_grid, standard_grids
 
         opts = {**OWN_SETTINGS, **self.options}
         warm, ref_nfe = opts.pop("warm_start"), opts.pop("reference_nfe")

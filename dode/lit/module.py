@@ -37,9 +37,9 @@ from ..correction import DODECorrection, model_fn
 from ..denoisers import check_guidance
 from ..denoisers.loading import load_denoiser, resolve_dtype
 from ..files.solver_file import FittedSolver, model_schedule, weights_hash
-from ..grids.learned import LEARNED_SCHEDULES, learned_schedule
 from ..grids.schedules import grid_for_model, refine_space
 from ..lambda_fit import FitInfo, at_sigma, teacher_states
+from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..noise import format_seeds
 from ..solvers import Solver
 from ..version import __version__
@@ -99,7 +99,7 @@ class DODEModule(pl.LightningModule):
             ``explicit``, or a grid learned on ``schedule_options.seeds`` (default 0-99) before
             the λ fit: ``learned_dp`` (dynamic programme over a fine teacher grid) or
             ``learned_sgd`` (gradient fit of grid and λ; λ are then refitted on that grid by
-            ``fit_mode``); see :mod:`dode.grids.learned` for their options.
+            ``fit_mode``); see :mod:`dode.learned_grid` for their options.
         schedule_options: options of the schedule, e.g. ``{sigma_min: 0.002, sigma_max: 80,
             rho: 7}`` for ``karras`` or ``{sigmas: [...]}`` for ``explicit``.
         teacher_factor: C, the teacher's refinement of the student grid (the paper uses 10).
@@ -125,7 +125,7 @@ class DODEModule(pl.LightningModule):
         guidance_scale: classifier-free guidance scale w of a conditional model (1: none).
         guidance_rescale: φ in [0, 1] of diffusers' guidance rescale (0: off).
         end_to_end: ``fit_mode: end-to-end`` settings: ``warm_start`` (``best_standard``,
-            default: the best of :func:`dode.grids.standard_grids` for this solver on the
+            default: the best of :func:`dode.standard_grids.standard_grids` for this solver on the
             selection seeds; ``config``: the ``schedule`` above), ``reference_nfe`` (the
             converged reference's model calls, default 100) and the keyword options of
             :func:`dode.learned_solver.fit_end_to_end` (``steps``, ``coefficients``,
@@ -207,7 +207,7 @@ class DODEModule(pl.LightningModule):
                 f"model {model!r} does not declare its sample shape; set sample_shape on the "
                 "Denoiser your factory returns."
             )
-        # how the grid was obtained (the file's metrics["grid"]); learned grids: dode.grids.learned
+        # how the grid was obtained (the file's metrics["grid"]); learned grids: dode.learned_grid
         self.grid_record: dict[str, Any] = {"schedule": schedule}
         if schedule in LEARNED_SCHEDULES:
             self.sigmas, rec = learned_schedule(
@@ -615,11 +615,3 @@ class DODEModule(pl.LightningModule):
         if schedule is not None:
             model["schedule"] = schedule
         return model
-
-
-def __getattr__(name: str):
-    if name == "build_grid":  # the old name of dode.grids.schedules.grid_for_model (warns)
-        from ..import_paths import moved
-
-        return moved("dode.lit.module", "dode.grids.schedules", name, "grid_for_model")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

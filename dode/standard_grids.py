@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..solvers import Solver, get_solver
-from .schedules import explicit, flow_sigmas, karras, log_uniform, quadratic, time_uniform
+from .grids.schedules import explicit, flow_sigmas, karras, log_uniform, quadratic, time_uniform
+from .solvers import Solver, get_solver
 
 __all__ = [
     "FLOW_SHIFTS",
@@ -198,7 +198,7 @@ def reference_solution(
     whole σ range, so it starts where the model's ODE starts (``σ_max`` of the model;
     :data:`FLOW_SIGMA_MAX` for a flow model, see :func:`model_sigma_range`).
     """
-    from ..sampling import sample_many
+    from .sampling import sample_many
 
     opts = dict(solver_options or {})
     if isinstance(solver, str) and solver == "dpm_solver_pp":
@@ -259,7 +259,7 @@ def select_grid(
     Returns:
         A :class:`GridChoice`; ties go to the first candidate listed.
     """
-    from ..sampling import sample_many
+    from .sampling import sample_many
 
     solver = get_solver(solver) if isinstance(solver, str) else solver
     steps = solver.steps_for_nfe(nfe)

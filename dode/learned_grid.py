@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..denoisers import Denoiser
-from ..files.solver_file import FittedSolver
-from ..solvers import Solver, get_solver
-from .schedules import explicit, karras
-from .standard import model_sigma_range, reference_solution, standard_grids
+from .denoisers import Denoiser
+from .files.solver_file import FittedSolver
+from .grids.schedules import explicit, karras
+from .solvers import Solver, get_solver
+from .standard_grids import model_sigma_range, reference_solution, standard_grids
 
 __all__ = [
     "LEARNED_SCHEDULES",
@@ -295,7 +295,7 @@ def _pick_init(denoiser, solver, num_steps, noise, reference, init) -> tuple[Ten
     if isinstance(init, Tensor) or (isinstance(init, Sequence) and not isinstance(init, str)):
         return explicit(init), "explicit"
     if init == "best_standard":
-        from .standard import select_grid
+        from .standard_grids import select_grid
 
         choice = select_grid(
             denoiser, solver, solver.nfe(num_steps), noise,
@@ -347,8 +347,8 @@ def sgd_grid(
     Returns:
         ``(sigmas, lambdas, record)``.
     """
-    from ..correction import DODECorrection
-    from ..lambda_fit import fit_lambdas
+    from .correction import DODECorrection
+    from .lambda_fit import fit_lambdas
 
     solver = get_solver(solver)
     t0 = time.perf_counter()
@@ -518,8 +518,8 @@ def learned_dp(
     The λ targets are the DP's own fine teacher states at the grid's σ (no second teacher run),
     or, for solvers with stage points off the grid, :func:`dode.fit_lambdas`'s teacher (those
     solvers are refined without λ: only the final state is known at σ = 0)."""
-    from ..lambda_fit import LambdaFit, fit_lambdas
-    from ..sampling import sample
+    from .lambda_fit import LambdaFit, fit_lambdas
+    from .sampling import sample
 
     solver = get_solver(solver)
     steps = solver.steps_for_nfe(nfe)
@@ -606,7 +606,7 @@ def learned_schedule(
     ``--model.schedule_options`` (``seeds``, default ``"0-99"``, plus the keyword options of
     :func:`learned_dp` (those of :func:`dp_grid` and the refinement's) or :func:`sgd_grid`). Returns the grid and the record for the file's
     ``metrics["grid"]``; the module then fits λ on that grid as on any other."""
-    from ..noise import noise_from_seeds, parse_seeds
+    from .noise import noise_from_seeds, parse_seeds
 
     if schedule not in LEARNED_SCHEDULES:
         raise ValueError(
