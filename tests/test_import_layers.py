@@ -1,9 +1,9 @@
-"""The package's imports against the layers the README's Architecture section names.
+"""The package's imports against the layers ``docs/architecture.md`` names.
 
 Every ``import`` of ``dode/**.py`` (read with ``ast``, lazy imports inside functions included,
 ``if TYPE_CHECKING:`` blocks excluded) is an edge from one module to another. The test fails on
-an import circle and on an edge that points from a layer to a later one in the README's table.
-The layers are read from the README itself, so the map and the code cannot drift apart.
+an import circle and on an edge that points from a layer to a later one in that page's table.
+The layers are read from the page itself, so the map and the code cannot drift apart.
 """
 
 from __future__ import annotations
@@ -102,12 +102,16 @@ def import_graph(eager: bool = False) -> dict[str, set[str]]:
     return edges
 
 
+#: the page that holds the layer table (the map a newcomer uses to find a module)
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
 def readme_layers() -> list[tuple[str, list[str]]]:
-    """The README's layer table: (layer name, module paths) in order."""
-    text = (ROOT / "README.md").read_text()
+    """The layer table of ``docs/architecture.md``: (layer name, module paths) in order."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
     section = text.split("### Layers", 1)
     if len(section) < 2:
-        raise AssertionError("README.md has no '### Layers' table in its Architecture section.")
+        raise AssertionError("docs/architecture.md has no '### Layers' table.")
     layers = []
     for line in section[1].splitlines():
         m = re.match(r"\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|(.*)\|\s*$", line)
@@ -171,11 +175,11 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_readme_names_layers_and_every_module():
     layers = readme_layers()
-    assert len(layers) >= 5, "the README's layer table lists fewer than five layers"
+    assert len(layers) >= 5, "docs/architecture.md's layer table lists fewer than five layers"
     mods = module_files()
     missing = sorted(set(mods) - set(layer_of(mods)))
     assert not missing, (
-        f"modules in no layer of the README's Architecture table: {missing}; add each to the "
+        f"modules in no layer of docs/architecture.md's table: {missing}; add each to the "
         "row of the layer it belongs to."
     )
 
