@@ -1,5 +1,6 @@
-"""The README and the pages under ``docs/``: every relative link points at a file that exists,
-and every page is reachable from the README. Reads text only (no network, no dode import)."""
+"""The README and the pages under ``docs/``: every relative link points at a file that exists
+(and at a heading of it, for ``page.md#anchor``), and every page is reachable from the README.
+Reads text only (no network, no dode import)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,20 @@ def links(page: Path) -> list[str]:
     return out
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to ``-``."""
+    out, in_fence = set(), False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line.strip()):
+            in_fence = not in_fence
+        elif not in_fence and re.match(r"^#{1,6} ", line):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
 def relative(target: str) -> bool:
-    return not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target) and not target.startswith("#")
+    return not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target)
 
 
 def test_every_relative_link_resolves():
@@ -36,9 +49,12 @@ def test_every_relative_link_resolves():
     for page in PAGES:
         for target in links(page):
             if relative(target):
-                path = target.split("#", 1)[0].split("?", 1)[0]
-                if not (page.parent / path).exists():
+                path, _, anchor = target.partition("#")
+                file = page.parent / path if path else page
+                if not file.exists():
                     broken.append(f"{page.relative_to(ROOT)}: {target}")
+                elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+                    broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
 
 
@@ -67,4 +83,6 @@ def test_the_link_pattern():
         "img.png",
         "https://x.y",
     ]
-    assert not relative("https://x.y") and not relative("#anchor") and relative("docs/a.md")
+    assert not relative("https://x.y") and relative("#anchor") and relative("docs/a.md")
+    page = ROOT / "docs" / "commands.md"
+    assert "python--m-dodeevaluate-n-samples-scored" in anchors(page)
