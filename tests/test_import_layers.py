@@ -10,6 +10,7 @@ so its ``__init__`` imports its public names plainly.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -370,3 +371,18 @@ def test_no_class_is_patched_and_no_method_borrowed():
     assert not found, "\n".join(found)
     bad = "class A:\n    pass\nclass B:\n    f = A.f\nA.g = 1\n"
     assert len(_patches_and_borrows(bad)) == 2
+
+
+def test_the_architecture_page_shows_the_layer_table():
+    """``docs/architecture.md`` (the map a newcomer reads) shows :data:`LAYERS` row by row."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    shown = []
+    for line in text.split("### Layers", 1)[-1].splitlines():
+        m = re.match(r"\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|(.*)\|\s*$", line)
+        if m:
+            shown.append((m.group(2), re.findall(r"`(dode/[^`]*)`", m.group(3))))
+        elif shown and not line.startswith("|"):
+            break
+    assert shown == [(name, list(paths)) for name, paths in LAYERS], (
+        "docs/architecture.md's layer table differs from LAYERS; update the page."
+    )
