@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from .common import command
+
 __all__ = ["main", "parser"]
 
 
@@ -47,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("dode.lit.bench")
 def main(argv: list[str] | None = None) -> dict:
     """Parse, then :func:`dode.lit.bench.bench`; print and return its result."""
     from ..lit.bench import bench

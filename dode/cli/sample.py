@@ -50,6 +50,7 @@ from ..files.solver_file import (
     release_lock,
 )
 from ..noise import noise_from_seeds, parse_seeds
+from .common import command
 
 __all__ = ["main", "generate", "parser", "sample_to_folder"]
 
@@ -189,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("dode.sample", "Run the same command again (samples.npz is written at the end).")
 def main(argv: list[str] | None = None) -> Path:
     """Parse, then sample (see the module's description); one ``error:`` line and status 2 on
     bad input. Returns the path of ``samples.npz``."""

@@ -50,6 +50,7 @@ __all__ = [
     "rank_batches",
     "split_even",
     "default_cache_dir",
+    "stop_if_terminated",
 ]
 
 
@@ -138,6 +139,19 @@ def _checksum(seeds: Tensor, states: Tensor) -> str:
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def stop_if_terminated(trainer: pl.Trainer | None) -> None:
+    """Raise Lightning's ``SIGTERMException`` (exit status 143 = 128 + SIGTERM) if the process
+    was sent SIGTERM (a timeout, ``kill``, SLURM, Kubernetes) while ``trainer`` runs.
+
+    Lightning's handler only notes the signal (``trainer.received_sigterm``) and its loops look
+    at it only between training batches: work that runs elsewhere (the teacher phase of a fit,
+    the batches of a ``predict`` loop) calls this between its batches to stop there."""
+    if trainer is not None and getattr(trainer, "received_sigterm", False):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        raise SIGTERMException(128 + 15)
 
 
 class TeacherCache:
@@ -428,14 +442,9 @@ class NoiseDataModule(pl.LightningDataModule):
         return DataLoader(_Batches(batches), batch_size=None, shuffle=False)
 
     def _stop_if_terminated(self) -> None:
-        """Between teacher batches: stop if the process was sent SIGTERM (Lightning's handler
-        only notes it, and its loops look only between training batches). Every cache file
-        written so far is whole (atomic writes)."""
-        trainer = self.trainer
-        if trainer is not None and getattr(trainer, "received_sigterm", False):
-            from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-            raise SIGTERMException(128 + 15)
+        """Between teacher batches: stop on SIGTERM (:func:`stop_if_terminated`). Every cache
+        file written so far is whole (atomic writes)."""
+        stop_if_terminated(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.fit_seeds, "fit_seeds")
