@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return e.code if isinstance(e.code, int) else 128 + 15
+    if cfg.wandb and "wandb" in sys.modules:  # the W&B service has written the run out
+        sys.modules["wandb"].teardown()
     if record is not None:
         value = record["value"]
         shown = "" if value is None else f" {record['metric']} = {value:.4f}"
