@@ -12,9 +12,14 @@ install:  ## install dode with its dev tools (pip install -e ".[dev]")
 	$(PYTHON) -m pip install -e ".[dev]"
 
 # On a fresh machine (no pytest, or dode's dependencies missing) the test targets first install
-# dode with its dev extras, as `make demo` installs what it needs.
+# dode with its dev extras, as `make demo` installs what it needs. The check names every package
+# the tests import (k-diffusion by its spec: its package __init__ needs pkg_resources, which the
+# tests work around), so a machine set up by `make demo` gets the dev extras too.
+DEV_IMPORTS := pytest, dode, lightning, diffusers, transformers, sklearn, jsonargparse, wandb, \
+	torch_fidelity, torchmetrics, safetensors, scipy, threadpoolctl, yaml, PIL, matplotlib
 dev-deps:
-	@$(PYTHON) -c "import pytest, dode, lightning, diffusers, transformers, sklearn, jsonargparse" 2>/dev/null \
+	@$(PYTHON) -c "import $(DEV_IMPORTS); import importlib.util as u; \
+		assert u.find_spec('k_diffusion'), 'k-diffusion'" 2>/dev/null \
 		|| $(PYTHON) -m pip install -e ".[dev]"
 
 test: dev-deps  ## run the default test suite (CPU, < 10 min; installs the dev extras if missing)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["noise_from_seeds", "parse_seeds", "shard_seeds"]
+__all__ = ["noise_from_seeds", "parse_seeds", "check_seed_count", "shard_seeds"]
 
 
 def noise_from_seeds(
@@ -41,6 +41,7 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     Seeds are integers in ``[0, 2**63)`` (they are stored as int64); anything else is a
     ``ValueError``."""
     if isinstance(spec, int):
+        check_seed_count(spec, f"a seed count of {spec}")
         return list(range(spec))
     if not isinstance(spec, str):
         return _in_range([int(s) for s in spec], spec)
@@ -48,6 +49,21 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
 
 
 MAX_SEED = 2**63 - 1
+
+#: the most seeds one seed list may hold: 10,000,000 is 200× the 50,000 samples of an FID, and
+#: the list alone (Python ints) takes about 0.4 GB; 10¹¹ seeds would fill any machine's memory
+MAX_SEEDS = 10_000_000
+
+
+def check_seed_count(count: int, what: str) -> None:
+    """``ValueError`` when a seed list would hold more than :data:`MAX_SEEDS` seeds (checked
+    before the list is made); ``what`` names the setting in the message."""
+    if count > MAX_SEEDS:
+        raise ValueError(
+            f"{what} asks for {count:,} samples; one run takes at most "
+            f"{MAX_SEEDS:,} (the seed list alone would take about {count * 40 / 1e9:.0f} GB of "
+            "memory). Split the range into runs of at most that many seeds."
+        )
 
 
 def _in_range(seeds: list[int], spec) -> list[int]:
@@ -69,6 +85,7 @@ def _parse_seed_string(spec: str) -> list[int]:
             a, b = int(m.group(1)), int(m.group(2))
             if b < a:
                 raise ValueError(f"bad seed range {part!r}: the end is below the start.")
+            check_seed_count(len(out) + b - a + 1, f"the seed list {spec[:60]!r}")
             out.extend(range(a, b + 1))
         elif re.fullmatch(r"\d+", part):
             out.append(int(part))

@@ -492,6 +492,39 @@ def plot(rows: list[dict], path: Path, title: str = "digits") -> None:
     plt.close(fig)
 
 
+def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Refuse meaningless arguments before any work, each with one ``p.error`` line; solver
+    labels are taken in any case (``--solvers ddim`` is DDIM) and written back as labels."""
+    from dode.files.solver_file import ensure_writable
+
+    by_case = {k.lower(): k for k in SOLVERS}
+    if a.solvers is not None:
+        unknown = [s for s in a.solvers if s.lower() not in by_case]
+        if unknown:
+            p.error(f"--solvers: unknown solver {unknown[0]!r}; pick from {', '.join(SOLVERS)}.")
+        a.solvers = [by_case[s.lower()] for s in a.solvers]
+        if len(set(a.solvers)) != len(a.solvers):
+            p.error("--solvers names a solver twice; give each once.")
+    for flag, counts in (("--nfes", a.nfes), ("--ablation-nfes", a.ablation_nfes or [])):
+        bad = [n for n in counts if n < 1]
+        if bad:
+            p.error(f"{flag}: NFE {bad[0]} is not a positive number of model calls.")
+        if len(set(counts)) != len(counts):
+            p.error(f"{flag} names an NFE twice; give each once.")
+    for flag, n in (("--fit", a.fit), ("--select", a.select), ("--held", a.held)):
+        if n is not None and not 1 <= n <= 1_000_000:
+            p.error(f"{flag} {n}: a seed count must lie in 1 … 1,000,000.")
+    if a.steps is not None and a.steps < 1:
+        p.error(f"--steps {a.steps}: the learned fit needs at least one Adam step.")
+    if a.out is not None:
+        if a.out.exists() and not a.out.is_dir():
+            p.error(f"--out {str(a.out)!r} is a file; pass a folder for fidelity.csv and .png.")
+        try:
+            ensure_writable(a.out, "--out", "pass a folder you can write to")
+        except ValueError as e:
+            p.error(str(e))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=list(PRESETS), default="digits")
@@ -509,6 +542,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--learned", choices=["auto", "grid-lambda"], default="auto",
                    help="auto: dode.learned_solver.fit_end_to_end where available")  # fmt: skip
     a = p.parse_args(argv)
+    check_args(p, a)
     global LEARNED
     LEARNED = a.learned
     setting = "slow" if a.slow else "default"
@@ -517,9 +551,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     warnings.filterwarnings("ignore", category=FutureWarning)
     return run(
         a.model,
-        fit=a.fit or cfg["fit"],
-        select=a.select or cfg["select"],
-        held=a.held or cfg["held"],
+        fit=cfg["fit"] if a.fit is None else a.fit,
+        select=cfg["select"] if a.select is None else a.select,
+        held=cfg["held"] if a.held is None else a.held,
         steps=cfg["steps"] if a.steps is None else a.steps,
         batch=cfg["batch"],
         eval_every=cfg["eval_every"],

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "dode/version.py",
             "dode/noise.py",
             "dode/tracking.py",
+            "dode/signals.py",
             "dode/metrics.py",
             "dode/grids/",
             "dode/solvers/",

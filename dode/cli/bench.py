@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from .common import command
+
 __all__ = ["main", "parser"]
 
 
@@ -44,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("dode.lit.bench")
 def main(argv: list[str] | None = None) -> dict:
     """Parse, then :func:`dode.lit.bench.bench`; print and return its result."""
     from ..lit.bench import bench

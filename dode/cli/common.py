@@ -1,13 +1,17 @@
-"""What the entry points share: the list of them, the no-GPU hint, the one-line parser errors."""
+"""What the entry points share: the list of them, Ctrl-C as one line, the no-GPU hint, the
+one-line parser errors."""
 
 from __future__ import annotations
 
+import functools
+import signal
 import sys
 
 __all__ = [
     "ENTRY_POINTS",
     "SCRIPTS",
     "script_module",
+    "command",
     "no_gpu_hint",
     "lightning_parser",
 ]
@@ -34,6 +38,44 @@ SCRIPTS: dict[str, str] = {"bench": "dode.lit.bench"}
 def script_module(name: str) -> str:
     """The module ``python -m`` runs for entry point ``name`` (``dode.<name>`` for most)."""
     return SCRIPTS.get(name, f"dode.{name}")
+
+
+def _lightning_interrupt(e: SystemExit) -> bool:
+    """Whether ``e`` is Lightning's way of ending on Ctrl-C: inside ``trainer.fit`` /
+    ``predict`` it catches ``KeyboardInterrupt``, tears the run down, ignores SIGINT from then
+    on and calls ``sys.exit(1)``."""
+    try:
+        return e.code == 1 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    except ValueError:  # not the main thread
+        return False
+
+
+def command(name: str, again: str = "Run the same command again."):
+    """Decorate a command's ``main``: Ctrl-C (``KeyboardInterrupt``, also the one Lightning
+    turns into ``sys.exit(1)``) ends it with one line on stderr and exit status 130 (128 +
+    SIGINT), not a traceback. Every file dode writes is written whole (atomic renames), so an
+    interruption leaves none half-written; ``again`` says how to go on."""
+
+    def decorate(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                pass
+            except SystemExit as e:
+                if not _lightning_interrupt(e):
+                    raise
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.stderr.write(
+                f"{name}: stopped by Ctrl-C; every file written so far is whole and none is "
+                f"half-written. {again}\n"
+            )
+            sys.exit(128 + signal.SIGINT)
+
+        return run
+
+    return decorate
 
 
 def no_gpu_hint(e: Exception) -> str:

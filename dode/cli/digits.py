@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import sys
 
+from .common import command
+
 __all__ = ["main", "parser"]
 
 
@@ -32,6 +34,7 @@ def parser():
     return p
 
 
+@command("dode.digits")
 def main(argv: list[str] | None = None) -> dict:
     """Parse, then :func:`dode.digits.train_classifier`; print and return its result."""
     from ..digits.classifier import train_classifier

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import command
+
 __all__ = ["main", "parser"]
 
 
@@ -44,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("dode.export")
 def main(argv: list[str] | None = None) -> int:
     """Parse, then :func:`dode.hosts.export.export`; one ``error:`` line and status 2 on bad input."""
     args = parser().parse_args(argv)

@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from .common import command
+
 __all__ = ["main", "parser"]
 
 
@@ -67,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("dode.fid")
 def main(argv: list[str] | None = None) -> int:
     """Parse, then write or score; one ``error:`` line and status 2 on bad input."""
     a = parser().parse_args(argv)

@@ -19,7 +19,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from ..digits.pretrain import DDPMPretrain, DigitsDataModule, pretrain
-from .common import lightning_parser
+from .common import command, lightning_parser
 
 __all__ = ["main"]
 
@@ -40,6 +40,7 @@ class _PretrainCLI(LightningCLI):
         )
 
 
+@command("dode.pretrain")
 def main(args: list[str] | None = None) -> Path:
     """Entry point of ``python -m dode.pretrain``; returns the model folder."""
     argv = sys.argv[1:] if args is None else list(args)

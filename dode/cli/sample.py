@@ -40,8 +40,16 @@ from ..conditioning import SeedConditioning, bind_seeds, conditioning_for_solver
 from ..evaluation.store import claim_out_dir
 from ..files.images import image_grid as _grid
 from ..files.images import to_uint8_hwc as _uint8
-from ..files.solver_file import FittedSolver, atomic_write, check_model_weights
+from ..files.solver_file import (
+    FittedSolver,
+    acquire_lock,
+    atomic_write,
+    check_model_weights,
+    ensure_writable,
+    release_lock,
+)
 from ..noise import noise_from_seeds, parse_seeds
+from .common import command
 
 __all__ = ["main", "generate", "parser", "sample_to_folder"]
 
@@ -171,6 +179,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("dode.sample", "Run the same command again (samples.npz is written at the end).")
 def main(argv: list[str] | None = None) -> Path:
     """Parse, then sample (see the module's description); one ``error:`` line and status 2 on
     bad input. Returns the path of ``samples.npz``."""
@@ -179,13 +188,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     diffusers_logging.set_verbosity_error()
     out = Path(args.out)
-    fresh = not (out / "run.json").exists()
     made = not out.exists()
     try:
         return sample_to_folder(**vars(args))
     except BaseException as e:
-        if fresh:
-            _undo_claim(out, made)
+        _undo_claim(out, made)
         if isinstance(e, ValueError):
             print(f"dode.sample: error: {e}", file=sys.stderr)
             sys.exit(2)
@@ -193,13 +200,14 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _undo_claim(out: Path, made: bool) -> None:
-    """After a failed run: remove the ``run.json`` it wrote when it is all the folder holds
-    (and the folder, if the run made it), so a retry with other settings is not refused."""
+    """After a failed run: remove a ``run.json`` that is all the folder holds (it names no
+    sample) and the folder, if the run made it and it is empty, so a retry with other settings
+    is not refused."""
     try:
         if [p.name for p in out.iterdir()] == ["run.json"]:
             (out / "run.json").unlink()
-            if made:
-                out.rmdir()
+        if made:
+            out.rmdir()  # only if empty
     except OSError:
         pass
 
@@ -246,6 +254,22 @@ def _merge_npz(path: Path, old: dict | None, new: dict) -> dict:
     for k in keys:
         merged[k] = np.concatenate([old[k][keep], new[k]])
     return merged
+
+
+#: the lock file a run holds in its --out (pid and host)
+LOCK_NAME = ".sample.lock"
+
+
+def _write(path: Path, write) -> Path:
+    """:func:`atomic_write`, with a write failure (a full disk) as one ``ValueError``."""
+    try:
+        return atomic_write(path, write)
+    except OSError as e:
+        raise ValueError(
+            f"{str(path)!r} could not be written ({e.strerror or e}); nothing half-written is "
+            "left (the files written before it are whole). Free some space, or pass another "
+            "--out, and run again."
+        ) from None
 
 
 def sample_to_folder(
@@ -317,78 +341,90 @@ def sample_to_folder(
     )  # fmt: skip
     dtype = resolve_dtype(dtype_name)
     out = Path(out)
-    claim_out_dir(
-        out,
-        model,
-        fs.solver,
-        fs.sigmas,
-        None if base else fs.lambdas,
-        den.sample_shape,
-        extra={
-            "tool": "dode.sample",
-            "dtype": str(dtype).removeprefix("torch."),
-            "conditioning": rule.describe() if rule is not None else None,
-            "guidance_scale": w if rule is not None else None,
-            **{k: v.tolist() for k, v in fs.correction(not base).items() if k != "lambdas"},
-        },
-    )
-    npz_path = out / "samples.npz"
-    earlier = _read_npz(npz_path)  # before the work: a damaged file is refused now
-    x = generate(
-        fs,
-        den,
-        seeds,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
-        dode=not base,
-        conditioning=rule,
-        guidance_scale=w,
-        guidance_rescale=phi,
-    )
-    arrays = {
-        "samples": x.float().numpy(),
-        "seeds": np.asarray(seeds, np.int64),
-        "lambdas": (fs.lambdas * (0 if base else 1)).numpy(),
-        "sigmas": fs.sigmas.numpy(),
-    }
-    if rule is not None:
-        cond = rule.for_seeds(seeds, getattr(den, "num_classes", None))
-        arrays["guidance_scale"] = np.float64(w)
-        if isinstance(cond, torch.Tensor):
-            arrays["class_labels"] = cond.numpy()
-        else:
-            arrays["prompts"] = np.asarray(cond)
-    if x.ndim == 4:
-        arrays["images"] = _uint8(x)
-    arrays = _merge_npz(npz_path, earlier, arrays)
-    if x.ndim == 4:
-        images = arrays["images"][-len(seeds) :]
-        from PIL import Image
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder; pass a folder.")
+    ensure_writable(out, "--out", "pass a folder you can write to")
+    out.mkdir(parents=True, exist_ok=True)
+    # one run at a time per folder: a second one would replace samples.npz under the first
+    lock = acquire_lock(out / LOCK_NAME, "--out", "dode.sample run", "--out")
+    try:
+        claim_out_dir(
+            out,
+            model,
+            fs.solver,
+            fs.sigmas,
+            None if base else fs.lambdas,
+            den.sample_shape,
+            extra={
+                "tool": "dode.sample",
+                "dtype": str(dtype).removeprefix("torch."),
+                "conditioning": rule.describe() if rule is not None else None,
+                "guidance_scale": w if rule is not None else None,
+                **{k: v.tolist() for k, v in fs.correction(not base).items() if k != "lambdas"},
+            },
+            lock=lock,
+        )
+        npz_path = out / "samples.npz"
+        earlier = _read_npz(npz_path)  # before the work: a damaged file is refused now
+        x = generate(
+            fs,
+            den,
+            seeds,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=device,
+            dode=not base,
+            conditioning=rule,
+            guidance_scale=w,
+            guidance_rescale=phi,
+        )
+        arrays = {
+            "samples": x.float().numpy(),
+            "seeds": np.asarray(seeds, np.int64),
+            "lambdas": (fs.lambdas * (0 if base else 1)).numpy(),
+            "sigmas": fs.sigmas.numpy(),
+        }
+        if rule is not None:
+            cond = rule.for_seeds(seeds, getattr(den, "num_classes", None))
+            arrays["guidance_scale"] = np.float64(w)
+            if isinstance(cond, torch.Tensor):
+                arrays["class_labels"] = cond.numpy()
+            else:
+                arrays["prompts"] = np.asarray(cond)
+        if x.ndim == 4:
+            arrays["images"] = _uint8(x)
+        arrays = _merge_npz(npz_path, earlier, arrays)
+        if x.ndim == 4:
+            images = arrays["images"][-len(seeds) :]
+            from PIL import Image
 
-        if not no_png:
-            for s, im in zip(seeds, images):
-                png = out / f"seed_{s:06d}.png"
-                atomic_write(
-                    png,
-                    lambda t, im=im: Image.fromarray(
-                        im.squeeze(-1) if im.shape[-1] == 1 else im
-                    ).save(t, format="PNG"),
-                )
-        grid = _grid(arrays["images"][:64])
-        atomic_write(out / "grid.png", lambda t: Image.fromarray(grid).save(t, format="PNG"))
+            if not no_png:
+                for s, im in zip(seeds, images):
+                    png = out / f"seed_{s:06d}.png"
+                    _write(
+                        png,
+                        lambda t, im=im: Image.fromarray(
+                            im.squeeze(-1) if im.shape[-1] == 1 else im
+                        ).save(t, format="PNG"),
+                    )
+            grid = _grid(arrays["images"][:64])
+            _write(out / "grid.png", lambda t: Image.fromarray(grid).save(t, format="PNG"))
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
 
-    npz = atomic_write(npz_path, write)
-    kind = "base solver" if base else "D-solver"
-    print(f"{len(seeds)} samples ({kind}, {fs.build_solver().describe()}, NFE {fs.nfe}) -> {out}")
-    if len(arrays["seeds"]) > len(seeds):
-        print(f"samples.npz now holds {len(arrays['seeds'])} seeds (earlier runs' kept)")
-    print(f"samples: {npz}")
-    return npz
+        npz = _write(npz_path, write)
+        kind = "base solver" if base else "D-solver"
+        print(
+            f"{len(seeds)} samples ({kind}, {fs.build_solver().describe()}, NFE {fs.nfe}) -> {out}"
+        )
+        if len(arrays["seeds"]) > len(seeds):
+            print(f"samples.npz now holds {len(arrays['seeds'])} seeds (earlier runs' kept)")
+        print(f"samples: {npz}")
+        return npz
+    finally:
+        release_lock(lock)
 
 
 if __name__ == "__main__":

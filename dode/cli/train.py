@@ -43,7 +43,7 @@ from ..lit import (
 )
 from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths, trainer_extras
 from ..tracking import wandb_mode
-from .common import lightning_parser, no_gpu_hint
+from .common import command, lightning_parser, no_gpu_hint
 
 __all__ = ["DODECLI", "main"]
 
@@ -175,6 +175,7 @@ def _error(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+@command("dode.train", "Resume with the same --run_dir and --ckpt_path last.")
 def main(args: list[str] | None = None) -> Path | None:
     """Parse, then fit and write the fitted-solver file (rank 0) with
     :func:`dode.lit.api.run_fit`, the code path of :func:`dode.fit`; print its path."""

@@ -11,7 +11,7 @@ from ..denoisers import Denoiser
 from ..denoisers.loading import load_denoiser
 from ..files.solver_file import FittedSolver, check_model_weights
 from ..grids.schedules import grid_for_model
-from ..noise import parse_seeds
+from ..noise import check_seed_count, parse_seeds
 from ..solvers import Solver, get_solver
 
 __all__ = ["EvalConfig", "load_model", "build_grid", "resolve_solver", "seed_list"]
@@ -125,6 +125,7 @@ def seed_list(cfg: EvalConfig) -> list[int]:
     else:
         if cfg.num_samples < 1 or cfg.seed_start < 0:
             raise ValueError("num_samples must be >= 1 and seed_start >= 0.")
+        check_seed_count(cfg.num_samples, f"--num_samples {cfg.num_samples}")
         seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.num_samples))
     if not seeds:
         raise ValueError("the seed list is empty.")

@@ -246,7 +246,16 @@ class FidelityJudge:
         shape = getattr(denoiser, "sample_shape", None)
         if shape is None:
             raise ValueError("the judge needs the model's sample_shape to draw the seeds' noise.")
-        self.seeds = list(seeds)
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise ValueError("the judge's seed set is empty; give at least one seed.")
+        if len(set(self.seeds)) != len(self.seeds):
+            seen: set[int] = set()
+            twice = sorted({s for s in self.seeds if s in seen or seen.add(s)})
+            raise ValueError(
+                f"the judge's seeds repeat seed {twice[0]} ({len(twice)} repeated in all): a "
+                "repeated seed would count twice in the intervals; give each seed once."
+            )
         self.base = denoiser
         self.denoiser = bind_seeds(denoiser, self.seeds, guidance_scale)
         self.guidance_scale = guidance_scale
@@ -286,8 +295,20 @@ class FidelityJudge:
         return per_seed_mse(samples, ref, self.clip if clip else None)
 
     def score(self, samples: Tensor, *, fd: bool = True) -> Score:
-        """MSE/PSNR to the reference (and FD if set up and ``fd``) with 95 % intervals."""
+        """MSE/PSNR to the reference (and FD if set up and ``fd``) with 95 % intervals.
+
+        Raises:
+            ValueError: samples of another shape, or non-finite samples (naming their seeds).
+        """
         per = self.mse_per_seed(samples)
+        bad = (~torch.isfinite(samples.reshape(len(samples), -1)).all(1)).nonzero().flatten()
+        if len(bad):
+            shown = ", ".join(str(self.seeds[i]) for i in bad[:5].tolist())
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise ValueError(
+                f"{len(bad)} of {len(samples)} samples hold NaN or inf (seeds {shown}{more}): "
+                "the sampler diverged on them; check the solver, grid and λ that made them."
+            )
         m, lo, hi = bootstrap_mean(per, num=self.bootstrap)
         raw = float(self.mse_per_seed(samples, clip=False).mean()) if self.clip else m
         out = Score(m, lo, hi, psnr(m), psnr(hi), psnr(lo), per_seed=per, mse_raw=raw)

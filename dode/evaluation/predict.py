@@ -23,6 +23,7 @@ from ..denoisers import Denoiser
 from ..files.images import to_uint8
 from ..noise import noise_from_seeds, shard_seeds
 from ..sampling import sample
+from ..signals import stop_if_terminated
 from ..solvers import get_solver
 from .store import SampleStore
 
@@ -96,6 +97,7 @@ class GenerateModule(L.LightningModule):
             self._pending.pop(0).result()  # re-raises a failed write
 
     def predict_step(self, batch: Tensor, batch_idx: int = 0) -> None:
+        stop_if_terminated(self._trainer)  # between batches: what is written stays whole
         seeds = [int(s) for s in batch.tolist()]
         noise = noise_from_seeds(seeds, self.sample_shape, torch.float32, self.device)
         den = bind_seeds(self.denoiser, self.conditioning, seeds, *self.guidance)

@@ -41,7 +41,11 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 def wandb_log(cfg: EvalConfig, record: dict, store: SampleStore, seeds: list[int]) -> None:
     """Log the record and a grid of the first 64 samples to a W&B run (offline unless
-    ``WANDB_API_KEY`` is set)."""
+    ``WANDB_API_KEY`` is set).
+
+    The run is finished here; W&B's service writes out and closes an offline run's file when it
+    handles the finish, possibly after this returns: ``wandb.teardown()`` waits for it (the
+    process runs it at exit; ``python -m dode.evaluate`` runs it before it returns)."""
     import wandb
 
     from ..tracking import wandb_mode

@@ -153,11 +153,24 @@ class SampleStore:
 
 
 def claim_out_dir(
-    out: Path, model_id, solver_cfg, sigmas, lambdas, shape, extra: dict | None = None
+    out: Path,
+    model_id,
+    solver_cfg,
+    sigmas,
+    lambdas,
+    shape,
+    extra: dict | None = None,
+    lock: Path | None = None,
 ) -> None:
     """Record what the samples in ``out`` are made with (``run.json``); refuse to mix in
     other samples: a ``run.json`` of other settings, or a non-empty folder without one (files
-    this run did not write). ``extra``: more settings that must match (e.g. the tool)."""
+    this run did not write). ``extra``: more settings that must match (e.g. the tool).
+
+    ``lock``: the lock file in ``out`` this run holds (:func:`~dode.files.solver_file.acquire_lock`):
+    it is not counted as a foreign file, and a ``run.json`` of other settings that is all the
+    folder holds (a run stopped before its first sample) is replaced: no other run can be
+    writing there.
+    """
     from ..files.solver_file import ensure_writable
 
     out = Path(out)
@@ -172,7 +185,11 @@ def claim_out_dir(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder; pass a folder.")
     path = out / "run.json"
-    if path.is_file():
+    held = lock.name if lock is not None else None
+    others = (
+        [p.name for p in out.iterdir() if p.name not in ("run.json", held)] if out.is_dir() else []
+    )
+    if path.is_file() and not (held and not others):  # (else: it names no sample, replaced)
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -189,7 +206,7 @@ def claim_out_dir(
             )
         ensure_writable(out, "--out", "pass a folder you can write to")
         return
-    if out.is_dir() and any(out.iterdir()):
+    if not path.is_file() and others:
         raise ValueError(
             f"--out {str(out)!r} is not empty and holds no run record (run.json) of these "
             "samples: its files were not written by this run. Pass an empty or new folder."

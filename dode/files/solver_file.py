@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import types
 import warnings
@@ -41,6 +43,8 @@ __all__ = [
     "ensure_writable",
     "atomic_write",
     "atomic_folder",
+    "acquire_lock",
+    "release_lock",
     "model_family",
     "model_schedule",
 ]
@@ -405,6 +409,72 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def acquire_lock(lock: str | os.PathLike, place: str, user: str, other: str) -> Path:
+    """Take the lock file ``lock`` (it holds our pid and host) for the folder it is in; refuse
+    a live lock of another process with one ``ValueError``.
+
+    A lock of a process that is gone (same host: a killed run) is taken over with a notice; one
+    of another host cannot be checked and is refused (the message says which file to delete).
+    A lock of our parent process is ours (Lightning's DDP workers are its children).
+    ``place``, ``user`` and ``other`` name the folder, the kind of run and the flag to change in
+    the message: "<place> X is in use by another <user> (pid N; ...) ... pass another <other>".
+    """
+    lock = Path(lock)
+    folder = str(lock.parent)
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid_s, _, host = lock.read_text().strip().partition(" ")
+                pid = int(pid_s)
+            except (OSError, ValueError):
+                pid, host = -1, ""
+            here = host == socket.gethostname()
+            if pid in (os.getpid(), os.getppid()) and here:
+                return lock
+            if here and pid > 0 and _pid_alive(pid):
+                raise ValueError(
+                    f"{place} {folder!r} is in use by another {user} (pid {pid}; lock "
+                    f"{str(lock)!r}); wait for it to finish, or pass another {other}."
+                ) from None
+            if not here and host:
+                raise ValueError(
+                    f"{place} {folder!r} is locked by a {user} on host {host!r} (pid {pid}); "
+                    f"wait for it, or delete {str(lock)!r} if that {user} is gone."
+                ) from None
+            print(f"dode: taking over the stale lock {str(lock)!r} (pid {pid} is gone).",
+                  file=sys.stderr)  # fmt: skip
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return lock
+    raise ValueError(f"could not take the lock {str(lock)!r}; try again.")
+
+
+def release_lock(lock: Path | None) -> None:
+    """Remove a lock :func:`acquire_lock` took (only if it is still ours)."""
+    if lock is None:
+        return
+    try:
+        if lock.read_text().split(" ")[0] == str(os.getpid()):
+            lock.unlink()
+    except OSError:
+        pass
 
 
 @contextmanager

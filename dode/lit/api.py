@@ -16,10 +16,10 @@ file (rank 0), finish the W&B run, return the :class:`~dode.files.solver_file.Fi
 from __future__ import annotations
 
 import csv
+import functools
 import inspect
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..files.solver_file import FittedSolver, ensure_writable
+from ..files.solver_file import FittedSolver, acquire_lock, ensure_writable, release_lock
 from ..tracking import wandb_mode as resolve_wandb_mode
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
@@ -222,63 +222,9 @@ def _holds_run(run_dir: Path) -> list[str]:
     return [n for n in names if (run_dir / n).exists()]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def _acquire_lock(run_dir: Path) -> Path:
-    """Take ``run_dir/.fit.lock`` (pid and host); refuse a live lock of another process.
-
-    A lock of a process that is gone (same host) is taken over; one of another host cannot be
-    checked and is refused (the message says which file to delete)."""
-    lock = run_dir / LOCK_NAME
-    me = f"{os.getpid()} {socket.gethostname()}\n"
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid_s, _, host = lock.read_text().strip().partition(" ")
-                pid = int(pid_s)
-            except (OSError, ValueError):
-                pid, host = -1, ""
-            here = host == socket.gethostname()
-            if pid in (os.getpid(), os.getppid()) and here:
-                return lock
-            if here and pid > 0 and _pid_alive(pid):
-                raise ValueError(
-                    f"run folder {str(run_dir)!r} is in use by another fit (pid {pid}; lock "
-                    f"{str(lock)!r}); wait for it to finish, or pass another run folder."
-                ) from None
-            if not here and host:
-                raise ValueError(
-                    f"run folder {str(run_dir)!r} is locked by a fit on host {host!r} (pid "
-                    f"{pid}); wait for it, or delete {str(lock)!r} if that fit is gone."
-                ) from None
-            print(f"dode: taking over the stale lock {str(lock)!r} (pid {pid} is gone).",
-                  file=sys.stderr)  # fmt: skip
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return lock
-    raise ValueError(f"could not take the lock {str(lock)!r}; try again.")
-
-
-def _release_lock(lock: Path | None) -> None:
-    if lock is None:
-        return
-    try:
-        if lock.read_text().split(" ")[0] == str(os.getpid()):
-            lock.unlink()
-    except OSError:
-        pass
+    """Take ``run_dir/.fit.lock`` (:func:`~dode.files.solver_file.acquire_lock`)."""
+    return acquire_lock(run_dir / LOCK_NAME, "run folder", "fit", "run folder")
 
 
 def _resolve_checkpoint(
@@ -442,7 +388,7 @@ def _prepare_run(
             elif solver_file.exists():
                 _check_solver_file(module, solver_file, resume=True)
     except BaseException:
-        _release_lock(lock)
+        release_lock(lock)
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
@@ -476,7 +422,7 @@ def run_fit(
     try:
         return _run_fit(module, datamodule, trainer, solver_file=solver_file, ckpt_path=ckpt_path)
     finally:
-        _release_lock(lock)
+        release_lock(lock)
 
 
 def _run_fit(
@@ -530,6 +476,26 @@ def _run_fit(
     return FitResult(fitted, path, scale)
 
 
+#: what :func:`fit`'s body sees for an argument its caller did not pass
+_NOT_GIVEN: Any = object()
+
+
+def _given_only(func):
+    """``func`` called with :data:`_NOT_GIVEN` for every argument its caller left out, so its
+    body tells "not given" from "given, equal to the default" (the signature, ``help()`` and
+    ``inspect.signature`` still show the defaults)."""
+    sig = inspect.signature(func)
+
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)  # a TypeError for a wrong call, as without us
+        missing = {n: _NOT_GIVEN for n in sig.parameters if n not in bound.arguments}
+        return func(*bound.args, **bound.kwargs, **missing)
+
+    return call
+
+
+@_given_only
 def fit(
     model: str | ModelSpec | Specs = "digits",
     solver: str | SolverSpec = "ddim",
@@ -587,7 +553,8 @@ def fit(
         dode.fit(Specs.from_config("configs/tiny.yaml"))
         dode.fit("gmm-digits", "ddim", nfe=4, fit_seeds="0-255", wandb_mode="disabled")
 
-    A group given as a spec takes none of its flat keywords (``ValueError`` if one is set).
+    A group given as a spec takes none of its flat keywords (``ValueError`` if one is passed,
+    even with its default value).
     The flat keywords from ``model`` to ``end_to_end`` are those of
     :class:`~dode.lit.DODEModule` (``--model.*``: :class:`~dode.lit.ModelSpec`,
     :class:`~dode.lit.SolverSpec`, :class:`~dode.lit.FitSpec`), ``fit_seeds`` to
@@ -624,25 +591,23 @@ def fit(
         ValueError: bad settings (one message naming the problem).
         RuntimeError: the fit was interrupted (nothing written; resume with ``ckpt_path="last"``).
     """
-    flat = {k: v for k, v in locals().items() if k not in ("model", "solver", "data", "fit", "run")}
-    if isinstance(model, Specs):  # every group given: a flat keyword set too is refused
-        if isinstance(solver, SolverSpec) or data or fit or run:
+    # only what the caller passed (@_given_only): a keyword equal to its default still counts
+    given = {k: v for k, v in locals().items() if v is not _NOT_GIVEN}
+    data, fit, run = (given.pop(g, None) for g in ("data", "fit", "run"))
+    if isinstance(given.get("model"), Specs):  # every group given: a flat keyword is refused
+        model = given.pop("model")
+        if isinstance(given.get("solver"), SolverSpec) or data or fit or run:
             raise ValueError(
                 "dode.fit(specs) takes no other spec; put it in the Specs "
                 "(dataclasses.replace(specs, solver=SolverSpec(...)))."
             )
         groups = {g: getattr(model, g) for g in ("model", "solver", "fit", "data", "run")}
-        return fit_specs(Specs.combine(groups, {**flat, "solver": solver}))
+        return fit_specs(Specs.combine(groups, given))
     groups = {"data": data, "fit": fit, "run": run}
-    if isinstance(model, ModelSpec):
-        groups["model"] = model
-    else:
-        flat["model"] = model
-    if isinstance(solver, SolverSpec):
-        groups["solver"] = solver
-    else:
-        flat["solver"] = solver
-    return fit_specs(Specs.combine(groups, flat))
+    for name, spec_cls in (("model", ModelSpec), ("solver", SolverSpec)):
+        if isinstance(given.get(name), spec_cls):
+            groups[name] = given.pop(name)
+    return fit_specs(Specs.combine(groups, given))
 
 
 def run_paths(specs: Specs) -> tuple[Path, Path]:

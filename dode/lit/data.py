@@ -40,6 +40,7 @@ from ..conditioning import SeedConditioning
 from ..files.cache import cache_root
 from ..files.solver_file import atomic_write
 from ..noise import noise_from_seeds, shard_seeds
+from ..signals import stop_if_terminated
 from .specs import DataSpec
 
 __all__ = [
@@ -428,14 +429,9 @@ class NoiseDataModule(pl.LightningDataModule):
         return DataLoader(_Batches(batches), batch_size=None, shuffle=False)
 
     def _stop_if_terminated(self) -> None:
-        """Between teacher batches: stop if the process was sent SIGTERM (Lightning's handler
-        only notes it, and its loops look only between training batches). Every cache file
-        written so far is whole (atomic writes)."""
-        trainer = self.trainer
-        if trainer is not None and getattr(trainer, "received_sigterm", False):
-            from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-            raise SIGTERMException(128 + 15)
+        """Between teacher batches: stop on SIGTERM (:func:`stop_if_terminated`). Every cache
+        file written so far is whole (atomic writes)."""
+        stop_if_terminated(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.fit_seeds, "fit_seeds")

@@ -495,7 +495,8 @@ class Specs:
         """Specs from given spec objects (``groups``: ``{"model": ModelSpec(...), ...}``) and
         flat keywords for the groups not given.
 
-        A flat keyword of a group given as a spec must keep its default (it would be ignored).
+        ``flat`` holds only the keywords the caller passed: one of a group given as a spec is
+        refused, whatever its value (it would be ignored).
 
         Raises:
             ValueError: an unknown keyword, a setting given twice, or a bad value.
@@ -517,8 +518,7 @@ class Specs:
                 raise ValueError(
                     f"{group} must be a {spec_cls.__name__}, got {type(spec).__name__}."
                 )
-            defaults = {f.name: f.default for f in fields(spec_cls) if f.init}
-            twice = [n for n, v in own.items() if not _same(v, defaults[n])]
+            twice = list(own)
             if twice:
                 raise ValueError(
                     f"{twice[0]} is given both as a keyword and in the {spec_cls.__name__}; "
@@ -538,10 +538,3 @@ class Specs:
         for group in _GROUPS:
             out.update(getattr(self, group).kwargs())
         return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 - objects whose == is not a bool
-        return a is b
