@@ -466,7 +466,7 @@ def test_a_seed_range_that_cannot_fit_is_refused_up_front(gmm, tmp_path, capsys)
 
 
 @pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders (os.geteuid() == 0)")
-def test_read_only_output_folders_of_evaluate_export_and_fidelity(gmm, tmp_path, capsys):
+def test_read_only_output_folders_of_evaluate_export_and_sample(gmm, tmp_path, capsys):
     from dode.cli.export import main as export_main
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
