@@ -651,9 +651,10 @@ def test_sample_runs_into_one_folder_merge_by_seed(gmm, tmp_path):
     assert both["seeds"].tolist() == [0, 1, 3, 6, 7, 2]
     assert len(both["images"]) == 6 and len(both["samples"]) == 6
     for i, s in enumerate(both["seeds"].tolist()):
-        if s < 4:  # the same seed gives the same sample, whichever run made it
+        if s < 4:  # the same seed gives the same sample, whichever run made it (up to float32
+            # rounding: the GMM's batched einsum may take other kernels for a batch of 3 and 4)
             j = first["seeds"].tolist().index(s)
-            assert np.array_equal(both["samples"][i], first["samples"][j])
+            np.testing.assert_allclose(both["samples"][i], first["samples"][j], rtol=0, atol=1e-5)
     assert len(list(out.glob("seed_*.png"))) == 6
 
 
