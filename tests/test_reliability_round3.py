@@ -13,8 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 # imported here, not inside a test: Lightning's log handler keeps the stderr of the moment, and
@@ -486,41 +484,18 @@ def test_read_only_output_folders_of_evaluate_export_and_sample(gmm, tmp_path, c
 
 # ---- 44. two end-to-end fits into one run folder at once -----------------------------------------
 
-_HOLD = """
-import sys, time
-from pathlib import Path
 
-import dode
-import dode.lit.api as api
-
-def hold(*args, **kwargs):  # the lock is taken: hold the folder until the test ends us
-    Path(sys.argv[2]).write_text("held")
-    time.sleep(300)
-
-api._run_fit = hold
-dode.fit("gmm-digits", "dpm_solver_pp", solver_options={"order": 2}, nfe=4,
-         fit_mode="end-to-end", fit_seeds="0-31", val_seeds="100-131", cache_dir=None,
-         wandb_mode="disabled", trainer={"accelerator": "cpu", "devices": 1}, run_dir=sys.argv[1])
-"""
-
-
-def test_two_end_to_end_fits_into_one_run_folder(tmp_path):
-    run, held = tmp_path / "run", tmp_path / "held"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_HOLD), str(run), str(held)],
-                             env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300  # generous: a loaded machine starts Python slowly
-        while not held.exists():
-            assert first.poll() is None, first.stderr.read()
-            assert time.monotonic() < deadline, "the first fit never took its run folder"
-            time.sleep(0.2)
-        with pytest.raises(ValueError, match=f"in use by another fit \\(pid {first.pid}"):
-            dode.fit("gmm-digits", "dpm_solver_pp", solver_options={"order": 2}, nfe=4,
-                     fit_mode="end-to-end", fit_seeds="0-31", val_seeds="100-131",
-                     cache_dir=None, wandb_mode="disabled", run_dir=run,
-                     trainer={"accelerator": "cpu", "devices": 1})  # fmt: skip
-        assert (run / ".fit.lock").read_text().split()[0] == str(first.pid)  # still the first's
-    finally:
-        first.kill()
-        first.wait()
+def test_two_end_to_end_fits_into_one_run_folder(tmp_path, live_pid):
+    # the first fit holds <run>/.fit.lock (its pid, a live process; a real second process costs
+    # a Lightning import, 15-30 s on a busy machine): the second end-to-end fit is refused
+    # before any work and leaves the folder as it was
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = f"{live_pid} {socket.gethostname()}\n"
+    (run / ".fit.lock").write_text(lock)
+    with pytest.raises(ValueError, match=f"in use by another fit \\(pid {live_pid}; .*another run"):
+        dode.fit("gmm-digits", "dpm_solver_pp", solver_options={"order": 2}, nfe=4,
+                 fit_mode="end-to-end", fit_seeds="0-31", val_seeds="100-131", cache_dir=None,
+                 wandb_mode="disabled", run_dir=run, trainer={"accelerator": "cpu", "devices": 1})  # fmt: skip
+    assert [p.name for p in run.iterdir()] == [".fit.lock"]
+    assert (run / ".fit.lock").read_text() == lock  # still the first fit's
