@@ -15,7 +15,7 @@ install:  ## install dode with its dev tools (pip install -e ".[dev]")
 # dode with its dev extras, as `make demo` installs what it needs. The check names every package
 # the tests import (k-diffusion by its spec: its package __init__ needs pkg_resources, which the
 # tests work around), so a machine set up by `make demo` gets the dev extras too.
-DEV_IMPORTS := pytest, dode, lightning, diffusers, transformers, sklearn, jsonargparse, wandb, \
+DEV_IMPORTS := pytest, dode, torch, numpy, lightning, diffusers, transformers, sklearn, jsonargparse, wandb, \
 	torch_fidelity, torchmetrics, safetensors, scipy, threadpoolctl, yaml, PIL, matplotlib
 dev-deps:
 	@$(PYTHON) -c "import $(DEV_IMPORTS); import importlib.util as u; \

@@ -42,12 +42,9 @@ def script_module(name: str) -> str:
 
 def _lightning_interrupt(e: SystemExit) -> bool:
     """Whether ``e`` is Lightning's way of ending on Ctrl-C: inside ``trainer.fit`` /
-    ``predict`` it catches ``KeyboardInterrupt``, tears the run down, ignores SIGINT from then
-    on and calls ``sys.exit(1)``."""
-    try:
-        return e.code == 1 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    except ValueError:  # not the main thread
-        return False
+    ``predict`` it catches the ``KeyboardInterrupt``, tears the run down and calls
+    ``sys.exit(1)`` while handling it (so the interrupt is the exit's context)."""
+    return e.code == 1 and isinstance(e.__context__, KeyboardInterrupt)
 
 
 def command(name: str, again: str = "Run the same command again."):
@@ -66,7 +63,6 @@ def command(name: str, again: str = "Run the same command again."):
             except SystemExit as e:
                 if not _lightning_interrupt(e):
                     raise
-                signal.signal(signal.SIGINT, signal.default_int_handler)
             sys.stderr.write(
                 f"{name}: stopped by Ctrl-C; every file written so far is whole and none is "
                 f"half-written. {again}\n"

@@ -2,7 +2,9 @@
 
 The options are the fields of :class:`dode.evaluation.EvalConfig` (``-h`` lists and describes
 each); ``-c FILE`` reads them from YAML (repeatable). The work is :func:`dode.evaluation.evaluate`;
-see :mod:`dode.evaluate` for what it writes.
+see :mod:`dode.evaluate` for what it writes. SIGTERM stops the generation between two batches
+(exit status 143), Ctrl-C at once (130); the samples written so far are kept, and the same command
+goes on from them.
 
 Examples::
 

@@ -20,7 +20,10 @@ with the VAE, batched, once per image: ``samples`` then holds the decoded images
 The model defaults to the one recorded in the file (its id: a registered name, hub id or
 folder); pass ``--model`` when it lives elsewhere on this machine. Its weights hash must match
 the file's (``--ignore_model_hash`` overrides, as in ``python -m dode.evaluate``). ``--out``
-must be new, empty, or hold the ``run.json`` of a run with the same model, solver, grid and λ.
+must be new, empty, or hold the ``run.json`` of a run with the same model, solver, grid and λ
+(a ``run.json`` alone, left by a killed run, names no sample and is replaced). One run at a time
+writes into a folder: a run holds ``<out>/.sample.lock`` and a second one is refused (the lock
+of a process that is gone is taken over); run after run, ``samples.npz`` is merged by seed.
 
 Flags are spelled with underscores, as in every ``python -m dode.<name>``. This module holds the
 implementation; ``dode/sample.py`` only runs :func:`main`, so the

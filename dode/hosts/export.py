@@ -83,11 +83,18 @@ def export(solver_file: str, out: str, like: str | None = None, base: bool = Fal
     from ..files.solver_file import atomic_write, ensure_writable
 
     ensure_writable(out_path, "--out", "pass a folder you can write to")
-    with tempfile.TemporaryDirectory(prefix=".dode-export-") as tmp:
-        sched.save_pretrained(tmp)
-        files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
-        for f in files:
-            _check_target(out_path / f.name)
-        for f in files:
-            atomic_write(out_path / f.name, lambda t, f=f: shutil.copyfile(f, t))
+    try:
+        with tempfile.TemporaryDirectory(prefix=".dode-export-") as tmp:
+            sched.save_pretrained(tmp)
+            files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
+            for f in files:
+                _check_target(out_path / f.name)
+            for f in files:
+                atomic_write(out_path / f.name, lambda t, f=f: shutil.copyfile(f, t))
+    except OSError as e:  # a full disk, a folder gone read-only meanwhile
+        raise ValueError(
+            f"the scheduler could not be written to {str(out_path)!r} ({e.strerror or e}); "
+            f"nothing was written there ({DODEScheduler.config_name} is written whole or not at "
+            "all). Free some space, or pass another --out, and export again."
+        ) from None
     return out_path
