@@ -184,7 +184,7 @@ def _hash(obj) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from dode.files.solver_file import atomic_write
+    from dode.files.writes import atomic_write
 
     def write(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")

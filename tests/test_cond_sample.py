@@ -11,7 +11,8 @@ from _tiny import make_tiny_sd, make_tiny_unet
 import dode
 from dode.cli.sample import main as sample_main
 from dode.denoisers.loading import load_denoiser
-from dode.files.solver_file import FittedSolver, model_schedule, weights_hash
+from dode.files.solver_file import FittedSolver, model_schedule
+from dode.files.weights import weights_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

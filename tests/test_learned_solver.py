@@ -357,7 +357,7 @@ def test_dode_evaluate_and_dode_sample_run_the_end_to_end_solver(tmp_path):
     from dode.denoisers.loading import load_denoiser
     from dode.evaluation import EvalConfig, SampleStore, evaluate
     from dode.files.images import to_uint8
-    from dode.files.solver_file import weights_hash
+    from dode.files.weights import weights_hash
     from dode.noise import noise_from_seeds
 
     gmm = load_denoiser("gmm-digits")

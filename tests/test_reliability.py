@@ -21,7 +21,8 @@ from dode.cli.sample import main as sample_main
 from dode.denoisers import CallableDenoiser, gaussian
 from dode.denoisers.loading import load_denoiser
 from dode.evaluation import EvalConfig, evaluate
-from dode.files.solver_file import FittedSolver, weights_hash
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
 from dode.grids.schedules import karras
 from dode.lit.data import TeacherCache
 from dode.solvers import get_solver

@@ -23,7 +23,8 @@ from _tiny import make_tiny_unet
 
 import dode
 from dode.denoisers.loading import load_denoiser
-from dode.files.solver_file import FittedSolver, weights_hash
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
 from dode.noise import noise_from_seeds
 
 ROOT = Path(__file__).resolve().parents[1]

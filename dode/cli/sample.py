@@ -40,7 +40,9 @@ from ..conditioning import SeedConditioning, bind_seeds, conditioning_for_solver
 from ..evaluation.store import claim_out_dir
 from ..files.images import image_grid as _grid
 from ..files.images import to_uint8_hwc as _uint8
-from ..files.solver_file import FittedSolver, atomic_write, check_model_weights
+from ..files.solver_file import FittedSolver
+from ..files.weights import check_model_weights
+from ..files.writes import atomic_write
 from ..noise import noise_from_seeds, parse_seeds
 
 __all__ = ["main", "generate", "parser", "sample_to_folder"]

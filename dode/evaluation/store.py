@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files.solver_file import atomic_write
+from ..files.writes import atomic_write
 
 __all__ = ["SampleStore", "claim_out_dir"]
 
@@ -158,7 +158,7 @@ def claim_out_dir(
     """Record what the samples in ``out`` are made with (``run.json``); refuse to mix in
     other samples: a ``run.json`` of other settings, or a non-empty folder without one (files
     this run did not write). ``extra``: more settings that must match (e.g. the tool)."""
-    from ..files.solver_file import ensure_writable
+    from ..files.writes import ensure_writable
 
     out = Path(out)
     ident = {

@@ -703,7 +703,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
         recorded = model.get("weights_hash")
         if model.get("class") in _PIXEL_CLASSES and recorded:
-            from ..files.solver_file import weights_hash
+            from ..files.weights import weights_hash
 
             holder = torch.nn.Module()
             holder.unet = net  # the fitted denoiser's state dict: the network under "unet."
