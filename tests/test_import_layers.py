@@ -59,6 +59,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "dode/export.py",
             "dode/fid.py",
             "dode/pretrain.py",
+            "dode/bench.py",
         ],
     ),
     ("the package facade", ["dode/__init__.py"]),

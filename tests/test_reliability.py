@@ -874,7 +874,7 @@ def test_damaged_or_odd_solver_paths_are_one_clear_line(gmm, tmp_path, capsys):
 
 
 def test_failed_sample_leaves_no_run_record(gmm, tmp_path, capsys, monkeypatch):
-    import dode.cli.sample as cli
+    import dode.evaluation.sample_folder as sample_folder
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     out = tmp_path / "o"
@@ -882,7 +882,7 @@ def test_failed_sample_leaves_no_run_record(gmm, tmp_path, capsys, monkeypatch):
     def fail(*args, **kwargs):
         raise ValueError("the model output is not finite")
 
-    monkeypatch.setattr(cli, "generate", fail)
+    monkeypatch.setattr(sample_folder, "generate", fail)
     _sample_cli_error(["--solver_file", str(path), "--seeds", "0", "--out", str(out)], capsys,
                       "not finite")  # fmt: skip
     assert not out.exists()
