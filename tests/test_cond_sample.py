@@ -173,7 +173,8 @@ def _tiny_clip(folder):
 
 
 def test_evaluate_prompts_clip_score(folders, tmp_path):
-    from dode.evaluation import EvalConfig, evaluate
+    from dode.evaluation.config import EvalConfig
+    from dode.evaluation.run import evaluate
 
     f = _solver_file(tmp_path / "sd.safetensors", folders / "sd", PROMPTS_REC)
     (tmp_path / "p.txt").write_text("a red cube\na blue ball\n")

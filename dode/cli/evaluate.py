@@ -1,7 +1,8 @@
 """``python -m dode.evaluate``: generate N samples with a solver and score them (FID).
 
-The options are the fields of :class:`dode.evaluation.EvalConfig` (``-h`` lists and describes
-each); ``-c FILE`` reads them from YAML (repeatable). The work is :func:`dode.evaluation.evaluate`;
+The options are the fields of :class:`dode.evaluation.config.EvalConfig` (``-h`` lists and
+describes each); ``-c FILE`` reads them from YAML (repeatable). The work is
+:func:`dode.evaluation.run.evaluate`;
 see :mod:`dode.evaluate` for what it writes.
 
 Examples::
@@ -18,7 +19,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..evaluation import EvalConfig, evaluate
+from ..evaluation.config import EvalConfig
+from ..evaluation.run import evaluate
 from .common import no_gpu_hint
 
 __all__ = ["main", "parser"]

@@ -19,24 +19,8 @@ folder of ``python -m dode.sample``, Fréchet distances and the fidelity judge.
 
 The formulas every judge uses (Fréchet distance, MSE clamped to the data range, the bootstrap
 of a mean) are :mod:`dode.metrics`, which the fit uses too. ``python -m dode.evaluate`` is the
-command line (:mod:`dode.cli.evaluate`).
+command line (:mod:`dode.cli.evaluate`). This package exports nothing itself: import from its
+modules (``from dode.evaluation.run import evaluate``), so that what needs only the sample
+folder or the Fréchet distances (``python -m dode.sample``, ``python -m dode.fid``) does not
+import the Lightning predict loop.
 """
-
-from .config import EvalConfig, build_grid, load_model, resolve_solver, seed_list
-from .predict import generate
-from .run import evaluate
-from .sample_folder import sample_to_folder
-from .store import SampleStore, claim_out_dir
-
-__all__ = [
-    "EvalConfig",
-    "load_model",
-    "build_grid",
-    "resolve_solver",
-    "seed_list",
-    "generate",
-    "evaluate",
-    "SampleStore",
-    "claim_out_dir",
-    "sample_to_folder",
-]
