@@ -124,7 +124,7 @@ sample:  ## PNGs + samples.npz from a fitted solver: make sample SOLVER_FILE=run
 	$(PYTHON) -m dode.sample --solver_file $(SOLVER_FILE) --seeds $(SAMPLE_SEEDS) --out $(SAMPLE_OUT)
 
 bench-train:  ## wall time of python -m dode.train vs a direct dode.fit_lambdas call on the same work, with the breakdown
-	$(PYTHON) -m dode.lit.bench --repeat 2
+	$(PYTHON) -m dode.bench --repeat 2
 
 .PHONY: demo-frontier demo-frontier-guided demo-frontier-flow demo-frontier-slow
 # Fidelity first (issue 18): per NFE 3-10 the best learning-free (solver, grid) cell by MSE to a

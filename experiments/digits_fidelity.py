@@ -495,7 +495,7 @@ def plot(rows: list[dict], path: Path, title: str = "digits") -> None:
 def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Refuse meaningless arguments before any work, each with one ``p.error`` line; solver
     labels are taken in any case (``--solvers ddim`` is DDIM) and written back as labels."""
-    from dode.files.solver_file import ensure_writable
+    from dode.files.writes import ensure_writable
 
     by_case = {k.lower(): k for k in SOLVERS}
     if a.solvers is not None:

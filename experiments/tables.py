@@ -55,7 +55,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dode  # noqa: E402
-from dode.evaluation import EvalConfig, build_grid, evaluate, load_model  # noqa: E402
+from dode.evaluation.config import EvalConfig, build_grid, load_model  # noqa: E402
+from dode.evaluation.run import evaluate  # noqa: E402
 from dode.files.solver_file import FittedSolver  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
 
@@ -147,7 +148,7 @@ def make_tiny_model(spec: dict, folder: Path) -> Path:
 
 def make_dry_run_reference(spec: dict, denoiser, work: Path) -> Path:
     """A folder of 'real' images for the dry run: the tiny model's own DDIM samples."""
-    from dode.evaluation import generate
+    from dode.evaluation.predict import generate
 
     n = int(spec.get("reference_images", 16))
     ref = work / "reference"
@@ -184,7 +185,7 @@ def _hash(obj) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from dode.files.solver_file import atomic_write
+    from dode.files.writes import atomic_write
 
     def write(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")

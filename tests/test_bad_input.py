@@ -10,7 +10,9 @@ import torch
 
 import dode
 from dode.denoisers import CallableDenoiser, gaussian
-from dode.files.solver_file import FittedSolver, atomic_write, weights_hash
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
+from dode.files.writes import atomic_write
 from dode.grids.schedules import karras, refine
 from dode.solvers import get_solver
 

@@ -11,7 +11,8 @@ from _tiny import make_tiny_sd, make_tiny_unet
 import dode
 from dode.cli.sample import main as sample_main
 from dode.denoisers.loading import load_denoiser
-from dode.files.solver_file import FittedSolver, model_schedule, weights_hash
+from dode.files.solver_file import FittedSolver, model_schedule
+from dode.files.weights import weights_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -172,7 +173,8 @@ def _tiny_clip(folder):
 
 
 def test_evaluate_prompts_clip_score(folders, tmp_path):
-    from dode.evaluation import EvalConfig, evaluate
+    from dode.evaluation.config import EvalConfig
+    from dode.evaluation.run import evaluate
 
     f = _solver_file(tmp_path / "sd.safetensors", folders / "sd", PROMPTS_REC)
     (tmp_path / "p.txt").write_text("a red cube\na blue ball\n")

@@ -14,8 +14,10 @@ import torch
 from _tiny import make_tiny_unet
 
 from dode.cli.evaluate import main
-from dode.evaluation import EvalConfig, SampleStore, evaluate
 from dode.evaluation import fid as fidlib
+from dode.evaluation.config import EvalConfig
+from dode.evaluation.run import evaluate
+from dode.evaluation.store import SampleStore
 from dode.metrics import frechet_distance_from_stats
 
 ROOT = Path(__file__).resolve().parents[1]

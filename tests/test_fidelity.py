@@ -222,7 +222,7 @@ def test_sd_configs_start_at_sigma_max(name):
         assert float(lead[0]) < 0.6 * den.sigma_max
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "digits-guided.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["digits-guided.yaml", "tiny.yaml"])
 def test_digits_configs_start_at_sigma_max(name):
     from dode.denoisers.loading import load_denoiser
 

@@ -61,6 +61,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "dode/export.py",
             "dode/fid.py",
             "dode/pretrain.py",
+            "dode/bench.py",
         ],
     ),
     ("the package facade", ["dode/__init__.py"]),
@@ -287,8 +288,8 @@ def test_no_module_hands_out_names_lazily():
 
 @pytest.mark.parametrize(
     "package",
-    ["dode", "dode.grids", "dode.files", "dode.digits", "dode.evaluation", "dode.denoisers",
-     "dode.solvers", "dode.lit"],
+    ["dode", "dode.grids", "dode.files", "dode.digits", "dode.denoisers", "dode.solvers",
+     "dode.lit"],
 )  # fmt: skip
 def test_a_package_hands_out_every_name_it_lists(package):
     """Every name of a package's ``__all__`` is there, and is the object of the module that
@@ -387,3 +388,16 @@ def test_the_architecture_page_shows_the_layer_table():
     assert shown == [(name, list(paths)) for name, paths in LAYERS], (
         "docs/architecture.md's layer table differs from LAYERS; update the page."
     )
+
+
+def test_sampling_and_frechet_commands_do_not_import_lightning():
+    """``python -m dode.sample`` and the Fréchet distances import no Lightning (the evaluation
+    package's ``__init__`` imports none of its modules, the predict loop among them)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dode.cli.sample, dode.evaluation.fid, dode.evaluation.sample_folder; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'lightning']; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=600)

@@ -355,9 +355,11 @@ def test_dode_evaluate_and_dode_sample_run_the_end_to_end_solver(tmp_path):
 
     from dode.cli.sample import main as sample_main
     from dode.denoisers.loading import load_denoiser
-    from dode.evaluation import EvalConfig, SampleStore, evaluate
+    from dode.evaluation.config import EvalConfig
+    from dode.evaluation.run import evaluate
+    from dode.evaluation.store import SampleStore
     from dode.files.images import to_uint8
-    from dode.files.solver_file import weights_hash
+    from dode.files.weights import weights_hash
     from dode.noise import noise_from_seeds
 
     gmm = load_denoiser("gmm-digits")

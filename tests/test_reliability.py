@@ -20,8 +20,10 @@ from dode.cli.evaluate import main as evaluate_main
 from dode.cli.sample import main as sample_main
 from dode.denoisers import CallableDenoiser, gaussian
 from dode.denoisers.loading import load_denoiser
-from dode.evaluation import EvalConfig, evaluate
-from dode.files.solver_file import FittedSolver, weights_hash
+from dode.evaluation.config import EvalConfig
+from dode.evaluation.run import evaluate
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
 from dode.grids.schedules import karras
 from dode.lit.data import TeacherCache
 from dode.solvers import get_solver
@@ -672,7 +674,7 @@ def test_evaluate_save_npz_twice_and_save_none_keep_earlier_samples(gmm, tmp_pat
     evaluate(_eval_cfg(out, solver_file=str(path), seeds="8-9", save="none"))
     with np.load(out / "samples.npz") as z:  # the earlier runs' samples all stay
         assert sorted(z["seeds"].tolist()) == [0, 1, 2, 3, 4, 5]
-    from dode.evaluation import SampleStore
+    from dode.evaluation.store import SampleStore
 
     store = SampleStore(out)
     assert store.png_seeds() == {6, 7}
@@ -764,7 +766,7 @@ def test_sigterm_during_the_teacher_phase_stops_between_batches(tmp_path, monkey
 
 
 def test_duplicate_seed_search_is_linear(gmm, tmp_path, capsys, monkeypatch):
-    import dode.cli.sample as cli
+    import dode.evaluation.sample_folder as cli
 
     class Seeds(list):
         def count(self, value):  # the quadratic search: one scan per seed
@@ -874,7 +876,7 @@ def test_damaged_or_odd_solver_paths_are_one_clear_line(gmm, tmp_path, capsys):
 
 
 def test_failed_sample_leaves_no_run_record(gmm, tmp_path, capsys, monkeypatch):
-    import dode.cli.sample as cli
+    import dode.evaluation.sample_folder as sample_folder
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     out = tmp_path / "o"
@@ -882,7 +884,7 @@ def test_failed_sample_leaves_no_run_record(gmm, tmp_path, capsys, monkeypatch):
     def fail(*args, **kwargs):
         raise ValueError("the model output is not finite")
 
-    monkeypatch.setattr(cli, "generate", fail)
+    monkeypatch.setattr(sample_folder, "generate", fail)
     _sample_cli_error(["--solver_file", str(path), "--seeds", "0", "--out", str(out)], capsys,
                       "not finite")  # fmt: skip
     assert not out.exists()
@@ -943,7 +945,7 @@ def test_evaluate_checks_its_log_and_flags_before_the_work(gmm, tmp_path):
 
 
 def test_two_evaluations_into_one_out_say_so(tmp_path):
-    from dode.evaluation import SampleStore
+    from dode.evaluation.store import SampleStore
 
     store = SampleStore(tmp_path)
     images = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)

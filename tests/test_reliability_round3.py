@@ -28,7 +28,8 @@ from dode.cli.sample import main as sample_main
 from dode.denoisers import gaussian
 from dode.denoisers.loading import load_denoiser
 from dode.evaluation.fidelity import FidelityJudge
-from dode.files.solver_file import FittedSolver, weights_hash
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
 from dode.grids.schedules import karras
 from dode.solvers import get_solver
 
@@ -111,7 +112,7 @@ def live_pid():
 def test_a_second_sample_run_into_a_busy_out_is_refused(
     gmm, tmp_path, capsys, monkeypatch, live_pid
 ):
-    import dode.cli.sample as cli
+    import dode.evaluation.sample_folder as cli
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     out = tmp_path / "o"
@@ -147,7 +148,7 @@ def test_a_second_sample_run_into_a_busy_out_is_refused(
 
 def test_sigterm_during_evaluate_stops_between_batches(gmm, tmp_path, capsys, monkeypatch):
     import dode.evaluation.predict as predict
-    from dode.evaluation import SampleStore
+    from dode.evaluation.store import SampleStore
 
     path = _fitted(gmm).save(tmp_path / "f.safetensors")
     out = tmp_path / "e"
@@ -273,8 +274,8 @@ def _ctrl_c(*args, **kwargs):
 
 
 def test_ctrl_c_is_one_line_and_status_130(gmm, tmp_path, capsys, monkeypatch):
-    import dode.cli.sample as cli_sample
     import dode.evaluation.predict as predict
+    import dode.evaluation.sample_folder as cli_sample
     import dode.hosts.export as host_export
     from dode.cli.export import main as export_main
     from dode.cli.train import main as train_main

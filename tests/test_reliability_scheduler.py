@@ -14,7 +14,8 @@ from _tiny import make_tiny_unet, scheduler_config, tiny_alphas_cumprod
 
 import dode
 from dode.denoisers import DiffusersDenoiser
-from dode.files.solver_file import FittedSolver, weights_hash
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
 from dode.grids.schedules import karras
 
 diffusers = pytest.importorskip("diffusers")

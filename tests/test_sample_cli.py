@@ -17,7 +17,8 @@ from PIL import Image
 import dode
 from dode.cli.sample import main
 from dode.denoisers.loading import load_denoiser
-from dode.files.solver_file import FittedSolver, weights_hash
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
 from dode.noise import noise_from_seeds
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,7 +23,8 @@ from _tiny import make_tiny_unet
 
 import dode
 from dode.denoisers.loading import load_denoiser
-from dode.files.solver_file import FittedSolver, weights_hash
+from dode.files.solver_file import FittedSolver
+from dode.files.weights import weights_hash
 from dode.noise import noise_from_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,3 +286,81 @@ def test_wandb_online_only_with_a_key(monkeypatch):
     assert _wandb_online("auto") and not _wandb_online("offline")
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert not _wandb_online("auto")
+
+
+def test_default_config_restates_no_default(capsys):
+    """``python -m dode.train`` and ``python -m dode.train -c configs/default.yaml`` fit the
+    same: the file states no setting the code does not default to the same value."""
+    from dode.cli.train import main
+
+    printed = []
+    for args in ([], ["-c", str(ROOT / "configs" / "default.yaml")]):
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--print_config"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        printed.append([line for line in out.splitlines() if not line.startswith("config:")])
+    assert printed[0] == printed[1]
+    assert "  schedule: karras" in printed[0]
+
+
+@pytest.mark.parametrize(
+    "args, reset",
+    [
+        (["-c", "{sched}", "--model.schedule", "karras"], True),
+        (["-c", "{sched}", "--model.schedule=karras"], True),
+        (["-c", "{sched}", "--model.schedule", "time_uniform"], False),  # the same schedule
+        (["-c", "{sched}", "-c", "{karras}"], True),  # a later file chooses another schedule
+        (["-c", "{karras}", "-c", "{sched}"], False),  # the file's own options
+        # options given on the command line are the user's own, wherever they stand (the
+        # reset after --model.schedule comes before them, so they win)
+        (["-c", "{sched}", "--model.schedule", "karras", "--model.schedule_options",
+          "{rho: 5}"], True),
+        (["--model.schedule_options", "{rho: 5}", "--model.schedule", "log_uniform"], False),
+        (["--model.nfe", "4"], False),
+    ],
+)  # fmt: skip
+def test_another_schedule_starts_from_its_own_options(tmp_path, args, reset):
+    from dode.cli.train import reset_stale_schedule_options
+
+    sched = tmp_path / "sched.yaml"
+    sched.write_text("model:\n  schedule: time_uniform\n  schedule_options: {spacing: trailing}\n")
+    karras = tmp_path / "karras.yaml"
+    karras.write_text("model:\n  schedule: karras\n")
+    args = [a.replace("{sched}", str(sched)).replace("{karras}", str(karras)) for a in args]
+    out = reset_stale_schedule_options(args, "karras")
+    assert [a for a in out if a != "--model.schedule_options=null"] == args
+    assert out.count("--model.schedule_options=null") == int(reset)
+    if reset:  # right after the source that chose the other schedule
+        at = out.index("--model.schedule_options=null")
+        assert "karras" in out[at - 1]
+
+
+def test_switching_the_schedule_on_the_command_line_fits_on_that_grid(tiny, tmp_path):
+    """A config's time-uniform grid with ``{spacing: trailing}``, then ``--model.schedule
+    karras``: the fit runs on the model's Karras grid (the trailing spacing is not handed to
+    ``karras``)."""
+    from dode.cli.train import main
+    from dode.grids.schedules import grid_for_model
+
+    overlay = tmp_path / "trailing.yaml"
+    overlay.write_text(
+        "model:\n  schedule: time_uniform\n  schedule_options: {spacing: trailing}\n"
+    )
+    args = _args(tiny, tmp_path, "sw") + [
+        "-c", str(overlay), "--model.schedule", "karras",
+        "--wandb_mode", "disabled", "--samples.num_samples", "0", "--fid.feature", "null",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fs = FittedSolver.load(main(args))
+    finally:
+        torch.set_num_threads(threads)
+    den = load_denoiser(str(tiny))
+    steps = dode.get_solver("ddim").steps_for_nfe(3)
+    assert torch.equal(fs.sigmas, grid_for_model(den, "karras", steps).to(fs.sigmas.dtype))
+    assert not torch.equal(
+        fs.sigmas, grid_for_model(den, "time_uniform", steps, {"spacing": "trailing"})
+    )

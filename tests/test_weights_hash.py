@@ -9,8 +9,8 @@ import torch
 from _tiny import make_tiny_unet
 
 from dode.denoisers import DiffusersDenoiser, gaussian
-from dode.files import solver_file as artifact
-from dode.files.solver_file import weights_hash
+from dode.files import weights as hashing
+from dode.files.weights import weights_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,15 +21,15 @@ pytest.importorskip("diffusers")
 def counted(monkeypatch, tmp_path):
     """A fresh cache (in memory and on disk) and a count of full tensor hashes."""
     monkeypatch.setenv("DODE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(artifact, "_HASHES", {})
+    monkeypatch.setattr(hashing, "_HASHES", {})
     calls = []
-    real = artifact._hash_tensors
+    real = hashing._hash_tensors
 
     def count(module):
         calls.append(type(module).__name__)
         return real(module)
 
-    monkeypatch.setattr(artifact, "_hash_tensors", count)
+    monkeypatch.setattr(hashing, "_hash_tensors", count)
     return calls
 
 
@@ -40,11 +40,11 @@ def test_loaded_model_hash_is_cached(tmp_path, counted, monkeypatch):
         "diffusion_pytorch_model.safetensors"
     ]
     first = weights_hash(den)
-    assert first == artifact._hash_tensors(den) == weights_hash(den, cache=False)
+    assert first == hashing._hash_tensors(den) == weights_hash(den, cache=False)
     counted.clear()
     assert weights_hash(den) == first and counted == []  # in memory
     # a new process: the in-memory cache is empty, the one on disk answers
-    monkeypatch.setattr(artifact, "_HASHES", {})
+    monkeypatch.setattr(hashing, "_HASHES", {})
     again = DiffusersDenoiser.from_pretrained(tmp_path / "m")
     assert weights_hash(again) == first and counted == []
     assert len(os.listdir(tmp_path / "cache" / "weights-hash")) == 1
@@ -78,6 +78,6 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path, counted, monkeypatch):
     good = weights_hash(den)
     (entry,) = (tmp_path / "cache" / "weights-hash").iterdir()
     entry.write_text("not a hash\n")
-    monkeypatch.setattr(artifact, "_HASHES", {})
+    monkeypatch.setattr(hashing, "_HASHES", {})
     assert weights_hash(den) == good
     assert entry.read_text().strip() == good

@@ -8,18 +8,18 @@
 ``python -m dode.fid``         reference statistics and Fréchet distances of image folders
 ``python -m dode.pretrain``    train the small digits models (LightningCLI)
 ``python -m dode.digits``      train the digits classifier of FD-digits
-``python -m dode.lit.bench``   time ``dode.train`` against a direct ``dode.fit_lambdas``
+``python -m dode.bench``       time ``dode.train`` against a direct ``dode.fit_lambdas``
 =============================  ======================================================
 
 Each module here only parses arguments and calls the function that does the work. One style:
 ``-h`` lists every option with a description, flags are spelled with underscores
 (``--solver_file``, ``--batch_size``). Bad input prints one ``error:`` line and exits
-with status 2. ``dode/<name>.py`` (``dode/digits/__main__.py`` for ``digits``,
-``dode/lit/bench.py`` for ``bench``) is a shim that only calls ``main()`` when run as a script,
+with status 2. ``dode/<name>.py`` (``dode/digits/__main__.py`` for ``digits``) only calls
+``main()`` when run as a script,
 so that no library code imports a module whose name clashes with a function of the package
 (``dode.sample`` is the sampling function).
 """
 
-from .common import ENTRY_POINTS, script_module
+from .common import ENTRY_POINTS
 
-__all__ = ["ENTRY_POINTS", "script_module"]
+__all__ = ["ENTRY_POINTS"]

@@ -1,9 +1,9 @@
-"""``python -m dode.lit.bench``: the wall time of ``python -m dode.train`` against a direct
+"""``python -m dode.bench``: the wall time of ``python -m dode.train`` against a direct
 ``dode.fit_lambdas`` call on the same work, and where the time goes.
 
 Example::
 
-    python -m dode.lit.bench --repeat 2 --seeds 128
+    python -m dode.bench --repeat 2 --seeds 128
 
 The options are the arguments of :func:`dode.lit.bench.bench` (the work; ``-h`` describes
 each); it prints the result as JSON.
@@ -21,9 +21,9 @@ __all__ = ["main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m dode.lit.bench``."""
+    """The parser of ``python -m dode.bench``."""
     p = argparse.ArgumentParser(
-        prog="python -m dode.lit.bench",
+        prog="python -m dode.bench",
         description="Wall time of python -m dode.train against a direct dode.fit_lambdas call "
         "on the same work, and where the time goes.",
     )
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         out = bench(**vars(args))
     except (ValueError, RuntimeError) as e:
-        print(f"dode.lit.bench: error: {e}", file=sys.stderr)
+        print(f"dode.bench: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(out, indent=1))
     return out

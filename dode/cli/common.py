@@ -9,16 +9,13 @@ import sys
 
 __all__ = [
     "ENTRY_POINTS",
-    "SCRIPTS",
-    "script_module",
     "command",
     "no_gpu_hint",
     "lightning_parser",
 ]
 
-#: every command; its implementation is ``dode/cli/<name>.py``, and the module ``python -m``
-#: runs (``dode.<name>``, or the one :data:`SCRIPTS` names) only runs its ``main()`` (plus, for
-#: some, library code of that name).
+#: every command: ``python -m dode.<name>`` runs ``dode/<name>.py`` (``dode/digits/__main__.py``
+#: for ``digits``), which only calls the ``main()`` of ``dode/cli/<name>.py``.
 ENTRY_POINTS: tuple[str, ...] = (
     "train",
     "sample",
@@ -29,15 +26,6 @@ ENTRY_POINTS: tuple[str, ...] = (
     "digits",
     "bench",
 )
-
-#: the commands whose ``python -m`` module is not ``dode.<name>``: the benchmark of
-#: ``python -m dode.train`` lives with the Lightning code it times.
-SCRIPTS: dict[str, str] = {"bench": "dode.lit.bench"}
-
-
-def script_module(name: str) -> str:
-    """The module ``python -m`` runs for entry point ``name`` (``dode.<name>`` for most)."""
-    return SCRIPTS.get(name, f"dode.{name}")
 
 
 def _lightning_interrupt(e: SystemExit) -> bool:

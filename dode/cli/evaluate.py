@@ -1,10 +1,10 @@
 """``python -m dode.evaluate``: generate N samples with a solver and score them (FID).
 
-The options are the fields of :class:`dode.evaluation.EvalConfig` (``-h`` lists and describes
-each); ``-c FILE`` reads them from YAML (repeatable). The work is :func:`dode.evaluation.evaluate`;
-see :mod:`dode.evaluate` for what it writes. SIGTERM stops the generation between two batches
-(exit status 143), Ctrl-C at once (130); the samples written so far are kept, and the same command
-goes on from them.
+The options are the fields of :class:`dode.evaluation.config.EvalConfig` (``-h`` lists and
+describes each); ``-c FILE`` reads them from YAML (repeatable). The work is
+:func:`dode.evaluation.run.evaluate`; see :mod:`dode.evaluate` for what it writes. SIGTERM stops
+the generation between two batches (exit status 143), Ctrl-C at once (130); the samples written so
+far are kept, and the same command goes on from them.
 
 Examples::
 
@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..evaluation import EvalConfig, evaluate
+from ..evaluation.config import EvalConfig
+from ..evaluation.run import evaluate
 from .common import command, no_gpu_hint
 
 __all__ = ["main", "parser"]

@@ -23,6 +23,7 @@ This module holds the implementation; ``dode/train.py`` only runs :func:`main`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths, trainer_
 from ..tracking import wandb_mode
 from .common import command, lightning_parser, no_gpu_hint
 
-__all__ = ["DODECLI", "main"]
+__all__ = ["DODECLI", "main", "reset_stale_schedule_options"]
 
 _T0 = time.perf_counter()  # after the imports of this module (torch, lightning, dode)
 
@@ -89,6 +90,69 @@ def _wandb_online(mode: str) -> bool:
 _Parser = lightning_parser("dode.train")
 
 
+def _flag_value(args: list[str], i: int, flag: str) -> tuple[bool, str | None, int]:
+    """Whether ``args[i]`` is ``flag`` (``--flag VALUE`` or ``--flag=VALUE``): (matched, value,
+    the index after it)."""
+    arg = args[i]
+    if arg == flag:
+        return True, args[i + 1] if i + 1 < len(args) else None, i + 2
+    if arg.startswith(flag + "="):
+        return True, arg[len(flag) + 1 :], i + 1
+    return False, None, i + 1
+
+
+def reset_stale_schedule_options(args: list[str], default_schedule: str) -> list[str]:
+    """``args`` with ``--model.schedule_options=null`` after each source that chooses another
+    schedule than the one the current ``schedule_options`` belong to: each schedule starts from
+    its own options.
+
+    The sources are read in the order jsonargparse applies them: each ``-c``/``--config`` file
+    (its ``model.schedule`` and ``model.schedule_options``) and each ``--model.schedule`` /
+    ``--model.schedule_options`` flag. Options from a config file belong to the schedule that
+    was current when the file set them; a later source that chooses another schedule resets them
+    (``-c configs/sd15.yaml --model.schedule karras`` drops sd15's ``{spacing: trailing}``).
+    Options given on the command line are the user's own and are never dropped.
+    """
+    import yaml
+
+    out: list[str] = []
+    schedule, options_for, from_flag = default_schedule, None, False
+    i = 0
+    while i < len(args):
+        chosen = None  # the schedule this source chooses, if any
+        matched, value, after = False, None, i + 1
+        for flag in ("-c", "--config"):
+            matched, value, after = _flag_value(args, i, flag)
+            if matched:
+                break
+        if matched:
+            try:
+                text = Path(value).read_text() if value and Path(value).is_file() else value
+                section = (yaml.safe_load(text or "") or {}).get("model") or {}
+            except (OSError, yaml.YAMLError, AttributeError):
+                section = {}  # the parser reports a config it cannot read
+            if isinstance(section, dict):
+                chosen = section.get("schedule")
+                if "schedule_options" in section:
+                    options_for, from_flag = chosen or schedule, False
+        else:
+            matched, value, after = _flag_value(args, i, "--model.schedule")
+            if matched:
+                chosen = value
+            else:
+                matched, _, after = _flag_value(args, i, "--model.schedule_options")
+                if matched:
+                    options_for, from_flag = schedule, True
+        out.extend(args[i:after])
+        i = after
+        if chosen is not None:
+            schedule = chosen
+            if options_for is not None and not from_flag and options_for != schedule:
+                out.append("--model.schedule_options=null")
+                options_for = None
+    return out
+
+
 class DODECLI(LightningCLI):
     """LightningCLI for D-ODE fits: run folder, loggers, checkpoints and the solver file."""
 
@@ -109,6 +173,15 @@ class DODECLI(LightningCLI):
                 "default_env": False,
             },
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, with the ``schedule_options`` of a schedule that a later source replaced
+        dropped (:func:`reset_stale_schedule_options`)."""
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, list):
+            default = inspect.signature(DODEModule.__init__).parameters["schedule"].default
+            args = reset_stale_schedule_options([str(a) for a in argv], default)
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(

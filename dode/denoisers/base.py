@@ -92,7 +92,7 @@ class Denoiser(nn.Module):
         sample_shape: the shape of one sample (without batch), or ``None`` if any shape works.
         weight_files: the files the weights were loaded from (set by loaders such as
             :meth:`DiffusersDenoiser.from_pretrained`; empty for in-memory models), so that
-            :func:`dode.files.solver_file.weights_hash` can cache the hash by file identity.
+            :func:`dode.files.weights.weights_hash` can cache the hash by file identity.
     """
 
     prediction: Literal["x0", "eps"] = "x0"

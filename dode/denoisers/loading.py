@@ -299,6 +299,6 @@ def load_denoiser(
     if getattr(den, "model_id", None) is None:
         den.model_id = model
     if (model in MODELS or ":" in model) and getattr(den, "weights_spec", None) is None:
-        # What identifies a factory's model when no tensor does (dode.files.solver_file.weights_hash).
+        # What identifies a factory's model when no tensor does (dode.files.weights.weights_hash).
         den.weights_spec = {"factory": model, "options": kwargs, "sigma_to_t": sigma_to_t}
     return den

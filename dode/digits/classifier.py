@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..files.solver_file import atomic_folder
+from ..files.writes import atomic_folder
 from ..metrics import frechet_distance, gaussian_stats, mse
 
 __all__ = [

@@ -362,7 +362,7 @@ def export_pretrained(
     diffusers pipeline, so there ``_class_name`` is ``null`` and the components are loaded one
     by one (``UNet2DModel.from_pretrained(output, subfolder="unet")`` and
     ``FlowMatchEulerDiscreteScheduler.from_pretrained(output, subfolder="scheduler")``)."""
-    from ..files.solver_file import atomic_folder
+    from ..files.writes import atomic_folder
 
     output = Path(output)
     with atomic_folder(output) as tmp:

@@ -1,5 +1,5 @@
-"""Judging samples: the evaluation run of ``python -m dode.evaluate``, Fréchet distances and
-the fidelity judge.
+"""Samples and their judges: the evaluation run of ``python -m dode.evaluate``, the sample
+folder of ``python -m dode.sample``, Fréchet distances and the fidelity judge.
 
 ========================  ============================================================
 :mod:`.config`            :class:`EvalConfig`; the model, σ grid, solver and λ it names
@@ -9,6 +9,8 @@ the fidelity judge.
 :mod:`.report`            the JSON-lines log and the W&B run
 :mod:`.run`               :func:`evaluate`: all of the above, in order
 :mod:`.clip`              the CLIP score of text-conditioned samples
+:mod:`.sample_folder`     :func:`sample_to_folder`: samples of a solver file into a folder
+                          (``python -m dode.sample``)
 :mod:`.fidelity`          the fidelity-first judge: MSE/PSNR to a converged reference with
                           bootstrap intervals, FD second; the best learning-free cell
 :mod:`.fid`               Fréchet distances of image folders and reference statistics (Inception
@@ -17,22 +19,8 @@ the fidelity judge.
 
 The formulas every judge uses (Fréchet distance, MSE clamped to the data range, the bootstrap
 of a mean) are :mod:`dode.metrics`, which the fit uses too. ``python -m dode.evaluate`` is the
-command line (:mod:`dode.cli.evaluate`).
+command line (:mod:`dode.cli.evaluate`). This package exports nothing itself: import from its
+modules (``from dode.evaluation.run import evaluate``), so that what needs only the sample
+folder or the Fréchet distances (``python -m dode.sample``, ``python -m dode.fid``) does not
+import the Lightning predict loop.
 """
-
-from .config import EvalConfig, build_grid, load_model, resolve_solver, seed_list
-from .predict import generate
-from .run import evaluate
-from .store import SampleStore, claim_out_dir
-
-__all__ = [
-    "EvalConfig",
-    "load_model",
-    "build_grid",
-    "resolve_solver",
-    "seed_list",
-    "generate",
-    "evaluate",
-    "SampleStore",
-    "claim_out_dir",
-]

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..denoisers import Denoiser
 from ..denoisers.loading import load_denoiser
-from ..files.solver_file import FittedSolver, check_model_weights
+from ..files.solver_file import FittedSolver
+from ..files.weights import check_model_weights
 from ..grids.schedules import grid_for_model
 from ..noise import check_seed_count, parse_seeds
 from ..solvers import Solver, get_solver

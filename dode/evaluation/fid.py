@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..files.cache import cache_root
-from ..files.solver_file import atomic_write
+from ..files.writes import atomic_write
 
 __all__ = [
     "INCEPTION_FILE",

@@ -16,7 +16,7 @@ __all__ = ["append_jsonl", "wandb_log"]
 def check_log_path(path: str | os.PathLike) -> None:
     """``ValueError`` unless ``path`` can take the JSON line at the end (it is a file or can be
     made, in a writable folder): checked before any sample is generated."""
-    from ..files.solver_file import ensure_writable
+    from ..files.writes import ensure_writable
 
     path = Path(path)
     if path.is_dir():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files.solver_file import atomic_write
+from ..files.writes import atomic_write
 
 __all__ = ["SampleStore", "claim_out_dir"]
 
@@ -166,12 +166,12 @@ def claim_out_dir(
     other samples: a ``run.json`` of other settings, or a non-empty folder without one (files
     this run did not write). ``extra``: more settings that must match (e.g. the tool).
 
-    ``lock``: the lock file in ``out`` this run holds (:func:`~dode.files.solver_file.acquire_lock`):
+    ``lock``: the lock file in ``out`` this run holds (:func:`~dode.files.writes.acquire_lock`):
     it is not counted as a foreign file, and a ``run.json`` of other settings that is all the
     folder holds (a run stopped before its first sample) is replaced: no other run can be
     writing there.
     """
-    from ..files.solver_file import ensure_writable
+    from ..files.writes import ensure_writable
 
     out = Path(out)
     ident = {

@@ -1,7 +1,7 @@
 """Where dode keeps what it can recompute: ``$DODE_CACHE`` or ``~/.cache/dode``.
 
 Sub-folders: ``teacher`` (teacher states, :mod:`dode.lit.data`), ``fid-refs`` (reference
-statistics, :mod:`dode.evaluation.fid`), ``weights-hash`` (:func:`dode.files.solver_file.weights_hash`).
+statistics, :mod:`dode.evaluation.fid`), ``weights-hash`` (:func:`dode.files.weights.weights_hash`).
 """
 
 from __future__ import annotations

@@ -7,27 +7,19 @@ another machine and sampling from the same seeds reproduces the same samples.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
-import shutil
-import socket
-import sys
-import tempfile
-import types
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..denoisers.base import FAMILIES, family_of
 from ..solvers import Solver, get_solver
 from ..version import __version__
+from .writes import atomic_write, check_replaceable, ensure_writable
 
 FORMAT = "dode.fitted_solver/2"
 _FORMAT_NAME, _FORMAT_MAJOR = "dode.fitted_solver", 2
@@ -36,18 +28,7 @@ _FORMAT_NAME, _FORMAT_MAJOR = "dode.fitted_solver", 2
 _READS = ("1", "2")
 _TENSORS = ("coefficients", "shift")
 
-__all__ = [
-    "FittedSolver",
-    "weights_hash",
-    "check_model_weights",
-    "ensure_writable",
-    "atomic_write",
-    "atomic_folder",
-    "acquire_lock",
-    "release_lock",
-    "model_family",
-    "model_schedule",
-]
+__all__ = ["FittedSolver", "model_family", "model_schedule"]
 
 
 #: |λ| above this in a loaded file draws a warning: fits give |λ| of order 1 (tens on a few
@@ -64,167 +45,6 @@ def model_family(denoiser_or_class) -> str:
     """``"flow"`` or ``"vp"``: :func:`dode.denoisers.base.family_of` (the denoiser owns the
     answer), for a denoiser or the class name a fitted-solver file records."""
     return family_of(denoiser_or_class)
-
-
-_HASHES: dict[str, str] = {}  # file-identity key -> weights hash, for this process
-
-
-def _hash_tensors(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, val in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        t = val.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _file_key(module: nn.Module) -> str | None:
-    """A key for the module's weights by the identity of the files they were loaded from
-    (path, size, mtime, inode) and the state dict's names, dtypes and shapes; ``None`` if
-    the module does not say which files it came from (or one of them is gone)."""
-    files = getattr(module, "weight_files", ())
-    if not files:
-        return None
-    ident = []
-    try:
-        for f in files:
-            st = os.stat(f)
-            ident.append([os.path.realpath(f), st.st_size, st.st_mtime_ns, st.st_ino])
-    except OSError:
-        return None
-    tensors = [[k, str(v.dtype), list(v.shape)] for k, v in sorted(module.state_dict().items())]
-    blob = json.dumps({"files": ident, "tensors": tensors}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _reachable_tensors(obj, path: str, out: dict[str, Tensor], seen: set[int], depth: int) -> None:
-    """Collect the tensors reachable from ``obj`` (modules' state dicts, tensors, closures,
-    globals a function names, bound methods' ``self``, ``functools.partial`` arguments,
-    containers and plain objects' attributes), keyed by a path that names where they sit."""
-    if depth < 0 or id(obj) in seen or obj is None:
-        return
-    if isinstance(obj, (str, bytes, int, float, bool, complex, type, types.ModuleType)):
-        return
-    seen.add(id(obj))
-    if isinstance(obj, Tensor):
-        out[path] = obj
-    elif isinstance(obj, nn.Module):
-        for k, v in obj.state_dict(keep_vars=True).items():
-            out[f"{path}.{k}"] = v
-        _reachable_tensors(
-            {k: v for k, v in vars(obj).items() if not k.startswith("_")},
-            path,
-            out,
-            seen,
-            depth - 1,
-        )
-    elif isinstance(obj, types.MethodType):
-        _reachable_tensors(obj.__self__, f"{path}.__self__", out, seen, depth)
-        _reachable_tensors(obj.__func__, path, out, seen, depth)
-    elif isinstance(obj, functools.partial):
-        _reachable_tensors(obj.func, f"{path}.func", out, seen, depth - 1)
-        _reachable_tensors(list(obj.args), f"{path}.args", out, seen, depth - 1)
-        _reachable_tensors(dict(obj.keywords), f"{path}.kw", out, seen, depth - 1)
-    elif isinstance(obj, types.FunctionType):
-        code = obj.__code__
-        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
-            try:
-                val = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            _reachable_tensors(val, f"{path}.<{name}>", out, seen, depth - 1)
-        for name in code.co_names:
-            if name in obj.__globals__:
-                _reachable_tensors(obj.__globals__[name], f"{path}.{name}", out, seen, depth - 1)
-        _reachable_tensors(list(obj.__defaults__ or ()), f"{path}.defaults", out, seen, depth - 1)
-        _reachable_tensors(
-            dict(obj.__kwdefaults__ or {}), f"{path}.kwdefaults", out, seen, depth - 1
-        )
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _reachable_tensors(v, f"{path}.{k}", out, seen, depth - 1)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _reachable_tensors(v, f"{path}[{i}]", out, seen, depth - 1)
-    elif hasattr(obj, "__dict__") and not callable(getattr(obj, "__get__", None)):
-        _reachable_tensors(
-            {k: v for k, v in vars(obj).items() if not k.startswith("__")},
-            path,
-            out,
-            seen,
-            depth - 1,
-        )
-
-
-def _hash_reachable(module: nn.Module) -> str | None:
-    """The hash of a module without weights of its own (e.g. a ``CallableDenoiser`` over a
-    closure): the tensors reachable from its attributes, else the factory it was made by
-    (``weights_spec``: ``package.module:factory`` or a registered name, and its arguments),
-    else ``None`` (nothing identifies the weights)."""
-    found: dict[str, Tensor] = {}
-    attrs = {k: v for k, v in vars(module).items() if not k.startswith("_")}
-    _reachable_tensors(attrs, "", found, {id(module)}, depth=6)
-    if found:
-        h = hashlib.sha256(b"reachable-tensors\n")
-        for key in sorted(found):
-            t = found[key].detach().cpu().contiguous()
-            h.update(key.encode())
-            h.update(str(t.dtype).encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
-    spec = getattr(module, "weights_spec", None)
-    if spec is not None:
-        blob = json.dumps({"factory": spec}, sort_keys=True, default=repr).encode()
-        return hashlib.sha256(blob).hexdigest()
-    return None
-
-
-def weights_hash(module: nn.Module, *, cache: bool = True) -> str | None:
-    """sha256 over a module's state dict (keys sorted; tensors as contiguous CPU bytes).
-
-    A module with an empty state dict (a ``CallableDenoiser`` over a closure, a factory's
-    analytic model) is hashed by what can identify it: the tensors reachable from its
-    attributes (modules, closures, globals its functions name, bound methods' ``self``,
-    ``functools.partial`` arguments), else the factory and arguments it was loaded with
-    (``weights_spec``, set by :func:`dode.denoisers.loading.load_denoiser`). ``None`` means nothing
-    identifies its weights: the teacher cache is then off for it and the model checks of
-    ``dode.sample``/``dode.evaluate`` cannot vouch for it (see :func:`check_model_weights`).
-
-    Hashing a multi-GB model takes minutes, so for a module loaded from files (its
-    ``weight_files``, set by :meth:`dode.denoisers.DiffusersDenoiser.from_pretrained`) the
-    result is cached by the files' identity (path, size, mtime, inode) and the state dict's
-    names, dtypes and shapes: in memory for this process and under
-    ``$DODE_CACHE/weights-hash`` across processes. A rewritten weight file gets a new key and
-    is hashed again. The value is always the tensor hash; modules without ``weight_files``
-    (built in memory) are hashed every time. A frozen denoiser is assumed to hold the weights
-    of its files (weights changed in memory after loading are not seen; pass
-    ``cache=False`` to hash the tensors).
-    """
-    if not module.state_dict():
-        return _hash_reachable(module)
-    key = _file_key(module) if cache else None
-    if key is None:
-        return _hash_tensors(module)
-    if key in _HASHES:
-        return _HASHES[key]
-    from .cache import cache_root
-
-    path = cache_root("weights-hash", key)
-    try:
-        value = path.read_text().strip()
-    except OSError:
-        value = ""
-    if len(value) != 64 or not set(value) <= set("0123456789abcdef"):
-        value = _hash_tensors(module)
-        try:
-            atomic_write(path, lambda tmp: Path(tmp).write_text(value + "\n"))
-        except OSError:  # a read-only cache only costs the time
-            pass
-    _HASHES[key] = value
-    return value
 
 
 def model_schedule(denoiser) -> dict | None:
@@ -252,85 +72,6 @@ def model_schedule(denoiser) -> dict | None:
     return None
 
 
-def check_model_weights(
-    recorded: str | None,
-    denoiser: nn.Module,
-    model: str,
-    *,
-    source: str,
-    ignore: bool = False,
-    flag: str = "--ignore_model_hash",
-) -> str:
-    """Check that ``denoiser`` has the weights a fitted solver was fitted on.
-
-    Args:
-        recorded: the weights hash the file records (``None``: none).
-        denoiser: the model to sample with.
-        model: its name, for the message.
-        source: the file, for the message.
-        ignore: go on anyway (the override flag was given).
-        flag: the override flag's name, for the message.
-
-    Returns:
-        ``"match"``, or ``"ignored"`` when ``ignore`` let a mismatch or an unverifiable model
-        through.
-
-    Raises:
-        ValueError: the weights differ, or either side cannot identify them, and not
-            ``ignore``.
-    """
-    have = weights_hash(denoiser)
-    if recorded and have and recorded == have:
-        return "match"
-    if ignore:
-        return "ignored"
-    if recorded and have:
-        raise ValueError(
-            f"model {model!r} has other weights than the ones the λ in {source} were fitted "
-            f"for (hash {have[:12]}… vs {recorded[:12]}…); pass the right --model, or {flag} "
-            "to use them anyway."
-        )
-    which = (
-        "the file records no weights hash"
-        if not recorded
-        else (
-            f"nothing identifies the weights of {model!r} (no tensors reachable from it and no "
-            "factory name)"
-        )
-    )
-    raise ValueError(
-        f"cannot check that {model!r} has the weights the λ in {source} were fitted for: "
-        f"{which}; pass {flag} to use them anyway."
-    )
-
-
-def ensure_writable(path: str | os.PathLike, what: str, fix: str) -> Path:
-    """Check, creating nothing, that folder ``path`` can be written (or made, where it does
-    not exist yet): raise one ``ValueError`` naming ``what`` and ``fix`` otherwise.
-
-    Probes with a temporary file in the nearest existing folder, so a read-only mount, a
-    folder without write permission or a path under a regular file all fail here, before
-    any work is done (a root user may write into a folder without write permission).
-    """
-    path = Path(path)
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(
-            f"{what} {str(path)!r} cannot be made: {str(probe)!r} is a file, not a folder; {fix}."
-        )
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".dode-write-probe-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise ValueError(
-            f"{what} {str(path)!r} is not writable ({e.strerror or e} in {str(probe)!r}); {fix}."
-        ) from None
-    return path
-
-
 def _check_values(sigmas: Tensor, lambdas: Tensor, where: str = "") -> None:
     """``ValueError`` naming σ or λ if either holds NaN or ±inf."""
     for name, t in (("λ", lambdas), ("σ", sigmas)):
@@ -340,163 +81,6 @@ def _check_values(sigmas: Tensor, lambdas: Tensor, where: str = "") -> None:
                 f"{where}{name}[{bad[0]}] = {t[bad[0]].item()} is not finite ({len(bad)} of "
                 f"{len(t)} values); every {name} must be a finite number. Refit, or fix the file."
             )
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where the system says it (Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: read it by setting it, and set it back at once
-    os.umask(mask)
-    return mask
-
-
-def check_replaceable(path: str | os.PathLike, what: str = "output file") -> Path:
-    """``ValueError`` if ``path`` exists and is not a regular file (a device, a FIFO, a
-    socket, a folder or a symbolic link): replacing it with a file would destroy what is
-    there (as root, ``/dev/null`` itself). Returns ``path`` as a ``Path``."""
-    import stat
-
-    path = Path(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return path
-    except OSError as e:
-        raise ValueError(f"{what} {str(path)!r} cannot be checked ({e.strerror or e}).") from None
-    if stat.S_ISREG(st.st_mode):
-        return path
-    if stat.S_ISLNK(st.st_mode):
-        kind = f"a symbolic link (to {os.readlink(path)!r})"
-    elif stat.S_ISDIR(st.st_mode):
-        kind = "a folder"
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        kind = "a device"
-    elif stat.S_ISFIFO(st.st_mode):
-        kind = "a named pipe (FIFO)"
-    elif stat.S_ISSOCK(st.st_mode):
-        kind = "a socket"
-    else:
-        kind = "not a regular file"
-    raise ValueError(
-        f"{what} {str(path)!r} exists and is {kind}; dode replaces only regular files. Pass "
-        "the path of a new or regular file."
-    )
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
-
-    The file gets the mode a new file gets under the process umask (0644 under umask 022).
-    A ``path`` that exists and is not a regular file (a device, a FIFO, a folder, a symbolic
-    link) is refused with ``ValueError`` before anything is written (see
-    :func:`check_replaceable`)."""
-    path = check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        check_replaceable(path)  # something may have appeared there meanwhile
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def acquire_lock(lock: str | os.PathLike, place: str, user: str, other: str) -> Path:
-    """Take the lock file ``lock`` (it holds our pid and host) for the folder it is in; refuse
-    a live lock of another process with one ``ValueError``.
-
-    A lock of a process that is gone (same host: a killed run) is taken over with a notice; one
-    of another host cannot be checked and is refused (the message says which file to delete).
-    A lock of our parent process is ours (Lightning's DDP workers are its children).
-    ``place``, ``user`` and ``other`` name the folder, the kind of run and the flag to change in
-    the message: "<place> X is in use by another <user> (pid N; ...) ... pass another <other>".
-    """
-    lock = Path(lock)
-    folder = str(lock.parent)
-    me = f"{os.getpid()} {socket.gethostname()}\n"
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid_s, _, host = lock.read_text().strip().partition(" ")
-                pid = int(pid_s)
-            except (OSError, ValueError):
-                pid, host = -1, ""
-            here = host == socket.gethostname()
-            if pid in (os.getpid(), os.getppid()) and here:
-                return lock
-            if here and pid > 0 and _pid_alive(pid):
-                raise ValueError(
-                    f"{place} {folder!r} is in use by another {user} (pid {pid}; lock "
-                    f"{str(lock)!r}); wait for it to finish, or pass another {other}."
-                ) from None
-            if not here and host:
-                raise ValueError(
-                    f"{place} {folder!r} is locked by a {user} on host {host!r} (pid {pid}); "
-                    f"wait for it, or delete {str(lock)!r} if that {user} is gone."
-                ) from None
-            print(f"dode: taking over the stale lock {str(lock)!r} (pid {pid} is gone).",
-                  file=sys.stderr)  # fmt: skip
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return lock
-    raise ValueError(f"could not take the lock {str(lock)!r}; try again.")
-
-
-def release_lock(lock: Path | None) -> None:
-    """Remove a lock :func:`acquire_lock` took (only if it is still ours)."""
-    if lock is None:
-        return
-    try:
-        if lock.read_text().split(" ")[0] == str(os.getpid()):
-            lock.unlink()
-    except OSError:
-        pass
-
-
-@contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; when the block finishes, give its contents
-    the modes new files and folders get under the process umask (0755/0644 under umask 022)
-    and move it onto ``path``, replacing what was there. If the block raises, the temporary
-    folder is removed and ``path`` is left untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    try:
-        yield tmp
-        mask = _umask()
-        for p in [tmp, *tmp.rglob("*")]:
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 @dataclass

@@ -229,6 +229,19 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 "DODEScheduler needs a solver and its fitted σ grid; build it with "
                 "DODEScheduler.from_solver_file(path) or pass solver=..., sigmas=..., lambdas=...."
             )
+        self._set_solver_and_grid(solver, family, sigmas)
+        self._set_correction(lambdas, coefficients, model_time_shift)
+        self._set_model_schedule(alphas_cumprod, prediction_type, timestep_mode, use_flow_sigmas)
+        self._plan_calls()
+        self._guard_conversion(beta_schedule)
+        self._checked_nets: weakref.WeakSet = weakref.WeakSet()
+        self._reset()
+
+    def _set_solver_and_grid(self, solver: dict | str, family: str, sigmas: list[float]) -> None:
+        """The solver, the model family and the grid: :attr:`solver_grid` (what the solver
+        integrates on, checked by it), :attr:`grid` (with σ = ∞ in front for a flow grid from
+        t = 1, whose first call is :func:`~dode.denoisers.flow_start`'s exact step),
+        :attr:`num_steps` and :attr:`nfe`."""
         self.solver: Solver = (
             get_solver(**solver) if isinstance(solver, dict) else get_solver(solver)
         )
@@ -249,8 +262,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         inf = torch.tensor([math.inf], dtype=torch.float64)
         self.grid = torch.cat([inf, self.solver_grid]) if self.flow_start else self.solver_grid
         self.num_steps = len(self.grid) - 1
-        solver_nfe = self.solver.nfe(len(self.solver_grid) - 1)
-        self.nfe = solver_nfe + int(self.flow_start)
+        self.nfe = self.solver.nfe(len(self.solver_grid) - 1) + int(self.flow_start)
+
+    def _set_correction(self, lambdas: Any, coefficients: Any, model_time_shift: Any) -> None:
+        """λ (one per solver call, finite; ``None``: the base solver) and an end-to-end
+        solver's history coefficients and model-time shift (:meth:`_history`)."""
+        solver_nfe = self.nfe - int(self.flow_start)
+        self.lambdas: Tensor | None = None
         if lambdas is not None:
             lam = torch.as_tensor(lambdas, dtype=torch.float64).flatten()
             if len(lam) != solver_nfe or not torch.isfinite(lam).all():
@@ -260,13 +278,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                     f"{solver_nfe} model calls; need {solver_nfe} finite λ, got {len(lam)}. "
                     "Re-export the solver file."
                 )
-            self.lambdas: Tensor | None = lam
-        else:
-            self.lambdas = None
+            self.lambdas = lam
         self.coefficients, self.model_time_shift = self._history(
             coefficients, model_time_shift, solver_nfe
         )
-        if family == "vp":
+
+    def _set_model_schedule(
+        self, alphas_cumprod: Any, prediction_type: str, timestep_mode: str, use_flow_sigmas: Any
+    ) -> None:
+        """The model's side: VP, its ᾱ table (:attr:`log_table`, log σ per timestep), what the
+        network predicts and how σ maps to its timestep; flow, velocity prediction (and
+        ``use_flow_sigmas`` in the config, which FLUX pipelines read)."""
+        if self.family == "vp":
             if alphas_cumprod is None or len(alphas_cumprod) < 2:
                 raise ValueError(
                     "a VP DODEScheduler needs the model's ᾱ table (alphas_cumprod); pass "
@@ -292,6 +315,12 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             if not use_flow_sigmas:
                 self.register_to_config(use_flow_sigmas=True)
         self.prediction_type = prediction_type
+
+    def _plan_calls(self) -> None:
+        """Where each model call runs, found by a dry run of the solver: :attr:`call_sigmas`
+        (σ on the solver's grid), :attr:`net_sigmas` (σ the network runs at: σ · exp(ξ) with a
+        model-time shift), the pipeline's :attr:`timesteps`, :attr:`sigmas` and ``order``, the σ
+        of the latents handed out (:attr:`latent_sigmas`) and :attr:`init_noise_sigma`."""
         start = [math.inf] * int(self.flow_start)
         #: σ of every model call on the solver's grid (what it integrates on) and the σ the
         #: network is called at (σ · exp(ξ) with a model-time shift, else the same)
@@ -305,17 +334,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         #: σ_0 (the noise convention below), those step() hands out at σ_net
         self.latent_sigmas = self.call_sigmas[:1] + self.net_sigmas[1:]
         s0 = float(self.grid[0])
-        if family == "vp":
+        if self.family == "vp":
             self.init_noise_sigma = s0 / math.sqrt(1 + s0 * s0)
         else:  # t_0 (1 from t = 1)
             self.init_noise_sigma = 1.0 if self.flow_start else s0 / (1 + s0)
-        # the conversion guard (see beta_schedule): registered as given, never as a default
+
+    def _guard_conversion(self, beta_schedule: str | None) -> None:
+        """Register ``beta_schedule`` as :data:`NOT_CONVERTIBLE` (see the class's Args), as a
+        value given, never as a default."""
         if beta_schedule != NOT_CONVERTIBLE:
             self.register_to_config(beta_schedule=NOT_CONVERTIBLE)
         defaults = [k for k in self.config.get("_use_default_values", []) if k != "beta_schedule"]
         self.register_to_config(_use_default_values=defaults)
-        self._checked_nets: weakref.WeakSet = weakref.WeakSet()
-        self._reset()
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -703,7 +733,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
         recorded = model.get("weights_hash")
         if model.get("class") in _PIXEL_CLASSES and recorded:
-            from ..files.solver_file import weights_hash
+            from ..files.weights import weights_hash
 
             holder = torch.nn.Module()
             holder.unet = net  # the fitted denoiser's state dict: the network under "unet."
@@ -836,6 +866,21 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             ``SchedulerOutput(prev_sample)``: the latents for the next model call, or the
             final sample after the last call.
         """
+        self._check_step(model_output, timestep, sample, eta)
+        if self._k == 0:
+            self._begin(sample)
+            if self.flow_start:
+                prev = self._exact_flow_start(model_output, sample).to(sample.dtype)
+                return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+        self._receive(model_output)
+        prev = self._advance().to(sample.dtype)
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev_sample=prev)
+
+    def _check_step(self, model_output: Tensor, timestep: Any, sample: Tensor, eta: float) -> None:
+        """A call is left, ``eta`` is 0, the output has the latents' shape, the batch is the
+        run's and ``timestep`` is this call's."""
         k = self._k
         if k >= self.nfe:
             raise ValueError(
@@ -856,66 +901,71 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 "mid-run. Call set_timesteps() and start again with the new batch."
             )
         self._check_timestep(timestep, k, sample.shape[0])
+
+    def _begin(self, sample: Tensor) -> None:
+        """The first call: the run's shape and dtype, and (except for a flow grid from t = 1,
+        see :meth:`_exact_flow_start`) dode's initial state ``noise · σ_0`` from the
+        pipeline's first latents (``noise = latents / init_noise_sigma``, as ``dode.sample``)."""
+        if self._first_rescale() is not None and not self._first_scaled:
+            xi = math.log(self.net_sigmas[0] / self.call_sigmas[0])
+            raise ValueError(
+                f"this solver file's first model call runs the network at a shifted σ "
+                f"(model-time shift ξ_0 = {xi:.4g}), but the pipeline gave the network its "
+                "first latents without scheduler.scale_model_input(), so that call cannot "
+                "be applied (DDPMPipeline, DDIMPipeline, SD3 and FLUX pipelines do not call "
+                "it). Use a pipeline or loop that calls scale_model_input (Stable "
+                "Diffusion, SDXL), a flow grid from t = 1 (its first call is exact), or a "
+                "solver fitted without a model-time shift."
+            )
+        self._shape = sample.shape
+        self._dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        if not self.flow_start:
+            self._x_init = self.dode_noise(sample.to(self._dtype)) * float(self.grid[0])
+            self._x_cur = self._x_init
+
+    def _exact_flow_start(self, model_output: Tensor, sample: Tensor) -> Tensor:
+        """A flow grid from t = 1: the first call is ``flow_start``'s exact step (x̂0 = latents
+        − v(latents, 1), then the noise), uncorrected; returns the latents of the next call."""
+        latents = sample.to(self._dtype)
+        x0 = latents - model_output.to(self._dtype)
+        if not torch.isfinite(x0).all():
+            raise ValueError(
+                "the model returned non-finite values at t = 1; check the model weights and dtype."
+            )
+        s1 = float(self.solver_grid[0])
+        self._x_init = (latents + x0 / s1) * s1
+        self._x_cur = self._x_init
+        self._k += 1
+        return self._x_init * self._scale(self.net_sigmas[1], self._x_init)
+
+    def _receive(self, model_output: Tensor) -> None:
+        """This call's output, read at σ_net as the denoisers do when the core calls
+        ``D(x, σ_net)``, converted to what the solver consumes and kept raw (the correction runs
+        in the replay)."""
+        k = self._k
         sigma = self.net_sigmas[k]  # where the network ran (σ_k · exp(ξ_k), else σ_k)
-        if k == 0:
-            if self._first_rescale() is not None and not self._first_scaled:
-                xi = math.log(self.net_sigmas[0] / self.call_sigmas[0])
-                raise ValueError(
-                    f"this solver file's first model call runs the network at a shifted σ "
-                    f"(model-time shift ξ_0 = {xi:.4g}), but the pipeline gave the network its "
-                    "first latents without scheduler.scale_model_input(), so that call cannot "
-                    "be applied (DDPMPipeline, DDIMPipeline, SD3 and FLUX pipelines do not call "
-                    "it). Use a pipeline or loop that calls scale_model_input (Stable "
-                    "Diffusion, SDXL), a flow grid from t = 1 (its first call is exact), or a "
-                    "solver fitted without a model-time shift."
-                )
-            self._shape = sample.shape
-            dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
-            self._dtype = dtype
-            if self.flow_start:  # flow_start: x̂0 = latents − v(latents, 1), then noise
-                latents = sample.to(dtype)
-                x0 = latents - model_output.to(dtype)
-                if not torch.isfinite(x0).all():
-                    raise ValueError(
-                        "the model returned non-finite values at t = 1; check the model "
-                        "weights and dtype."
-                    )
-                s1 = float(self.solver_grid[0])
-                self._x_init = (latents + x0 / s1) * s1
-                self._x_cur = self._x_init
-                self._k += 1
-                scale = self._scale(self.net_sigmas[1], self._x_init)
-                prev = (self._x_init * scale).to(sample.dtype)
-                return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
-            # dode.sample's start, noise · σ_0, with noise = latents / init_noise_sigma
-            self._x_init = self.dode_noise(sample.to(dtype)) * float(self.grid[0])
-            x = self._x_init
-        else:
-            x = self._x_cur
-        # read the output at σ_net, as the denoisers do when the core calls D(x, σ_net)
-        o = self._consumed(model_output, x, sigma)
+        o = self._consumed(model_output, self._x_cur, sigma)
         if not torch.isfinite(o).all():
             raise ValueError(
                 f"the model returned non-finite values at call {k} (σ = {sigma:.6g}); check the "
                 "model weights and dtype."
             )
-        self._outs.append(o)  # raw: the correction runs in the replay
+        self._outs.append(o)
         self._k += 1
+
+    def _advance(self) -> Tensor:
+        """Replay the solver to its next model call: the latents for that call (at σ_net), or
+        the final sample after the last one."""
         x_next, sigma_next = self._replay()
         if sigma_next is None:
             s_last = float(self.grid[-1])
-            prev = x_next if s_last == 0 else x_next * self._scale(s_last, x_next)
             self._outs = []
-        else:
-            # the replay stops where the correction calls the model: at σ_net
-            if sigma_next != self.net_sigmas[self._k]:  # pragma: no cover - contract guard
-                raise RuntimeError("the solver's replay diverged from its call schedule.")
-            self._x_cur = x_next
-            prev = x_next * self._scale(sigma_next, x_next)
-        prev = prev.to(sample.dtype)
-        if not return_dict:
-            return (prev,)
-        return SchedulerOutput(prev_sample=prev)
+            return x_next if s_last == 0 else x_next * self._scale(s_last, x_next)
+        # the replay stops where the correction calls the model: at σ_net
+        if sigma_next != self.net_sigmas[self._k]:  # pragma: no cover - contract guard
+            raise RuntimeError("the solver's replay diverged from its call schedule.")
+        self._x_cur = x_next
+        return x_next * self._scale(sigma_next, x_next)
 
     def _check_timestep(self, timestep: Any, k: int, batch: int) -> None:
         """``timestep`` must be call ``k``'s entry of :attr:`timesteps`: a number, a one-element

@@ -44,7 +44,7 @@ def _like_config(path: str) -> dict:
 def _check_target(path: Path) -> None:
     """Refuse to replace ``path`` unless it is absent or a file this export writes (a
     ``DODEScheduler`` config written by an earlier export)."""
-    from ..files.solver_file import check_replaceable
+    from ..files.writes import check_replaceable
 
     check_replaceable(path, "--out file")
     if not path.exists():
@@ -80,7 +80,7 @@ def export(solver_file: str, out: str, like: str | None = None, base: bool = Fal
     sched = DODEScheduler.from_solver_file(
         solver_file, like=_like_config(like) if like else None, dode=not base
     )
-    from ..files.solver_file import atomic_write, ensure_writable
+    from ..files.writes import atomic_write, ensure_writable
 
     ensure_writable(out_path, "--out", "pass a folder you can write to")
     try:

@@ -33,7 +33,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..files.solver_file import FittedSolver, acquire_lock, ensure_writable, release_lock
+from ..files.solver_file import FittedSolver
+from ..files.writes import acquire_lock, ensure_writable, release_lock
 from ..tracking import wandb_mode as resolve_wandb_mode
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
@@ -308,7 +309,7 @@ def _foreign_files(run_dir: Path) -> list[str]:
 def _check_solver_file(module: DODEModule, solver_file: Path, resume: bool) -> None:
     """Refuse to replace a solver file this run did not write: any existing file on a fresh
     fit, and on a resume one fitted for another problem (solver, grid or model)."""
-    from ..files.solver_file import check_replaceable
+    from ..files.writes import check_replaceable
 
     check_replaceable(solver_file, "solver_file")
     if not solver_file.exists():

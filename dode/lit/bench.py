@@ -1,6 +1,6 @@
 """The wall time of ``python -m dode.train`` against a direct ``dode.fit_lambdas`` call on the
-same work, and where the time goes (:func:`bench`; command line: ``python -m dode.lit.bench``,
-implemented in :mod:`dode.cli.bench`).
+same work, and where the time goes (:func:`bench`; command line: ``python -m dode.bench``,
+:mod:`dode.cli.bench`).
 
 Both run in fresh processes on the same problem (``configs/tiny.yaml``: the exact GMM digits
 model, DDIM at 4 NFE, teacher 10×, the same fit seeds and batch size), alternately, each
@@ -146,9 +146,3 @@ def bench(
         ),
     }
     return out
-
-
-if __name__ == "__main__":
-    from dode.cli.bench import main
-
-    main()

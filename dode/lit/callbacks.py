@@ -47,7 +47,7 @@ def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
 def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    from ..files.solver_file import atomic_write
+    from ..files.writes import atomic_write
 
     try:
         atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))

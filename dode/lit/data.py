@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..conditioning import SeedConditioning
 from ..files.cache import cache_root
-from ..files.solver_file import atomic_write
+from ..files.writes import atomic_write
 from ..noise import noise_from_seeds, shard_seeds
 from ..signals import stop_if_terminated
 from .specs import DataSpec

@@ -36,7 +36,8 @@ from ..conditioning import SeedConditioning
 from ..correction import DODECorrection, model_fn
 from ..denoisers import check_guidance
 from ..denoisers.loading import load_denoiser, resolve_dtype
-from ..files.solver_file import FittedSolver, model_schedule, weights_hash
+from ..files.solver_file import FittedSolver, model_schedule
+from ..files.weights import weights_hash
 from ..grids.schedules import grid_for_model, refine_space
 from ..lambda_fit import FitInfo, at_sigma, teacher_states
 from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
