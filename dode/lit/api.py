@@ -494,29 +494,25 @@ def _run_fit(
     module.timings["wandb_start_s"] = time.perf_counter() - t_wandb
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    if module.fit_mode == "end-to-end":
-        fitted = module.mode_fit.run(module, datamodule, trainer, ckpt_path)  # EndToEndFit
-        scale = 1.0
-    else:
-        t_fit = time.perf_counter()
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        except SIGTERMException:
-            raise FitStopped(
-                "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
-                "teacher states computed so far stay in the cache, if one is on). Resume with the "
-                f"same run folder ({trainer.default_root_dir}) and ckpt_path='last' "
-                "(--ckpt_path last).",
-                exit_code=128 + 15,
-            ) from None
-        module.timings["fit_total_s"] = time.perf_counter() - t_fit
-        if trainer.interrupted:
-            raise FitStopped(
-                f"interrupted; no solver file was written. Resume with the same run folder "
-                f"({trainer.default_root_dir}) and ckpt_path='last'."
-            )
-        scale, metrics = _chosen_scale_and_metrics(trainer)
-        fitted = module.fitted_solver(metrics, scale=scale)
+    t_fit = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise FitStopped(
+            "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
+            "teacher states or references computed so far stay in the cache, if one is on). "
+            f"Resume with the same run folder ({trainer.default_root_dir}) and "
+            "ckpt_path='last' (--ckpt_path last).",
+            exit_code=128 + 15,
+        ) from None
+    module.timings["fit_total_s"] = time.perf_counter() - t_fit
+    if trainer.interrupted:
+        raise FitStopped(
+            f"interrupted; no solver file was written. Resume with the same run folder "
+            f"({trainer.default_root_dir}) and ckpt_path='last'."
+        )
+    scale, metrics = _chosen_scale_and_metrics(trainer)
+    fitted = module.fitted_solver(metrics, scale=scale)
     if not trainer.is_global_zero:
         return FitResult(fitted, None, scale)
     path = fitted.save(solver_file)
