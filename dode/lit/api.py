@@ -374,7 +374,10 @@ def _check_solver_file(module: DODEModule, solver_file: Path, resume: bool) -> N
             model = old.model or {}
             same = (
                 old.solver == module.solver.config()
-                and old.sigmas.tolist() == module.sigmas.tolist()
+                # an end-to-end fit learns its grid: the file's is not the config's
+                and (
+                    module.fit_mode == "end-to-end" or old.sigmas.tolist() == module.sigmas.tolist()
+                )
                 and model.get("id") == module.hparams.model
                 and model.get("weights_hash") == module.weights_hash
             )
@@ -430,6 +433,12 @@ def _prepare_run(
             lock = _acquire_lock(run_dir)
         ckpt = _resolve_checkpoint(module, run_dir, ckpt_path, fit_seeds)
         held = _holds_run(run_dir)
+        if ckpt is None and "solver.safetensors" in held and rank == 0:
+            raise ValueError(
+                f"run folder {str(run_dir)!r} already holds a run that finished "
+                f"({', '.join(held)}); pass another run folder, or delete it to start over "
+                "(--ckpt_path last resumes a fit that did not finish)."
+            )
         if ckpt is None and held and rank == 0:
             raise ValueError(
                 f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); resume "

@@ -627,6 +627,19 @@ class NoiseDataModule(pl.LightningDataModule):
             out.append(batch)
         return out
 
+    def selection_sample(self, num: int) -> dict:
+        """The first ``num`` selection seeds: ``seeds``, ``noise``, ``reference`` and ``cond``
+        (the end-to-end sample grid)."""
+        seeds = self.val_seeds[:num]
+        batch = {
+            "seeds": torch.tensor(seeds, dtype=torch.long),
+            "noise": noise_from_seeds(seeds, self.reference.sample_shape, self.reference.dtype),
+            "reference": self._select_refs[: len(seeds)],
+        }
+        if self.reference.condition is not None:
+            batch["cond"] = self.reference.condition(seeds)
+        return batch
+
     def train_dataloader(self) -> DataLoader:
         if self._plan is not None:
             return DataLoader(_FitStream(self), batch_size=None, shuffle=False)

@@ -100,7 +100,7 @@ def check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
     try:
         check_options({k: v for k, v in opts.items() if k not in OWN_SETTINGS})
     except ValueError as e:
-        raise ValueError(f"end_to_end.{e}") from None
+        raise ValueError(f"bad end_to_end setting: {e}") from None
     return opts
 
 
@@ -352,7 +352,7 @@ class EndToEndFit(ModeFit):
                           len(trainer.datamodule.val_seeds))  # fmt: skip
         v = float(err.mean())
         self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step)
-        module.log("val/select_mse", self.curve[-1][1], prog_bar=True, sync_dist=False)
+        module.log("val/select_mse", self.curve[-1][1], prog_bar=True, rank_zero_only=True)
 
     def on_train_epoch_end(self, module: DODEModule) -> None:
         # the last step when it does not end an epoch (steps not a multiple of eval_every)
