@@ -174,8 +174,9 @@ class EndToEndFit(ModeFit):
             )
         steps, every = s["steps"], s["eval_every"]
         acc = trainer.accumulate_grad_batches
-        # One Lightning epoch is eval_every Adam steps: validation at its end is the selection.
-        trainer.fit_loop.max_epochs = math.ceil(steps / every) if steps > 0 else 0
+        # One Lightning epoch is eval_every Adam steps: validation at its end is the selection;
+        # the run ends at `steps` Adam steps (an epoch count would not survive a resume).
+        trainer.fit_loop.max_epochs = -1 if steps > 0 else 0
         trainer.fit_loop.epoch_loop.max_steps = steps
         dev = trainer.strategy.root_device
         module.to(dev)
