@@ -152,11 +152,10 @@ class EndToEndFit(ModeFit):
         from ..grids.standard import select_grid, standard_grids
         from ..learned_solver import LearnedSolver, sigma_floor, warm_start_grid
         from ..sampling import sample
-        from .data import FitPlan, NoiseDataModule
 
         trainer = module.trainer
         dm = getattr(trainer, "datamodule", None)
-        if not isinstance(dm, NoiseDataModule):
+        if not callable(getattr(dm, "attach_references", None)):  # a NoiseDataModule
             raise ValueError(
                 "fit_mode end-to-end needs a NoiseDataModule (its fit_seeds fit, its val_seeds "
                 "select and accept); pass trainer.fit(module, datamodule=NoiseDataModule(...))."
@@ -188,8 +187,9 @@ class EndToEndFit(ModeFit):
         sel_refs = dm.references(dm.val_seeds, "val_seeds")
         eval_batch = s["select_batch_size"] or s["batch_size"]
         dm.serve_end_to_end(
-            fit_refs, sel_refs, FitPlan(s["batch_size"], s["seed"], every * acc, eval_batch)
-        )
+            fit_refs, sel_refs, batch_size=s["batch_size"], seed=s["seed"],
+            per_epoch=every * acc, select_batch_size=eval_batch,
+        )  # fmt: skip
         t_ref = time.perf_counter() - t0
         grid, label = module.sigmas, module.grid_record.get("schedule")
         if s["warm_start"] == "best_standard":
@@ -227,8 +227,6 @@ class EndToEndFit(ModeFit):
         """Per-seed selection MSE ``[N]`` of ``run(denoiser, noise)`` over the selection seeds
         (each rank its share, gathered; ``every_rank``: all seeds here). A batch whose
         sampling fails counts as ``inf``."""
-        from .data import gather_rows
-
         dm = module.trainer.datamodule
         pos, err = [], []
         for b in dm.selection_batches(every_rank):
@@ -239,7 +237,7 @@ class EndToEndFit(ModeFit):
             out = torch.empty(n, dtype=torch.float64)
             out[torch.cat(pos)] = torch.cat(err)
             return out
-        return gather_rows(module.trainer, torch.cat(err), torch.cat(pos).tolist(), n)
+        return dm.gather(torch.cat(err), torch.cat(pos).tolist(), n)
 
     def _batch_errors(self, module: DODEModule, run, batch: dict) -> Tensor:
         from ..learned_solver import selection_errors
@@ -342,15 +340,13 @@ class EndToEndFit(ModeFit):
         self._val.append((batch["positions"], err))
 
     def on_validation_epoch_end(self, module: DODEModule) -> None:
-        from .data import gather_rows
-
         val, self._val = self._val, []
         trainer = module.trainer
         if trainer.sanity_checking or self.stop != "steps" or not val:
             return
         pos = torch.cat([p for p, _ in val]).tolist()
-        err = gather_rows(trainer, torch.cat([e for _, e in val]), pos,
-                          len(trainer.datamodule.val_seeds))  # fmt: skip
+        dm = trainer.datamodule
+        err = dm.gather(torch.cat([e for _, e in val]), pos, len(dm.val_seeds))
         v = float(err.mean())
         self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step)
         module.log("val/select_mse", self.curve[-1][1], prog_bar=True, rank_zero_only=True)
