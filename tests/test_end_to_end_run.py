@@ -118,6 +118,13 @@ def test_sigterm_then_ckpt_path_last_gives_the_uninterrupted_solver_file(tmp_pat
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4 and ckpt["dode"]["mode"]["curve"][-1][0] == 4
     assert not any(k.startswith("denoiser.") for k in ckpt["state_dict"])
+    other = {**E2E, "end_to_end": {**E2E["end_to_end"], "lr": 0.03}}
+    with pytest.raises(ValueError, match=r"other end_to_end settings \(lr\)"):
+        dode.fit(**other, **QUIET, trainer=TRAINER, cache_dir=cache, run_dir=run,
+                 ckpt_path="last")  # fmt: skip
+    with pytest.raises(ValueError, match="other val_seeds"):
+        dode.fit(**{**E2E, "val_seeds": "100-130"}, **QUIET, trainer=TRAINER, cache_dir=cache,
+                 run_dir=run, ckpt_path="last")  # fmt: skip
     resumed = dode.fit(**E2E, **QUIET, trainer=TRAINER, cache_dir=cache, run_dir=run,
                        ckpt_path="last")  # fmt: skip
     on_disk = FittedSolver.load(run / "solver.safetensors")

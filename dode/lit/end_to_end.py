@@ -128,6 +128,7 @@ class EndToEndFit(ModeFit):
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = dict(options)
         self.settings = end_to_end_settings(options)
+        self._val_seeds: list[int] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -161,6 +162,7 @@ class EndToEndFit(ModeFit):
                 "select and accept); pass trainer.fit(module, datamodule=NoiseDataModule(...))."
             )
         self._reset()
+        self._val_seeds = list(dm.val_seeds)
         s = self.settings
         world = trainer.world_size
         n_fit, n_sel = len(dm.fit_seeds), len(dm.val_seeds)
@@ -371,11 +373,14 @@ class EndToEndFit(ModeFit):
             "curve": list(self.curve),
             "losses": list(self.losses),
             "stop": self.stop,
+            "val_seeds": None if self._val_seeds is None else _digest(self._val_seeds),
             "settings": {k: v for k, v in self.settings.items() if k != "objective"}
             | {"objective": _name(self.settings["objective"])},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def check_state(self, state: dict[str, Any], val_seeds: list[int] | None = None) -> None:
+        """``ValueError`` unless checkpoint entry ``state`` was written with these settings
+        (and, where given, these selection seeds)."""
         mine = self.state_dict()["settings"]
         theirs = state.get("settings", {})
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -384,6 +389,14 @@ class EndToEndFit(ModeFit):
                 f"the checkpoint's end-to-end fit has other end_to_end settings ({', '.join(diff)}"
                 "); resume with the same settings, or start a new run folder."
             )
+        if val_seeds is not None and state.get("val_seeds") not in (None, _digest(val_seeds)):
+            raise ValueError(
+                "the checkpoint's end-to-end fit selected on other val_seeds; resume with the "
+                "same --data.val_seeds, or start a new run folder."
+            )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state, self._val_seeds)
         self.best_value, self.best_step = state["best_value"], state["best_step"]
         self.best_params = dict(state["best_params"])
         self.since, self.stop = state["since"], state["stop"]
@@ -494,6 +507,13 @@ class EndToEndFit(ModeFit):
             **{f"time/{k}": v for k, v in module.timings.items()},
         }
         return replace(fitted, model=module.model_record(), metrics=metrics)
+
+
+def _digest(seeds: list[int]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([int(x) for x in seeds]).encode()).hexdigest()[:24]
 
 
 def _name(objective) -> str:
