@@ -201,8 +201,12 @@ def test_references_are_cached_and_a_damaged_entry_is_recomputed(tmp_path, capsy
 
 
 def test_accumulation_logging_and_plots(tmp_path):
+    """Gradient accumulation runs; the loss, learning rates and selection MSE are logged per
+    step / validation, and the learned solver's plot and the sample grid reach W&B."""
+    from test_train_cli import _wandb_history_keys
+
     kw = dict(**E2E, trainer={**TRAINER, "accumulate_grad_batches": 2}, cache_dir=None,
-              samples={"num_samples": 4}, wandb_mode="disabled")  # fmt: skip
+              samples={"num_samples": 4}, wandb_mode="offline")  # fmt: skip
     kw["end_to_end"] = {**kw["end_to_end"], "steps": 4}
     fitted = dode.fit(**kw, run_dir=tmp_path / "run")
     rec = _record(fitted)
@@ -213,3 +217,7 @@ def test_accumulation_logging_and_plots(tmp_path):
         assert key in header, header
     assert (tmp_path / "run" / "end_to_end.png").is_file()
     assert (tmp_path / "run" / "samples.png").is_file()
+    keys = _wandb_history_keys(tmp_path / "run")
+    for key in ("train/loss", "lr/grid", "e2e/select_mse", "val/select_mse",
+                "end_to_end/filenames", "samples/filenames"):  # fmt: skip
+        assert key in keys, sorted(keys)
