@@ -221,3 +221,17 @@ def test_accumulation_logging_and_plots(tmp_path):
     for key in ("train/loss", "lr/grid", "e2e/select_mse", "val/select_mse",
                 "end_to_end/filenames", "samples/filenames"):  # fmt: skip
         assert key in keys, sorted(keys)
+
+
+def test_too_few_seeds_per_process_is_refused_before_the_run_folder(tmp_path):
+    from dode.lit import DODEModule, NoiseDataModule
+    from dode.lit.api import run_fit
+
+    module = DODEModule(model="gmm-digits", solver="ddim", nfe=3, fit_mode="end-to-end",
+                        end_to_end={"steps": 2, "batch_size": 1, "reference_nfe": 10})  # fmt: skip
+    data = NoiseDataModule("0-7", "100-107", cache_dir=None)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                         default_root_dir=str(tmp_path / "run"))  # fmt: skip
+    with pytest.raises(ValueError, match="over 2 processes needs at least 2 seeds"):
+        run_fit(module, data, trainer, solver_file=tmp_path / "run" / "solver.safetensors")
+    assert not (tmp_path / "run").exists()

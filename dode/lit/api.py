@@ -482,6 +482,9 @@ def run_fit(
     """
     # Check the conditioning against the model before anything starts (one clear error).
     module.use_conditioning(datamodule.conditioning)
+    check_run = getattr(module.mode_fit, "check_run", None)  # end-to-end: seeds per process
+    if check_run is not None:
+        check_run(list(datamodule.fit_seeds), list(datamodule.val_seeds), trainer.world_size)
     ckpt_path, lock = _prepare_run(
         module,
         Path(trainer.default_root_dir),

@@ -164,15 +164,7 @@ class EndToEndFit(ModeFit):
         self._reset()
         self._val_seeds = list(dm.val_seeds)
         s = self.settings
-        world = trainer.world_size
-        n_fit, n_sel = len(dm.fit_seeds), len(dm.val_seeds)
-        global_batch = s["batch_size"] or n_fit
-        if global_batch < world or n_sel < world:
-            raise ValueError(
-                f"fit_mode end-to-end over {world} processes needs at least {world} seeds in "
-                f"every mini-batch (end_to_end.batch_size is {s['batch_size']}, fit seeds "
-                f"{n_fit}) and in val_seeds ({n_sel}); use fewer devices or more seeds."
-            )
+        self.check_run(dm.fit_seeds, dm.val_seeds, trainer.world_size)
         steps, every = s["steps"], s["eval_every"]
         acc = trainer.accumulate_grad_batches
         # One Lightning epoch is eval_every Adam steps: validation at its end is the selection;
@@ -216,6 +208,18 @@ class EndToEndFit(ModeFit):
         if not module.learned.fitted_names():
             trainer.fit_loop.max_epochs = 0
         module.timings.update(reference_s=t_ref, warm_start_s=time.perf_counter() - t0 - t_ref)
+
+    def check_run(self, fit_seeds: list[int], val_seeds: list[int], world_size: int) -> None:
+        """``ValueError`` unless every process gets seeds of every mini-batch and of the
+        selection (checked at start-up, before the run folder is touched)."""
+        n_fit, n_sel = len(fit_seeds), len(val_seeds)
+        size = self.settings["batch_size"]
+        if (size or n_fit) < world_size or n_sel < world_size:
+            raise ValueError(
+                f"fit_mode end-to-end over {world_size} processes needs at least {world_size} "
+                f"seeds in every mini-batch (end_to_end.batch_size is {size}, fit seeds "
+                f"{n_fit}) and in val_seeds ({n_sel}); use fewer devices or more seeds."
+            )
 
     def optimizers(self, module: DODEModule):
         s = self.settings
