@@ -150,7 +150,6 @@ class EndToEndFit(ModeFit):
     def setup(self, module: DODEModule, stage: str) -> None:
         if stage != "fit":
             return
-        from ..grids.standard import select_grid, standard_grids
         from ..learned_solver import LearnedSolver, sigma_floor, warm_start_grid
         from ..sampling import sample
 
@@ -187,27 +186,69 @@ class EndToEndFit(ModeFit):
         t_ref = time.perf_counter() - t0
         grid, label = module.sigmas, module.grid_record.get("schedule")
         if s["warm_start"] == "best_standard":
-            noise = noise_from_seeds(dm.val_seeds, module.sample_shape, module.integration_dtype,
-                                     dev)  # fmt: skip
-            choice = select_grid(
-                module.bound(module.condition(dm.val_seeds)), module.solver, module.num_calls,
-                noise, grids=standard_grids(module.denoiser), reference=sel_refs.to(dev),
-                batch_size=eval_batch,
-            )  # fmt: skip
-            grid, label = choice.sigmas, choice.spec.label
+            grid, label = self._warm_start(module, sel_refs, eval_batch)
         grid = warm_start_grid(module.solver, grid)
         module.learned = LearnedSolver(
             module.solver, grid, sigma_floor=sigma_floor(module.denoiser, grid),
             learn_grid=s["learn_grid"], coefficients=s["coefficients"],
             time_shift=s["time_shift"],
         ).to(dev)  # fmt: skip
-        self.warm = {"warm_start": s["warm_start"], "warm_start_grid": label,
-                     "reference_nfe": s["reference_nfe"]}  # fmt: skip
+        self.warm.update(warm_start=s["warm_start"], warm_start_grid=label,
+                         reference_nfe=s["reference_nfe"])  # fmt: skip
         self.base_errors = self._errors(module, lambda d, z: sample(d, module.solver, z, grid))
         self.best_params = module.learned.snapshot()
         if not module.learned.fitted_names():
             trainer.fit_loop.max_epochs = 0
         module.timings.update(reference_s=t_ref, warm_start_s=time.perf_counter() - t0 - t_ref)
+
+    def _warm_start(
+        self, module: DODEModule, refs: Tensor, batch_size: int | None
+    ) -> tuple[Tensor, str]:
+        """The best standard cell of the module's solver and NFE on the selection seeds
+        (:func:`~dode.grids.standard.select_grid`'s choice: the lowest MSE to the reference;
+        ties to the first), each rank sampling its share, the per-seed errors gathered."""
+        from ..evaluation.metrics import per_seed_mse
+        from ..grids.standard import select_grid, standard_grids
+
+        trainer, dm = module.trainer, module.trainer.datamodule
+        rank, world, n = trainer.global_rank, trainer.world_size, len(dm.val_seeds)
+        pos = list(range(rank, n, world))
+        seeds = [dm.val_seeds[i] for i in pos]
+        dev = module.device
+        noise = noise_from_seeds(seeds, module.sample_shape, module.integration_dtype, dev)
+        ref = refs[pos].to(dev, torch.float64)
+        grids = standard_grids(module.denoiser)
+        labels = [g.label or f"grid{i}" for i, g in enumerate(grids)]
+        got: list[Tensor] = []
+
+        def score(x: Tensor) -> float:  # this rank's per-seed errors, kept in order
+            got.append(per_seed_mse(x.double(), ref).cpu())
+            return 0.0
+
+        try:
+            choice = select_grid(
+                module.bound(module.condition(seeds)), module.solver, module.num_calls, noise,
+                grids=grids, score=score, batch_size=batch_size,
+            )  # fmt: skip
+            failed = set(choice.errors)
+        except ValueError:  # no candidate runs on this rank's seeds
+            failed, got = set(labels), []
+        scored = iter(got)
+        cols = [
+            torch.full((len(pos),), math.inf, dtype=torch.float64)
+            if label in failed
+            else next(scored)
+            for label in labels
+        ]
+        means = dm.gather(torch.stack(cols, 1), pos, n).mean(0)
+        best = int(torch.argmin(means))  # the first of equal minima
+        if not math.isfinite(float(means[best])):
+            raise ValueError(
+                f"no standard grid works for {module.solver.describe()} at NFE "
+                f"{module.num_calls} on the selection seeds; set end_to_end.warm_start config."
+            )
+        self.warm["warm_start_scores"] = {k: float(v) for k, v in zip(labels, means)}
+        return grids[best].build(module.solver.steps_for_nfe(module.num_calls)), labels[best]
 
     def check_run(self, fit_seeds: list[int], val_seeds: list[int], world_size: int) -> None:
         """``ValueError`` unless every process gets seeds of every mini-batch and of the
