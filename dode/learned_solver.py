@@ -14,6 +14,13 @@ distance of the final sample to a converged reference from the same noise, on fi
 * the **model-time shift** (``time_shift``): call k feeds the network ``σ_k · exp(ξ_k)``
   while the solver integrates with σ_k.
 
+Both are bounded by the one definition every host checks (:mod:`dode.correction`): the
+coefficients (λ included) are ``C·tanh(raw/C)`` with ``C = COEFFICIENT_BOUND``; the shift is
+``ξ_k = u_k·hi_k`` (``u_k > 0``) or ``−u_k·lo_k`` with ``u_k ∈ [−1, 1]`` and ``[lo_k, hi_k]``
+from :func:`~dode.correction.shift_bounds` on the *current* grid (at most half the smallest
+adjacent step in log σ, never above σ_0, never below the model's σ_min), so a call's model time
+stays between its neighbours whatever the optimiser does.
+
 Everything starts at zero, so the first iterate is exactly the given cell. The iterate kept is
 the one with the smallest MSE on separate selection seeds (early stopping), and it is accepted
 only if it improves the selection seeds' MSE over the given cell, through the very sampling
@@ -38,7 +45,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .correction import DODECorrection, model_fn
+from .correction import (
+    COEFFICIENT_BOUND,
+    SHIFT_FRACTION,
+    DODECorrection,
+    bounded_coefficients,
+    bounded_shift,
+    call_sigmas,
+    model_fn,
+    shift_bounds,
+)
 from .denoisers import Denoiser
 from .evaluation.metrics import bootstrap_means, check_clip, clipped, per_seed_mse
 from .files.solver_file import FittedSolver
@@ -270,14 +286,20 @@ def fit_end_to_end(
     if time_shift:
         params["shift"] = nn.Parameter(torch.zeros(k_calls, dtype=torch.float64))
 
+    def room(s: Tensor) -> tuple[Tensor, Tensor]:
+        """The shift's bounds on grid ``s`` (dode.correction.shift_bounds, floor σ_min)."""
+        return shift_bounds(call_sigmas(solver, s.detach()), s.detach(), floor=lo)
+
     def current(p: dict[str, Tensor]) -> dict[str, Any]:
-        """The solver the parameters ``p`` stand for: grid, λ, coefficients, shift."""
+        """The solver the parameters ``p`` stand for: grid, λ, coefficients, shift (the
+        coefficients ``C·tanh(raw/C)``, the shift inside its bounds on the current grid)."""
         s = grid_from_logits(p["logits"], sigma_max, floor) if "logits" in p else grid
-        lam = p.get("lambdas")
+        lam = bounded_coefficients(p["lambdas"]) if "lambdas" in p else None
         if lam is None and "coefficients" in p:
             lam = torch.zeros(k_calls, dtype=torch.float64)
-        coef = p["coefficients"] * mask if "coefficients" in p else None
-        return {"sigmas": s, "lambdas": lam, "coefficients": coef, "shift": p.get("shift")}
+        coef = bounded_coefficients(p["coefficients"]) * mask if "coefficients" in p else None
+        xi = bounded_shift(p["shift"], *room(s)) if "shift" in p else None
+        return {"sigmas": s, "lambdas": lam, "coefficients": coef, "shift": xi}
 
     def run(p: dict[str, Tensor], den: Denoiser, z: Tensor) -> Tensor:
         """The final sample of ``den`` from noise ``z`` (differentiable in ``p``)."""
@@ -367,6 +389,14 @@ def fit_end_to_end(
                     if prm.grad is not None:
                         prm.grad.nan_to_num_(0.0, 0.0, 0.0)
                 opt.step()
+                if "shift" in params:  # u in [-1, 1], 0 on a side without room
+                    with torch.no_grad():
+                        s_now = current(params)["sigmas"]
+                        b_lo, b_hi = room(s_now)
+                        u = params["shift"]
+                        u.clamp_(-1.0, 1.0)
+                        u.copy_(torch.where(b_hi > 0, u, u.clamp(max=0.0)))
+                        u.copy_(torch.where(b_lo < 0, u, u.clamp(min=0.0)))
     with torch.no_grad():
         c = current(best[1])
         fitted = FittedSolver(
@@ -419,6 +449,8 @@ def fit_end_to_end(
         "lr_coefficients": lr_coefficients,
         "lr_shift": lr_shift,
         "weight_decay": weight_decay,
+        "coefficient_bound": COEFFICIENT_BOUND,
+        "shift_fraction": SHIFT_FRACTION,
         "batch_size": batch_size,
         "select_batch_size": eval_batch,
         "seed": seed,

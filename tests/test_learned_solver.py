@@ -83,6 +83,7 @@ def test_history_coefficients_follow_the_formula_on_raw_outputs(name, opts):
     g = torch.Generator().manual_seed(1)
     full = torch.tril(torch.randn(k, k, dtype=torch.float64, generator=g) * 0.1, diagonal=-1)
     xi = torch.randn(k, dtype=torch.float64, generator=g) * 0.05
+    xi[0], xi[-1] = -xi[0].abs(), xi[-1].abs()  # inside [σ_min, σ_max]: the model's range
     lam = torch.cat([torch.zeros(1, dtype=torch.float64), torch.diagonal(full, -1)])
     hist: list[torch.Tensor] = []
     fn = model_fn(den, solver.consumes)
