@@ -61,13 +61,14 @@ from .files.solver_file import FittedSolver
 from .grids.learned import grid_from_logits, logits_from_grid
 from .grids.schedules import explicit
 from .grids.standard import model_sigma_range
+from .objectives import default_objective
 from .sampling import _check_batch, _check_denoiser, sample
 from .solvers import Solver, get_solver
 
 __all__ = ["COEFFICIENTS", "OBJECTIVES", "fit_end_to_end", "history_mask", "paired_improvement"]
 
 COEFFICIENTS = ("none", "lambda", "history")
-OBJECTIVES = ("l2", "l1")
+OBJECTIVES = ("default", "l2", "l1")
 
 
 def history_mask(num_calls: int) -> Tensor:
@@ -130,17 +131,36 @@ def _rows(denoiser: Denoiser, index) -> Denoiser:
 
 
 def _per_seed_mse(
-    run, denoiser, noise: Tensor, ref: Tensor, batch_size: int | None, clip=None
+    run, denoiser, noise: Tensor, ref: Tensor, batch_size: int | None, clip=None, keep=None
 ) -> Tensor:
     """Per-seed MSE ``[B]`` (float64) of ``run(denoiser_rows, noise_chunk)`` to ``ref``, both
-    clamped to ``clip`` where given, over batches of ``batch_size`` seeds (default: one)."""
+    clamped to ``clip`` where given, over batches of ``batch_size`` seeds (default: one);
+    the samples are appended to the list ``keep`` where given."""
     step = batch_size or noise.shape[0]
     out = []
     for i in range(0, noise.shape[0], step):
         j = min(i + step, noise.shape[0])
         den = denoiser if (i, j) == (0, noise.shape[0]) else _rows(denoiser, slice(i, j))
-        out.append(per_seed_mse(run(den, noise[i:j]), ref[i:j], clip))
+        x = run(den, noise[i:j])
+        if keep is not None:
+            keep.append(x)
+        out.append(per_seed_mse(x, ref[i:j], clip))
     return torch.cat(out)
+
+
+def _quality_limit(watch, x: Tensor, ref: Tensor, level: float, seed: int) -> tuple[float, float]:
+    """The warm-start cell's quality ``watch(x, ref)`` on the selection seeds and the upper end
+    of its bootstrap interval at ``level`` (seeds resampled, paired; the percentile shifted by
+    the bootstrap's bias, as the judge's FD interval): what an iterate may not exceed."""
+    point = float(watch(x, ref))
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    boots = np.array([watch(x, ref, rng.integers(0, n, n)) for _ in range(100)])
+    boots = boots[np.isfinite(boots)]
+    if not boots.size:
+        return point, point
+    hi = float(np.quantile(boots, level)) - (float(boots.mean()) - point)
+    return point, max(point, hi)
 
 
 def fit_end_to_end(
@@ -161,7 +181,10 @@ def fit_end_to_end(
     coefficients: str = "history",
     time_shift: bool = True,
     weight_decay: float = 0.0,
-    objective: str | Callable[[Tensor, Tensor], Tensor] = "l2",
+    objective: str | Callable[[Tensor, Tensor], Tensor] = "default",
+    features: Callable[[Tensor], Tensor] | None = None,
+    quality_level: float | None = 0.95,
+    shift_fraction: float = SHIFT_FRACTION,
     eval_every: int = 2,
     patience: int | None = None,
     batch_size: int | None = None,
@@ -194,10 +217,23 @@ def fit_end_to_end(
         coefficients: ``"none"``, ``"lambda"`` or ``"history"`` (see the module docstring).
         time_shift: fit the per-call model-time shift.
         weight_decay: L2 penalty (Adam's ``weight_decay``) on the coefficients and the shift.
-        objective: the fit's distance to the reference: ``"l2"`` (MSE), ``"l1"``, or a
-            callable ``(samples, reference) -> scalar loss`` on the batch (both float64, clamped
-            to ``clip``; e.g. MSE plus a feature distance; its name goes in the record).
-            Selection and acceptance always use the MSE.
+        objective: the fit's distance to the reference: ``"default"``
+            (:func:`dode.objectives.default_objective`: L2 plus the batch-statistics terms
+            that keep the samples as sharp as the reference's, with ``features``' Fréchet
+            distance where given), ``"l2"`` (MSE), ``"l1"``, or a callable ``(samples,
+            reference) -> scalar loss`` on the batch (both float64, clamped to ``clip``; a
+            :class:`dode.objectives.Objective`; its name goes in the record). Selection and
+            acceptance use the MSE, and the objective's ``quality`` where it has one.
+        features: the feature-network hook of the default objective, ``fn(samples) -> [B, F]``
+            differentiable in the samples (:func:`dode.digits.classifier.feature_hook` for the
+            digits models; for images a perceptual network of your own).
+        quality_level: with an objective that has a ``quality(samples, reference)``
+            (:class:`dode.objectives.Objective`), an iterate is kept (early stopping) and the
+            fit accepted only if its quality on the selection seeds does not exceed the
+            warm-start cell's by more than the upper end of that cell's bootstrap interval at
+            this level; ``None``: the MSE alone decides.
+        shift_fraction: the shift's bound as a fraction of the smallest adjacent log-σ step
+            (at most :data:`dode.correction.SHIFT_FRACTION`, the bound every host checks).
         eval_every: evaluate the selection MSE every this many steps (and at the end).
         patience: stop after this many evaluations without a better selection MSE
             (``None``: run all ``steps``).
@@ -234,6 +270,21 @@ def fit_end_to_end(
             f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)} or a callable "
             "(samples, reference) -> scalar loss."
         )
+    if features is not None and objective != "default":
+        raise ValueError(
+            "features= is the default objective's feature network; with another objective "
+            "pass it to that objective (dode.objectives.Objective(features=...))."
+        )
+    if objective == "default":
+        objective = default_objective(features)
+    if not (isinstance(shift_fraction, (int, float)) and 0 < shift_fraction <= SHIFT_FRACTION):
+        raise ValueError(
+            f"shift_fraction must be in (0, {SHIFT_FRACTION:g}] (the bound hosts check), got "
+            f"{shift_fraction!r}; time_shift=False fits no shift."
+        )
+    if quality_level is not None and not (0.5 <= float(quality_level) < 1):
+        raise ValueError(f"quality_level must be None or in [0.5, 1), got {quality_level!r}.")
+    watch = getattr(objective, "quality", None) if quality_level is not None else None
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}.")
     if not isinstance(eval_every, int) or eval_every < 1:
@@ -288,7 +339,8 @@ def fit_end_to_end(
 
     def room(s: Tensor) -> tuple[Tensor, Tensor]:
         """The shift's bounds on grid ``s`` (dode.correction.shift_bounds, floor σ_min)."""
-        return shift_bounds(call_sigmas(solver, s.detach()), s.detach(), floor=lo)
+        g = s.detach()
+        return shift_bounds(call_sigmas(solver, g), g, floor=lo, fraction=shift_fraction)
 
     def current(p: dict[str, Tensor]) -> dict[str, Any]:
         """The solver the parameters ``p`` stand for: grid, λ, coefficients, shift (the
@@ -312,27 +364,39 @@ def fit_end_to_end(
         sig = list(s.unbind()) if s.requires_grad else s.tolist()
         return solver.solve(corr, z * sigma_max, sig, None)
 
+    sel_ref = clipped(select_reference, clip)
+
+    def quality(xs: list[Tensor]) -> float:
+        return float(watch(clipped(torch.cat(xs), clip), sel_ref)) if watch else 0.0
+
     @torch.no_grad()
-    def select_mse(p: dict[str, Tensor]) -> float:
-        return float(
-            _per_seed_mse(
-                lambda d, z: run(p, d, z), sel_den, select_noise, select_reference,
-                eval_batch, clip,
-            ).mean()
+    def select_mse(p: dict[str, Tensor]) -> tuple[float, float]:
+        xs: list[Tensor] = []
+        v = _per_seed_mse(
+            lambda d, z: run(p, d, z), sel_den, select_noise, select_reference,
+            eval_batch, clip, xs,
         )  # fmt: skip
+        return float(v.mean()), quality(xs)
 
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in params.items()}
 
     # the warm-start cell through the public sampling path
     with torch.no_grad():
+        base_x: list[Tensor] = []
         base_per_seed = _per_seed_mse(
             lambda d, z: sample(d, solver, z, grid), sel_den, select_noise, select_reference,
-            eval_batch, clip,
+            eval_batch, clip, base_x,
         )  # fmt: skip
+        q_base, q_limit = (
+            _quality_limit(watch, clipped(torch.cat(base_x), clip), sel_ref, quality_level, seed)
+            if watch
+            else (0.0, math.inf)
+        )
     base_select = float(base_per_seed.mean())
     losses: list[float] = []
     curve: list[tuple[int, float]] = []
+    qcurve: list[tuple[int, float]] = []
     best = (math.inf, snapshot(), 0)  # (selection MSE, parameters, step)
     stop = "steps"
     if params and steps > 0:
@@ -355,11 +419,12 @@ def fit_end_to_end(
             for step in range(steps + 1):
                 if step % eval_every == 0 or step == steps:
                     try:
-                        v = select_mse(params)
+                        v, q = select_mse(params)
                     except ValueError:
-                        v = math.inf
+                        v, q = math.inf, math.inf
                     curve.append((step, v))
-                    if v < best[0]:
+                    qcurve.append((step, q))
+                    if v < best[0] and q <= q_limit:
                         best, since = (v, snapshot(), step), 0
                     else:
                         since += 1
@@ -412,19 +477,21 @@ def fit_end_to_end(
             model=_model_record(denoiser),
         )
         try:
+            fit_x: list[Tensor] = []
             fit_per_seed = _per_seed_mse(
                 lambda d, z: fitted.sample(d, z), sel_den, select_noise, select_reference,
-                eval_batch, clip,
+                eval_batch, clip, fit_x,
             )  # fmt: skip
             fit_select = float(fit_per_seed.mean())
+            q_fit = quality(fit_x)
             change, bound = paired_improvement(
                 base_per_seed, fit_per_seed, level=accept_level or 0.95, seed=seed
             )
         except ValueError:
-            fit_select, change, bound = math.inf, math.inf, math.inf
+            fit_select, change, bound, q_fit = math.inf, math.inf, math.inf, math.inf
     fit_select = fit_select if math.isfinite(fit_select) else math.inf
     # the start is the given cell (its grid up to rounding in the logits): never "accept" it
-    accepted = best[2] > 0 and fit_select < base_select
+    accepted = best[2] > 0 and fit_select < base_select and q_fit <= q_limit
     if accept_level is not None:
         accepted = accepted and bound < 0
     record: dict[str, Any] = {
@@ -441,6 +508,11 @@ def fit_end_to_end(
         "coefficients": coefficients,
         "time_shift": bool(time_shift),
         "objective": _objective_name(objective),
+        "quality_level": quality_level if watch else None,
+        "select_quality_base": q_base if watch else None,
+        "select_quality_limit": q_limit if watch else None,
+        "select_quality_fitted": q_fit if watch else None,
+        "quality_curve": qcurve if watch else [],
         "steps": steps,
         "steps_run": len(losses),
         "best_step": best[2],
@@ -450,7 +522,7 @@ def fit_end_to_end(
         "lr_shift": lr_shift,
         "weight_decay": weight_decay,
         "coefficient_bound": COEFFICIENT_BOUND,
-        "shift_fraction": SHIFT_FRACTION,
+        "shift_fraction": shift_fraction,
         "batch_size": batch_size,
         "select_batch_size": eval_batch,
         "seed": seed,
