@@ -48,7 +48,7 @@ __all__ = [
 
 #: the default weights of the added terms, relative to L2 (chosen on the digits DDPM's selection
 #: seeds, see experiments/digits_fidelity.py's ablation); ``fd`` applies only with features.
-DEFAULT_WEIGHTS = {"spectrum": 0.01, "moments": 1.0, "fd": 0.001}
+DEFAULT_WEIGHTS = {"spectrum": 0.1, "moments": 1.0, "fd": 1e-4}
 
 
 def _images(x: Tensor) -> Tensor:

@@ -72,7 +72,7 @@ def test_objective_weights_terms_and_hook():
     assert set(terms) == {"l2", "spectrum", "moments", "fd"}
     total = obj(x, ref)
     want = terms["l2"] + 0.1 * terms["spectrum"] + terms["moments"] + 0.01 * terms["fd"]
-    assert float(total) == pytest.approx(float(want))
+    assert float(total.detach()) == pytest.approx(float(want.detach()))
     total.backward()
     assert torch.isfinite(x.grad).all()
     assert obj.__name__ == "l2+0.1*spectrum+1*moments+0.01*fd"

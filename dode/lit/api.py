@@ -374,7 +374,10 @@ def _check_solver_file(module: DODEModule, solver_file: Path, resume: bool) -> N
             model = old.model or {}
             same = (
                 old.solver == module.solver.config()
-                and old.sigmas.tolist() == module.sigmas.tolist()
+                # an end-to-end fit learns its grid: the file's is not the config's
+                and (
+                    module.fit_mode == "end-to-end" or old.sigmas.tolist() == module.sigmas.tolist()
+                )
                 and model.get("id") == module.hparams.model
                 and model.get("weights_hash") == module.weights_hash
             )
@@ -430,6 +433,12 @@ def _prepare_run(
             lock = _acquire_lock(run_dir)
         ckpt = _resolve_checkpoint(module, run_dir, ckpt_path, fit_seeds)
         held = _holds_run(run_dir)
+        if ckpt is None and "solver.safetensors" in held and rank == 0:
+            raise ValueError(
+                f"run folder {str(run_dir)!r} already holds a run that finished "
+                f"({', '.join(held)}); pass another run folder, or delete it to start over "
+                "(--ckpt_path last resumes a fit that did not finish)."
+            )
         if ckpt is None and held and rank == 0:
             raise ValueError(
                 f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); resume "
@@ -494,29 +503,25 @@ def _run_fit(
     module.timings["wandb_start_s"] = time.perf_counter() - t_wandb
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    if module.fit_mode == "end-to-end":
-        fitted = module.mode_fit.run(module, datamodule, trainer, ckpt_path)  # EndToEndFit
-        scale = 1.0
-    else:
-        t_fit = time.perf_counter()
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        except SIGTERMException:
-            raise FitStopped(
-                "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
-                "teacher states computed so far stay in the cache, if one is on). Resume with the "
-                f"same run folder ({trainer.default_root_dir}) and ckpt_path='last' "
-                "(--ckpt_path last).",
-                exit_code=128 + 15,
-            ) from None
-        module.timings["fit_total_s"] = time.perf_counter() - t_fit
-        if trainer.interrupted:
-            raise FitStopped(
-                f"interrupted; no solver file was written. Resume with the same run folder "
-                f"({trainer.default_root_dir}) and ckpt_path='last'."
-            )
-        scale, metrics = _chosen_scale_and_metrics(trainer)
-        fitted = module.fitted_solver(metrics, scale=scale)
+    t_fit = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise FitStopped(
+            "stopped by SIGTERM; no solver file was written and nothing is half-written (the "
+            "teacher states or references computed so far stay in the cache, if one is on). "
+            f"Resume with the same run folder ({trainer.default_root_dir}) and "
+            "ckpt_path='last' (--ckpt_path last).",
+            exit_code=128 + 15,
+        ) from None
+    module.timings["fit_total_s"] = time.perf_counter() - t_fit
+    if trainer.interrupted:
+        raise FitStopped(
+            f"interrupted; no solver file was written. Resume with the same run folder "
+            f"({trainer.default_root_dir}) and ckpt_path='last'."
+        )
+    scale, metrics = _chosen_scale_and_metrics(trainer)
+    fitted = module.fitted_solver(metrics, scale=scale)
     if not trainer.is_global_zero:
         return FitResult(fitted, None, scale)
     path = fitted.save(solver_file)

@@ -1,5 +1,10 @@
 """Callbacks of ``python -m dode.train``: sample grid, λ plot, Fréchet distance.
 
+For ``fit_mode: end-to-end`` the λ plot is the learned solver's (σ per step, warm start vs now;
+λ and shift per call; the history coefficients), drawn after every selection and at the end,
+and the sample grid's rows are the warm-start cell, the kept iterate and the converged
+reference.
+
 All three run at the end of the fit, write a PNG into the run folder and log to every logger
 that takes images (Weights & Biases); numbers go to every logger and into the fitted-solver
 file's metrics.
@@ -77,6 +82,8 @@ class SampleGridCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not self.num_samples or not trainer.is_global_zero:
             return
+        if getattr(pl_module, "learned", None) is not None:
+            return self._end_to_end(trainer, pl_module)
         dm = trainer.datamodule
         batch = dm.states_for(dm.val_seeds[: self.num_samples])
         cond = batch.get("cond")
@@ -93,20 +100,49 @@ class SampleGridCallback(pl.Callback):
             trainer, "samples", image, f"rows: base, D-ODE, teacher ({pl_module.num_calls} NFE)"
         )
 
+    @torch.no_grad()
+    def _end_to_end(self, trainer: pl.Trainer, pl_module) -> None:
+        from ..sampling import sample
+
+        dm, mode = trainer.datamodule, pl_module.mode_fit
+        batch = dm.selection_sample(self.num_samples)
+        dev = pl_module.device
+        den = pl_module.bound(batch.get("cond"))
+        z = batch["noise"].to(dev)
+        learned = pl_module.learned
+        kept = learned.solver_file(mode.best_params)
+        rows = [
+            sample(den, learned.solver, z, learned.init_sigmas),
+            kept.sample(den, z),
+            batch["reference"].to(dev),
+        ]
+        rows = [pl_module.decoded(x) for x in rows]
+        if rows[0].ndim == 4:
+            image = _grid([to_uint8_images(t.cpu()) for t in rows], self.scale)
+        else:
+            image = _scatter(rows, ("warm start", "end-to-end", "reference"))
+        self.path = _run_dir(trainer) / "samples.png"
+        _save_png(self.path, image)
+        _log_image(
+            trainer, "samples", image,
+            f"rows: warm start, end-to-end (step {mode.best_step}), reference "
+            f"({pl_module.num_calls} NFE)",
+        )  # fmt: skip
+
 
 def _figure_to_array(fig) -> np.ndarray:
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def _scatter(rows: list[Tensor]) -> np.ndarray:
+def _scatter(rows: list[Tensor], names=("base", "D-ODE", "teacher")) -> np.ndarray:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    for x, name in zip(rows, ("base", "D-ODE", "teacher")):
+    for x, name in zip(rows, names):
         f = x.detach().cpu().double().reshape(len(x), -1)
         ax.scatter(f[:, 0], f[:, 1 if f.shape[1] > 1 else 0], s=8, label=name)
     ax.legend()
@@ -127,9 +163,15 @@ class LambdaPlotCallback(pl.Callback):
         self.enabled = enabled
         self.path: Path | None = None
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if getattr(pl_module, "learned", None) is not None and not trainer.sanity_checking:
+            self.on_train_end(trainer, pl_module)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not self.enabled or not trainer.is_global_zero:
             return
+        if getattr(pl_module, "learned", None) is not None:
+            return self._end_to_end(trainer, pl_module)
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -161,6 +203,53 @@ class LambdaPlotCallback(pl.Callback):
         self.path = _run_dir(trainer) / "lambdas.png"
         _save_png(self.path, image)
         _log_image(trainer, "lambdas", image, "λ per model call; MSE to the teacher per state")
+
+    def _end_to_end(self, trainer: pl.Trainer, pl_module) -> None:
+        """The learned solver now: σ per step (warm start vs now), λ and the model-time shift
+        per call, the history coefficients; ``end_to_end.png``, logged as ``end_to_end``."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        learned = pl_module.learned
+        with torch.no_grad():
+            now = {k: None if v is None else v.detach().cpu().double().numpy()
+                   for k, v in learned.current().items()}  # fmt: skip
+        warm = learned.init_sigmas.numpy()
+        coef = now["coefficients"]
+        fig, axes = plt.subplots(1, 3 if coef is not None else 2, dpi=100,
+                                 figsize=(13 if coef is not None else 9, 3.2))  # fmt: skip
+        steps = np.arange(len(warm) - 1)
+        axes[0].semilogy(steps, warm[:-1], "s--", label="warm start")
+        axes[0].semilogy(steps, now["sigmas"][:-1], "o-", label="now")
+        axes[0].set_xlabel("step k")
+        axes[0].set_ylabel("σ_k")
+        axes[0].legend()
+        step = trainer.global_step
+        axes[0].set_title(f"{learned.solver.describe()}, NFE {learned.num_calls}, step {step}")
+        k = np.arange(learned.num_calls)
+        for name, label in (("lambdas", "λ_k"), ("shift", "shift ξ_k")):
+            if now[name] is not None:
+                axes[1].plot(k, now[name], "o-", label=label)
+        axes[1].axhline(0, color="grey", lw=0.5)
+        axes[1].set_xticks(k)
+        axes[1].set_xlabel("model call k")
+        axes[1].legend()
+        if coef is not None:
+            lim = float(np.abs(coef).max()) or 1.0
+            im = axes[2].imshow(coef, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            axes[2].set_xlabel("earlier call j")
+            axes[2].set_ylabel("call k")
+            axes[2].set_title("history coefficients c_kj")
+            fig.colorbar(im, ax=axes[2])
+        fig.tight_layout()
+        image = _figure_to_array(fig)
+        plt.close(fig)
+        self.path = _run_dir(trainer) / "end_to_end.png"
+        _save_png(self.path, image)
+        _log_image(trainer, "end_to_end", image,
+                   f"σ per step (warm start vs now), λ and shift, coefficients; step {step}")  # fmt: skip
 
 
 class _Features(nn.Module):

@@ -15,6 +15,13 @@
   dtypes, solver, σ grid, teacher factor/solver/refinement); each rank computes only the seeds
   it serves, files are written atomically, and later runs (any batch size, any world size)
   reuse them.
+* ``fit_mode: end-to-end``: the converged references (final samples) of the fit and selection
+  seeds come from a :class:`ReferenceSource` (:meth:`NoiseDataModule.attach_references`),
+  computed in batches of a set size, each rank its strided share, cached in the same
+  :class:`TeacherCache` under the reference problem's key and gathered so every rank holds them
+  (:meth:`NoiseDataModule.references`). The fit then streams mini-batches of fit seeds in the
+  fit's order (:func:`dode.learned_solver.minibatch_order`), each rank its share of every global
+  mini-batch, with their references; validation serves each rank's share of the selection seeds.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from .specs import DataSpec
 
 __all__ = [
     "NoiseDataModule",
+    "ReferenceSource",
+    "gather_rows",
     "TeacherCache",
     "TeacherSource",
     "problem_digest",
@@ -83,6 +92,68 @@ class TeacherSource:
     def key(self) -> str:
         """The cache key: 24 hex digits of :func:`problem_digest` of ``problem``."""
         return problem_digest(self.problem)[:24]
+
+
+@dataclass(frozen=True)
+class ReferenceSource:
+    """The converged references of an end-to-end fit (handed over with
+    :meth:`NoiseDataModule.attach_references`; :meth:`dode.lit.DODEModule.reference_source`
+    makes one).
+
+    Attributes:
+        problem: everything a reference depends on (model and weights, conditioning and
+            guidance, the reference's solver and NFE, sample shape): keys the cache.
+        sample_shape: the shape of one sample.
+        dtype: the integration dtype of noise and references.
+        compute: standard-normal noise ``[B, ...]`` (and, for a conditional problem, its
+            conditioning) → the final samples ``[B, ...]`` (CPU).
+        batch_size: seeds per reference batch (never all seeds at once).
+        description: how the references are made, for the log line.
+        condition: seeds → their conditioning, for a conditional problem.
+    """
+
+    problem: dict
+    sample_shape: tuple[int, ...]
+    dtype: torch.dtype
+    compute: Callable[..., Tensor]
+    batch_size: int = 64
+    description: str = "reference"
+    condition: Callable[[list[int]], Any] | None = None
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How the end-to-end fit draws its mini-batches: ``batch_size`` fit seeds per micro-batch
+    (``None``: all), in the order of :func:`dode.learned_solver.minibatch_order` from ``seed``;
+    ``per_epoch`` micro-batches per Lightning epoch; ``select_batch_size`` selection seeds per
+    validation batch."""
+
+    batch_size: int | None
+    seed: int
+    per_epoch: int
+    select_batch_size: int | None
+
+
+def gather_rows(trainer, rows: Tensor, positions: Sequence[int], total: int) -> Tensor:
+    """Every rank's ``rows`` (``[n_r, ...]``, at ``positions`` of a list of ``total``) placed
+    in order: ``[total, ...]`` on every rank (CPU). Ranks may hold different numbers of rows."""
+    rows = rows.detach().cpu()
+    world = trainer.world_size if trainer is not None else 1
+    out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype)
+    if world == 1:
+        out[list(positions)] = rows
+        return out
+    m = math.ceil(total / world)
+    pad = torch.zeros((m, *rows.shape[1:]), dtype=rows.dtype)
+    pad[: len(rows)] = rows
+    pos = torch.full((m,), -1, dtype=torch.long)
+    pos[: len(rows)] = torch.as_tensor(list(positions), dtype=torch.long)
+    dev = trainer.strategy.root_device
+    every = trainer.strategy.all_gather(pad.to(dev)).cpu().reshape(world * m, *rows.shape[1:])
+    where = trainer.strategy.all_gather(pos.to(dev)).cpu().reshape(-1)
+    keep = where >= 0
+    out[where[keep]] = every[keep]
+    return out
 
 
 def default_cache_dir() -> Path:
@@ -338,6 +409,12 @@ class NoiseDataModule(pl.LightningDataModule):
         self._cache: TeacherCache | None = None
         self.teacher: TeacherSource | None = None
         self.served: dict[str, list[int]] = {}
+        self.reference: ReferenceSource | None = None
+        self._fit_refs: Tensor | None = None
+        self._select_refs: Tensor | None = None
+        self._plan: FitPlan | None = None
+        self._order: list[Tensor] = []
+        self._order_iter = None
 
     @classmethod
     def from_spec(cls, spec: DataSpec) -> NoiseDataModule:
@@ -437,8 +514,155 @@ class NoiseDataModule(pl.LightningDataModule):
 
             raise SIGTERMException(128 + 15)
 
+    # ---- end-to-end: references and mini-batches ------------------------------------------
+    def attach_references(self, source: ReferenceSource) -> None:
+        """Serve an end-to-end fit whose references come from ``source`` (its module attaches
+        it at setup, :meth:`dode.lit.DODEModule.reference_source`)."""
+        if not isinstance(source, ReferenceSource):
+            raise ValueError(
+                f"NoiseDataModule.attach_references takes a ReferenceSource, got "
+                f"{type(source).__name__}."
+            )
+        self.reference = source
+        self._fit_refs = self._select_refs = None
+
+    def references(self, seeds: Sequence[int], what: str = "seeds") -> Tensor:
+        """The converged references of ``seeds`` ``[N, ...]`` (CPU, in order) on every rank.
+
+        Each rank takes its strided share, in batches of the source's ``batch_size``: cached
+        entries are read (a damaged one is recomputed), the missing ones computed and written;
+        the shares are then gathered."""
+        src = self.reference
+        if src is None:
+            raise ValueError(
+                "NoiseDataModule has no reference source: fit it with a DODEModule of fit_mode "
+                "end-to-end (which attaches its own at setup)."
+            )
+        seeds = [int(s) for s in seeds]
+        rank, world = self._rank()
+        mine = list(range(rank, len(seeds), world))
+        cache = TeacherCache(self.cache_dir, src.problem)
+        todo = sum(1 for i in mine if seeds[i] not in cache.index)
+        if todo:
+            where = cache.dir if cache.dir is not None else "memory only"
+            rank_zero_info(
+                f"dode: references for {todo} {what} on rank {rank} ({src.description}, "
+                f"batches of {src.batch_size}; cache: {where})"
+            )
+        chunks = [mine[i : i + src.batch_size] for i in range(0, len(mine), src.batch_size)]
+        show = todo > 0 and rank == 0 and len(chunks) > 1
+        rows: list[Tensor] = []
+        for chunk in tqdm(chunks, desc=f"references ({what})", disable=not show):
+            self._stop_if_terminated()
+            part = [seeds[i] for i in chunk]
+            have = cache.get(part)
+            missing = [s for s in part if s not in have]
+            if missing:
+                noise = noise_from_seeds(missing, src.sample_shape, src.dtype)
+                if src.condition is None:
+                    new = src.compute(noise)
+                else:
+                    new = src.compute(noise, src.condition(missing))
+                new = new.detach().cpu()
+                cache.put(missing, new)
+                have.update(zip(missing, new))
+            rows.extend(have[s].to(src.dtype) for s in part)
+        local = torch.stack(rows) if rows else torch.zeros((0, *src.sample_shape), dtype=src.dtype)
+        return gather_rows(self.trainer, local, mine, len(seeds))
+
+    def serve_end_to_end(self, fit_refs: Tensor, select_refs: Tensor, plan: FitPlan) -> None:
+        """Stream the fit's mini-batches and the selection batches with these references."""
+        self._fit_refs, self._select_refs, self._plan = fit_refs, select_refs, plan
+        self._order, self._order_iter = [], None
+
+    def minibatch(self, m: int) -> Tensor:
+        """The fit seeds' indices of the ``m``-th global micro-batch (the fit's order)."""
+        from ..learned_solver import minibatch_order
+
+        if self._order_iter is None:
+            self._order_iter = minibatch_order(len(self.fit_seeds), self._plan.batch_size,
+                                               self._plan.seed)  # fmt: skip
+        while len(self._order) <= m:
+            self._order.append(next(self._order_iter))
+        return self._order[m]
+
+    def fit_batch(self, m: int) -> dict:
+        """This rank's share of the ``m``-th global micro-batch: ``seeds``, ``noise``,
+        ``reference``, ``global_size`` (seeds in the global micro-batch) and ``cond``."""
+        rank, world = self._rank()
+        idx = self.minibatch(m)
+        share = idx[rank::world]
+        seeds = [self.fit_seeds[int(i)] for i in share]
+        batch = {
+            "seeds": torch.tensor(seeds, dtype=torch.long),
+            "noise": noise_from_seeds(seeds, self.reference.sample_shape, self.reference.dtype),
+            "reference": self._fit_refs[share],
+            "global_size": len(idx),
+        }
+        if self.reference.condition is not None:
+            batch["cond"] = self.reference.condition(seeds)
+        return batch
+
+    def selection_batches(self, every_rank: bool = False) -> list[dict]:
+        """This rank's share of the selection seeds (``every_rank``: all of them) in batches
+        of the plan's ``select_batch_size``: ``seeds``, ``positions`` (in ``val_seeds``),
+        ``noise``, ``reference`` and ``cond``."""
+        rank, world = (0, 1) if every_rank else self._rank()
+        mine = list(range(rank, len(self.val_seeds), world))
+        size = self._plan.select_batch_size or len(mine) or 1
+        out = []
+        for i in range(0, len(mine), size):
+            pos = mine[i : i + size]
+            seeds = [self.val_seeds[j] for j in pos]
+            batch = {
+                "seeds": torch.tensor(seeds, dtype=torch.long),
+                "positions": torch.tensor(pos, dtype=torch.long),
+                "noise": noise_from_seeds(
+                    seeds, self.reference.sample_shape, self.reference.dtype
+                ),  # fmt: skip
+                "reference": self._select_refs[pos],
+            }
+            if self.reference.condition is not None:
+                batch["cond"] = self.reference.condition(seeds)
+            out.append(batch)
+        return out
+
+    def selection_sample(self, num: int) -> dict:
+        """The first ``num`` selection seeds: ``seeds``, ``noise``, ``reference`` and ``cond``
+        (the end-to-end sample grid)."""
+        seeds = self.val_seeds[:num]
+        batch = {
+            "seeds": torch.tensor(seeds, dtype=torch.long),
+            "noise": noise_from_seeds(seeds, self.reference.sample_shape, self.reference.dtype),
+            "reference": self._select_refs[: len(seeds)],
+        }
+        if self.reference.condition is not None:
+            batch["cond"] = self.reference.condition(seeds)
+        return batch
+
     def train_dataloader(self) -> DataLoader:
+        if self._plan is not None:
+            return DataLoader(_FitStream(self), batch_size=None, shuffle=False)
         return self._loader(self.fit_seeds, "fit_seeds")
 
     def val_dataloader(self) -> DataLoader:
+        if self._plan is not None:
+            return DataLoader(_Batches(self.selection_batches()), batch_size=None, shuffle=False)
         return self._loader(self.val_seeds, "val_seeds")
+
+
+class _FitStream(Dataset):
+    """One Lightning epoch of the end-to-end fit: ``per_epoch`` micro-batches; item ``i`` of
+    epoch ``e`` is global micro-batch ``e · per_epoch + i`` (so a resumed run, at any epoch,
+    serves the same mini-batches as an uninterrupted one)."""
+
+    def __init__(self, data: NoiseDataModule) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data._plan.per_epoch
+
+    def __getitem__(self, i: int) -> dict:
+        trainer = self.data.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        return self.data.fit_batch(epoch * len(self) + i)

@@ -1,49 +1,85 @@
 """``fit_mode: end-to-end``: the grid, history coefficients and model-time shift fitted on the
-final sample by :func:`dode.learned_solver.fit_end_to_end`, for a :class:`~dode.lit.DODEModule`'s
-problem (model, solver, NFE, conditioning).
+final sample, as a Lightning training run of a :class:`~dode.lit.DODEModule`'s problem (model,
+solver, NFE, conditioning).
 
-It runs in one process on one device, in one go: no ``Trainer`` loop, no multi-GPU, no resume.
-The fit seeds fit; the data module's ``val_seeds`` select the warm-start cell and accept or
-reject the result.
+The pieces are :mod:`dode.learned_solver`'s (the same as :func:`~dode.learned_solver.
+fit_end_to_end`'s plain loop): the parameters live in a :class:`~dode.learned_solver.
+LearnedSolver`, the module's ``learned`` submodule (in the checkpoint; the frozen network is
+not), and
+
+* **setup**: the converged references of the fit seeds and the selection seeds (the data
+  module's ``val_seeds``), in batches of ``reference_batch_size``, each rank its share, cached
+  on disk (:meth:`dode.lit.NoiseDataModule.references`); the warm-start cell (the best standard
+  cell on the selection seeds, or the config's schedule); the warm-start cell's per-seed
+  selection MSE;
+* **a training step**: one mini-batch of fit seeds (this rank's share of the global mini-batch,
+  in :func:`~dode.learned_solver.minibatch_order`'s order) through the whole trajectory and
+  :func:`~dode.learned_solver.fit_loss`; the loss is scaled by the rank's share so that DDP's
+  average of the gradients is the gradient of the global mini-batch's mean;
+* **validation** (every ``eval_every`` steps: one Lightning epoch; also at step 0 and at the
+  last step): the selection MSE, each rank its share of the selection seeds, the per-seed values
+  gathered; the iterate with the best selection MSE is kept (and checkpointed), ``patience``
+  stops the run;
+* **the end**: the paired-bootstrap acceptance (:func:`~dode.learned_solver.conclude`) of the
+  kept iterate against the warm-start cell; the solver file records it in
+  ``metrics["end_to_end"]``.
+
+Adam's state, the step, the kept iterate and the selection history are in the checkpoint, and
+the mini-batch order is a function of the step, so ``--ckpt_path last`` continues to the result
+of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
 
 from ..files.solver_file import FittedSolver
 from ..noise import noise_from_seeds
 from .fit_modes import ModeFit
 
 if TYPE_CHECKING:
-    import lightning.pytorch as pl
-
-    from .data import NoiseDataModule
     from .module import DODEModule
 
-__all__ = ["EndToEndFit", "check_end_to_end"]
+__all__ = ["EndToEndFit", "check_end_to_end", "end_to_end_settings"]
 
 #: ``end_to_end`` settings that are not keywords of :func:`dode.learned_solver.fit_end_to_end`.
-OWN_SETTINGS = {"warm_start": "best_standard", "reference_nfe": 100}
+OWN_SETTINGS = {"warm_start": "best_standard", "reference_nfe": 100, "reference_batch_size": 64}
+#: keywords of :func:`~dode.learned_solver.fit_end_to_end` that are not settings (data; the
+#: feature network, a Python callable; the quality watch, which this run does not have yet: its
+#: selection samples would have to be gathered over the ranks).
+_DATA_KEYWORDS = {"select_noise", "select_reference", "select_denoiser", "features",
+                  "quality_level"}  # fmt: skip
+
+
+def _fit_defaults() -> dict[str, Any]:
+    from ..learned_solver import fit_end_to_end
+
+    return {
+        p.name: p.default
+        for p in inspect.signature(fit_end_to_end).parameters.values()
+        if p.kind == p.KEYWORD_ONLY and p.name not in _DATA_KEYWORDS
+    }
 
 
 def check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``end_to_end`` settings, checked against :func:`fit_end_to_end`'s keywords.
+    """The ``end_to_end`` settings, checked: names against :func:`fit_end_to_end`'s keywords
+    and :data:`OWN_SETTINGS`, values by :func:`dode.learned_solver.check_options` (at start-up,
+    before any reference is computed).
 
     Raises:
-        ValueError: an unknown setting, a bad ``warm_start`` or ``reference_nfe``.
+        ValueError: an unknown setting or a bad value.
     """
-    from ..learned_solver import fit_end_to_end
+    from ..learned_solver import check_options
 
     opts = dict(options or {})
-    allowed = {
-        p.name
-        for p in inspect.signature(fit_end_to_end).parameters.values()
-        if p.kind == p.KEYWORD_ONLY
-    } - {"select_noise", "select_reference", "select_denoiser"}
+    allowed = set(_fit_defaults())
     bad = sorted(set(opts) - allowed - set(OWN_SETTINGS))
     if bad:
         raise ValueError(
@@ -56,40 +92,383 @@ def check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
             f"{opts['warm_start']!r}."
         )
     nfe = opts.get("reference_nfe", 100)
-    if not isinstance(nfe, int) or nfe < 10:
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 10:
         raise ValueError(f"end_to_end.reference_nfe must be an integer >= 10, got {nfe!r}.")
+    rb = opts.get("reference_batch_size", 64)
+    if not isinstance(rb, int) or isinstance(rb, bool) or rb < 1:
+        raise ValueError(
+            f"end_to_end.reference_batch_size must be a positive integer (seeds per reference "
+            f"batch), got {rb!r}."
+        )
+    try:
+        check_options({k: v for k, v in opts.items() if k not in OWN_SETTINGS})
+    except ValueError as e:
+        raise ValueError(f"bad end_to_end setting: {e}") from None
+    return opts
+
+
+def end_to_end_settings(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Every ``end_to_end`` setting: the defaults of :func:`fit_end_to_end` and
+    :data:`OWN_SETTINGS` with ``options`` (checked) over them."""
+    from ..learned_solver import check_options
+
+    opts = {**_fit_defaults(), **OWN_SETTINGS, **check_end_to_end(options)}
+    opts["clip"] = check_options({"clip": opts["clip"]})["clip"]
     return opts
 
 
 class EndToEndFit(ModeFit):
-    """The end-to-end fit of a module's problem, and its driver for ``dode.fit``.
+    """The end-to-end fit of a module's problem as a Lightning training run (see the module
+    docstring); :meth:`fit` runs :func:`dode.learned_solver.fit_end_to_end` in this process
+    instead (no Trainer).
 
     Args:
-        options: the checked ``end_to_end`` settings (:func:`check_end_to_end`).
+        options: the ``end_to_end`` settings (:func:`check_end_to_end`).
     """
+
+    owns_validation = True
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = dict(options)
+        self.settings = end_to_end_settings(options)
+        self._reset()
 
+    def _reset(self) -> None:
+        self.best_value = math.inf
+        self.best_params: dict[str, Tensor] | None = None
+        self.best_step = 0
+        self.since = 0
+        self.curve: list[tuple[int, float]] = []
+        self.losses: list[float] = []
+        self.stop = "steps"
+        self.base_errors: Tensor | None = None
+        self.warm: dict[str, Any] = {}
+        self.result: FittedSolver | None = None
+        self._micro: list[float] = []
+        self._val: list[tuple[Tensor, Tensor]] = []
+        self._t0 = time.perf_counter()
+
+    # ---- setup: references, warm start, parameters -------------------------------------------
     def setup(self, module: DODEModule, stage: str) -> None:
-        if stage == "fit":
-            raise ValueError(
-                "fit_mode end-to-end does not run in a Trainer loop; run it with dode.fit(...) "
-                "or python -m dode.train (dode.lit.api.run_fit), or "
-                "module.fit_end_to_end(fit_seeds, select_seeds)."
-            )
+        if stage != "fit":
+            return
+        from ..grids.standard import model_sigma_range, select_grid, standard_grids
+        from ..learned_solver import LearnedSolver, sigma_floor, warm_start_grid
+        from ..sampling import sample
+        from .data import FitPlan, NoiseDataModule
 
+        trainer = module.trainer
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, NoiseDataModule):
+            raise ValueError(
+                "fit_mode end-to-end needs a NoiseDataModule (its fit_seeds fit, its val_seeds "
+                "select and accept); pass trainer.fit(module, datamodule=NoiseDataModule(...))."
+            )
+        self._reset()
+        s = self.settings
+        world = trainer.world_size
+        n_fit, n_sel = len(dm.fit_seeds), len(dm.val_seeds)
+        global_batch = s["batch_size"] or n_fit
+        if global_batch < world or n_sel < world:
+            raise ValueError(
+                f"fit_mode end-to-end over {world} processes needs at least {world} seeds in "
+                f"every mini-batch (end_to_end.batch_size is {s['batch_size']}, fit seeds "
+                f"{n_fit}) and in val_seeds ({n_sel}); use fewer devices or more seeds."
+            )
+        steps, every = s["steps"], s["eval_every"]
+        acc = trainer.accumulate_grad_batches
+        # One Lightning epoch is eval_every Adam steps: validation at its end is the selection.
+        trainer.fit_loop.max_epochs = math.ceil(steps / every) if steps > 0 else 0
+        trainer.fit_loop.epoch_loop.max_steps = steps
+        dev = trainer.strategy.root_device
+        module.to(dev)
+        module.lambdas.requires_grad_(False)  # not this mode's parameter (DDP syncs the rest)
+        t0 = time.perf_counter()
+        dm.attach_references(module.reference_source(s["reference_nfe"],
+                                                     s["reference_batch_size"]))  # fmt: skip
+        fit_refs = dm.references(dm.fit_seeds, "fit_seeds")
+        sel_refs = dm.references(dm.val_seeds, "val_seeds")
+        eval_batch = s["select_batch_size"] or s["batch_size"]
+        dm.serve_end_to_end(
+            fit_refs, sel_refs, FitPlan(s["batch_size"], s["seed"], every * acc, eval_batch)
+        )
+        t_ref = time.perf_counter() - t0
+        grid, label = module.sigmas, module.grid_record.get("schedule")
+        if s["warm_start"] == "best_standard":
+            noise = noise_from_seeds(dm.val_seeds, module.sample_shape, module.integration_dtype,
+                                     dev)  # fmt: skip
+            choice = select_grid(
+                module.bound(module.condition(dm.val_seeds)), module.solver, module.num_calls,
+                noise, grids=standard_grids(module.denoiser), reference=sel_refs.to(dev),
+                batch_size=eval_batch,
+            )  # fmt: skip
+            grid, label = choice.sigmas, choice.spec.label
+        grid = warm_start_grid(module.solver, grid)
+        module.learned = LearnedSolver(
+            module.solver, grid, sigma_floor=sigma_floor(module.denoiser, grid),
+            learn_grid=s["learn_grid"], coefficients=s["coefficients"],
+            time_shift=s["time_shift"], shift_floor=model_sigma_range(module.denoiser)[0],
+            shift_fraction=s["shift_fraction"],
+        ).to(dev)  # fmt: skip
+        self.warm = {"warm_start": s["warm_start"], "warm_start_grid": label,
+                     "reference_nfe": s["reference_nfe"]}  # fmt: skip
+        self.base_errors = self._errors(module, lambda d, z: sample(d, module.solver, z, grid))
+        self.best_params = module.learned.snapshot()
+        if not module.learned.fitted_names():
+            trainer.fit_loop.max_epochs = 0
+        module.timings.update(reference_s=t_ref, warm_start_s=time.perf_counter() - t0 - t_ref)
+
+    def optimizers(self, module: DODEModule):
+        s = self.settings
+        groups = module.learned.param_groups(
+            s["lr"], s["lr_coefficients"], s["lr_shift"], s["weight_decay"]
+        )
+        return torch.optim.Adam(groups)
+
+    # ---- the selection MSE, shared out over the ranks -----------------------------------------
+    def _errors(self, module: DODEModule, run, every_rank: bool = False) -> Tensor:
+        """Per-seed selection MSE ``[N]`` of ``run(denoiser, noise)`` over the selection seeds
+        (each rank its share, gathered; ``every_rank``: all seeds here). A batch whose
+        sampling fails counts as ``inf``."""
+        from .data import gather_rows
+
+        dm = module.trainer.datamodule
+        pos, err = [], []
+        for b in dm.selection_batches(every_rank):
+            pos.append(b["positions"])
+            err.append(self._batch_errors(module, run, b))
+        n = len(dm.val_seeds)
+        if every_rank:
+            out = torch.empty(n, dtype=torch.float64)
+            out[torch.cat(pos)] = torch.cat(err)
+            return out
+        return gather_rows(module.trainer, torch.cat(err), torch.cat(pos).tolist(), n)
+
+    def _batch_errors(self, module: DODEModule, run, batch: dict) -> Tensor:
+        from ..learned_solver import selection_errors
+
+        dev = module.device
+        den = module.bound(batch.get("cond"))
+        z = batch["noise"].to(dev)
+        try:
+            return selection_errors(
+                run, den, z, batch["reference"].to(dev), None, self.settings["clip"]
+            ).cpu()
+        except ValueError:
+            return torch.full((len(z),), math.inf, dtype=torch.float64)
+
+    def _select(self, module: DODEModule, value: float, step: int) -> None:
+        """Record the selection MSE ``value`` of the iterate at ``step``: keep it if best,
+        stop after ``patience`` evaluations without a better one."""
+        self.curve.append((step, value))
+        if value < self.best_value:
+            self.best_value, self.best_step, self.since = value, step, 0
+            self.best_params = module.learned.snapshot()
+        else:
+            self.since += 1
+        patience = self.settings["patience"]
+        if patience is not None and self.since > patience:
+            self.stop = "patience"
+            module.trainer.should_stop = True
+        metrics = {"e2e/select_mse": value, "e2e/select_mse_best": self.best_value}
+        for lg in module.trainer.loggers:
+            lg.log_metrics(metrics, step=step)
+
+    def _evaluate(self, module: DODEModule, step: int) -> None:
+        v = float(self._errors(module, lambda d, z: module.learned(d, z)).mean())
+        self._select(module, v if math.isfinite(v) else math.inf, step)
+
+    # ---- the training loop ----------------------------------------------------------------------
+    def on_train_start(self, module: DODEModule) -> None:
+        if not self.curve and module.trainer.global_step == 0:
+            self._evaluate(module, 0)  # the start: the warm-start cell through the learned path
+
+    def training_step(self, module: DODEModule, batch: dict, batch_idx: int) -> Tensor | None:
+        from ..learned_solver import fit_loss
+
+        s, trainer = self.settings, module.trainer
+        if self.stop != "steps":
+            return None
+        module.learned.project_()  # the shift's u inside [-1, 1] after the last step
+        z = batch["noise"].to(module.device)
+        ref = batch["reference"].to(module.device, torch.float64)
+        share = len(z) / int(batch["global_size"])
+        try:
+            loss = fit_loss(module.learned(module.bound(batch.get("cond")), z), ref,
+                            s["objective"], s["clip"])  # fmt: skip
+            failed = 0.0
+        except ValueError:
+            loss, failed = None, 1.0
+        part = loss.detach() * share if loss is not None else torch.zeros((), dtype=torch.float64)
+        stats = torch.stack([part.to(torch.float64), torch.tensor(failed, dtype=torch.float64)])
+        if trainer.world_size > 1:
+            stats = trainer.strategy.reduce(stats.to(module.device), reduce_op="sum").cpu()
+        total, failed = float(stats[0]), float(stats[1])
+        if failed:
+            self.stop = "non-finite model output"
+        else:
+            self._micro.append(total)
+            if not math.isfinite(total):
+                self.stop = "non-finite loss"
+        if self.stop != "steps":
+            self._flush()
+            trainer.should_stop = True
+            return None
+        module.log("train/loss", total, prog_bar=True, batch_size=len(z))
+        # DDP averages the ranks' gradients: scaled by the share, their mean is the gradient of
+        # the global mini-batch's mean.
+        return loss * (share * trainer.world_size)
+
+    def _flush(self) -> None:
+        if self._micro:
+            self.losses.append(sum(self._micro) / len(self._micro))
+            self._micro = []
+
+    def on_before_optimizer_step(self, module: DODEModule, optimizer) -> None:
+        for p in module.learned.parameters():
+            if p.grad is not None:
+                p.grad.nan_to_num_(0.0, 0.0, 0.0)
+        self._flush()
+        names = ("grid", "coefficients", "shift")
+        present = [n for n, on in zip(names, self._groups(module)) if on]
+        module.log_dict({f"lr/{n}": g["lr"] for n, g in zip(present, optimizer.param_groups)})
+
+    @staticmethod
+    def _groups(module: DODEModule) -> tuple[bool, bool, bool]:
+        ls = module.learned
+        return (ls.logits is not None, ls.lambdas is not None or ls.coefficients is not None,
+                ls.shift is not None)  # fmt: skip
+
+    def validation_step(self, module: DODEModule, batch: dict, batch_idx: int) -> None:
+        if module.trainer.sanity_checking or self.stop != "steps":
+            return
+        err = self._batch_errors(module, lambda d, z: module.learned(d, z), batch)
+        self._val.append((batch["positions"], err))
+
+    def on_validation_epoch_end(self, module: DODEModule) -> None:
+        from .data import gather_rows
+
+        val, self._val = self._val, []
+        trainer = module.trainer
+        if trainer.sanity_checking or self.stop != "steps" or not val:
+            return
+        pos = torch.cat([p for p, _ in val]).tolist()
+        err = gather_rows(trainer, torch.cat([e for _, e in val]), pos,
+                          len(trainer.datamodule.val_seeds))  # fmt: skip
+        v = float(err.mean())
+        self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step)
+        module.log("val/select_mse", self.curve[-1][1], prog_bar=True, rank_zero_only=True)
+
+    def on_train_epoch_end(self, module: DODEModule) -> None:
+        # the last step when it does not end an epoch (steps not a multiple of eval_every)
+        step = module.trainer.global_step
+        if self.stop == "steps" and step >= self.settings["steps"] and self.curve[-1][0] != step:
+            self._evaluate(module, step)
+
+    def on_train_end(self, module: DODEModule) -> None:
+        self._flush()
+        self.result = self._conclude(module)
+
+    # ---- checkpoints: the kept iterate and the history ---------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "best_params": {k: v.cpu() for k, v in (self.best_params or {}).items()},
+            "since": self.since,
+            "curve": list(self.curve),
+            "losses": list(self.losses),
+            "stop": self.stop,
+            "settings": {k: v for k, v in self.settings.items() if k != "objective"}
+            | {"objective": _name(self.settings["objective"])},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.state_dict()["settings"]
+        theirs = state.get("settings", {})
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(
+                f"the checkpoint's end-to-end fit has other end_to_end settings ({', '.join(diff)}"
+                "); resume with the same settings, or start a new run folder."
+            )
+        self.best_value, self.best_step = state["best_value"], state["best_step"]
+        self.best_params = dict(state["best_params"])
+        self.since, self.stop = state["since"], state["stop"]
+        self.curve = [tuple(c) for c in state["curve"]]
+        self.losses = list(state["losses"])
+
+    # ---- the end: acceptance and the file ----------------------------------------------------
+    def _conclude(self, module: DODEModule, every_rank: bool = False) -> FittedSolver:
+        from ..learned_solver import conclude
+
+        s = self.settings
+        model = module.model_record()
+        candidate = module.learned.solver_file(self.best_params, model=model)
+        errs = self._errors(module, lambda d, z: candidate.sample(d, z), every_rank)
+        fit_errors = errs if torch.isfinite(errs).all() else None
+        dm = module.trainer.datamodule
+        record = {
+            "clip": None if s["clip"] is None else list(s["clip"]),
+            "objective": _name(s["objective"]),
+            "steps": s["steps"],
+            "steps_run": len(self.losses),
+            "stop": self.stop,
+            **{
+                k: s[k] for k in ("lr", "lr_coefficients", "lr_shift", "weight_decay", "batch_size")
+            },  # fmt: skip
+            "select_batch_size": s["select_batch_size"] or s["batch_size"],
+            "seed": s["seed"],
+            "num_fit_seeds": len(dm.fit_seeds),
+            "num_select_seeds": len(dm.val_seeds),
+            "losses": list(self.losses),
+            "select_curve": [list(c) for c in self.curve],
+            "reference_batch_size": s["reference_batch_size"],
+            "world_size": module.trainer.world_size,
+            "accumulate_grad_batches": module.trainer.accumulate_grad_batches,
+            **self.warm,
+        }
+        fitted = conclude(
+            module.learned, candidate, self.base_errors, fit_errors, best_step=self.best_step,
+            accept_level=s["accept_level"], seed=s["seed"], record=record, model=model,
+        )  # fmt: skip
+        fitted.metrics["end_to_end"]["seconds"] = time.perf_counter() - self._t0
+        return fitted
+
+    def solver_file(self, module: DODEModule, metrics: dict | None = None) -> FittedSolver:
+        """The fitted solver of the run (concluded at the end of training, or now, when the
+        run had nothing left to train: a resumed finished run, ``steps: 0``)."""
+        if self.result is None:
+            module.to(module.trainer.strategy.root_device)
+            self.result = self._conclude(module, every_rank=True)
+        fitted = self.result
+        record = fitted.metrics["end_to_end"]
+        module.grid_record = {"schedule": "end-to-end", "warm_start": self.warm.get(
+            "warm_start_grid")}  # fmt: skip
+        module.timings["end_to_end_s"] = record["seconds"]
+        out = {
+            "fit_mode": module.fit_mode,
+            "nfe": module.num_calls,
+            "end_to_end": record,
+            "grid": module.grid_record,
+            **{f"time/{k}": v for k, v in module.timings.items()},
+            **(metrics or {}),
+        }
+        return replace(fitted, model=module.model_record(), metrics=out)
+
+    # ---- without a Trainer -------------------------------------------------------------------
     def fit(
         self, module: DODEModule, fit_seeds: list[int], select_seeds: list[int]
     ) -> FittedSolver:
-        """References of both seed sets, the warm-start cell, then
-        :func:`dode.learned_solver.fit_end_to_end`; the fitted solver with the module's model
-        record. Runs on the module's device, in this process."""
+        """References of both seed sets (in batches of ``reference_batch_size``), the
+        warm-start cell, then :func:`dode.learned_solver.fit_end_to_end`, in this process on the
+        module's device; the fitted solver with the module's model record."""
         from ..grids.standard import reference_solution, select_grid, standard_grids
         from ..learned_solver import fit_end_to_end
 
         opts = {**OWN_SETTINGS, **self.options}
         warm, ref_nfe = opts.pop("warm_start"), opts.pop("reference_nfe")
+        ref_batch = opts.pop("reference_batch_size")
         t0 = time.perf_counter()
         dev = module.device
         dens, noise, refs = [], [], []
@@ -98,7 +477,7 @@ class EndToEndFit(ModeFit):
             den = module.bound(module.condition(seeds))
             dens.append(den)
             noise.append(z)
-            refs.append(reference_solution(den, z, nfe=ref_nfe))
+            refs.append(reference_solution(den, z, nfe=ref_nfe, batch_size=ref_batch))
         t_ref = time.perf_counter() - t0
         grid, label = module.sigmas, module.grid_record.get("schedule")
         if warm == "best_standard":
@@ -124,42 +503,6 @@ class EndToEndFit(ModeFit):
         }
         return replace(fitted, model=module.model_record(), metrics=metrics)
 
-    def run(
-        self,
-        module: DODEModule,
-        datamodule: NoiseDataModule,
-        trainer: pl.Trainer,
-        ckpt_path: str | None,
-    ) -> FittedSolver:
-        """:meth:`fit` on the data module's fit seeds (fit) and ``val_seeds`` (selection), on
-        the trainer's device (its loop, strategies and checkpoints are not used); its record
-        goes to the trainer's loggers.
 
-        Raises:
-            ValueError: a ``ckpt_path`` (nothing to resume) or more than one device.
-        """
-        if ckpt_path is not None:
-            raise ValueError(
-                "fit_mode end-to-end has no checkpoints to resume (it runs in one go); drop "
-                "ckpt_path, or start it again."
-            )
-        if trainer.world_size > 1:
-            raise ValueError(
-                "fit_mode end-to-end runs on one device; set trainer.devices 1 and num_nodes 1."
-            )
-        t0 = time.perf_counter()
-        module.to(trainer.strategy.root_device)
-        fitted = self.fit(module, datamodule.fit_seeds, datamodule.val_seeds)
-        module.timings["fit_total_s"] = time.perf_counter() - t0
-        rec = fitted.metrics["end_to_end"]
-        scalars = {
-            "e2e/accepted": float(rec["accepted"]),
-            "e2e/select_mse_base": rec["select_mse_base"],
-            "e2e/select_mse": rec["select_mse"],
-            "e2e/best_step": float(rec["best_step"]),
-            "e2e/seconds": rec["seconds"],
-        }
-        for lg in trainer.loggers:
-            lg.log_metrics(scalars, step=0)
-            lg.save()
-        return fitted
+def _name(objective) -> str:
+    return objective if isinstance(objective, str) else getattr(objective, "__name__", "custom")

@@ -46,9 +46,34 @@ class ModeFit:
     """
 
     automatic_optimization: bool = True
+    #: the mode validates itself (its hooks below) instead of the MSE to the teacher per state
+    owns_validation: bool = False
 
     def setup(self, module: DODEModule, stage: str) -> None:
         """After the data module is attached (``module.trainer`` is set)."""
+
+    def optimizers(self, module: DODEModule):
+        """The optimizer of this mode (``None``: Adam on λ with the module's ``lr``)."""
+        return None
+
+    def on_train_start(self, module: DODEModule) -> None:
+        """Before the first training batch (after a checkpoint is restored)."""
+
+    def on_before_optimizer_step(self, module: DODEModule, optimizer) -> None:
+        """After the backward pass (gradients synced), before the optimizer's step."""
+
+    def validation_step(self, module: DODEModule, batch: dict, batch_idx: int) -> None:
+        """One validation batch (modes that set ``owns_validation``)."""
+
+    def on_validation_epoch_end(self, module: DODEModule) -> None:
+        """After the validation batches (modes that set ``owns_validation``)."""
+
+    def state_dict(self) -> dict | None:
+        """What the mode keeps in the checkpoint besides the module's parameters."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s entry."""
 
     def on_train_epoch_start(self, module: DODEModule) -> None:
         """Before an epoch's first training batch."""

@@ -6,8 +6,8 @@ Lightning needs (hooks, logging, the optimizer, checkpoints) and hands each fit 
 a small class (:mod:`dode.lit.fit_modes`): ``lstsq`` (the paper's closed form, **epoch k fits
 λ_k**: :class:`~dode.lit.lstsq.LstsqFit`), ``sgd-local`` / ``sgd-global`` (Adam on the MSE to
 the teacher: :class:`~dode.lit.gradient.GradientFit`) and ``end-to-end`` (grid, history
-coefficients and model-time shift on the final sample, one process, no Trainer loop:
-:class:`~dode.lit.end_to_end.EndToEndFit`). Validation (MSE to the teacher per state) is
+coefficients and model-time shift on the final sample, a training run through the whole
+trajectory: :class:`~dode.lit.end_to_end.EndToEndFit`). Validation (MSE to the teacher per state) is
 :class:`~dode.lit.validation.TeacherMSE`.
 
 Conditional models (class-conditional UNets, Stable Diffusion): the data module's
@@ -17,7 +17,7 @@ validation; the guidance scale and the conditioning rule are part of the problem
 cache key, the checkpoint key and the fitted-solver file).
 
 The denoiser is never part of a checkpoint: ``state_dict`` holds only ``lambdas`` and
-``num_fitted``; the extra ``dode`` entry holds the fit record and a key of the problem, checked
+``num_fitted`` (and, for ``end-to-end``, the ``learned`` solver's parameters); the extra ``dode`` entry holds the fit record and a key of the problem, checked
 on resume.
 """
 
@@ -43,7 +43,7 @@ from ..lambda_fit import FitInfo, at_sigma, teacher_states
 from ..noise import format_seeds
 from ..solvers import Solver
 from ..version import __version__
-from .data import NoiseDataModule, TeacherSource, problem_digest
+from .data import NoiseDataModule, ReferenceSource, TeacherSource, problem_digest
 from .end_to_end import EndToEndFit
 from .fit_modes import FIT_MODES, FitMode, FitStopped, ModeFit
 from .gradient import GradientFit
@@ -110,9 +110,10 @@ class DODEModule(pl.LightningModule):
         fit_mode: ``lstsq`` (closed form, one epoch per model call), ``sgd-local`` or
             ``sgd-global`` (Adam; set ``trainer.max_epochs``), or ``end-to-end``: the grid,
             history coefficients and model-time shift fitted on the final sample by
-            :func:`dode.learned_solver.fit_end_to_end` (the fit seeds fit, ``val_seeds``
-            select and accept; see ``end_to_end``). It runs in this process on one device (no
-            ``Trainer`` loop, no multi-GPU, no resume: it takes seconds to minutes).
+            :mod:`dode.learned_solver`'s pieces (the fit seeds fit, ``val_seeds`` select and
+            accept; see ``end_to_end``), as a Lightning training run: one step is one
+            mini-batch through the whole trajectory; DDP, resume, gradient accumulation and
+            precision as in any run; ``trainer.max_epochs`` is set from ``steps``.
         lr: Adam learning rate for the sgd modes.
         dtype: integration dtype (noise, states, teacher).
         model_dtype: dtype of the network weights (default: ``dtype``).
@@ -127,7 +128,9 @@ class DODEModule(pl.LightningModule):
         end_to_end: ``fit_mode: end-to-end`` settings: ``warm_start`` (``best_standard``,
             default: the best of :func:`dode.grids.standard_grids` for this solver on the
             selection seeds; ``config``: the ``schedule`` above), ``reference_nfe`` (the
-            converged reference's model calls, default 100) and the keyword options of
+            converged reference's model calls, default 100), ``reference_batch_size`` (seeds
+            per reference batch, default 64; references are cached with the teacher states)
+            and the keyword options of
             :func:`dode.learned_solver.fit_end_to_end` (``steps``, ``coefficients``,
             ``time_shift``, ``learn_grid``, ``lr``, ``lr_coefficients``, ...; ``model.lr``
             is not used by this mode).
@@ -243,6 +246,9 @@ class DODEModule(pl.LightningModule):
         self.timings: dict[str, float] = {"model_load_s": t_load}
         self.val_metrics: dict[str, float] = {}
         self.validation = TeacherMSE()
+        #: ``end-to-end``: the solver's parameters (:class:`dode.learned_solver.LearnedSolver`),
+        #: made at setup from the warm-start cell
+        self.learned: nn.Module | None = None
 
     @classmethod
     def from_specs(
@@ -376,6 +382,41 @@ class DODEModule(pl.LightningModule):
             condition=self.condition if self.conditioning is not None else None,
         )
 
+    def reference_source(self, nfe: int, batch_size: int) -> ReferenceSource:
+        """What :class:`~dode.lit.NoiseDataModule` needs to compute and cache the converged
+        references of an end-to-end fit: :func:`dode.grids.standard.reference_solution` with
+        ``nfe`` model calls, ``batch_size`` seeds per batch."""
+        from ..grids.standard import reference_solution
+        from ..solvers import get_solver
+
+        problem = {
+            "kind": "end_to_end_reference",
+            "model": self.model_config(),
+            "reference": {"solver": get_solver("dpm_solver_pp", order=3).config(), "nfe": nfe},
+            "sample_shape": list(self.denoiser.sample_shape),
+            "format": 1,
+        }
+
+        @torch.no_grad()
+        def compute(noise: Tensor, cond=None) -> Tensor:
+            t0 = time.perf_counter()
+            z = noise.to(device=self.device, dtype=self.integration_dtype)
+            out = reference_solution(self.bound(cond), z, nfe=nfe).cpu()
+            self.timings["reference_compute_s"] = (
+                self.timings.get("reference_compute_s", 0.0) + time.perf_counter() - t0
+            )
+            return out
+
+        return ReferenceSource(
+            problem=problem,
+            sample_shape=self.sample_shape,
+            dtype=self.integration_dtype,
+            compute=compute,
+            batch_size=batch_size,
+            description=f"DPM-Solver++(3M), {nfe} NFE",
+            condition=self.condition if self.conditioning is not None else None,
+        )
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.denoiser.sample_shape)
@@ -478,6 +519,9 @@ class DODEModule(pl.LightningModule):
             "fit_mode": self.fit_mode,
             "version": __version__,
         }
+        state = self.mode_fit.state_dict()
+        if state is not None:
+            checkpoint["dode"]["mode"] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("dode")
@@ -490,11 +534,14 @@ class DODEModule(pl.LightningModule):
             )
         self.fit_info = FitInfo(**meta["fit_info"])
         check_resume_seeds(meta, self.fit_seeds(), "the checkpoint")
+        if "mode" in meta:
+            self.mode_fit.load_state_dict(meta["mode"])
 
     # ---- fit: Lightning's hooks, the work delegated to the fit mode -------------------------
     def configure_optimizers(self):
         # lstsq sets λ in closed form (manual optimization; its steps see no gradient).
-        return torch.optim.Adam([self.lambdas], lr=self.lr)
+        own = self.mode_fit.optimizers(self)
+        return own if own is not None else torch.optim.Adam([self.lambdas], lr=self.lr)
 
     def setup(self, stage: str) -> None:
         if self._trainer is None:
@@ -509,6 +556,10 @@ class DODEModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self._t_train = time.perf_counter()
         self.timings.setdefault("validation_s", 0.0)
+        self.mode_fit.on_train_start(self)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.mode_fit.on_before_optimizer_step(self, optimizer)
 
     def on_train_epoch_start(self) -> None:
         self.mode_fit.on_train_epoch_start(self)
@@ -544,6 +595,8 @@ class DODEModule(pl.LightningModule):
         self._t_val = time.perf_counter()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if self.mode_fit.owns_validation:
+            return self.mode_fit.validation_step(self, batch, batch_idx)
         if self._fitted():
             self.validation.add(self, batch, batch_idx)
 
@@ -551,6 +604,8 @@ class DODEModule(pl.LightningModule):
         self.timings["validation_s"] = self.timings.get("validation_s", 0.0) + (
             time.perf_counter() - getattr(self, "_t_val", time.perf_counter())
         )
+        if self.mode_fit.owns_validation:
+            return self.mode_fit.on_validation_epoch_end(self)
         if not self._fitted() or self.trainer.sanity_checking:
             return
         metrics = self.validation.metrics(self)
@@ -578,6 +633,8 @@ class DODEModule(pl.LightningModule):
             metrics: extra numbers for the file (e.g. the Fréchet callback's results).
             scale: the λ scale α: the file holds α·λ, and records α and the fitted λ.
         """
+        if isinstance(self.mode_fit, EndToEndFit):
+            return self.mode_fit.solver_file(self, metrics)
         info = asdict(self.fit_info)
         lam = self.lambdas.detach().cpu()
         scaled = {}
