@@ -85,7 +85,12 @@ def test_objective_weights_terms_and_hook():
     bad = Objective(fd=1.0, features=lambda t: t.flatten()[:3])
     with pytest.raises(ValueError, match=r"feature hook must return \[B, F\]"):
         bad(x.detach(), ref)
-    assert default_objective().weights["fd"] == 0 and default_objective(feats).weights["fd"] > 0
+    assert default_objective().weights["fd"] == 0
+    with_features = default_objective(feats)
+    assert with_features.features is feats and with_features.weights["spectrum"] > 0
+    assert with_features.quality(x.detach(), ref) == pytest.approx(
+        float(frechet_distance_torch(feats(x.detach()), feats(ref)))
+    )
 
 
 def _gauss_problem(fit=32, select=32):

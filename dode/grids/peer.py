@@ -76,7 +76,7 @@ def fit_peer(
     select_denoiser: Denoiser | None = None,
     features: Callable[[Tensor], Tensor] | None = None,
     steps: int = 100,
-    lr: float = 0.01,
+    lr: float = 0.002,
     momentum: float = 0.9,
     decay: float = 0.5,
     patience: int = 2,
