@@ -165,6 +165,8 @@ E2E_VARIANTS = {
 STANDIN_VARIANTS = {"grid only": (0.05, 0.0), "λ only": (0.0, 0.02), "grid + λ": (0.05, 0.02)}
 #: The weight of the feature Fréchet term in the ablation (off in the default objective).
 FD_WEIGHT = 1e-4
+#: The weight of the moments term in the ablation (off in the default objective).
+MOMENTS_WEIGHT = 1.0
 #: The objective and bound ablation (all ingredients; ablation NFEs only, never the choice):
 #: L2 alone, L2 plus each term of the default objective (dode.objectives.DEFAULT_WEIGHTS; the
 #: feature term with the digits classifier), the default, and the shift bound at half its
@@ -174,7 +176,7 @@ OBJECTIVE_VARIANTS = {
     "objective: l2 + spectrum": (
         lambda f: Objective(spectrum=DEFAULT_WEIGHTS["spectrum"], features=f), {}),
     "objective: l2 + moments": (
-        lambda f: Objective(moments=DEFAULT_WEIGHTS["moments"], features=f), {}),
+        lambda f: Objective(moments=MOMENTS_WEIGHT, features=f), {}),
     "objective: l2 + fd": (lambda f: Objective(fd=FD_WEIGHT, features=f), {}),
     "objective: default": (lambda f: "default", {}),
     "bound: shift fraction 0.25": (lambda f: "default", {"shift_fraction": 0.25}),
@@ -517,7 +519,7 @@ def run(
         + (" by a paired bootstrap's 95 % bound" if e2e else "")
         + f" (else the baseline cell is kept); {choice_note}",
         "# objective: dode.objectives.default_objective (L2 + "
-        + ", ".join(f"{v:g} x {k}" for k, v in DEFAULT_WEIGHTS.items())
+        + ", ".join(f"{v:g} x {k}" for k, v in DEFAULT_WEIGHTS.items() if v)
         + "); an iterate is kept and accepted only if its selection-seed quality (the Fréchet "
         "distance of the digits classifier's features to the selection reference's) stays "
         "within the warm-start cell's 95 % bootstrap bound",
