@@ -242,8 +242,8 @@ def test_frechet_callback_features_match_numpy_frechet(lstsq_fit):
 
 
 def test_each_fit_mode_delegates_to_its_own_class(lstsq_fit, tmp_path):
-    """lstsq, sgd-* and end-to-end each hand their work to one class; end-to-end has no Trainer
-    loop, so ``trainer.fit`` says how to run it instead of fitting something else."""
+    """lstsq, sgd-* and end-to-end each hand their work to one class; end-to-end runs in the
+    Trainer loop: its own parameters (``learned``), λ untouched."""
     from dode.lit.end_to_end import EndToEndFit
     from dode.lit.gradient import GradientFit
     from dode.lit.lstsq import LstsqFit
@@ -259,6 +259,8 @@ def test_each_fit_mode_delegates_to_its_own_class(lstsq_fit, tmp_path):
     e2e = _module(fit_mode="end-to-end", end_to_end={"steps": 1})
     assert isinstance(e2e.mode_fit, EndToEndFit) and e2e.mode_fit.options == {"steps": 1}
     small = NoiseDataModule(FIT, VAL, batch_size=16, cache_dir=data.hparams.cache_dir)
-    with pytest.raises(ValueError, match="does not run in a Trainer loop"):
-        _fit(e2e, small, limit_val_batches=0)
+    _fit(e2e, small)
     assert float(e2e.lambdas.detach().abs().sum()) == 0
+    assert e2e.learned is not None and e2e.mode_fit.curve[-1][0] == 1
+    rec = e2e.fitted_solver().metrics["end_to_end"]
+    assert rec["steps_run"] == 1 and rec["num_fit_seeds"] == 48

@@ -282,7 +282,11 @@ def _release_lock(lock: Path | None) -> None:
 
 
 def _resolve_checkpoint(
-    module: DODEModule, run_dir: Path, ckpt_path: str | None, fit_seeds: list[int] | None = None
+    module: DODEModule,
+    run_dir: Path,
+    ckpt_path: str | None,
+    fit_seeds: list[int] | None = None,
+    val_seeds: list[int] | None = None,
 ) -> str | None:
     """The checkpoint to resume from, checked before anything in the run folder is touched.
 
@@ -337,6 +341,8 @@ def _resolve_checkpoint(
             "teacher or fit mode differ); resume with the same config, or start a new run folder."
         )
     check_resume_seeds(meta, fit_seeds, f"checkpoint {str(path)!r}")
+    if "mode" in meta:
+        module.mode_fit.check_state(meta["mode"], val_seeds)
     return str(path)
 
 
@@ -397,6 +403,7 @@ def _prepare_run(
     solver_file: Path,
     ckpt_path: str | None,
     fit_seeds: list[int] | None = None,
+    val_seeds: list[int] | None = None,
 ) -> tuple[str | None, Path | None]:
     """Every check of the run folder, before anything in it is touched: the folders can be
     written, the lock is ours (rank 0), the checkpoint resumes this problem, and a fresh fit
@@ -431,7 +438,7 @@ def _prepare_run(
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock = _acquire_lock(run_dir)
-        ckpt = _resolve_checkpoint(module, run_dir, ckpt_path, fit_seeds)
+        ckpt = _resolve_checkpoint(module, run_dir, ckpt_path, fit_seeds, val_seeds)
         held = _holds_run(run_dir)
         if ckpt is None and "solver.safetensors" in held and rank == 0:
             raise ValueError(
@@ -475,12 +482,16 @@ def run_fit(
     """
     # Check the conditioning against the model before anything starts (one clear error).
     module.use_conditioning(datamodule.conditioning)
+    check_run = getattr(module.mode_fit, "check_run", None)  # end-to-end: seeds per process
+    if check_run is not None:
+        check_run(list(datamodule.fit_seeds), list(datamodule.val_seeds), trainer.world_size)
     ckpt_path, lock = _prepare_run(
         module,
         Path(trainer.default_root_dir),
         Path(solver_file),
         ckpt_path,
         list(datamodule.fit_seeds),
+        list(datamodule.val_seeds),
     )
     try:
         return _run_fit(module, datamodule, trainer, solver_file=solver_file, ckpt_path=ckpt_path)

@@ -378,6 +378,12 @@ class FrechetCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if self.feature is None:
             return
+        if getattr(pl_module, "fit_mode", None) == "end-to-end":
+            raise ValueError(
+                "fid scores the λ fits (α·λ on the module's grid); the end-to-end fit is judged "
+                "by experiments/digits_fidelity.py or dode.evaluate on its solver file. Set "
+                "fid.feature null."
+            )
         from ..evaluation import fid
 
         fx = fid.get_feature_extractor(self.feature, self.inception_weights)

@@ -570,10 +570,25 @@ class NoiseDataModule(pl.LightningDataModule):
         local = torch.stack(rows) if rows else torch.zeros((0, *src.sample_shape), dtype=src.dtype)
         return gather_rows(self.trainer, local, mine, len(seeds))
 
-    def serve_end_to_end(self, fit_refs: Tensor, select_refs: Tensor, plan: FitPlan) -> None:
-        """Stream the fit's mini-batches and the selection batches with these references."""
+    def serve_end_to_end(
+        self,
+        fit_refs: Tensor,
+        select_refs: Tensor,
+        *,
+        batch_size: int | None,
+        seed: int,
+        per_epoch: int,
+        select_batch_size: int | None,
+    ) -> None:
+        """Stream the fit's mini-batches and the selection batches with these references (the
+        plan: see :class:`FitPlan`)."""
+        plan = FitPlan(batch_size, seed, per_epoch, select_batch_size)
         self._fit_refs, self._select_refs, self._plan = fit_refs, select_refs, plan
         self._order, self._order_iter = [], None
+
+    def gather(self, rows: Tensor, positions: Sequence[int], total: int) -> Tensor:
+        """:func:`gather_rows` over this data module's trainer's processes."""
+        return gather_rows(self.trainer, rows, positions, total)
 
     def minibatch(self, m: int) -> Tensor:
         """The fit seeds' indices of the ``m``-th global micro-batch (the fit's order)."""

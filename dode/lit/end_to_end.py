@@ -131,6 +131,7 @@ class EndToEndFit(ModeFit):
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = dict(options)
         self.settings = end_to_end_settings(options)
+        self._val_seeds: list[int] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -155,30 +156,23 @@ class EndToEndFit(ModeFit):
         from ..grids.standard import model_sigma_range, select_grid, standard_grids
         from ..learned_solver import LearnedSolver, sigma_floor, warm_start_grid
         from ..sampling import sample
-        from .data import FitPlan, NoiseDataModule
 
         trainer = module.trainer
         dm = getattr(trainer, "datamodule", None)
-        if not isinstance(dm, NoiseDataModule):
+        if not callable(getattr(dm, "attach_references", None)):  # a NoiseDataModule
             raise ValueError(
                 "fit_mode end-to-end needs a NoiseDataModule (its fit_seeds fit, its val_seeds "
                 "select and accept); pass trainer.fit(module, datamodule=NoiseDataModule(...))."
             )
         self._reset()
+        self._val_seeds = list(dm.val_seeds)
         s = self.settings
-        world = trainer.world_size
-        n_fit, n_sel = len(dm.fit_seeds), len(dm.val_seeds)
-        global_batch = s["batch_size"] or n_fit
-        if global_batch < world or n_sel < world:
-            raise ValueError(
-                f"fit_mode end-to-end over {world} processes needs at least {world} seeds in "
-                f"every mini-batch (end_to_end.batch_size is {s['batch_size']}, fit seeds "
-                f"{n_fit}) and in val_seeds ({n_sel}); use fewer devices or more seeds."
-            )
+        self.check_run(dm.fit_seeds, dm.val_seeds, trainer.world_size)
         steps, every = s["steps"], s["eval_every"]
         acc = trainer.accumulate_grad_batches
-        # One Lightning epoch is eval_every Adam steps: validation at its end is the selection.
-        trainer.fit_loop.max_epochs = math.ceil(steps / every) if steps > 0 else 0
+        # One Lightning epoch is eval_every Adam steps: validation at its end is the selection;
+        # the run ends at `steps` Adam steps (an epoch count would not survive a resume).
+        trainer.fit_loop.max_epochs = -1 if steps > 0 else 0
         trainer.fit_loop.epoch_loop.max_steps = steps
         dev = trainer.strategy.root_device
         module.to(dev)
@@ -190,8 +184,9 @@ class EndToEndFit(ModeFit):
         sel_refs = dm.references(dm.val_seeds, "val_seeds")
         eval_batch = s["select_batch_size"] or s["batch_size"]
         dm.serve_end_to_end(
-            fit_refs, sel_refs, FitPlan(s["batch_size"], s["seed"], every * acc, eval_batch)
-        )
+            fit_refs, sel_refs, batch_size=s["batch_size"], seed=s["seed"],
+            per_epoch=every * acc, select_batch_size=eval_batch,
+        )  # fmt: skip
         t_ref = time.perf_counter() - t0
         grid, label = module.sigmas, module.grid_record.get("schedule")
         if s["warm_start"] == "best_standard":
@@ -218,6 +213,18 @@ class EndToEndFit(ModeFit):
             trainer.fit_loop.max_epochs = 0
         module.timings.update(reference_s=t_ref, warm_start_s=time.perf_counter() - t0 - t_ref)
 
+    def check_run(self, fit_seeds: list[int], val_seeds: list[int], world_size: int) -> None:
+        """``ValueError`` unless every process gets seeds of every mini-batch and of the
+        selection (checked at start-up, before the run folder is touched)."""
+        n_fit, n_sel = len(fit_seeds), len(val_seeds)
+        size = self.settings["batch_size"]
+        if (size or n_fit) < world_size or n_sel < world_size:
+            raise ValueError(
+                f"fit_mode end-to-end over {world_size} processes needs at least {world_size} "
+                f"seeds in every mini-batch (end_to_end.batch_size is {size}, fit seeds "
+                f"{n_fit}) and in val_seeds ({n_sel}); use fewer devices or more seeds."
+            )
+
     def optimizers(self, module: DODEModule):
         s = self.settings
         groups = module.learned.param_groups(
@@ -230,8 +237,6 @@ class EndToEndFit(ModeFit):
         """Per-seed selection MSE ``[N]`` of ``run(denoiser, noise)`` over the selection seeds
         (each rank its share, gathered; ``every_rank``: all seeds here). A batch whose
         sampling fails counts as ``inf``."""
-        from .data import gather_rows
-
         dm = module.trainer.datamodule
         pos, err = [], []
         for b in dm.selection_batches(every_rank):
@@ -242,7 +247,7 @@ class EndToEndFit(ModeFit):
             out = torch.empty(n, dtype=torch.float64)
             out[torch.cat(pos)] = torch.cat(err)
             return out
-        return gather_rows(module.trainer, torch.cat(err), torch.cat(pos).tolist(), n)
+        return dm.gather(torch.cat(err), torch.cat(pos).tolist(), n)
 
     def _batch_errors(self, module: DODEModule, run, batch: dict) -> Tensor:
         from ..learned_solver import selection_errors
@@ -346,15 +351,13 @@ class EndToEndFit(ModeFit):
         self._val.append((batch["positions"], err))
 
     def on_validation_epoch_end(self, module: DODEModule) -> None:
-        from .data import gather_rows
-
         val, self._val = self._val, []
         trainer = module.trainer
         if trainer.sanity_checking or self.stop != "steps" or not val:
             return
         pos = torch.cat([p for p, _ in val]).tolist()
-        err = gather_rows(trainer, torch.cat([e for _, e in val]), pos,
-                          len(trainer.datamodule.val_seeds))  # fmt: skip
+        dm = trainer.datamodule
+        err = dm.gather(torch.cat([e for _, e in val]), pos, len(dm.val_seeds))
         v = float(err.mean())
         self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step)
         module.log("val/select_mse", self.curve[-1][1], prog_bar=True, rank_zero_only=True)
@@ -379,11 +382,14 @@ class EndToEndFit(ModeFit):
             "curve": list(self.curve),
             "losses": list(self.losses),
             "stop": self.stop,
+            "val_seeds": None if self._val_seeds is None else _digest(self._val_seeds),
             "settings": {k: v for k, v in self.settings.items() if k != "objective"}
             | {"objective": _name(self.settings["objective"])},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def check_state(self, state: dict[str, Any], val_seeds: list[int] | None = None) -> None:
+        """``ValueError`` unless checkpoint entry ``state`` was written with these settings
+        (and, where given, these selection seeds)."""
         mine = self.state_dict()["settings"]
         theirs = state.get("settings", {})
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -392,6 +398,14 @@ class EndToEndFit(ModeFit):
                 f"the checkpoint's end-to-end fit has other end_to_end settings ({', '.join(diff)}"
                 "); resume with the same settings, or start a new run folder."
             )
+        if val_seeds is not None and state.get("val_seeds") not in (None, _digest(val_seeds)):
+            raise ValueError(
+                "the checkpoint's end-to-end fit selected on other val_seeds; resume with the "
+                "same --data.val_seeds, or start a new run folder."
+            )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state, self._val_seeds)
         self.best_value, self.best_step = state["best_value"], state["best_step"]
         self.best_params = dict(state["best_params"])
         self.since, self.stop = state["since"], state["stop"]
@@ -502,6 +516,13 @@ class EndToEndFit(ModeFit):
             **{f"time/{k}": v for k, v in module.timings.items()},
         }
         return replace(fitted, model=module.model_record(), metrics=metrics)
+
+
+def _digest(seeds: list[int]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([int(x) for x in seeds]).encode()).hexdigest()[:24]
 
 
 def _name(objective) -> str:

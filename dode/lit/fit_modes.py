@@ -75,6 +75,10 @@ class ModeFit:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s entry."""
 
+    def check_state(self, state: dict, val_seeds: list[int] | None = None) -> None:
+        """``ValueError`` if :meth:`state_dict`'s entry ``state`` (a checkpoint's) cannot be
+        resumed by this mode with these settings; checked before the run starts."""
+
     def on_train_epoch_start(self, module: DODEModule) -> None:
         """Before an epoch's first training batch."""
 
