@@ -112,7 +112,10 @@ def end_to_end_settings(options: dict[str, Any] | None) -> dict[str, Any]:
     :data:`OWN_SETTINGS` with ``options`` (checked) over them."""
     from ..learned_solver import check_options
 
-    opts = {**_fit_defaults(), **OWN_SETTINGS, **check_end_to_end(options)}
+    # the run's default objective is L2: the default objective's spectrum term is a statistic of
+    # the whole batch, which each rank would compute on its share only (two processes would not
+    # give the result of one); ``objective: default`` runs it in one process
+    opts = {**_fit_defaults(), "objective": "l2", **OWN_SETTINGS, **check_end_to_end(options)}
     opts["clip"] = check_options({"clip": opts["clip"]})["clip"]
     return opts
 
@@ -153,6 +156,13 @@ class EndToEndFit(ModeFit):
     def setup(self, module: DODEModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self.settings["objective"] == "default" and module.trainer.world_size > 1:
+            raise ValueError(
+                "end_to_end.objective 'default' holds a statistic of the whole batch (its "
+                f"spectrum term), which each of the {module.trainer.world_size} processes would "
+                "compute on its share only; run it in one process (--trainer.devices 1), or use "
+                "objective: l2 (the run's default) with several."
+            )
         from ..grids.standard import model_sigma_range, select_grid, standard_grids
         from ..learned_solver import LearnedSolver, sigma_floor, warm_start_grid
         from ..sampling import sample
