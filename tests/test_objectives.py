@@ -175,3 +175,16 @@ def test_the_peer_learns_a_bounded_grid_and_model_times_without_coefficients():
     assert torch.allclose(perceptual_distance(x, x), torch.zeros(5, dtype=torch.float64))
     d = perceptual_distance(x, 2 * x, lambda t: t)  # unit-normalised: scale does not count
     assert torch.allclose(d, torch.zeros(5, dtype=torch.float64), atol=1e-12)
+
+
+def test_the_lightning_run_keeps_l2_and_refuses_the_batch_objective_on_several_ranks():
+    """The spectrum term is a statistic of the whole batch: each DDP rank would see its share."""
+    from types import SimpleNamespace
+
+    from dode.lit.end_to_end import EndToEndFit
+
+    assert EndToEndFit({}).settings["objective"] == "l2"
+    fit = EndToEndFit({"objective": "default"})
+    module = SimpleNamespace(trainer=SimpleNamespace(world_size=2))
+    with pytest.raises(ValueError, match="run it in one process"):
+        fit.setup(module, "fit")
