@@ -14,6 +14,17 @@ distance of the final sample to a converged reference from the same noise, on fi
 * the **model-time shift** (``time_shift``): call k feeds the network ``σ_k · exp(ξ_k)``
   while the solver integrates with σ_k.
 
+Both are bounded by the one definition every host checks (:mod:`dode.correction`): the
+coefficients (λ included) are ``C·tanh(raw/C)`` with ``C = COEFFICIENT_BOUND``; the shift is
+``ξ_k = u_k·hi_k`` (``u_k > 0``) or ``−u_k·lo_k`` with ``u_k ∈ [−1, 1]`` and ``[lo_k, hi_k]``
+from :func:`~dode.correction.shift_bounds` on the *current* grid (at most half the smallest
+adjacent step in log σ, never above σ_0, never below the model's σ_min), so a call's model time
+stays between its neighbours whatever the optimiser does.
+
+The default objective (:func:`dode.objectives.default_objective`) is L2 plus terms that keep
+the batch's statistics (spectrum, moments, and a plugged-in feature network's Fréchet
+distance), and early stopping and acceptance also watch its quality on the selection seeds.
+
 Everything starts at zero, so the first iterate is exactly the given cell. The iterate kept is
 the one with the smallest MSE on separate selection seeds (early stopping), and it is accepted
 only if it improves the selection seeds' MSE over the given cell, through the very sampling
@@ -45,12 +56,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .correction import DODECorrection, model_fn
+from .correction import (
+    COEFFICIENT_BOUND,
+    SHIFT_FRACTION,
+    DODECorrection,
+    bounded_coefficients,
+    bounded_shift,
+    call_sigmas,
+    model_fn,
+    shift_bounds,
+)
 from .denoisers import Denoiser
 from .files.solver_file import FittedSolver
 from .grids.schedules import explicit
 from .learned_grid import grid_from_logits, logits_from_grid
 from .metrics import bootstrap_means, check_clip, clipped, per_seed_mse
+from .objectives import default_objective
 from .sampling import _check_batch, _check_denoiser, sample
 from .solvers import Solver, get_solver
 from .standard_grids import model_sigma_range
@@ -66,13 +87,14 @@ __all__ = [
     "history_mask",
     "minibatch_order",
     "paired_improvement",
+    "quality_limit",
     "selection_errors",
     "sigma_floor",
     "warm_start_grid",
 ]
 
 COEFFICIENTS = ("none", "lambda", "history")
-OBJECTIVES = ("l2", "l1")
+OBJECTIVES = ("default", "l2", "l1")
 
 
 def history_mask(num_calls: int) -> Tensor:
@@ -83,6 +105,8 @@ def history_mask(num_calls: int) -> Tensor:
 
 def _distance(x: Tensor, ref: Tensor, objective, clip: tuple[float, float] | None) -> Tensor:
     x, ref = clipped(x, clip), clipped(ref, clip)
+    if objective == "default":
+        objective = default_objective()
     if callable(objective):
         loss = objective(x, ref)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
@@ -135,17 +159,36 @@ def _rows(denoiser: Denoiser, index) -> Denoiser:
 
 
 def _per_seed_mse(
-    run, denoiser, noise: Tensor, ref: Tensor, batch_size: int | None, clip=None
+    run, denoiser, noise: Tensor, ref: Tensor, batch_size: int | None, clip=None, keep=None
 ) -> Tensor:
     """Per-seed MSE ``[B]`` (float64) of ``run(denoiser_rows, noise_chunk)`` to ``ref``, both
-    clamped to ``clip`` where given, over batches of ``batch_size`` seeds (default: one)."""
+    clamped to ``clip`` where given, over batches of ``batch_size`` seeds (default: one);
+    the samples are appended to the list ``keep`` where given."""
     step = batch_size or noise.shape[0]
     out = []
     for i in range(0, noise.shape[0], step):
         j = min(i + step, noise.shape[0])
         den = denoiser if (i, j) == (0, noise.shape[0]) else _rows(denoiser, slice(i, j))
-        out.append(per_seed_mse(run(den, noise[i:j]), ref[i:j], clip))
+        x = run(den, noise[i:j])
+        if keep is not None:
+            keep.append(x)
+        out.append(per_seed_mse(x, ref[i:j], clip))
     return torch.cat(out)
+
+
+def quality_limit(watch, x: Tensor, ref: Tensor, level: float, seed: int) -> tuple[float, float]:
+    """The warm-start cell's quality ``watch(x, ref)`` on the selection seeds and the upper end
+    of its bootstrap interval at ``level`` (seeds resampled, paired; the percentile shifted by
+    the bootstrap's bias, as the judge's FD interval): what a kept iterate may not exceed."""
+    point = float(watch(x, ref))
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    boots = np.array([watch(x, ref, rng.integers(0, n, n)) for _ in range(100)])
+    boots = boots[np.isfinite(boots)]
+    if not boots.size:
+        return point, point
+    hi = float(np.quantile(boots, level)) - (float(boots.mean()) - point)
+    return point, max(point, hi)
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +204,7 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"unknown coefficients {o['coefficients']!r}; use one of {', '.join(COEFFICIENTS)}."
         )
-    objective = o.get("objective", "l2")
+    objective = o.get("objective", "default")
     if not callable(objective) and objective not in OBJECTIVES:
         raise ValueError(
             f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)} or a callable "
@@ -197,6 +240,24 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"seed must be an integer, got {o['seed']!r}.")
     if "clip" in o:
         o["clip"] = check_clip(o["clip"])
+    frac = o.get("shift_fraction", SHIFT_FRACTION)
+    if not (
+        isinstance(frac, (int, float)) and not isinstance(frac, bool) and 0 < frac <= SHIFT_FRACTION
+    ):
+        raise ValueError(
+            f"shift_fraction must be in (0, {SHIFT_FRACTION:g}] (the bound hosts check), got "
+            f"{frac!r}; time_shift=False fits no shift."
+        )
+    if o.get("features") is not None and objective != "default":
+        raise ValueError(
+            "features= is the default objective's feature network; with another objective "
+            "pass it to that objective (dode.objectives.Objective(features=...))."
+        )
+    q = o.get("quality_level")
+    if q is not None and not (
+        isinstance(q, (int, float)) and not isinstance(q, bool) and 0.5 <= float(q) < 1
+    ):
+        raise ValueError(f"quality_level must be None or in [0.5, 1), got {q!r}.")
     level = o.get("accept_level")
     if level is not None and not (
         isinstance(level, (int, float)) and not isinstance(level, bool) and 0.5 <= float(level) < 1
@@ -246,6 +307,13 @@ class LearnedSolver(nn.Module):
         learn_grid: fit the grid (needs at least two steps).
         coefficients: ``"none"``, ``"lambda"`` or ``"history"``.
         time_shift: fit the per-call model-time shift.
+        shift_floor: the lowest σ a shifted call may reach (the model's σ_min).
+        shift_fraction: the shift's bound, a fraction of the smallest adjacent log-σ step.
+
+    The coefficients are ``C·tanh(raw/C)`` and the shift ``u·bound`` on the current grid
+    (:mod:`dode.correction`), ``u`` kept in ``[−1, 1]`` (:meth:`project_` after each
+    optimiser step; :meth:`current` clamps it too), so every iterate lies inside the bounds
+    every host checks.
     """
 
     def __init__(
@@ -257,8 +325,13 @@ class LearnedSolver(nn.Module):
         learn_grid: bool = True,
         coefficients: str = "history",
         time_shift: bool = True,
+        shift_floor: float | None = None,
+        shift_fraction: float = SHIFT_FRACTION,
     ) -> None:
         super().__init__()
+        check_options({"shift_fraction": shift_fraction})
+        self.shift_floor = shift_floor
+        self.shift_fraction = float(shift_fraction)
         check_options({"coefficients": coefficients})
         self.solver = get_solver(solver)
         self.init_sigmas = warm_start_grid(self.solver, sigmas)
@@ -293,10 +366,40 @@ class LearnedSolver(nn.Module):
             if logits is not None
             else self.init_sigmas
         )
+        lam = bounded_coefficients(lam) if lam is not None else None
         if lam is None and coef is not None:
             lam = torch.zeros(self.num_calls, dtype=torch.float64, device=coef.device)
-        coef = coef * self.mask.to(coef.device) if coef is not None else None
-        return {"sigmas": s, "lambdas": lam, "coefficients": coef, "shift": p.get("shift")}
+        coef = bounded_coefficients(coef) * self.mask.to(coef.device) if coef is not None else None
+        u = p.get("shift")
+        xi = None
+        if u is not None:
+            lo, hi = (b.to(u.device) for b in self.shift_room(s))
+            xi = bounded_shift(self._inside(u, lo, hi), lo, hi)
+        return {"sigmas": s, "lambdas": lam, "coefficients": coef, "shift": xi}
+
+    def shift_room(self, sigmas: Tensor) -> tuple[Tensor, Tensor]:
+        """The shift's bounds ``(lo, hi)`` on the grid ``sigmas``
+        (:func:`dode.correction.shift_bounds`, floor :attr:`shift_floor`)."""
+        g = sigmas.detach().cpu()
+        return shift_bounds(
+            call_sigmas(self.solver, g), g, floor=self.shift_floor, fraction=self.shift_fraction
+        )
+
+    @staticmethod
+    def _inside(u: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """``u`` in ``[−1, 1]``, 0 on a side without room (``hi = 0``: not above; ``lo = 0``:
+        not below)."""
+        u = u.clamp(-1.0, 1.0)
+        u = torch.where(hi > 0, u, u.clamp(max=0.0))
+        return torch.where(lo < 0, u, u.clamp(min=0.0))
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep the shift's ``u`` inside (:meth:`_inside`) after an optimiser step, so a side
+        without room does not hold it where its gradient is 0."""
+        if self.shift is not None:
+            lo, hi = (b.to(self.shift.device) for b in self.shift_room(self.current()["sigmas"]))
+            self.shift.copy_(self._inside(self.shift, lo, hi))
 
     def forward(
         self, denoiser: Denoiser, noise: Tensor, params: dict[str, Tensor] | None = None
@@ -396,12 +499,14 @@ def selection_errors(
     reference: Tensor,
     batch_size: int | None,
     clip: tuple[float, float] | None = None,
+    keep: list[Tensor] | None = None,
 ) -> Tensor:
     """Per-seed MSE ``[B]`` (float64) of ``run(denoiser_rows, noise_chunk)`` to ``reference``
     (both clamped to ``clip`` where given), over batches of ``batch_size`` seeds (default:
-    all at once), without gradients: the selection MSE's terms."""
+    all at once), without gradients: the selection MSE's terms (the samples appended to
+    ``keep`` where given, for the quality watch)."""
     with torch.no_grad():
-        return _per_seed_mse(run, denoiser, noise, reference, batch_size, clip)
+        return _per_seed_mse(run, denoiser, noise, reference, batch_size, clip, keep)
 
 
 def conclude(
@@ -415,6 +520,7 @@ def conclude(
     seed: int,
     record: dict[str, Any],
     model: dict | None = None,
+    quality: tuple[float, float, float] | None = None,
 ) -> FittedSolver:
     """The paired-bootstrap acceptance and the result of an end-to-end fit.
 
@@ -429,6 +535,8 @@ def conclude(
         seed: the bootstrap's seed.
         record: the rest of the record (settings, history).
         model: the solver file's model record.
+        quality: ``(base, limit, fitted)`` of the quality watch (:func:`fit_end_to_end`'s
+            ``quality_level``): accepted only if ``fitted <= limit``; ``None``: not watched.
 
     Returns:
         ``candidate`` if accepted, else the warm-start cell; ``metrics["end_to_end"]`` the record.
@@ -446,6 +554,8 @@ def conclude(
     accepted = best_step > 0 and fit_select < base_select
     if accept_level is not None:
         accepted = accepted and bound < 0
+    if quality is not None:
+        accepted = accepted and quality[2] <= quality[1]
     rec: dict[str, Any] = {
         "method": "end_to_end",
         "accepted": bool(accepted),
@@ -461,6 +571,11 @@ def conclude(
         "best_step": best_step,
         "init_sigmas": learned.init_sigmas.tolist(),
         "sigma_floor": learned.sigma_floor,
+        "coefficient_bound": COEFFICIENT_BOUND,
+        "shift_fraction": learned.shift_fraction,
+        "select_quality_base": None if quality is None else quality[0],
+        "select_quality_limit": None if quality is None else quality[1],
+        "select_quality_fitted": None if quality is None else quality[2],
         **record,
     }
     fitted = candidate if accepted else learned.warm_start_file(model)
@@ -486,7 +601,7 @@ def fit_end_to_end(
     coefficients: str = "history",
     time_shift: bool = True,
     weight_decay: float = 0.0,
-    objective: str | Callable[[Tensor, Tensor], Tensor] = "l2",
+    objective: str | Callable[[Tensor, Tensor], Tensor] = "default",
     eval_every: int = 2,
     patience: int | None = None,
     batch_size: int | None = None,
@@ -494,6 +609,9 @@ def fit_end_to_end(
     clip: tuple[float, float] | None = None,
     accept_level: float | None = 0.95,
     seed: int = 0,
+    features: Callable[[Tensor], Tensor] | None = None,
+    quality_level: float | None = 0.95,
+    shift_fraction: float = SHIFT_FRACTION,
 ) -> FittedSolver:
     """Fit the grid, coefficients and model-time shift of ``solver`` end to end.
 
@@ -519,10 +637,13 @@ def fit_end_to_end(
         coefficients: ``"none"``, ``"lambda"`` or ``"history"`` (see the module docstring).
         time_shift: fit the per-call model-time shift.
         weight_decay: L2 penalty (Adam's ``weight_decay``) on the coefficients and the shift.
-        objective: the fit's distance to the reference: ``"l2"`` (MSE), ``"l1"``, or a
-            callable ``(samples, reference) -> scalar loss`` on the batch (both float64, clamped
-            to ``clip``; e.g. MSE plus a feature distance; its name goes in the record).
-            Selection and acceptance always use the MSE.
+        objective: the fit's distance to the reference: ``"default"``
+            (:func:`dode.objectives.default_objective`: L2 plus the batch-statistics terms
+            that keep the samples as sharp as the reference's, with ``features``' Fréchet
+            distance where given), ``"l2"`` (MSE), ``"l1"``, or a callable ``(samples,
+            reference) -> scalar loss`` on the batch (both float64, clamped to ``clip``; a
+            :class:`dode.objectives.Objective`; its name goes in the record). Selection and
+            acceptance use the MSE, and the objective's ``quality`` where it has one.
         eval_every: evaluate the selection MSE every this many steps (and at the end).
         patience: stop after this many evaluations without a better selection MSE
             (``None``: run all ``steps``).
@@ -539,6 +660,16 @@ def fit_end_to_end(
             the one-sided ``accept_level`` upper bound of the per-seed MSE change below 0
             (:func:`paired_improvement`); ``None``: accept any lower selection MSE.
         seed: the mini-batch order.
+        features: the feature-network hook of the default objective, ``fn(samples) -> [B, F]``
+            differentiable in the samples (:func:`dode.digits.classifier.feature_hook` for the
+            digits models; for images a perceptual network of your own).
+        quality_level: with an objective that has a ``quality(samples, reference, idx=None)``
+            (:class:`dode.objectives.Objective`), an iterate is kept (early stopping) and the
+            fit accepted only if its quality on the selection seeds does not exceed the
+            warm-start cell's by more than the upper end of that cell's bootstrap interval at
+            this level (:func:`quality_limit`); ``None``: the MSE alone decides.
+        shift_fraction: the shift's bound as a fraction of the smallest adjacent log-σ step
+            (at most :data:`dode.correction.SHIFT_FRACTION`, the bound every host checks).
 
     Returns:
         A :class:`~dode.files.solver_file.FittedSolver` whose ``metrics["end_to_end"]`` records
@@ -556,9 +687,13 @@ def fit_end_to_end(
             learn_grid=learn_grid, coefficients=coefficients, time_shift=time_shift,
             weight_decay=weight_decay, objective=objective, eval_every=eval_every,
             patience=patience, batch_size=batch_size, select_batch_size=select_batch_size,
-            clip=clip, accept_level=accept_level, seed=seed,
+            clip=clip, accept_level=accept_level, seed=seed, features=features,
+            quality_level=quality_level, shift_fraction=shift_fraction,
         )
     )  # fmt: skip
+    if objective == "default":
+        objective = default_objective(features)
+    watch = getattr(objective, "quality", None) if quality_level is not None else None
     clip = opts["clip"]
     eval_batch = select_batch_size or batch_size
     grid = warm_start_grid(solver, sigmas)
@@ -568,22 +703,34 @@ def fit_end_to_end(
     learned = LearnedSolver(
         solver, grid, sigma_floor=sigma_floor(denoiser, grid), learn_grid=learn_grid,
         coefficients=coefficients, time_shift=time_shift,
+        shift_floor=model_sigma_range(denoiser)[0], shift_fraction=shift_fraction,
     )  # fmt: skip
     ref = reference.to(torch.float64)
+    sel_ref = clipped(select_reference, clip)
 
-    def select_mse(p: dict[str, Tensor] | None = None) -> float:
-        return float(
-            selection_errors(
-                lambda d, z: learned(d, z, p), sel_den, select_noise, select_reference,
-                eval_batch, clip,
-            ).mean()
+    def quality(xs: list[Tensor]) -> float:
+        return float(watch(clipped(torch.cat(xs), clip), sel_ref)) if watch else 0.0
+
+    def select_mse(p: dict[str, Tensor] | None = None) -> tuple[float, float]:
+        xs: list[Tensor] = []
+        v = selection_errors(
+            lambda d, z: learned(d, z, p), sel_den, select_noise, select_reference,
+            eval_batch, clip, xs,
         )  # fmt: skip
+        return float(v.mean()), quality(xs)
 
     # the warm-start cell through the public sampling path
+    base_x: list[Tensor] = []
     base_errors = selection_errors(
         lambda d, z: sample(d, solver, z, grid), sel_den, select_noise, select_reference,
-        eval_batch, clip,
+        eval_batch, clip, base_x,
     )  # fmt: skip
+    q_base, q_limit = (
+        quality_limit(watch, clipped(torch.cat(base_x), clip), sel_ref, quality_level, seed)
+        if watch
+        else (0.0, math.inf)
+    )
+    qcurve: list[tuple[int, float]] = []
     losses: list[float] = []
     curve: list[tuple[int, float]] = []
     best = (math.inf, learned.snapshot(), 0)  # (selection MSE, parameters, step)
@@ -595,11 +742,12 @@ def fit_end_to_end(
         for step in range(steps + 1):
             if step % eval_every == 0 or step == steps:
                 try:
-                    v = select_mse()
+                    v, q = select_mse()
                 except ValueError:
-                    v = math.inf
+                    v, q = math.inf, math.inf
                 curve.append((step, v))
-                if v < best[0]:
+                qcurve.append((step, q))
+                if v < best[0] and q <= q_limit:
                     best, since = (v, learned.snapshot(), step), 0
                 else:
                     since += 1
@@ -629,15 +777,18 @@ def fit_end_to_end(
                 if prm.grad is not None:
                     prm.grad.nan_to_num_(0.0, 0.0, 0.0)
             opt.step()
+            learned.project_()
     model = _model_record(denoiser)
     candidate = learned.solver_file(best[1], model=model)
+    fit_x: list[Tensor] = []
     try:
         fit_errors = selection_errors(
             lambda d, z: candidate.sample(d, z), sel_den, select_noise, select_reference,
-            eval_batch, clip,
+            eval_batch, clip, fit_x,
         )  # fmt: skip
+        q_fit = quality(fit_x)
     except ValueError:
-        fit_errors = None
+        fit_errors, q_fit = None, math.inf
     record = {
         "clip": None if clip is None else list(clip),
         "objective": _objective_name(objective),
@@ -655,10 +806,13 @@ def fit_end_to_end(
         "num_select_seeds": int(select_noise.shape[0]),
         "losses": losses,
         "select_curve": curve,
+        "quality_level": quality_level if watch else None,
+        "quality_curve": qcurve if watch else [],
     }
     fitted = conclude(
         learned, candidate, base_errors, fit_errors, best_step=best[2],
         accept_level=accept_level, seed=seed, record=record, model=model,
+        quality=(q_base, q_limit, q_fit) if watch else None,
     )  # fmt: skip
     fitted.metrics["end_to_end"]["seconds"] = time.perf_counter() - t0
     return fitted

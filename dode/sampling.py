@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .correction import DODECorrection, check_history, model_fn
+from .correction import DODECorrection, call_sigmas, check_history, model_fn
 from .denoisers import Denoiser
 from .solvers import Solver, get_solver
 
@@ -131,7 +131,11 @@ def sample(
             raise ValueError(
                 "history coefficients need λ (the one-term part; zeros for none): pass lambdas."
             )
-        check_history(coefficients, shift, nfe, f"{solver.describe()} on {len(s) - 1} steps: ")
+        check_history(
+            coefficients, shift, nfe, f"{solver.describe()} on {len(s) - 1} steps: ",
+            lambdas=lambdas, calls=call_sigmas(solver, s) if shift is not None else None,
+            sigmas=s, model_range=(float(denoiser.sigma_min), float(denoiser.sigma_max)),
+        )  # fmt: skip
     wrapped = DODECorrection(
         model_fn(denoiser, solver.consumes), lambdas, check_finite,
         coefficients=coefficients, shift=shift,

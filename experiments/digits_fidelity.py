@@ -61,7 +61,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dode.denoisers.loading import load_denoiser  # noqa: E402
-from dode.digits.classifier import check_images, digits_features, load_classifier, load_digits_split  # noqa: E402
+from dode.digits.classifier import (  # noqa: E402
+    check_images,
+    digits_features,
+    feature_hook,
+    load_classifier,
+    load_digits_split,
+)
 from dode.evaluation.fidelity import (  # noqa: E402
     CellChoice,
     FidelityJudge,
@@ -73,6 +79,8 @@ from dode.evaluation.fidelity import (  # noqa: E402
 from dode.learned_grid import sgd_grid  # noqa: E402
 from dode.metrics import FrechetReference  # noqa: E402
 from dode.noise import noise_from_seeds  # noqa: E402
+from dode.objectives import DEFAULT_WEIGHTS, Objective  # noqa: E402
+from dode.peer import fit_peer  # noqa: E402
 from dode.solvers import get_solver  # noqa: E402
 from dode.standard_grids import standard_grids  # noqa: E402
 
@@ -109,10 +117,13 @@ SETTINGS = {
 COLUMNS = [
     "nfe", "best_free", "best_free_mse", "best_free_mse_lo", "best_free_mse_hi", "learned",
     "learned_mse", "learned_mse_lo", "learned_mse_hi", "best_free_fd", "learned_fd",
-    "teacher_fd", "fit_x",
+    "teacher_fd", "fit_x", "peer", "peer_mse", "peer_mse_lo", "peer_mse_hi", "peer_fd",
+    "peer_fd_lo", "peer_fd_hi", "learned_fd_lo", "learned_fd_hi", "teacher_fd_lo",
+    "teacher_fd_hi",
 ]  # fmt: skip
 ABLATION_COLUMNS = [
-    "nfe", "variant", "accepted", "select_mse", "mse", "mse_lo", "mse_hi", "ratio", "fd", "fit_x",
+    "nfe", "variant", "accepted", "select_mse", "mse", "mse_lo", "mse_hi", "ratio", "fd",
+    "fit_x", "select_quality", "fd_lo", "fd_hi",
 ]  # fmt: skip
 
 
@@ -152,6 +163,27 @@ E2E_VARIANTS = {
     "grid + history + shift": {"learn_grid": True, "coefficients": "history", "time_shift": True},
 }
 STANDIN_VARIANTS = {"grid only": (0.05, 0.0), "λ only": (0.0, 0.02), "grid + λ": (0.05, 0.02)}
+#: The weight of the feature Fréchet term in the ablation (off in the default objective).
+FD_WEIGHT = 1e-4
+#: The weight of the moments term in the ablation (off in the default objective).
+MOMENTS_WEIGHT = 1.0
+#: The objective and bound ablation (all ingredients; ablation NFEs only, never the choice):
+#: L2 alone, L2 plus each term of the default objective (dode.objectives.DEFAULT_WEIGHTS; the
+#: feature term with the digits classifier), the default, and the shift bound at half its
+#: fraction. Each: (objective: a callable of the features hook, or "default"; extra options).
+OBJECTIVE_VARIANTS = {
+    "objective: l2": (lambda f: "l2", {}),
+    "objective: l2 + spectrum": (
+        lambda f: Objective(spectrum=DEFAULT_WEIGHTS["spectrum"], features=f), {}),
+    "objective: l2 + moments": (
+        lambda f: Objective(moments=MOMENTS_WEIGHT, features=f), {}),
+    "objective: l2 + fd": (lambda f: Objective(fd=FD_WEIGHT, features=f), {}),
+    "objective: default": (lambda f: "default", {}),
+    "bound: shift fraction 0.25": (lambda f: "default", {"shift_fraction": 0.25}),
+}  # fmt: skip
+#: The peer's (LD3-style) RMSprop learning rate (dode.peer.fit_peer): 0.01 overshoots from
+#: the warm start on the digits DDPM (its validation loss rises 2-6x in 5 steps), 0.002 does not.
+PEER_LR = 0.002
 
 
 def fit_learned(
@@ -165,6 +197,7 @@ def fit_learned(
     batch: int | None = None,
     eval_every: int = 2,
     variant: str | None = None,
+    features=None,
 ) -> Learned:
     """Fit a learned sampler warm-started at ``cell`` on the fit seeds only.
 
@@ -178,7 +211,16 @@ def fit_learned(
     t0 = time.process_time()
     e2e = _end_to_end()
     if e2e is not None:
-        opts = dict(E2E_VARIANTS[variant or "grid + history + shift"])
+        if variant in OBJECTIVE_VARIANTS:
+            objective, extra = OBJECTIVE_VARIANTS[variant]
+            opts = {**E2E_VARIANTS["grid + history + shift"], **extra}
+            objective = objective(features)
+            opts["objective"] = objective
+            if objective == "default":
+                opts["features"] = features
+        else:
+            opts = dict(E2E_VARIANTS[variant or "grid + history + shift"])
+            opts["features"] = features  # the default objective's feature network
         if "select_denoiser" in inspect.signature(e2e).parameters:
             # a conditional model is bound to the fit seeds' labels; the selection seeds have theirs
             opts["select_denoiser"] = select.denoiser
@@ -233,6 +275,39 @@ def accept(learned: Learned, select: FidelityJudge, baseline_mse: float) -> tupl
     return v < baseline_mse, v
 
 
+def fit_peer_row(
+    fit_den,
+    cell: CellChoice,
+    fit_noise,
+    fit_ref,
+    select: FidelityJudge,
+    *,
+    steps,
+    batch=None,
+    eval_every=2,
+    features=None,
+) -> Learned:
+    """The peer: the LD3-style fit (:func:`dode.peer.fit_peer`: learned log-SNR grid,
+    bounded decoupled model times, the perceptual loss of ``features``, RMSprop with
+    validation-driven decay, no coefficients) warm-started at ``cell``, validated on the
+    selection seeds."""
+    t0 = time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = fit_peer(
+            fit_den, cell.solver, cell.sigmas, fit_noise, fit_ref,
+            select_noise=select.noise, select_reference=select.reference.samples,
+            select_denoiser=select.denoiser, features=features, steps=steps, lr=PEER_LR,
+            batch_size=batch, eval_every=eval_every, clip=CLIP, seed=0,
+        )  # fmt: skip
+    return Learned(
+        f"{cell.solver_label} / LD3-style peer",
+        lambda den, noise: fitted.sample(den, noise),
+        time.process_time() - t0,
+        {"fitted": fitted},
+    )
+
+
 # ---- the run --------------------------------------------------------------------------------------
 def _grids(den):
     """The standard family without the σ_min = 0.002 members where the model's own minimum
@@ -274,6 +349,8 @@ def run(
     def feats(x):
         return digits_features(check_images(x.float().clamp(-1, 1)), clf)
 
+    hook = feature_hook(clf)  # the fits' feature network (objective, peer): differentiable
+
     t0 = time.perf_counter()
     # below 100 NFE (quick tests only) the judge skips the halving check
     ref = {"reference_nfe": reference_nfe, "check_reference": reference_nfe >= 100}
@@ -292,7 +369,7 @@ def run(
     cand = {k: get_solver(SOLVERS[k][0], **SOLVERS[k][1]) for k in solvers}
     rows, ablation, notes = [], [], []
     e2e = _end_to_end() is not None
-    fit_opts = {"steps": steps, "batch": batch, "eval_every": eval_every}
+    fit_opts = {"steps": steps, "batch": batch, "eval_every": eval_every, "features": hook}
     cells: dict[int, tuple[CellChoice, float, object]] = {}
 
     def cell_at(nfe: int):
@@ -303,12 +380,12 @@ def run(
             cells[nfe] = (cell, time.perf_counter() - t0, jud.score_cell(cell.solver, cell.sigmas))
         return cells[nfe]
 
-    def ablate(nfe: int) -> dict[str, tuple[Learned, bool, float, float]]:
-        """Every ingredient variant fitted at ``nfe``: variant -> (fit, accepted, selection
-        MSE, fit CPU seconds); one ablation row each."""
+    def ablate(nfe: int, variants=None) -> dict[str, tuple[Learned, bool, float, float]]:
+        """Every ingredient variant (or ``variants``) fitted at ``nfe``: variant -> (fit,
+        accepted, selection MSE, fit CPU seconds); one ablation row each."""
         cell, _, bf = cell_at(nfe)
         fits = {}
-        for variant in E2E_VARIANTS if e2e else STANDIN_VARIANTS:
+        for variant in variants or (E2E_VARIANTS if e2e else STANDIN_VARIANTS):
             c0 = time.process_time()
             lv = fit_learned(
                 fit_den, cell, fit_noise, fit_ref.samples, sel, variant=variant, **fit_opts
@@ -318,11 +395,14 @@ def run(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sc = jud.score(lv.sample(jud.denoiser, jud.noise))
+            rec = lv.detail["fitted"].metrics["end_to_end"] if "fitted" in lv.detail else {}
             ablation.append({
                 "nfe": nfe, "variant": variant, "accepted": okv, "select_mse": sv,
                 "mse": sc.mse, "mse_lo": sc.mse_lo, "mse_hi": sc.mse_hi,
                 "ratio": sc.mse / bf.mse, "fd": sc.fd,
                 "fit_x": (teacher_s + fits[variant][3]) / teacher_s,
+                "select_quality": rec.get("select_quality_fitted") or math.nan,
+                "fd_lo": sc.fd_lo, "fd_hi": sc.fd_hi,
             })  # fmt: skip
             print(f"  ablation NFE {nfe} {variant}: {sc.mse / bf.mse:.2f}x", flush=True)
         return fits
@@ -364,12 +444,20 @@ def run(
             label = learned.label
         else:
             ls, label = bf, f"baseline kept ({learned.label} did not lower the selection MSE)"
+        peer = fit_peer_row(fit_den, cell, fit_noise, fit_ref.samples, sel, **fit_opts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ps = jud.score(peer.sample(jud.denoiser, jud.noise))
         row = {
             "nfe": nfe, "best_free": cell.label, "best_free_mse": bf.mse,
             "best_free_mse_lo": bf.mse_lo, "best_free_mse_hi": bf.mse_hi, "learned": label,
             "learned_mse": ls.mse, "learned_mse_lo": ls.mse_lo, "learned_mse_hi": ls.mse_hi,
             "best_free_fd": bf.fd, "learned_fd": ls.fd, "teacher_fd": teacher.fd,
-            "fit_x": fit_total / teacher_s,
+            "fit_x": fit_total / teacher_s, "peer": peer.label, "peer_mse": ps.mse,
+            "peer_mse_lo": ps.mse_lo, "peer_mse_hi": ps.mse_hi, "peer_fd": ps.fd,
+            "peer_fd_lo": ps.fd_lo, "peer_fd_hi": ps.fd_hi, "learned_fd_lo": ls.fd_lo,
+            "learned_fd_hi": ls.fd_hi, "teacher_fd_lo": teacher.fd_lo,
+            "teacher_fd_hi": teacher.fd_hi,
         }  # fmt: skip
         rows.append(row)
         fitted = learned.detail.get("fitted")
@@ -392,11 +480,14 @@ def run(
         print(
             f"NFE {nfe}: {cell.label} {bf.mse:.4g} [{bf.mse_lo:.4g}, {bf.mse_hi:.4g}] -> "
             f"{label[:60]} {ls.mse:.4g} ({ls.mse / bf.mse:.2f}x), FD {bf.fd:.3g} -> {ls.fd:.3g} "
-            f"(teacher {teacher.fd:.3g}), fit_x {row['fit_x']:.1f}",
+            f"(teacher {teacher.fd:.3g}), fit_x {row['fit_x']:.1f}; peer {ps.mse:.4g} "
+            f"({ps.mse / bf.mse:.2f}x), FD {ps.fd:.3g}",
             flush=True,
         )
         if nfe in ablation_nfes and nfe != choice_nfe:
             ablate(nfe)
+        if e2e and nfe in ablation_nfes:
+            ablate(nfe, OBJECTIVE_VARIANTS)
     total = time.perf_counter() - t_all
     cpu = time.process_time() - cpu_all
     what = {
@@ -427,6 +518,16 @@ def run(
         + ", accepted only if it lowers the selection MSE"
         + (" by a paired bootstrap's 95 % bound" if e2e else "")
         + f" (else the baseline cell is kept); {choice_note}",
+        "# objective: dode.objectives.default_objective (L2 + "
+        + ", ".join(f"{v:g} x {k}" for k, v in DEFAULT_WEIGHTS.items() if v)
+        + "); an iterate is kept and accepted only if its selection-seed quality (the Fréchet "
+        "distance of the digits classifier's features to the selection reference's) stays "
+        "within the warm-start cell's 95 % bootstrap bound",
+        f"# peer: dode.peer.fit_peer (LD3-style, written from the paper: log-SNR grid, "
+        f"decoupled model times bounded by half the smallest step, perceptual loss on the "
+        f"digits classifier's unit-normalised features, RMSprop lr {PEER_LR:g} with "
+        f"validation-driven decay, no coefficients), warm-started at best_free, {steps} steps, "
+        "validated on the selection seeds",
         f"# teacher_fd: the reference's FD-digits vs the 360 held-out real digits, interval "
         f"[{teacher.fd_lo:.4g}, {teacher.fd_hi:.4g}]; fit_x in units of the reference's "
         f"generation time on the fit seeds ({teacher_s:.2f} s CPU); all fit times are CPU "
@@ -463,30 +564,56 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path, title: str = "digits") -> None:
+    """Left: MSE vs NFE (best free, learned, peer) with intervals. Right: the MSE–FD pairs,
+    FD-digits against MSE per NFE (each point labelled with its NFE; the teacher's FD interval
+    shaded): lower-left is closer *and* sharper."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     nfe = [r["nfe"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, mk in (
-        ("best_free", "best learning-free (solver, grid)", "o-"),
-        ("learned", "learned", "^-"),
-    ):
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    kinds = (
+        ("best_free", "best learning-free (solver, grid)", "o", "C0"),
+        ("learned", "learned (dode)", "^", "C1"),
+        ("peer", "peer (LD3-style)", "s", "C2"),
+    )
+    for key, label, mk, color in kinds:
+        if f"{key}_mse" not in rows[0]:
+            continue
         m = [r[f"{key}_mse"] for r in rows]
         err = [
             [v - r[f"{key}_mse_lo"] for v, r in zip(m, rows)],
             [r[f"{key}_mse_hi"] - v for v, r in zip(m, rows)],
         ]
-        ax.errorbar(nfe, m, yerr=err, fmt=mk, capsize=3, label=label)
+        ax.errorbar(nfe, m, yerr=err, fmt=mk + "-", color=color, capsize=3, label=label)
+        fd = [r[f"{key}_fd"] for r in rows]
+        fd_err = None
+        if f"{key}_fd_lo" in rows[0]:
+            fd_err = [
+                [max(v - r[f"{key}_fd_lo"], 0) for v, r in zip(fd, rows)],
+                [max(r[f"{key}_fd_hi"] - v, 0) for v, r in zip(fd, rows)],
+            ]
+        bx.errorbar(m, fd, yerr=fd_err, fmt=mk, color=color, capsize=2, label=label)
+        for x, y, n in zip(m, fd, nfe):
+            bx.annotate(str(n), (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    if "teacher_fd_lo" in rows[0] and math.isfinite(rows[0]["teacher_fd_lo"]):
+        bx.axhspan(rows[0]["teacher_fd_lo"], rows[0]["teacher_fd_hi"], color="0.85",
+                   label="teacher FD interval")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel(
         f"MSE to the converged reference (held-out, in [{CLIP[0]:g}, {CLIP[1]:g}])", fontsize=8
     )
     ax.set_title(title + " (95 % bootstrap intervals)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    bx.set_xlabel("MSE to the converged reference (held-out)", fontsize=8)
+    bx.set_ylabel("FD-digits (held-out)", fontsize=8)
+    bx.set_title("MSE–FD pairs per NFE (lower-left: closer and sharper)", fontsize=9)
+    bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

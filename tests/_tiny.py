@@ -369,3 +369,16 @@ def float_timesteps(cls):
             self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float()
 
     return Float
+
+
+def inside_shift_bounds(solver, grid, xi):
+    """``xi`` moved inside the model-time shift's bounds (:func:`dode.correction.shift_bounds`)
+    at 90 % of the room: the first call down only (σ_0 is the top), the last call up only (the
+    model's σ_min is not known here), every other one at most 0.9 × its bound either way; the
+    entries stay nonzero."""
+    from dode.correction import call_sigmas, shift_bounds
+
+    lo, hi = shift_bounds(call_sigmas(solver, grid), grid)
+    xi = xi.clone().to(torch.float64)
+    xi[0], xi[-1] = -xi[0].abs(), xi[-1].abs()
+    return torch.where(xi > 0, torch.minimum(xi, 0.9 * hi), torch.maximum(xi, 0.9 * lo))

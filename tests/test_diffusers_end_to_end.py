@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny import (
+    inside_shift_bounds,
     make_tiny_sd,
     make_tiny_sd3,
     make_tiny_unet,
@@ -78,6 +79,7 @@ def fitted(solver, grid, seed=0, model=None, first_shift=True) -> FittedSolver:
     """An end-to-end file with random λ, C, ξ; ``first_shift=False``: ξ_0 = 0 (the first call
     at the grid's σ_0, which pipelines that skip ``scale_model_input`` need)."""
     lam, c, xi = end_to_end(solver.nfe(len(grid) - 1), seed)
+    xi = inside_shift_bounds(solver, grid, xi)
     if not first_shift:
         xi[0] = 0.0
     fs = FittedSolver(

@@ -149,7 +149,7 @@ def test_sigterm_then_ckpt_path_last_gives_the_uninterrupted_solver_file(tmp_pat
     core = fit_end_to_end(
         den, get_solver("dpm_solver_pp", order=2),
         _record(full)["init_sigmas"], z, ref, select_noise=zs, select_reference=rs, steps=9,
-        batch_size=8, select_batch_size=16,
+        batch_size=8, select_batch_size=16, objective="l2",  # the run's default
     )  # fmt: skip
     _close(core, full, 1e-9)
     assert core.metrics["end_to_end"]["losses"] == pytest.approx(_record(full)["losses"], rel=1e-9)

@@ -163,13 +163,20 @@ def test_fidelity_csv_columns(fidelity_rows):
     assert list(rows[0]) == [
         "nfe", "best_free", "best_free_mse", "best_free_mse_lo", "best_free_mse_hi", "learned",
         "learned_mse", "learned_mse_lo", "learned_mse_hi", "best_free_fd", "learned_fd",
-        "teacher_fd", "fit_x",
+        "teacher_fd", "fit_x", "peer", "peer_mse", "peer_mse_lo", "peer_mse_hi", "peer_fd",
+        "peer_fd_lo", "peer_fd_hi", "learned_fd_lo", "learned_fd_hi", "teacher_fd_lo",
+        "teacher_fd_hi",
     ]  # fmt: skip
     r = rows[0]
     assert r["nfe"] == "4"
-    for k in ("best_free", "learned"):
+    for k in ("best_free", "learned", "peer"):
         lo, m, hi = (float(r[f"{k}_mse{s}"]) for s in ("_lo", "", "_hi"))
         assert 0 < lo <= m <= hi
+    for k in ("peer", "learned", "teacher"):
+        lo, m, hi = (float(r[f"{k}_fd{s}"]) for s in ("_lo", "", "_hi"))
+        assert lo <= hi and m > 0
+    assert r["peer"].endswith("LD3-style peer")
+    assert any(c.startswith("# peer: dode.peer.fit_peer") for c in comments)
     if r["learned"].startswith("baseline kept"):
         assert r["learned_mse"] == r["best_free_mse"]
     assert float(r["fit_x"]) > 1  # the fit includes the reference on the fit seeds

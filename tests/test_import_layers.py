@@ -36,7 +36,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("models", ["dode/denoisers/"]),
     (
         "core: one conversion, one correction, one replay engine, sampling",
-        ["dode/correction.py", "dode/replay.py", "dode/sampling.py", "dode/conditioning.py"],
+        [
+            "dode/correction.py",
+            "dode/replay.py",
+            "dode/sampling.py",
+            "dode/conditioning.py",
+            "dode/objectives.py",
+        ],
     ),
     ("the solver file and what dode writes", ["dode/files/"]),
     (
@@ -47,6 +53,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "dode/learned_solver.py",
             "dode/standard_grids.py",
             "dode/learned_grid.py",
+            "dode/peer.py",
         ],
     ),
     ("hosts and judging", ["dode/hosts/", "dode/digits/", "dode/evaluation/"]),

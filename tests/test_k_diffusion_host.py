@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import inside_shift_bounds
 from torch import nn
 
 from dode.denoisers.loading import load_denoiser
@@ -462,8 +463,10 @@ def test_end_to_end_file_in_a_k_diffusion_host_equals_dode_sample(kd, digits64):
     lam = 0.2 * torch.randn(steps, generator=g, dtype=torch.float64)
     lam[0] = 0.0
     c = torch.tril(0.15 * torch.randn(steps, steps, generator=g, dtype=torch.float64), -2)
-    xi = 0.2 * torch.randn(steps, generator=g, dtype=torch.float64)
     sigmas = karras(steps, 0.03, 14.6)
+    xi = inside_shift_bounds(
+        solver, sigmas, 0.2 * torch.randn(steps, generator=g, dtype=torch.float64)
+    )
     fs = FittedSolver(solver=solver.config(), sigmas=sigmas, lambdas=lam, coefficients=c,
                       shift=xi, model={})  # fmt: skip
     fn = KDiffusionSampler(fs)

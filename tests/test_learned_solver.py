@@ -83,6 +83,7 @@ def test_history_coefficients_follow_the_formula_on_raw_outputs(name, opts):
     g = torch.Generator().manual_seed(1)
     full = torch.tril(torch.randn(k, k, dtype=torch.float64, generator=g) * 0.1, diagonal=-1)
     xi = torch.randn(k, dtype=torch.float64, generator=g) * 0.05
+    xi[0], xi[-1] = -xi[0].abs(), xi[-1].abs()  # inside [σ_min, σ_max]: the model's range
     lam = torch.cat([torch.zeros(1, dtype=torch.float64), torch.diagonal(full, -1)])
     hist: list[torch.Tensor] = []
     fn = model_fn(den, solver.consumes)
@@ -319,8 +320,9 @@ def test_fit_mode_end_to_end_from_dode_fit_and_dode_train(tmp_path):
     warm = select_grid(den, solver, 4, zs, grids=standard_grids(den), reference=rs)
     assert rec["warm_start_grid"] == warm.spec.label
     core = fit_end_to_end(
-        den, solver, warm.sigmas, z, ref, select_noise=zs, select_reference=rs, steps=6
-    )
+        den, solver, warm.sigmas, z, ref, select_noise=zs, select_reference=rs, steps=6,
+        objective="l2",  # the Lightning run's default (the spectrum term is a batch statistic)
+    )  # fmt: skip
     assert rec["accepted"] == core.metrics["end_to_end"]["accepted"]
     torch.testing.assert_close(fitted.sigmas, core.sigmas, rtol=1e-6, atol=0)
     assert rec["select_mse"] <= rec["select_mse_base"]

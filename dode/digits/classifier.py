@@ -46,6 +46,7 @@ __all__ = [
     "load_classifier",
     "train_classifier",
     "digits_features",
+    "feature_hook",
     "fd_digits",
     "fd_pixel",
     "mse",
@@ -386,6 +387,27 @@ def digits_features(
     clf = classifier if classifier is not None else load_classifier()
     outs = [clf.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return torch.cat(outs).to(torch.float64)
+
+
+def feature_hook(classifier: DigitsClassifier | None = None):
+    """The digits classifier's penultimate features as the end-to-end fit's feature network
+    (:class:`dode.objectives.Objective`'s ``features``): ``fn(samples [B, 1, 8, 8]) -> [B, F]``
+    (float64), differentiable in the samples (the classifier frozen, in eval mode)."""
+    clf = classifier if classifier is not None else load_classifier()
+    clf.eval().requires_grad_(False)
+
+    def features(x: Tensor) -> Tensor:
+        if x.ndim == 2 and x.shape[1] == 64:
+            x = x.reshape(-1, 1, 8, 8)
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
+            raise ValueError(
+                f"the digits feature hook takes digits [B, 1, 8, 8] in [-1, 1], got "
+                f"{tuple(x.shape)}: it belongs to the digits models only."
+            )
+        return clf.features(x.to(torch.float32)).to(torch.float64)
+
+    features.__name__ = "digits_features"
+    return features
 
 
 def fd_digits(a: Tensor, b: Tensor, classifier: DigitsClassifier | None = None) -> float:

@@ -137,9 +137,13 @@ class FittedSolver:
                 f"{solver.describe()} on {len(self.sigmas) - 1} steps makes {nfe} model calls "
                 f"but {len(self.lambdas)} λ were given."
             )
-        from ..correction import check_history
+        from ..correction import call_sigmas, check_history
 
-        check_history(self.coefficients, self.shift, nfe, "fitted solver: ")
+        check_history(
+            self.coefficients, self.shift, nfe, "fitted solver: ", lambdas=self.lambdas,
+            calls=call_sigmas(solver, self.sigmas) if self.shift is not None else None,
+            sigmas=self.sigmas,
+        )  # fmt: skip
 
     def build_solver(self) -> Solver:
         return get_solver(**self.solver)
@@ -152,8 +156,9 @@ class FittedSolver:
         """Check what the file records against the model it is used with.
 
         Refuses (``ValueError``) a model of the other family than the one this solver was
-        fitted on (a flow solver file with a DDPM model, or the reverse) and a grid that starts
-        above the model's largest σ. :meth:`sample` also refuses an unconditional (or unbound)
+        fitted on (a flow solver file with a DDPM model, or the reverse), a grid that starts
+        above the model's largest σ and a model-time shift that takes a call outside the
+        model's σ range (naming the call). :meth:`sample` also refuses an unconditional (or unbound)
         model for a solver fitted on a conditional one. The weights hash is compared by
         :func:`check_model_weights` (the CLIs do).
         """
@@ -171,6 +176,17 @@ class FittedSolver:
                 "the file records, or fit a solver for this model."
             )
         self._check_sigma_range(denoiser)
+        if self.shift is not None:  # no shifted call outside the model's σ range
+            from ..correction import call_sigmas, check_history
+
+            check_history(
+                None, self.shift, self.nfe, "fitted solver: ",
+                calls=call_sigmas(self.build_solver(), self.sigmas), sigmas=self.sigmas,
+                model_range=(
+                    float(getattr(denoiser, "sigma_min", 0.0) or 0.0),
+                    float(getattr(denoiser, "sigma_max", float("inf")) or float("inf")),
+                ),
+            )  # fmt: skip
 
     def _name(self) -> str:
         return str(self.model.get("id") or self.model.get("class") or "its model")

@@ -82,7 +82,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
-from ..correction import DODECorrection, check_history
+from ..correction import DODECorrection, call_sigmas, check_history
 from ..denoisers.base import FAMILIES, as_prediction, as_sigma
 from ..denoisers.flow import flow_from_native, flow_scale
 from ..denoisers.vp import vp_from_native, vp_prediction, vp_scale, vp_sigma_to_t
@@ -326,6 +326,15 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         #: network is called at (σ · exp(ξ) with a model-time shift, else the same)
         self.call_sigmas = start + self._dry_run()
         self.net_sigmas = start + self._dry_run(self.model_time_shift)
+        if self.model_time_shift is not None and self.family == "vp":
+            # the ᾱ table is the model's σ range: no shifted call outside it (naming the call)
+            table = self.log_table.exp()
+            check_history(
+                None, self.model_time_shift, self.nfe - int(self.flow_start),
+                f"{self.solver.describe()} on {len(self.solver_grid) - 1} steps: ",
+                calls=self.call_sigmas[len(start):], sigmas=self.solver_grid,
+                model_range=(float(table.min()), float(table.max())),
+            )  # fmt: skip
         self.order = max(1, round(self.nfe / self.num_steps))
         self.timesteps = self._timesteps_for(self.net_sigmas)
         self.sigmas = self.grid.to(torch.float32)
@@ -540,7 +549,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"{what}coefficients must be a [K, K] list of numbers and model_time_shift a "
                 f"[K] list ({e}); re-export the solver file."
             ) from None
-        check_history(c, xi, num_calls, what)
+        check_history(
+            c, xi, num_calls, what, lambdas=self.lambdas,
+            calls=call_sigmas(self.solver, self.solver_grid) if xi is not None else None,
+            sigmas=self.solver_grid,
+        )  # fmt: skip
         if c is not None and self.lambdas is None:
             raise ValueError(
                 "history coefficients need λ (the one-term part; zeros for none): pass lambdas "

@@ -392,12 +392,18 @@ class KDiffusionSampler:
                 )
 
         positive = grid[grid > 0]
+        # the model's σ range where the host shows its σ table (a model-time shift may not
+        # leave it), else unknown below the grid
+        table = host_sigma_table(model) if self.host_family == "vp" else None
+        low = float(table.min()) if table is not None else 0.0
         den = _HostDenoiser(
             model,
             extra_args,
             host_dtype,
             self.host_family,
-            float(positive.min()),
+            min(low, float(positive.min()))
+            if self.fitted.shift is not None
+            else float(positive.min()),
             float(positive.max()) * (1 + 1e-9),
             on_call,
             guidance_scale=_host_guidance(

@@ -51,8 +51,11 @@ __all__ = ["EndToEndFit", "check_end_to_end", "end_to_end_settings"]
 
 #: ``end_to_end`` settings that are not keywords of :func:`dode.learned_solver.fit_end_to_end`.
 OWN_SETTINGS = {"warm_start": "best_standard", "reference_nfe": 100, "reference_batch_size": 64}
-#: keywords of :func:`~dode.learned_solver.fit_end_to_end` that are not settings (data).
-_DATA_KEYWORDS = {"select_noise", "select_reference", "select_denoiser"}
+#: keywords of :func:`~dode.learned_solver.fit_end_to_end` that are not settings (data; the
+#: feature network, a Python callable; the quality watch, which this run does not have yet: its
+#: selection samples would have to be gathered over the ranks).
+_DATA_KEYWORDS = {"select_noise", "select_reference", "select_denoiser", "features",
+                  "quality_level"}  # fmt: skip
 
 
 def _fit_defaults() -> dict[str, Any]:
@@ -109,7 +112,10 @@ def end_to_end_settings(options: dict[str, Any] | None) -> dict[str, Any]:
     :data:`OWN_SETTINGS` with ``options`` (checked) over them."""
     from ..learned_solver import check_options
 
-    opts = {**_fit_defaults(), **OWN_SETTINGS, **check_end_to_end(options)}
+    # the run's default objective is L2: the default objective's spectrum term is a statistic of
+    # the whole batch, which each rank would compute on its share only (two processes would not
+    # give the result of one); ``objective: default`` runs it in one process
+    opts = {**_fit_defaults(), "objective": "l2", **OWN_SETTINGS, **check_end_to_end(options)}
     opts["clip"] = check_options({"clip": opts["clip"]})["clip"]
     return opts
 
@@ -150,8 +156,16 @@ class EndToEndFit(ModeFit):
     def setup(self, module: DODEModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self.settings["objective"] == "default" and module.trainer.world_size > 1:
+            raise ValueError(
+                "end_to_end.objective 'default' holds a statistic of the whole batch (its "
+                f"spectrum term), which each of the {module.trainer.world_size} processes would "
+                "compute on its share only; run it in one process (--trainer.devices 1), or use "
+                "objective: l2 (the run's default) with several."
+            )
         from ..learned_solver import LearnedSolver, sigma_floor, warm_start_grid
         from ..sampling import sample
+        from ..standard_grids import model_sigma_range
 
         trainer = module.trainer
         dm = getattr(trainer, "datamodule", None)
@@ -191,7 +205,8 @@ class EndToEndFit(ModeFit):
         module.learned = LearnedSolver(
             module.solver, grid, sigma_floor=sigma_floor(module.denoiser, grid),
             learn_grid=s["learn_grid"], coefficients=s["coefficients"],
-            time_shift=s["time_shift"],
+            time_shift=s["time_shift"], shift_floor=model_sigma_range(module.denoiser)[0],
+            shift_fraction=s["shift_fraction"],
         ).to(dev)  # fmt: skip
         self.warm.update(warm_start=s["warm_start"], warm_start_grid=label,
                          reference_nfe=s["reference_nfe"])  # fmt: skip
@@ -331,6 +346,7 @@ class EndToEndFit(ModeFit):
         s, trainer = self.settings, module.trainer
         if self.stop != "steps":
             return None
+        module.learned.project_()  # the shift's u inside [-1, 1] after the last step
         z = batch["noise"].to(module.device)
         ref = batch["reference"].to(module.device, torch.float64)
         share = len(z) / int(batch["global_size"])
