@@ -153,6 +153,7 @@ def fit_end_to_end(
     clip: tuple[float, float] | None = None,
     accept_level: float | None = 0.95,
     seed: int = 0,
+    recompute: bool = True,
 ) -> FittedSolver:
     """Fit the grid, coefficients and model-time shift of ``solver`` end to end.
 
@@ -198,6 +199,9 @@ def fit_end_to_end(
             the one-sided ``accept_level`` upper bound of the per-seed MSE change below 0
             (:func:`paired_improvement`); ``None``: accept any lower selection MSE.
         seed: the mini-batch order.
+        recompute: recompute each network call's activations in the backward pass
+            (:func:`dode.correction.recomputed`), so a step's memory is about one call's
+            activations at any NFE, for one extra forward per call; ``False`` keeps them all.
 
     Returns:
         A :class:`~dode.files.solver_file.FittedSolver` whose ``metrics["end_to_end"]`` records
@@ -284,7 +288,7 @@ def fit_end_to_end(
         c = current(p)
         s = c["sigmas"]
         corr = DODECorrection(
-            model_fn(den, solver.consumes), c["lambdas"], False,
+            model_fn(den, solver.consumes, recompute), c["lambdas"], False,
             coefficients=c["coefficients"], shift=c["shift"],
         )  # fmt: skip
         sig = list(s.unbind()) if s.requires_grad else s.tolist()
@@ -422,6 +426,7 @@ def fit_end_to_end(
         "batch_size": batch_size,
         "select_batch_size": eval_batch,
         "seed": seed,
+        "recompute": bool(recompute),
         "num_fit_seeds": int(noise.shape[0]),
         "num_select_seeds": int(select_noise.shape[0]),
         "init_sigmas": grid.tolist(),
