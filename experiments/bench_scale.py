@@ -23,8 +23,8 @@ Two models, random weights, DPM-Solver++(2M), float32 integration:
   (64, 128, 192, 192), 22.6 M parameters, float32), latents 4×32×32, one prompt without
   guidance, 4 samples per step, 2 Adam steps of :func:`dode.learned_solver.fit_end_to_end`
   (selection on 2 seeds), references computed in batches of 16 seeds
-  (:func:`dode.grids.standard.reference_solution` with ``batch_size``; the references' NFE is
-  3: this measures memory, not accuracy): peak memory of the whole fit (references included)
+  (:func:`dode.grids.standard.reference_solution` per batch, the bound denoiser sliced along;
+  the references' NFE is 3: this measures memory, not accuracy): peak memory of the whole fit (references included)
   at NFE 4 and 16 with recomputation on and off, and with 16 and 256 fit seeds.
 
 Usage::
@@ -109,6 +109,23 @@ def _model(cfg: dict, dtype, rows: int, seed: int = 0):
     return den, bound, sum(p.numel() for p in unet.parameters())
 
 
+def _references(bound, z, nfe: int, batch: int | None):
+    """Converged references of ``z`` in batches of ``batch`` seeds, the bound denoiser sliced
+    along (:func:`dode.grids.standard.reference_solution` per batch), without gradients."""
+    import torch
+
+    from dode.grids.standard import reference_solution
+
+    step = batch or len(z)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                reference_solution(bound[i : i + step], z[i : i + step], nfe=nfe)
+                for i in range(0, len(z), step)
+            ]
+        )
+
+
 def _grid(den, solver, nfe: int):
     from dode.grids.schedules import karras
     from dode.grids.standard import model_sigma_range
@@ -170,19 +187,15 @@ def measure(spec: dict) -> dict:
     den, bound, params = _model(cfg, dtype, rows)
     out = {**spec, "params_m": params / 1e6}
     if kind == "reference":  # a reference batch: no gradients, one network call's memory
-        from dode.grids.standard import reference_solution
-
         g = torch.Generator().manual_seed(7)
         z = torch.randn(rows, *den.sample_shape, generator=g)
         base = _reset_peak()
         t0 = time.perf_counter()
-        with torch.no_grad():
-            reference_solution(bound, z, nfe=spec["nfe"], batch_size=spec.get("batch"))
+        _references(bound, z, spec["nfe"], spec.get("batch"))
         out["seconds"] = time.perf_counter() - t0
     elif kind == "step":
         base, out["seconds"] = _step(bound, den, spec["nfe"], spec["recompute"], rows)
     elif kind == "fit":  # fit_end_to_end with references in batches, as a whole
-        from dode.grids.standard import reference_solution
         from dode.learned_solver import fit_end_to_end
         from dode.solvers import get_solver
 
@@ -193,8 +206,7 @@ def measure(spec: dict) -> dict:
         grid = _grid(den, solver, spec["nfe"])
         base = _reset_peak()
         t0 = time.perf_counter()
-        with torch.no_grad():
-            ref = reference_solution(bound, z, nfe=spec["ref_nfe"], batch_size=REF_BATCH)
+        ref = _references(bound, z, spec["ref_nfe"], REF_BATCH)
         t_ref = time.perf_counter() - t0
         fitted = fit_end_to_end(
             bound[:n_fit], solver, grid, z[:n_fit], ref[:n_fit], select_noise=z[n_fit:],
