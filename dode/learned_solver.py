@@ -150,7 +150,7 @@ def fit_end_to_end(
     patience: int | None = None,
     batch_size: int | None = None,
     select_batch_size: int | None = None,
-    clip: tuple[float, float] | None = None,
+    clip: tuple[float, float] | str | None = None,
     accept_level: float | None = 0.95,
     seed: int = 0,
     recompute: bool = True,
@@ -195,6 +195,7 @@ def fit_end_to_end(
             the selection MSE compare samples and references clamped to it, as an image shows
             them (a converged reference can leave the data range on rare seeds, by a margin
             that then dominates an unclamped mean). ``None``: no clamping (latents).
+            ``"model"``: the model's declared ``data_range`` (``None`` where it declares none).
         accept_level: accept the fit only if a paired bootstrap over the selection seeds puts
             the one-sided ``accept_level`` upper bound of the per-seed MSE change below 0
             (:func:`paired_improvement`); ``None``: accept any lower selection MSE.
@@ -240,7 +241,7 @@ def fit_end_to_end(
             f"select_batch_size must be a positive integer or None, got {select_batch_size!r}."
         )
     eval_batch = select_batch_size or batch_size
-    clip = check_clip(clip)
+    clip = check_clip(getattr(denoiser, "data_range", None) if clip == "model" else clip)
     if accept_level is not None and not (0.5 <= float(accept_level) < 1):
         raise ValueError(
             f"accept_level must be None or in [0.5, 1) (e.g. 0.95), got {accept_level!r}."
