@@ -105,6 +105,8 @@ class Denoiser(nn.Module):
     family: Literal["vp", "flow"] = "vp"
     weight_files: tuple[str, ...] = ()
     conditional: bool = False
+    #: a text model (its conditioning is prompts: Stable Diffusion, SDXL, SD3, FLUX)
+    text_conditional: bool = False
     data_range: tuple[float, float] | None = None
 
     def __init__(
