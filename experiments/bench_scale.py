@@ -159,6 +159,11 @@ def _step(bound, den, nfe: int, recompute: bool, batch: int) -> float:
     g = torch.Generator().manual_seed(5)
     z = torch.randn(batch, *den.sample_shape, generator=g)
     ref = torch.randn(batch, *den.sample_shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():  # one network call without gradients, in this process: the unit
+        bound.x0(z, hi)  # (warm-up)
+        t0 = time.perf_counter()
+        bound.x0(z, hi)
+        call_s = time.perf_counter() - t0
     base = _reset_peak()
     t0 = time.perf_counter()
     sig = grid_from_logits(logits, hi, floor) if steps >= 2 else grid
@@ -172,7 +177,7 @@ def _step(bound, den, nfe: int, recompute: bool, batch: int) -> float:
     seconds = time.perf_counter() - t0
     if not (torch.isfinite(loss) and torch.isfinite(shift.grad).all()):
         raise RuntimeError("the fit step made non-finite values")
-    return base, seconds
+    return base, seconds, call_s
 
 
 def measure(spec: dict) -> dict:
@@ -196,7 +201,9 @@ def measure(spec: dict) -> dict:
         _references(bound, z, spec["nfe"], spec.get("batch"))
         out["seconds"] = time.perf_counter() - t0
     elif kind == "step":
-        base, out["seconds"] = _step(bound, den, spec["nfe"], spec["recompute"], rows)
+        base, out["seconds"], out["call_s"] = _step(
+            bound, den, spec["nfe"], spec["recompute"], rows
+        )
     elif kind == "fit":  # fit_end_to_end with references in batches, as a whole
         from dode.learned_solver import fit_end_to_end
         from dode.solvers import get_solver
@@ -284,15 +291,18 @@ def _find(results, **kw):
 
 
 def report(results: list[dict], seconds: float) -> str:
+    runs = ", ".join(
+        f"{m} {d}" for m, d in sorted({(r["model"], r.get("run", "?")) for r in results})
+    )
     lines = [
         "# The end-to-end fit at scale: memory and cost",
         "",
-        "Written by `python experiments/bench_scale.py` (one run; each figure one measurement in "
-        "a fresh subprocess, peak resident memory from the kernel's `VmHWM` after resetting it "
-        "once the model is built; 'above model' is the peak minus the memory of the model and "
+        "Written by `python experiments/bench_scale.py` (each model's figures from one run: "
+        f"{runs}; each figure one measurement in a fresh subprocess, peak resident memory "
+        "from the kernel's `VmHWM` after resetting it once the model is built; 'above model' is the peak minus the memory of the model and "
         "its inputs). CPU: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with "
-        f"other jobs, torch 1 thread; total {seconds / 60:.1f} min. Timings are noisy on a "
+        f"other jobs, torch 1 thread; last run {seconds / 60:.1f} min. Timings are noisy on a "
         "shared machine; the memory figures are not.",
         "",
     ]
@@ -305,10 +315,11 @@ def report(results: list[dict], seconds: float) -> str:
             "`fit_end_to_end`, 2 Adam steps of 4 samples, latents 4×32×32, one prompt, "
             f"selection on 2 seeds, references in batches of {REF_BATCH} seeds (1 NFE: the "
             "memory of a reference batch does not depend on it; this measures memory, not "
-            "accuracy). The peak is the larger of the reference phase's and the fit's.",
+            "accuracy). The peak is the larger of the reference phase's and the fit's (both "
+            "above the model).",
             "",
-            "| NFE | fit seeds | recompute | peak (GB) | above model (GB) | of which: "
-            "references | Adam steps and selection | seconds |",
+            "| NFE | fit seeds | recompute | peak (GB) | above model (GB) | reference phase "
+            "(GB) | fit phase (GB) | seconds |",
             "|---:|---:|:---:|---:|---:|---:|---:|---:|",
         ]
         for r in sorted(
@@ -406,9 +417,10 @@ def _sd15_section(sd: list[dict]) -> list[str]:
     call64, on64 = per_call * s, on_peak * s
     b_on = int(budget // on64)
     nfe_off_1 = int((budget - fixed * s) // call64)
-    t_fwd = ref["seconds"] if ref else float("nan")
-    r_on = [r["seconds"] / (r["nfe"] * t_fwd) for r in on]
-    r_off = [r["seconds"] / (r["nfe"] * t_fwd) for (n, rc), r in steps.items() if not rc]
+    # each step against a network call timed in the same process just before it
+    r_on = [r["seconds"] / (r["nfe"] * r["call_s"]) for r in on]
+    r_off = [r["seconds"] / (r["nfe"] * r["call_s"]) for (n, rc), r in steps.items() if not rc]
+    t_fwd = min(r["call_s"] for r in steps.values())
     lines += [
         "",
         "Projection: without recomputation each network call keeps "
@@ -435,7 +447,9 @@ def _sd15_section(sd: list[dict]) -> list[str]:
         "",
         "### Cost in units of the reference's generation time",
         "",
-        f"One network call (no gradients, one prompt with guidance) took {t_fwd:.1f} s. A fit "
+        f"One network call (no gradients, one prompt with guidance) took {t_fwd:.1f} s or more. "
+        "Each step is timed against one such call timed in its own process just before it "
+        "(the machine is shared, so only ratios within a process mean something). A fit "
         "step per sample took "
         + (f"{min(r_on):.1f}–{max(r_on):.1f} × NFE calls with recomputation " if r_on else "")
         + (f"and {min(r_off):.1f}–{max(r_off):.1f} × NFE without " if r_off else "")
@@ -473,13 +487,17 @@ def main(argv=None) -> None:
         print(json.dumps(measure(json.loads(args.measure))))
         return
     t0 = time.perf_counter()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = []
+    store = args.out.with_suffix(".json")
+    if args.only and store.exists():  # keep the other model's figures (from their own run)
+        results = [r for r in json.loads(store.read_text()) if r["model"] != args.only]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 
     def queue(specs: list[dict]) -> None:
         for spec in specs:
-            out = run_one(spec)
+            out = {**run_one(spec), "run": stamp}
             with lock:
                 results.append(out)
                 text = report(results, time.perf_counter() - t0)  # what is measured so far
