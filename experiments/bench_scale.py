@@ -290,7 +290,7 @@ def _find(results, **kw):
     return None
 
 
-def report(results: list[dict], seconds: float) -> str:
+def report(results: list[dict], seconds: float | None) -> str:
     runs = ", ".join(
         f"{m} {d}" for m, d in sorted({(r["model"], r.get("run", "?")) for r in results})
     )
@@ -302,8 +302,9 @@ def report(results: list[dict], seconds: float) -> str:
         "from the kernel's `VmHWM` after resetting it once the model is built; 'above model' is the peak minus the memory of the model and "
         "its inputs). CPU: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with "
-        f"other jobs, torch 1 thread; last run {seconds / 60:.1f} min. Timings are noisy on a "
-        "shared machine; the memory figures are not.",
+        "other jobs, torch 1 thread"
+        + (f"; last run {seconds / 60:.1f} min" if seconds is not None else "")
+        + ". Timings are noisy on a shared machine; the memory figures are not.",
         "",
     ]
     mid = [r for r in results if r["model"] == "mid"]
@@ -481,10 +482,18 @@ def main(argv=None) -> None:
     ap.add_argument("--full", action="store_true", help="SD1.5 at NFE 8 (4 without) too")
     ap.add_argument("--only", choices=["mid", "sd15"])
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--report", action="store_true", help="only rewrite the report from OUT's .json"
+    )
     args = ap.parse_args(argv)
     if args.measure:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         print(json.dumps(measure(json.loads(args.measure))))
+        return
+    if args.report:
+        results = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.write_text(report(results, None))
+        print(args.out.read_text())
         return
     t0 = time.perf_counter()
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
