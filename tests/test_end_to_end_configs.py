@@ -273,3 +273,20 @@ def test_the_generic_overlay_composes_with_any_model_config(capsys):
         assert out["model"]["fit_mode"] == "end-to-end"
         assert out["model"]["end_to_end"]["clip"] == "model"
         assert out["model"]["end_to_end"]["recompute"] is True
+
+
+def test_the_generic_overlay_clamps_a_pixel_model_to_its_data_range(tmp_path):
+    """``-c configs/tiny.yaml -c configs/end-to-end.yaml`` (the digits mixture, data in
+    [-1, 1]): the fit compares samples in the model's data range."""
+    from dode.cli.train import main
+
+    e2e = {**_settings("end-to-end.yaml"), **SMALL}
+    path = main([
+        "-c", str(CONFIGS / "tiny.yaml"), "-c", str(CONFIGS / "end-to-end.yaml"),
+        "--model.end_to_end", json.dumps(e2e), "--data.fit_seeds", "0-7",
+        "--data.val_seeds", "100-107", "--data.cache_dir", "null", "--wandb_mode", "disabled",
+        "--trainer.enable_progress_bar", "false", "--lambda_plot.enabled", "false",
+        "--samples.num_samples", "0", "--fid.feature", "null", "--run_dir", str(tmp_path / "run"),
+    ])  # fmt: skip
+    rec = FittedSolver.load(path).metrics["end_to_end"]
+    assert rec["clip"] == [-1.0, 1.0] and rec["recompute"] is True and rec["steps_run"] == 2
