@@ -313,7 +313,8 @@ def report(results: list[dict], seconds: float | None) -> str:
         lines += [
             f"## Mid-sized UNet ({p:.1f} M parameters, float32), the whole fit",
             "",
-            "`fit_end_to_end`, 2 Adam steps of 4 samples, latents 4×32×32, one prompt, "
+            "`fit_end_to_end`, 2 Adam steps of 4 samples, latents 4×32×32, one prompt without "
+            "guidance (4 UNet rows per step), "
             f"selection on 2 seeds, references in batches of {REF_BATCH} seeds (1 NFE: the "
             "memory of a reference batch does not depend on it; this measures memory, not "
             "accuracy). The peak is the larger of the reference phase's and the fit's (both "
