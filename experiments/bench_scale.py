@@ -32,7 +32,11 @@ Usage::
 
     python experiments/bench_scale.py            # about 20 minutes on 2 shared cores
     python experiments/bench_scale.py --full     # adds SD1.5 at NFE 8 (4 without recompute)
-    python experiments/bench_scale.py --only mid # one model
+    python experiments/bench_scale.py --only mid # one model (the other's figures are kept)
+    python experiments/bench_scale.py --report   # rewrite scale.md from scale.json
+
+The committed ``scale.md`` holds the mid-sized UNet's figures of a default run and SD1.5's of
+an ``--only sd15 --full`` run (its header names each model's run).
 """
 
 from __future__ import annotations
