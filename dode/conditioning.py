@@ -200,7 +200,7 @@ class SeedConditioning:
                 f"{what} given for the unconditional model {name!r}; drop them, or load a "
                 "conditional model (a class-conditional UNet2DModel, Stable Diffusion)."
             )
-        text = hasattr(denoiser, "encode_prompts")
+        text = getattr(denoiser, "text_conditional", False)
         if self.kind == "prompts" and not text:
             raise ValueError(
                 f"prompts were given for {name!r}, a class-conditional model; pass class labels "

@@ -49,6 +49,7 @@ __all__ = [
     "call_sigmas",
     "check_history",
     "model_fn",
+    "recomputed",
     "shift_bounds",
 ]
 
@@ -72,9 +73,37 @@ def _check_finite(o: Tensor, k: int, sigma: float) -> None:
         )
 
 
-def model_fn(denoiser: Denoiser, consumes: str) -> Callable[[Tensor, float], Tensor]:
-    """The callable a solver consumes: ``denoiser.x0`` or ``denoiser.eps``."""
-    return denoiser.x0 if consumes == "x0" else denoiser.eps
+def model_fn(
+    denoiser: Denoiser, consumes: str, recompute: bool = False
+) -> Callable[[Tensor, float], Tensor]:
+    """The callable a solver consumes: ``denoiser.x0`` or ``denoiser.eps``; with
+    ``recompute``, each call's activations are recomputed in the backward pass
+    (:func:`recomputed`)."""
+    fn = denoiser.x0 if consumes == "x0" else denoiser.eps
+    return recomputed(fn) if recompute else fn
+
+
+def recomputed(fn: Callable[[Tensor, float], Tensor]) -> Callable[[Tensor, float], Tensor]:
+    """``fn(x, σ)`` whose activations are not kept for the backward pass but recomputed there
+    (activation checkpointing, ``torch.utils.checkpoint`` without reentrance).
+
+    A call that builds a graph keeps only its inputs and output; the backward pass runs the
+    network's forward once more to rebuild that call's activations, then frees them. So a
+    trajectory of K calls holds about one call's activations at a time instead of K, at the
+    cost of one extra forward per call. Gradients are the same as without it (the network is
+    deterministic in eval mode). Without gradients (``torch.no_grad``) it is ``fn`` itself.
+    ``fn`` may be any model callable: a bound (conditional, guided) denoiser's ``x0`` / ``eps``,
+    a latent or flow model in half precision; σ may carry a gradient (learned grid, time shift).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def call(x: Tensor, sigma: float | Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return fn(x, sigma)
+        return checkpoint(fn, x, sigma, use_reentrant=False)
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
 
 
 def _correct(o: Tensor, prev: Tensor | None, lam) -> Tensor:

@@ -88,6 +88,7 @@ __all__ = [
     "minibatch_order",
     "paired_improvement",
     "quality_limit",
+    "resolve_clip",
     "selection_errors",
     "sigma_floor",
     "warm_start_grid",
@@ -233,12 +234,12 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     p = o.get("patience")
     if p is not None and (not isinstance(p, int) or isinstance(p, bool) or p < 0):
         raise ValueError(f"patience must be an integer >= 0 or None, got {p!r}.")
-    for name in ("learn_grid", "time_shift"):
+    for name in ("learn_grid", "time_shift", "recompute"):
         if name in o and not isinstance(o[name], bool):
             raise ValueError(f"{name} must be true or false, got {o[name]!r}.")
     if "seed" in o and (not isinstance(o["seed"], int) or isinstance(o["seed"], bool)):
         raise ValueError(f"seed must be an integer, got {o['seed']!r}.")
-    if "clip" in o:
+    if "clip" in o and o["clip"] != "model":
         o["clip"] = check_clip(o["clip"])
     frac = o.get("shift_fraction", SHIFT_FRACTION)
     if not (
@@ -286,6 +287,12 @@ def sigma_floor(denoiser: Denoiser, sigmas: Tensor) -> float:
     return max(0.5 * min(lo, float(sigmas[-2])), 1e-8)
 
 
+def resolve_clip(clip: tuple[float, float] | str | None, denoiser: Denoiser):
+    """The data range to clamp to: ``"model"`` is the model's declared ``data_range`` (``None``
+    where it declares none, as latent models do); anything else as :func:`check_clip` takes."""
+    return check_clip(getattr(denoiser, "data_range", None) if clip == "model" else clip)
+
+
 class LearnedSolver(nn.Module):
     """The parameters of the end-to-end solver and the trajectory they define.
 
@@ -309,6 +316,9 @@ class LearnedSolver(nn.Module):
         time_shift: fit the per-call model-time shift.
         shift_floor: the lowest σ a shifted call may reach (the model's σ_min).
         shift_fraction: the shift's bound, a fraction of the smallest adjacent log-σ step.
+        recompute: recompute each network call's activations in the backward pass
+            (:func:`dode.correction.recomputed`): a step holds about one call's activations at
+            any NFE, for one extra forward per call.
 
     The coefficients are ``C·tanh(raw/C)`` and the shift ``u·bound`` on the current grid
     (:mod:`dode.correction`), ``u`` kept in ``[−1, 1]`` (:meth:`project_` after each
@@ -327,8 +337,10 @@ class LearnedSolver(nn.Module):
         time_shift: bool = True,
         shift_floor: float | None = None,
         shift_fraction: float = SHIFT_FRACTION,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
+        self.recompute = bool(recompute)
         check_options({"shift_fraction": shift_fraction})
         self.shift_floor = shift_floor
         self.shift_fraction = float(shift_fraction)
@@ -409,7 +421,7 @@ class LearnedSolver(nn.Module):
         c = self.current(params)
         s = c["sigmas"]
         corr = DODECorrection(
-            model_fn(denoiser, self.solver.consumes), c["lambdas"], False,
+            model_fn(denoiser, self.solver.consumes, self.recompute), c["lambdas"], False,
             coefficients=c["coefficients"], shift=c["shift"],
         )  # fmt: skip
         sig = list(s.unbind()) if s.requires_grad else s.tolist()
@@ -573,6 +585,7 @@ def conclude(
         "sigma_floor": learned.sigma_floor,
         "coefficient_bound": COEFFICIENT_BOUND,
         "shift_fraction": learned.shift_fraction,
+        "recompute": learned.recompute,
         "select_quality_base": None if quality is None else quality[0],
         "select_quality_limit": None if quality is None else quality[1],
         "select_quality_fitted": None if quality is None else quality[2],
@@ -606,12 +619,13 @@ def fit_end_to_end(
     patience: int | None = None,
     batch_size: int | None = None,
     select_batch_size: int | None = None,
-    clip: tuple[float, float] | None = None,
+    clip: tuple[float, float] | str | None = None,
     accept_level: float | None = 0.95,
     seed: int = 0,
     features: Callable[[Tensor], Tensor] | None = None,
     quality_level: float | None = 0.95,
     shift_fraction: float = SHIFT_FRACTION,
+    recompute: bool = True,
 ) -> FittedSolver:
     """Fit the grid, coefficients and model-time shift of ``solver`` end to end.
 
@@ -656,6 +670,7 @@ def fit_end_to_end(
             the selection MSE compare samples and references clamped to it, as an image shows
             them (a converged reference can leave the data range on rare seeds, by a margin
             that then dominates an unclamped mean). ``None``: no clamping (latents).
+            ``"model"``: the model's declared ``data_range`` (``None`` where it declares none).
         accept_level: accept the fit only if a paired bootstrap over the selection seeds puts
             the one-sided ``accept_level`` upper bound of the per-seed MSE change below 0
             (:func:`paired_improvement`); ``None``: accept any lower selection MSE.
@@ -670,6 +685,9 @@ def fit_end_to_end(
             this level (:func:`quality_limit`); ``None``: the MSE alone decides.
         shift_fraction: the shift's bound as a fraction of the smallest adjacent log-σ step
             (at most :data:`dode.correction.SHIFT_FRACTION`, the bound every host checks).
+        recompute: recompute each network call's activations in the backward pass
+            (:func:`dode.correction.recomputed`), so a step's memory is about one call's
+            activations at any NFE, for one extra forward per call; ``False`` keeps them all.
 
     Returns:
         A :class:`~dode.files.solver_file.FittedSolver` whose ``metrics["end_to_end"]`` records
@@ -688,13 +706,13 @@ def fit_end_to_end(
             weight_decay=weight_decay, objective=objective, eval_every=eval_every,
             patience=patience, batch_size=batch_size, select_batch_size=select_batch_size,
             clip=clip, accept_level=accept_level, seed=seed, features=features,
-            quality_level=quality_level, shift_fraction=shift_fraction,
+            quality_level=quality_level, shift_fraction=shift_fraction, recompute=recompute,
         )
     )  # fmt: skip
     if objective == "default":
         objective = default_objective(features)
     watch = getattr(objective, "quality", None) if quality_level is not None else None
-    clip = opts["clip"]
+    clip = resolve_clip(opts["clip"], denoiser)
     eval_batch = select_batch_size or batch_size
     grid = warm_start_grid(solver, sigmas)
     _check_pair(denoiser, noise, reference, "fit")
@@ -704,6 +722,7 @@ def fit_end_to_end(
         solver, grid, sigma_floor=sigma_floor(denoiser, grid), learn_grid=learn_grid,
         coefficients=coefficients, time_shift=time_shift,
         shift_floor=model_sigma_range(denoiser)[0], shift_fraction=shift_fraction,
+        recompute=recompute,
     )  # fmt: skip
     ref = reference.to(torch.float64)
     sel_ref = clipped(select_reference, clip)
@@ -802,6 +821,7 @@ def fit_end_to_end(
         "batch_size": batch_size,
         "select_batch_size": eval_batch,
         "seed": seed,
+        "recompute": bool(recompute),
         "num_fit_seeds": int(noise.shape[0]),
         "num_select_seeds": int(select_noise.shape[0]),
         "losses": losses,

@@ -131,6 +131,60 @@ def write_clip_tokenizer(folder: str | os.PathLike, model_max_length: int = 77):
     return CLIPTokenizer(vocab, merges, model_max_length=model_max_length)
 
 
+def write_t5_tokenizer(folder: str | os.PathLike):
+    """A T5 tokenizer (Unigram over single characters, no sentinel tokens) written to
+    ``folder`` and loaded from there: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2."""
+    from transformers import T5TokenizerFast
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in chars]
+    T5TokenizerFast(vocab=vocab, extra_ids=0).save_pretrained(os.fspath(folder))
+    return T5TokenizerFast.from_pretrained(os.fspath(folder))
+
+
+def tiny_text_encoders(
+    tmp_path: str | os.PathLike, clip_widths: tuple[int, ...], projection: int | None, t5: int
+) -> dict:
+    """Random text encoders for the tiny flow pipelines: CLIP models of the given widths
+    (``CLIPTextModelWithProjection`` when ``projection`` is given, as SD3's; else
+    ``CLIPTextModel``, as FLUX's), and a T5 encoder of width ``t5`` (0: none), with their
+    tokenizers (:func:`write_clip_tokenizer`, :func:`write_t5_tokenizer`), keyed as the
+    pipelines name them (``text_encoder``, ``tokenizer``, ``text_encoder_2``, …)."""
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    root = os.fspath(tmp_path)
+    tok = write_clip_tokenizer(os.path.join(root, "_vocab"))
+    parts: dict = {}
+    for i, width in enumerate(clip_widths):
+        cfg = CLIPTextConfig(
+            bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1,
+            hidden_size=width, intermediate_size=37, projection_dim=projection or width,
+            num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tok),
+            max_position_embeddings=77,
+        )  # fmt: skip
+        model = CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+        suffix = f"_{i + 1}" if i else ""
+        parts[f"text_encoder{suffix}"] = model.eval()
+        parts[f"tokenizer{suffix}"] = tok
+    if t5:
+        t5_tok = write_t5_tokenizer(os.path.join(root, "_t5"))
+        cfg = T5Config(
+            vocab_size=len(t5_tok), d_model=t5, d_kv=8, d_ff=37, num_layers=1, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        )  # fmt: skip
+        suffix = f"_{len(clip_widths) + 1}"
+        parts[f"text_encoder{suffix}"] = T5EncoderModel(cfg).eval()
+        parts[f"tokenizer{suffix}"] = t5_tok
+    return parts
+
+
 def _perturb(module, gen) -> None:
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -252,9 +306,13 @@ def _perturb_all(module, seed: int):
     return module.eval()
 
 
-def make_tiny_sd3(tmp_path: str | os.PathLike, shift: float = 3.0, seed: int = 0):
+def make_tiny_sd3(
+    tmp_path: str | os.PathLike, shift: float = 3.0, seed: int = 0, text_encoders: bool = False
+):
     """A tiny random ``StableDiffusion3Pipeline`` (4×8×8 latents, no text encoders: pass
-    ``prompt_embeds`` [B, L, 16] / ``pooled_prompt_embeds`` [B, 12]) saved to ``tmp_path``."""
+    ``prompt_embeds`` [B, L, 16] / ``pooled_prompt_embeds`` [B, 12]) saved to ``tmp_path``.
+    ``text_encoders``: with two CLIP encoders of width 8 (projections 6), no T5 (the pipeline
+    pads with zeros), so string prompts work."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
@@ -277,27 +335,25 @@ def make_tiny_sd3(tmp_path: str | os.PathLike, shift: float = 3.0, seed: int = 0
             pos_embed_max_size=16,
         )
         vae = _tiny_flow_vae(0.0609, 1.5035)
+        text = tiny_text_encoders(tmp_path, (8, 8), 6, 0) if text_encoders else {}
     _perturb_all(tr, seed + 1)  # zero-initialised output layers would make v ≡ 0
+    names = [f"{p}{s}" for s in ("", "_2", "_3") for p in ("text_encoder", "tokenizer")]
     pipe = StableDiffusion3Pipeline(
         transformer=tr,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
         vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
+        **{n: text.get(n) for n in names},
     )
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(os.fspath(tmp_path))
     return pipe
 
 
-def make_tiny_flux(tmp_path: str | os.PathLike, seed: int = 0):
+def make_tiny_flux(tmp_path: str | os.PathLike, seed: int = 0, text_encoders: bool = False):
     """A tiny random ``FluxPipeline`` (guidance-distilled, packed latents; 16×24 images give
     4×8×12 latents; pass ``prompt_embeds`` [B, L, 32] / ``pooled_prompt_embeds`` [B, 24])
-    saved to ``tmp_path``."""
+    saved to ``tmp_path``. ``text_encoders``: with a CLIP encoder of width 24 and a T5 encoder
+    of width 32, so string prompts work."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     with torch.random.fork_rng(devices=[]):
@@ -315,6 +371,7 @@ def make_tiny_flux(tmp_path: str | os.PathLike, seed: int = 0):
             axes_dims_rope=(4, 4, 8),
         )
         vae = _tiny_flow_vae(0.1159, 0.3611)
+        text = tiny_text_encoders(tmp_path, (24,), None, 32) if text_encoders else {}
     _perturb_all(tr, seed + 3)
     sched = FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True,
@@ -323,15 +380,8 @@ def make_tiny_flux(tmp_path: str | os.PathLike, seed: int = 0):
         base_image_seq_len=4,
         max_image_seq_len=64,
     )
-    pipe = FluxPipeline(
-        scheduler=sched,
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=tr,
-    )
+    names = [f"{p}{s}" for s in ("", "_2") for p in ("text_encoder", "tokenizer")]
+    pipe = FluxPipeline(scheduler=sched, vae=vae, transformer=tr, **{n: text.get(n) for n in names})
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(os.fspath(tmp_path))
     return pipe

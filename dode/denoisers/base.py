@@ -90,6 +90,10 @@ class Denoiser(nn.Module):
         prediction: ``"x0"`` or ``"eps"``: what :meth:`denoise` returns.
         sigma_min, sigma_max: the σ range the model was trained on.
         sample_shape: the shape of one sample (without batch), or ``None`` if any shape works.
+        data_range: ``(low, high)`` of the data the model was trained on where the model
+            declares it (a DDPM scheduler config's ``clip_sample`` / ``clip_sample_range``;
+            the bundled digits models: ``(-1, 1)``), else ``None`` (latent models: latents have
+            no fixed range). The end-to-end fit's ``clip="model"`` clamps to it.
         weight_files: the files the weights were loaded from (set by loaders such as
             :meth:`DiffusersDenoiser.from_pretrained`; empty for in-memory models), so that
             :func:`dode.files.weights.weights_hash` can cache the hash by file identity.
@@ -101,6 +105,9 @@ class Denoiser(nn.Module):
     family: Literal["vp", "flow"] = "vp"
     weight_files: tuple[str, ...] = ()
     conditional: bool = False
+    #: a text model (its conditioning is prompts: Stable Diffusion, SDXL, SD3, FLUX)
+    text_conditional: bool = False
+    data_range: tuple[float, float] | None = None
 
     def __init__(
         self,

@@ -91,6 +91,7 @@ class _LatentFlow(FlowDenoiser):
         self.scheduler_config = dict(scheduler_config or {})
         self.model_id = model_id
         self.conditional = True
+        self.text_conditional = True
         parts = dict(text_encoders or {})
         self.text_encoders = nn.ModuleDict(
             {

@@ -317,6 +317,7 @@ class GuidedDenoiser(Denoiser):
         self.guidance_rescale = phi
         self.prediction = model.prediction
         self.model_id = getattr(model, "model_id", None)
+        self.data_range = getattr(model, "data_range", None)
 
     def __len__(self) -> int:
         return len(self.cond)

@@ -111,6 +111,7 @@ class LatentDiffusionDenoiser(DiffusersDenoiser):
                     "text_encoder_2 do not belong together."
                 )
         self.conditional = True
+        self.text_conditional = True
         self.has_unconditional = True
         self._prompt_cache: dict[str, tuple[Tensor, Tensor | None]] = {}
 

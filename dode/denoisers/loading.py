@@ -121,6 +121,7 @@ def _digits_flow(dtype=None, sigma_to_t=None, **kw) -> DiffusersFlowDenoiser:  #
         ASSETS / "digits_flow", torch_dtype=dtype, num_classes=10, **kw
     )
     den.model_id = "digits-flow"
+    den.data_range = (-1.0, 1.0)  # the sklearn digits, scaled as the DDPM's
     return den
 
 
@@ -181,6 +182,7 @@ def _gmm_digits(
     # A fresh module each time (callers may move it to a device); the fit itself is cached.
     den = copy.deepcopy(_gmm_digits_fit(int(n_components), int(seed)))
     den.model_id = "gmm-digits"
+    den.data_range = (-1.0, 1.0)
     return den
 
 

@@ -153,6 +153,26 @@ def load_alphas_cumprod(path: str, errors: list[str], **kwargs) -> tuple[Tensor,
     return None
 
 
+def scheduler_data_range(path: str, **kwargs) -> tuple[float, float] | None:
+    """The data range a pixel model's scheduler config declares: ``(−r, r)`` where it sets
+    ``clip_sample: true`` (``r = clip_sample_range``, default 1), else ``None``. The config is
+    read as written (a missing ``clip_sample`` declares nothing, whatever a scheduler class's
+    default)."""
+    from diffusers import DDPMScheduler
+
+    for sub in (None, "scheduler"):
+        try:
+            with quiet_loading():
+                cfg = DDPMScheduler.load_config(path, subfolder=sub, **kwargs)
+        except Exception:  # noqa: BLE001 - no config there: try the next layout
+            continue
+        if not cfg.get("clip_sample"):
+            return None
+        r = float(cfg.get("clip_sample_range") or 1.0)
+        return (-r, r)
+    return None
+
+
 def vp_sigma_to_t(sigma: Tensor, log_sigmas: Tensor, mode: str) -> Tensor:
     """The timestep of a discrete VP model for σ (float64, shape of ``sigma`` flattened).
 
@@ -374,6 +394,7 @@ class DiffusersDenoiser(ClassLabelDenoiser):
             num_classes=num_classes,
         )
         den.weight_files = weight_files(path, unet_sub, kwargs)
+        den.data_range = scheduler_data_range(path, **kwargs)
         return den
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:

@@ -163,9 +163,11 @@ class EndToEndFit(ModeFit):
                 "compute on its share only; run it in one process (--trainer.devices 1), or use "
                 "objective: l2 (the run's default) with several."
             )
-        from ..learned_solver import LearnedSolver, sigma_floor, warm_start_grid
+        from ..learned_solver import LearnedSolver, resolve_clip, sigma_floor, warm_start_grid
         from ..sampling import sample
         from ..standard_grids import model_sigma_range
+
+        self.settings["clip"] = resolve_clip(self.settings["clip"], module.denoiser)
 
         trainer = module.trainer
         dm = getattr(trainer, "datamodule", None)
@@ -206,7 +208,7 @@ class EndToEndFit(ModeFit):
             module.solver, grid, sigma_floor=sigma_floor(module.denoiser, grid),
             learn_grid=s["learn_grid"], coefficients=s["coefficients"],
             time_shift=s["time_shift"], shift_floor=model_sigma_range(module.denoiser)[0],
-            shift_fraction=s["shift_fraction"],
+            shift_fraction=s["shift_fraction"], recompute=s["recompute"],
         ).to(dev)  # fmt: skip
         self.warm.update(warm_start=s["warm_start"], warm_start_grid=label,
                          reference_nfe=s["reference_nfe"])  # fmt: skip

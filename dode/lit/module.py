@@ -292,7 +292,7 @@ class DODEModule(pl.LightningModule):
         """
         if conditioning is None:
             if getattr(self.denoiser, "conditional", False):
-                kind = "prompts" if hasattr(self.denoiser, "encode_prompts") else "class_labels"
+                kind = "prompts" if self.denoiser.text_conditional else "class_labels"
                 hint = "--data.prompts FILE" if kind == "prompts" else "--data.class_labels all"
                 raise ValueError(
                     f"model {self.hparams.model!r} is conditional "
