@@ -21,7 +21,7 @@ from dode.denoisers import DiffusersDenoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402
 
 PREDICTIONS = ["epsilon", "v_prediction", "sample"]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -38,8 +39,6 @@ from dode.denoisers import (
 )
 from dode.files.solver_file import FittedSolver
 from dode.grids.schedules import flow_sigmas, karras, vp_sigmas
-
-diffusers = pytest.importorskip("diffusers")
 from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 from dode.hosts.export import export  # noqa: E402
 
@@ -300,7 +299,8 @@ def test_bad_history_is_refused(alphas):
 
 @pytest.fixture(scope="module")
 def sd(tmp_path_factory):
-    pytest.importorskip("transformers")
+    import transformers  # noqa: F401
+
     folder = tmp_path_factory.mktemp("sd")
     pipe = make_tiny_sd(folder, seed=1)
     den = LatentDiffusionDenoiser.from_pretrained(str(folder))
@@ -383,7 +383,8 @@ def test_flow_loop_runs_end_to_end_file(unet, name, kw):
 
 @pytest.fixture(scope="module")
 def sd3(tmp_path_factory):
-    pytest.importorskip("transformers")
+    import transformers  # noqa: F401
+
     folder = tmp_path_factory.mktemp("sd3")
     pipe = make_tiny_sd3(folder, shift=SHIFT)
     return pipe, SD3Denoiser.from_pretrained(str(folder)), sd3_embeds()

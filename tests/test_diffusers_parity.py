@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import diffusers
 import pytest
 import torch
 from _tiny import make_tiny_unet, scheduler_config
@@ -31,8 +32,6 @@ from torch import nn
 from dode.denoisers import DiffusersDenoiser
 from dode.grids.schedules import time_uniform, vp_sigmas
 from dode.solvers import get_solver
-
-diffusers = pytest.importorskip("diffusers")
 
 # diffusers deprecates algorithm_type="dpmsolver" (the noise-prediction DPM-Solver) with a FutureWarning.
 pytestmark = [

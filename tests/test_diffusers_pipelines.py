@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import warnings
 
+import diffusers
 import pytest
 import torch
+import transformers  # noqa: F401, E402
 from _tiny import (
     float_timesteps,
     flux_embeds,
@@ -36,9 +38,6 @@ import dode
 from dode.denoisers import FluxDenoiser, LatentDiffusionDenoiser, SD3Denoiser, flow_start
 from dode.files.solver_file import FittedSolver
 from dode.grids.schedules import flow_sigmas, karras, vp_sigmas
-
-diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
 from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 
 pytestmark = [

@@ -15,17 +15,16 @@ import json
 import math
 import warnings
 
+import diffusers
 import pytest
 import torch
 from _tiny import make_tiny_unet, scheduler_config, tiny_alphas_cumprod
 
 import dode
+from dode.cli.export import main as export_main  # noqa: E402
 from dode.denoisers import CallableDenoiser, DiffusersDenoiser
 from dode.files.solver_file import FittedSolver
 from dode.grids.schedules import karras, time_uniform, vp_sigmas
-
-diffusers = pytest.importorskip("diffusers")
-from dode.cli.export import main as export_main  # noqa: E402
 from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 
 pytestmark = [

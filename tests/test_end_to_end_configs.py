@@ -31,12 +31,10 @@ from dode.denoisers import (
 from dode.denoisers.loading import load_denoiser
 from dode.files.solver_file import FittedSolver
 from dode.grids.schedules import karras
+from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 from dode.hosts.k_diffusion import KDiffusionSampler
 from dode.learned_solver import fit_end_to_end
 from dode.standard_grids import reference_solution
-
-diffusers = pytest.importorskip("diffusers")
-from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

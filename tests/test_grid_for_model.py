@@ -21,7 +21,7 @@ from dode.solvers import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import diffusers
 import pytest
 import torch
 from _tiny import make_tiny_unet, scheduler_config
@@ -25,8 +26,6 @@ from dode.denoisers import (
 )
 from dode.grids.schedules import vp_sigmas
 from dode.solvers import get_solver
-
-diffusers = pytest.importorskip("diffusers")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

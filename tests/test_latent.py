@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import math
 
+import diffusers
 import pytest
 import torch
+import transformers  # noqa: F401, E402
 from _tiny import make_tiny_sd
 
 import dode
 from dode.denoisers import Conditioning, LatentDiffusionDenoiser
 from dode.grids.schedules import vp_sigmas
 from dode.solvers import get_solver
-
-diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -28,8 +29,6 @@ import dode
 from dode.denoisers import DiffusersDenoiser
 from dode.grids.schedules import vp_sigmas
 from dode.solvers import get_solver
-
-diffusers = pytest.importorskip("diffusers")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -581,7 +581,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_export_writes_only_its_file_and_removes_nothing(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("diffusers")
+    import diffusers  # noqa: F401
+
     from dode.cli.export import main as export_main
 
     solver_file = _exportable(tmp_path)

@@ -8,6 +8,7 @@ The references are diffusers' own pipelines and :func:`dode.sample` on the same 
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
 from _tiny import make_tiny_unet, scheduler_config, tiny_alphas_cumprod
@@ -17,8 +18,6 @@ from dode.denoisers import DiffusersDenoiser
 from dode.files.solver_file import FittedSolver
 from dode.files.weights import weights_hash
 from dode.grids.schedules import karras
-
-diffusers = pytest.importorskip("diffusers")
 from dode.hosts.diffusers import DODEScheduler  # noqa: E402
 
 pytestmark = [

@@ -14,7 +14,7 @@ from dode.files.weights import weights_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: F401, E402
 
 
 @pytest.fixture
