@@ -19,6 +19,7 @@ from dode.denoisers import GaussianMixtureDenoiser
 from dode.denoisers.loading import MODELS, register_model
 from dode.lit import DODEModule, NoiseDataModule
 from dode.lit.data import rank_batches
+from dode.lit.gradient import GradientFit
 from dode.noise import noise_from_seeds, parse_seeds
 
 FIT, VAL = "0-47", "1000-1015"
@@ -182,8 +183,8 @@ def test_sgd_global_backpropagates_through_the_trajectory(lstsq_fit):
     small = NoiseDataModule(FIT, VAL, batch_size=16, cache_dir=data.hparams.cache_dir)
     batch = small.states_for(small.fit_seeds, m.teacher_source())
     # Gradients reach every λ but λ_0 (which multiplies o_0 − o_0 = nothing).
-    sig, states = m._global_states(batch["noise"])
-    target = m._target_fn(batch["teacher"])
+    sig, states = GradientFit(m.fit_problem, "global").global_states(m, batch["noise"])
+    target = m.fit_problem.target(batch["teacher"])
     loss = torch.stack([((x - target(s)) ** 2).mean() for s, x in zip(sig, states)]).mean()
     loss.backward()
     g = m.lambdas.grad
@@ -245,7 +246,6 @@ def test_each_fit_mode_delegates_to_its_own_class(lstsq_fit, tmp_path):
     """lstsq, sgd-* and end-to-end each hand their work to one class; end-to-end runs in the
     Trainer loop: its own parameters (``learned``), λ untouched."""
     from dode.lit.end_to_end import EndToEndFit
-    from dode.lit.gradient import GradientFit
     from dode.lit.lstsq import LstsqFit
 
     m, data, _ = lstsq_fit

@@ -33,13 +33,12 @@ import torch
 from torch import Tensor, nn
 
 from ..conditioning import SeedConditioning
-from ..correction import DODECorrection, model_fn
 from ..denoisers import check_guidance
 from ..denoisers.loading import load_denoiser, resolve_dtype
 from ..files.solver_file import FittedSolver, model_schedule
 from ..files.weights import weights_hash
 from ..grids.schedules import grid_for_model, refine_space
-from ..lambda_fit import FitInfo, at_sigma, teacher_states
+from ..lambda_fit import FitInfo, teacher_states
 from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..noise import format_seeds
 from ..solvers import Solver
@@ -49,6 +48,7 @@ from .end_to_end import EndToEndFit
 from .fit_modes import FIT_MODES, FitMode, FitStopped, ModeFit
 from .gradient import GradientFit
 from .lstsq import LstsqFit
+from .problem import FitProblem
 from .specs import FitSpec, ModelSpec, SolverSpec
 from .validation import TeacherMSE
 
@@ -71,18 +71,19 @@ def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
 
 def make_fit_mode(
     fit_mode: str,
+    problem: FitProblem,
     *,
     cache_outputs: bool = True,
     activation_checkpointing: bool = True,
     end_to_end: dict[str, Any] | None = None,
 ) -> ModeFit:
-    """The object that does ``fit_mode``'s work for a :class:`DODEModule`."""
+    """The object that does ``fit_mode``'s work on ``problem`` for a :class:`DODEModule`."""
     if fit_mode == "lstsq":
-        return LstsqFit(cache_outputs)
+        return LstsqFit(problem, cache_outputs)
     if fit_mode in ("sgd-local", "sgd-global"):
-        return GradientFit(fit_mode[4:], activation_checkpointing)
+        return GradientFit(problem, fit_mode[4:], activation_checkpointing)
     if fit_mode == "end-to-end":
-        return EndToEndFit(end_to_end or {})
+        return EndToEndFit(problem, end_to_end or {})
     raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(FIT_MODES)}.")
 
 
@@ -228,7 +229,6 @@ class DODEModule(pl.LightningModule):
         self.teacher_rho = float((schedule_options or {}).get("rho", 7.0))
         stages = self.solver.stage_sigmas(self.sigmas).tolist()
         self.target_sigmas: list[float] = sorted(set(self.s_list[1:]) | set(stages), reverse=True)
-        self._sigma_index = {s: i for i, s in enumerate(self.target_sigmas)}
         self.weights_hash = weights_hash(self.denoiser)
         self.lambdas = nn.Parameter(torch.zeros(self.num_calls, dtype=torch.float64))
         self.register_buffer("num_fitted", torch.zeros((), dtype=torch.long))
@@ -236,9 +236,22 @@ class DODEModule(pl.LightningModule):
         self.cache_outputs = cache_outputs
         self.activation_checkpointing = activation_checkpointing
         self.check_finite = check_finite
+        #: what the fit mode and the validation work on (:mod:`dode.lit.problem`)
+        self.fit_problem = FitProblem(
+            denoiser=self.denoiser,
+            solver=self.solver,
+            sigmas=self.sigmas,
+            target_sigmas=tuple(self.target_sigmas),
+            dtype=self.integration_dtype,
+            check_finite=check_finite,
+            bind=self.bound,
+            condition=self.condition,
+            schedule=schedule,
+        )
         #: the fit mode's work (:mod:`dode.lit.fit_modes`); this module delegates to it
         self.mode_fit: ModeFit = make_fit_mode(
             fit_mode,
+            self.fit_problem,
             cache_outputs=cache_outputs,
             activation_checkpointing=activation_checkpointing,
             end_to_end=self.end_to_end,
@@ -246,7 +259,7 @@ class DODEModule(pl.LightningModule):
         self.automatic_optimization = self.mode_fit.automatic_optimization
         self.timings: dict[str, float] = {"model_load_s": t_load}
         self.val_metrics: dict[str, float] = {}
-        self.validation = TeacherMSE()
+        self.validation = TeacherMSE(self.fit_problem)
         #: ``end-to-end``: the solver's parameters (:class:`dode.learned_solver.LearnedSolver`),
         #: made at setup from the warm-start cell
         self.learned: nn.Module | None = None
@@ -422,9 +435,6 @@ class DODEModule(pl.LightningModule):
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.denoiser.sample_shape)
 
-    def _fn(self, cond=None):
-        return model_fn(self.bound(cond), self.solver.consumes)
-
     @torch.no_grad()
     def compute_teacher(self, noise: Tensor, cond=None) -> Tensor:
         """Teacher states at every student σ (``target_sigmas`` order): ``[B, M, ...]``, CPU.
@@ -446,12 +456,6 @@ class DODEModule(pl.LightningModule):
         self.timings["teacher_s"] = self.timings.get("teacher_s", 0.0) + time.perf_counter() - t0
         return out
 
-    def _target_fn(self, teacher: Tensor):
-        def get(sigma: float) -> Tensor:
-            return teacher[:, at_sigma(self._sigma_index, sigma)]
-
-        return get
-
     # ---- sampling ----------------------------------------------------------------------------
     def trajectory(
         self, noise: Tensor, lambdas: Tensor | None, fn: Callable | None = None, cond=None
@@ -459,20 +463,7 @@ class DODEModule(pl.LightningModule):
         """The student's states after each call (the input of call k + 1; the sample last) and
         their σ. ``lambdas=None``: the base solver. ``fn``: the model callable (default: the
         denoiser, bound to ``cond``, its consumed output)."""
-        corr = DODECorrection(self._fn(cond) if fn is None else fn, lambdas, self.check_finite)
-        sig: list[float] = []
-        states: list[Tensor] = []
-
-        def record(x: Tensor, sigma: float) -> Tensor:
-            if corr.k > 0:
-                sig.append(float(sigma))
-                states.append(x)
-            return corr(x, sigma)
-
-        out = self.solver.solve(record, noise * self.s_list[0], self.s_list, None)
-        sig.append(float(self.s_list[-1]))
-        states.append(out)
-        return sig, states
+        return self.fit_problem.trajectory(noise, lambdas, fn, cond)
 
     @torch.no_grad()
     def sample_final(
@@ -578,14 +569,6 @@ class DODEModule(pl.LightningModule):
             every = self.all_gather(self.lambdas.detach())
             if not bool((every == every[0]).all()):
                 raise RuntimeError(f"λ differ across ranks: {every.tolist()}")
-
-    def _global_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
-        """The whole trajectory with the λ parameter (``sgd-global``'s states)."""
-        return GradientFit("global", self.activation_checkpointing).global_states(self, noise, cond)
-
-    def _local_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
-        """Each call's state from the detached state before it (``sgd-local``'s states)."""
-        return GradientFit.local_states(self, noise, cond)
 
     # ---- validation: MSE to the teacher, per state and final --------------------------------
     def _fitted(self) -> bool:
