@@ -42,7 +42,8 @@ from ..lit import (
     SampleGridCallback,
     Specs,
 )
-from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths, trainer_extras
+from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths
+from ..lit.loggers import trainer_extras
 from ..tracking import wandb_mode
 from .common import command, lightning_parser, no_gpu_hint
 
