@@ -23,7 +23,6 @@ This module holds the implementation; ``dode/train.py`` only runs :func:`main`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
@@ -180,7 +179,7 @@ class DODECLI(LightningCLI):
         dropped (:func:`reset_stale_schedule_options`)."""
         argv = sys.argv[1:] if args is None else args
         if isinstance(argv, list):
-            default = inspect.signature(DODEModule.__init__).parameters["schedule"].default
+            default = Specs.defaults()["schedule"]
             args = reset_stale_schedule_options([str(a) for a in argv], default)
         super().parse_arguments(parser, args)
 

@@ -15,13 +15,11 @@ file (rank 0), finish the W&B run, return the :class:`~dode.files.solver_file.Fi
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
@@ -30,7 +28,7 @@ from ..files.solver_file import FittedSolver
 from ..files.writes import release_lock
 from .callbacks import FrechetCallback, LambdaPlotCallback, SampleGridCallback
 from .data import NoiseDataModule
-from .fit_modes import FitMode, FitStopped
+from .fit_modes import FitStopped
 from .loggers import trainer_extras
 from .module import DODEModule
 from .run_folder import default_run_dir, prepare_run
@@ -41,7 +39,6 @@ from .specs import (
     RunSpec,
     SolverSpec,
     Specs,
-    WandbMode,
     fit_kwargs,
 )
 
@@ -173,76 +170,20 @@ def _run_fit(
     return FitResult(fitted, path, scale)
 
 
-#: what :func:`fit`'s body sees for an argument its caller did not pass
-_NOT_GIVEN: Any = object()
-
-
-def _given_only(func):
-    """``func`` called with :data:`_NOT_GIVEN` for every argument its caller left out, so its
-    body tells "not given" from "given, equal to the default" (the signature, ``help()`` and
-    ``inspect.signature`` still show the defaults)."""
-    sig = inspect.signature(func)
-
-    @functools.wraps(func)
-    def call(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)  # a TypeError for a wrong call, as without us
-        missing = {n: _NOT_GIVEN for n in sig.parameters if n not in bound.arguments}
-        return func(*bound.args, **bound.kwargs, **missing)
-
-    return call
-
-
-@_given_only
 def fit(
-    model: str | ModelSpec | Specs = "digits",
-    solver: str | SolverSpec = "ddim",
+    model: str | ModelSpec | Specs | None = None,
+    solver: str | SolverSpec | None = None,
     *,
-    nfe: int = 5,
-    solver_options: dict[str, Any] | None = None,
-    schedule: str = "karras",
-    schedule_options: dict[str, Any] | None = None,
-    teacher_factor: int = 10,
-    teacher_solver: str | None = None,
-    teacher_solver_options: dict[str, Any] | None = None,
-    teacher_space: Literal["rho", "log", "linear"] | None = None,
-    fit_mode: FitMode = "lstsq",
-    lr: float = 0.05,
-    dtype: Literal["float32", "float64"] = "float32",
-    model_dtype: Literal["float16", "bfloat16", "float32", "float64"] | None = None,
-    sigma_to_t: Literal["interp", "snap"] = "interp",
-    model_options: dict[str, Any] | None = None,
-    cache_outputs: bool = True,
-    activation_checkpointing: bool = True,
-    check_finite: bool = True,
-    guidance_scale: float = 1.0,
-    guidance_rescale: float = 0.0,
-    end_to_end: dict[str, Any] | None = None,
-    fit_seeds: str | int | list[int] = "0-1023",
-    val_seeds: str | int | list[int] = "1000000-1000255",
-    batch_size: int = 128,
-    cache_dir: str | None = "auto",
-    class_labels: str | list[int] | None = None,
-    prompts: str | None = None,
-    negative_prompt: str | None = None,
-    trainer: dict[str, Any] | None = None,
-    samples: dict[str, Any] | None = None,
-    lambda_plot: dict[str, Any] | None = None,
-    fid: dict[str, Any] | None = None,
-    run_dir: str | os.PathLike | None = None,
-    solver_file: str | os.PathLike | None = None,
-    ckpt_path: str | None = None,
-    wandb_mode: WandbMode = "auto",
-    wandb_project: str = "dode",
-    name: str | None = None,
-    seed: int = 0,
     data: DataSpec | None = None,
     fit: FitSpec | None = None,
     run: RunSpec | None = None,
+    **settings: Any,
 ) -> FittedSolver:
     """Fit D-ODE λ with Lightning and return the fitted solver (also written to a file).
 
-    The Python form of ``python -m dode.train``, with the same settings and defaults. They
-    come as typed specs (:mod:`dode.lit.specs`) or as flat keywords, which are gathered into
+    The Python form of ``python -m dode.train``, with the same settings and defaults: those of
+    the specs (:mod:`dode.lit.specs`), where each is declared, defaulted and documented once.
+    They come as typed specs or as flat keywords (any field of a spec), which are gathered into
     the same specs (one code path, :func:`fit_specs`)::
 
         dode.fit(ModelSpec("gmm-digits"), SolverSpec("ddim", nfe=4), data=DataSpec("0-255"),
@@ -252,32 +193,21 @@ def fit(
 
     A group given as a spec takes none of its flat keywords (``ValueError`` if one is passed,
     even with its default value).
-    The flat keywords from ``model`` to ``end_to_end`` are those of
-    :class:`~dode.lit.DODEModule` (``--model.*``: :class:`~dode.lit.ModelSpec`,
-    :class:`~dode.lit.SolverSpec`, :class:`~dode.lit.FitSpec`), ``fit_seeds`` to
-    ``negative_prompt`` those of :class:`~dode.lit.NoiseDataModule` (``--data.*``:
-    :class:`~dode.lit.DataSpec`); ``trainer``, ``samples``, ``lambda_plot`` and ``fid`` are
-    the keyword options of ``lightning.Trainer``, :class:`~dode.lit.SampleGridCallback`,
-    :class:`~dode.lit.LambdaPlotCallback` and :class:`~dode.lit.FrechetCallback`
-    (``--trainer.*``, ``--samples.*``, ...) and, with the settings below, form
-    :class:`~dode.lit.RunSpec`.
 
     Args:
-        model: a model name (flat form), a :class:`~dode.lit.ModelSpec`, or a whole
-            :class:`~dode.lit.Specs` (then nothing else may be given).
-        solver: a solver name (flat form) or a :class:`~dode.lit.SolverSpec`.
+        model: the model (:attr:`ModelSpec.model <dode.lit.specs.ModelSpec>`, flat form), a
+            :class:`~dode.lit.ModelSpec`, or a whole :class:`~dode.lit.Specs` (then nothing
+            else may be given); left out: the default model.
+        solver: the solver (:attr:`SolverSpec.solver <dode.lit.specs.SolverSpec>`, flat form)
+            or a :class:`~dode.lit.SolverSpec`; left out: the default solver.
         data: the data settings as a :class:`~dode.lit.DataSpec` (instead of ``fit_seeds``...).
         fit: the fit settings as a :class:`~dode.lit.FitSpec` (instead of ``fit_mode``...).
         run: the run settings as a :class:`~dode.lit.RunSpec` (instead of ``run_dir``...).
-        run_dir: the run folder (logs, checkpoints, W&B, images); default
-            ``runs/<model>-<solver>-nfe<N>-<fit_mode>``.
-        solver_file: where the fitted-solver file goes; default ``<run_dir>/solver.safetensors``.
-        ckpt_path: resume: ``"last"`` (the run folder's last checkpoint) or a checkpoint path.
-        wandb_mode: ``auto`` (online when ``WANDB_API_KEY`` is set and ``WANDB_MODE`` is not
-            offline/disabled), ``offline``, ``online`` or ``disabled``.
-        wandb_project: the W&B project.
-        name: the run name (default: the run folder's name).
-        seed: passed to ``lightning.seed_everything`` (noise depends on the data seeds only).
+        **settings: flat keywords: the fields of :class:`~dode.lit.ModelSpec`,
+            :class:`~dode.lit.SolverSpec` and :class:`~dode.lit.FitSpec` (``--model.*``),
+            :class:`~dode.lit.DataSpec` (``--data.*``) and :class:`~dode.lit.RunSpec` (the
+            run folder, resume, W&B, the seed, and the ``trainer``, ``samples``,
+            ``lambda_plot`` and ``fid`` sections).
 
     Returns:
         The :class:`~dode.files.solver_file.FittedSolver` (λ times the scale chosen by
@@ -285,20 +215,28 @@ def fit(
         ``solver_file``.
 
     Raises:
+        TypeError: a keyword that is no setting.
         ValueError: bad settings (one message naming the problem).
         RuntimeError: the fit was interrupted (nothing written; resume with ``ckpt_path="last"``).
     """
-    # only what the caller passed (@_given_only): a keyword equal to its default still counts
-    given = {k: v for k, v in locals().items() if v is not _NOT_GIVEN}
-    data, fit, run = (given.pop(g, None) for g in ("data", "fit", "run"))
+    unknown = sorted(set(settings) - set(Specs.defaults()))
+    if unknown:
+        raise TypeError(
+            f"dode.fit() got an unexpected keyword argument {unknown[0]!r}; the settings are "
+            f"the fields of ModelSpec, SolverSpec, FitSpec, DataSpec and RunSpec: "
+            f"{', '.join(Specs.defaults())}."
+        )
+    # only what the caller passed: a keyword equal to its default still counts
+    given = {k: v for k, v in (("model", model), ("solver", solver)) if v is not None}
+    given.update(settings)
     if isinstance(given.get("model"), Specs):  # every group given: a flat keyword is refused
-        model = given.pop("model")
+        specs = given.pop("model")
         if isinstance(given.get("solver"), SolverSpec) or data or fit or run:
             raise ValueError(
                 "dode.fit(specs) takes no other spec; put it in the Specs "
                 "(dataclasses.replace(specs, solver=SolverSpec(...)))."
             )
-        groups = {g: getattr(model, g) for g in ("model", "solver", "fit", "data", "run")}
+        groups = {g: getattr(specs, g) for g in ("model", "solver", "fit", "data", "run")}
         return fit_specs(Specs.combine(groups, given))
     groups = {"data": data, "fit": fit, "run": run}
     for name, spec_cls in (("model", ModelSpec), ("solver", SolverSpec)):
@@ -344,12 +282,3 @@ def fit_specs(specs: Specs) -> FittedSolver:
     extras["callbacks"] = [*(opts.get("callbacks") or []), *callbacks, *extras["callbacks"]]
     pl_trainer = pl.Trainer(**{**opts, **extras})
     return run_fit(module, data, pl_trainer, solver_file=out, ckpt_path=r.ckpt_path).fitted
-
-
-def _init_keys(cls: type) -> tuple[str, ...]:
-    """The constructor arguments of ``cls`` (the ``--model.*`` / ``--data.*`` settings)."""
-    return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
-
-
-_MODEL_KEYS = _init_keys(DODEModule)
-_DATA_KEYS = _init_keys(NoiseDataModule)
