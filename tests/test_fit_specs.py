@@ -116,6 +116,10 @@ def test_the_specs_keep_the_keywords_and_defaults_of_the_classes():
         assert parsed["model"][name] == defaults[name], name
     for name in DataSpec.names():
         assert parsed["data"][name] == defaults[name], name
+    from dode.lit.specs import RUN_TOP
+
+    for name in RUN_TOP:  # the top-level settings: RunSpec's fields and defaults
+        assert parsed[name] == defaults[name], name
     # the constructors and dode.fit declare no setting of their own
     for target in (DODEModule.__init__, NoiseDataModule.__init__):
         params = inspect.signature(target).parameters

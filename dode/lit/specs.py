@@ -406,10 +406,12 @@ class RunSpec(_Spec):
         samples: options of :class:`~dode.lit.SampleGridCallback`.
         lambda_plot: options of :class:`~dode.lit.LambdaPlotCallback`.
         fid: options of :class:`~dode.lit.FrechetCallback`.
-        run_dir: the run folder; default ``runs/<model>-<solver>-nfe<N>-<fit_mode>``.
-        solver_file: the fitted-solver file; default ``<run_dir>/solver.safetensors``.
-        ckpt_path: resume: ``"last"`` or a checkpoint path.
-        wandb_mode: ``auto``, ``offline``, ``online`` or ``disabled``.
+        run_dir: the run folder (logs, checkpoints, W&B, images, solver file); default
+            ``runs/<model>-<solver>-nfe<N>-<fit_mode>``.
+        solver_file: where the fitted-solver file goes; default ``<run_dir>/solver.safetensors``.
+        ckpt_path: resume: ``last`` (the run folder's last checkpoint) or a checkpoint path.
+        wandb_mode: ``auto`` (online when ``WANDB_API_KEY`` is set and ``WANDB_MODE`` is not
+            offline/disabled, offline otherwise), ``offline``, ``online`` or ``disabled``.
         wandb_project: the W&B project.
         name: the run name (default: the run folder's name).
         seed: passed to ``lightning.seed_everything`` (``seed_everything`` in a config).
@@ -457,7 +459,10 @@ class RunSpec(_Spec):
 MODEL_SECTION: tuple[str, ...] = ModuleSpec.names()
 DATA_SECTION: tuple[str, ...] = DataSpec.names()
 _SECTIONS = ("trainer", "samples", "lambda_plot", "fid")
-_TOP = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project", "name")
+#: the top-level settings of a ``python -m dode.train`` config (:class:`RunSpec`'s fields outside
+#: its sections and ``seed_everything``)
+RUN_TOP: tuple[str, ...] = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project",
+                            "name")  # fmt: skip
 
 
 def fit_kwargs(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -488,12 +493,12 @@ def fit_kwargs(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
             out[key] = dict(value or {})
         elif key == "seed_everything":
             out["seed"] = value
-        elif key in _TOP:
+        elif key in RUN_TOP:
             out[key] = value
         else:
             raise ValueError(
                 f"unknown setting {key!r} in the fit config; use the sections model, data, "
-                f"{', '.join(_SECTIONS)} or {', '.join(_TOP)}."
+                f"{', '.join(_SECTIONS)} or {', '.join(RUN_TOP)}."
             )
     return out
 
