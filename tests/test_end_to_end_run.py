@@ -229,7 +229,7 @@ def test_too_few_seeds_per_process_is_refused_before_the_run_folder(tmp_path):
 
     module = DODEModule(model="gmm-digits", solver="ddim", nfe=3, fit_mode="end-to-end",
                         end_to_end={"steps": 2, "batch_size": 1, "reference_nfe": 10})  # fmt: skip
-    data = NoiseDataModule("0-7", "100-107", cache_dir=None)
+    data = NoiseDataModule(fit_seeds="0-7", val_seeds="100-107", cache_dir=None)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False,
                          default_root_dir=str(tmp_path / "run"))  # fmt: skip
     with pytest.raises(ValueError, match="over 2 processes needs at least 2 seeds"):

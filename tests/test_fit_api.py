@@ -2,13 +2,12 @@
 
 On the exact Gaussian-mixture digits model (``gmm-digits``, tiny): ``dode.fit`` gives the λ of
 ``python -m dode.train`` with the same settings and of the direct closed form
-``dode.fit_lambdas``; ``import dode`` stays free of Lightning; the signature keeps the defaults
-of the module and data module it forwards to.
+``dode.fit_lambdas``; ``import dode`` stays free of Lightning; it keeps the defaults of the module and data module it
+builds (both are the specs').
 """
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -73,13 +72,14 @@ def test_fit_equals_the_cli_and_fit_lambdas(tmp_path, one_thread):
 
 
 def test_fit_kwargs_reads_a_train_config(tmp_path, one_thread):
+    from dode.lit import Specs
     from dode.lit.api import fit_kwargs
 
     kw = fit_kwargs(ROOT / "configs" / "tiny.yaml")
     assert kw["model"] == "gmm-digits" and kw["nfe"] == 4 and kw["fit_seeds"] == "0-127"
     assert kw["trainer"] == {"accelerator": "cpu", "devices": 1}
     assert kw["fid"]["feature"] == "pixels"
-    assert set(kw) <= set(inspect.signature(dode.fit).parameters)
+    assert set(kw) <= set(Specs.defaults())  # every key is a setting dode.fit takes
     with pytest.raises(ValueError, match="unknown setting model.colour"):
         fit_kwargs({"model": {"colour": "red"}})
     with pytest.raises(ValueError, match="does not exist"):
@@ -96,13 +96,18 @@ def test_fit_rejects_bad_settings_with_one_message(tmp_path):
 
 
 def test_fit_keeps_the_defaults_of_the_classes_it_builds():
-    from dode.lit import DODEModule, NoiseDataModule
+    """``dode.fit`` and the classes it builds take their defaults from the same specs."""
+    from dode.lit import DataSpec, DODEModule, NoiseDataModule, Specs
+    from dode.lit.specs import ModuleSpec
 
-    params = inspect.signature(dode.fit).parameters
-    for cls in (DODEModule, NoiseDataModule):
-        for name, p in inspect.signature(cls.__init__).parameters.items():
-            if name != "self":
-                assert params[name].default == p.default, (cls.__name__, name)
+    defaults = Specs.defaults()
+    assert Specs.from_kwargs().kwargs() == defaults
+    module = DODEModule(model="gmm-digits")
+    assert dict(module.hparams) == {**ModuleSpec().kwargs(), "model": "gmm-digits"}
+    assert dict(NoiseDataModule().hparams) == DataSpec().kwargs()
+    for name, value in {**ModuleSpec().kwargs(), **DataSpec().kwargs()}.items():
+        if name != "model":
+            assert defaults[name] == value, name
 
 
 def test_import_dode_does_not_import_lightning():

@@ -96,18 +96,47 @@ def test_the_cli_parses_every_config_to_the_same_specs(path):
         assert {k: parsed.get(k) for k in given} == given, section
 
 
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 def test_the_specs_keep_the_keywords_and_defaults_of_the_classes():
-    module = inspect.signature(DODEModule.__init__).parameters
-    data = inspect.signature(NoiseDataModule.__init__).parameters
-    fit = inspect.signature(dode.fit).parameters
+    """Each setting is declared once, in its spec: the classes and ``dode.fit`` take the specs'
+    fields (LightningCLI reads them through the constructors: ``--model.*`` / ``--data.*``
+    are the spec fields with the spec defaults), and nothing else."""
+    from dode.cli.train import DODECLI
+
+    class ParseOnly(DODECLI):
+        def instantiate_classes(self) -> None:  # no model is loaded
+            pass
+
+    parsed = ParseOnly(args=[]).config.as_dict()
     model_fields = [*ModelSpec.names(), *SolverSpec.names(), *FitSpec.names()]
-    assert sorted(model_fields) == sorted(p for p in module if p != "self")
-    assert sorted(DataSpec.names()) == sorted(p for p in data if p != "self")
-    for name, default in Specs.defaults().items():
-        assert fit[name].default == default, name
-        params = module if name in model_fields else data
-        if name in params:
-            assert params[name].default == default, name
+    assert sorted(parsed["model"]) == sorted(model_fields)
+    assert sorted(parsed["data"]) == sorted(DataSpec.names())
+    defaults = Specs.defaults()
+    for name in model_fields:
+        assert parsed["model"][name] == defaults[name], name
+    for name in DataSpec.names():
+        assert parsed["data"][name] == defaults[name], name
+    from dode.lit.specs import RUN_TOP
+
+    for name in RUN_TOP:  # the top-level settings: RunSpec's fields and defaults
+        assert parsed[name] == defaults[name], name
+    # the constructors and dode.fit declare no setting of their own
+    for target in (DODEModule.__init__, NoiseDataModule.__init__):
+        params = inspect.signature(target).parameters
+        assert [p.kind for p in params.values()][1:] == [inspect.Parameter.VAR_KEYWORD], target
+    fit = inspect.signature(inspect.unwrap(dode.fit)).parameters
+    assert {p.name for p in fit.values() if p.default is not inspect.Parameter.empty} <= {
+        "model",
+        "solver",
+        "data",
+        "fit",
+        "run",
+    }
+    assert all(fit[n].default is None for n in ("model", "solver", "data", "fit", "run"))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        DODEModule(colour="red")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        NoiseDataModule(colour="red")
 
 
 BAD = [

@@ -408,3 +408,85 @@ def test_sampling_and_frechet_commands_do_not_import_lightning():
         "bad = [m for m in sys.modules if m.split('.')[0] == 'lightning']; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=600)
+
+
+#: the files that do a fit mode's work (and the validation they share): they get their problem
+#: handed to them (:class:`dode.lit.problem.FitProblem`) and use only what
+#: :class:`dode.lit.problem.FitHost` lists of the module that runs them
+FIT_MODE_FILES = [
+    "dode/lit/fit_modes.py",
+    "dode/lit/lstsq.py",
+    "dode/lit/gradient.py",
+    "dode/lit/end_to_end.py",
+    "dode/lit/validation.py",
+]
+
+
+def _private_reads(source: str) -> list[str]:
+    """Reads of another object's private attribute (``obj._name`` with ``obj`` not ``self``,
+    ``cls`` or ``super()``; dunders excepted)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        if node.attr.startswith("__") and node.attr.endswith("__"):
+            continue
+        owner = node.value
+        if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+            continue
+        if (
+            isinstance(owner, ast.Call)
+            and isinstance(owner.func, ast.Name)
+            and owner.func.id == "super"
+        ):
+            continue
+        found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def _all_imports(tree: ast.AST, pkg: str) -> set[str]:
+    """Every module an ``import`` of ``tree`` names, ``if TYPE_CHECKING:`` blocks included."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                src = ".".join(base + ([node.module] if node.module else []))
+            else:
+                src = node.module or ""
+            out.add(src)
+            out.update(f"{src}.{alias.name}" for alias in node.names)
+    return out
+
+
+def test_fit_modes_read_no_private_state():
+    """A fit mode reads no private attribute of another object (the module's state comes as
+    the problem object, or through what ``FitHost`` lists)."""
+    found = [
+        f"{rel} {hit}"
+        for rel in FIT_MODE_FILES
+        for hit in _private_reads((ROOT / rel).read_text(encoding="utf-8"))
+    ]
+    assert not found, "private attributes read:\n" + "\n".join(found)
+    assert _private_reads("def f(module):\n    return module._fn, self._own\n") == [
+        "line 2: module._fn"
+    ]
+
+
+def test_fit_modes_import_nothing_of_the_module():
+    """No import from a fit-mode file to ``dode/lit/module.py``, ``if TYPE_CHECKING:`` ones
+    included: the modes sit below the module that runs them."""
+    bad = []
+    for rel in FIT_MODE_FILES:
+        path = ROOT / rel
+        names = _all_imports(ast.parse(path.read_text(encoding="utf-8")), "dode.lit")
+        hits = sorted(
+            n for n in names if n == "dode.lit.module" or n.startswith("dode.lit.module.")
+        )
+        if hits:
+            bad.append(f"{rel}: {hits}")
+    assert not bad, "fit-mode files that import dode/lit/module.py:\n" + "\n".join(bad)
+    probe = "if TYPE_CHECKING:\n    from .module import DODEModule\n"
+    assert "dode.lit.module" in _all_imports(ast.parse(probe), "dode.lit")

@@ -19,6 +19,7 @@ from dode.denoisers import GaussianMixtureDenoiser
 from dode.denoisers.loading import MODELS, register_model
 from dode.lit import DODEModule, NoiseDataModule
 from dode.lit.data import rank_batches
+from dode.lit.gradient import GradientFit
 from dode.noise import noise_from_seeds, parse_seeds
 
 FIT, VAL = "0-47", "1000-1015"
@@ -82,7 +83,9 @@ def lstsq_fit(tmp_path_factory):
     """One lstsq fit (3 batches of 16, float64) with a checkpoint, reused by several tests."""
     root = tmp_path_factory.mktemp("lstsq")
     m = _module(schedule_options={"sigma_min": 0.05})
-    data = NoiseDataModule(FIT, VAL, batch_size=16, cache_dir=str(root / "cache"))
+    data = NoiseDataModule(
+        fit_seeds=FIT, val_seeds=VAL, batch_size=16, cache_dir=str(root / "cache")
+    )
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0)
     _fit(m, data, enable_checkpointing=True, callbacks=[ckpt])
     return m, data, root
@@ -120,7 +123,9 @@ def test_teacher_cache_reused_with_another_batch_size(lstsq_fit, monkeypatch):
     m, data, root = lstsq_fit
     seeds = data.fit_seeds[:20]
     first = data.states_for(seeds, m.teacher_source())
-    again = NoiseDataModule(FIT, VAL, batch_size=5, cache_dir=str(root / "cache"))
+    again = NoiseDataModule(
+        fit_seeds=FIT, val_seeds=VAL, batch_size=5, cache_dir=str(root / "cache")
+    )
 
     def boom(noise):
         raise AssertionError("teacher recomputed although cached")
@@ -155,7 +160,7 @@ def test_rank_batches_rejects_too_few_seeds():
 
 def test_datamodule_rejects_overlapping_seeds():
     with pytest.raises(ValueError, match="overlap"):
-        NoiseDataModule("0-10", "10-20")
+        NoiseDataModule(fit_seeds="0-10", val_seeds="10-20")
 
 
 def _final_mse(m: DODEModule, batch: dict, lambdas) -> float:
@@ -166,7 +171,9 @@ def _final_mse(m: DODEModule, batch: dict, lambdas) -> float:
 def test_sgd_local_reaches_the_closed_form_error(lstsq_fit):
     ref, data, _ = lstsq_fit
     m = _module(schedule_options={"sigma_min": 0.05}, fit_mode="sgd-local", lr=0.1)
-    small = NoiseDataModule(FIT, VAL, batch_size=8, cache_dir=data.hparams.cache_dir)
+    small = NoiseDataModule(
+        fit_seeds=FIT, val_seeds=VAL, batch_size=8, cache_dir=data.hparams.cache_dir
+    )
     _fit(m, small, max_epochs=20, limit_val_batches=0)
     batch = small.states_for(small.fit_seeds, ref.teacher_source())
     err_lstsq = _final_mse(ref, batch, ref.lambdas.detach())
@@ -179,11 +186,13 @@ def test_sgd_local_reaches_the_closed_form_error(lstsq_fit):
 def test_sgd_global_backpropagates_through_the_trajectory(lstsq_fit):
     _, data, _ = lstsq_fit
     m = _module(schedule_options={"sigma_min": 0.05}, fit_mode="sgd-global", lr=0.1)
-    small = NoiseDataModule(FIT, VAL, batch_size=16, cache_dir=data.hparams.cache_dir)
+    small = NoiseDataModule(
+        fit_seeds=FIT, val_seeds=VAL, batch_size=16, cache_dir=data.hparams.cache_dir
+    )
     batch = small.states_for(small.fit_seeds, m.teacher_source())
     # Gradients reach every λ but λ_0 (which multiplies o_0 − o_0 = nothing).
-    sig, states = m._global_states(batch["noise"])
-    target = m._target_fn(batch["teacher"])
+    sig, states = GradientFit(m.fit_problem, "global").global_states(m, batch["noise"])
+    target = m.fit_problem.target(batch["teacher"])
     loss = torch.stack([((x - target(s)) ** 2).mean() for s, x in zip(sig, states)]).mean()
     loss.backward()
     g = m.lambdas.grad
@@ -245,7 +254,6 @@ def test_each_fit_mode_delegates_to_its_own_class(lstsq_fit, tmp_path):
     """lstsq, sgd-* and end-to-end each hand their work to one class; end-to-end runs in the
     Trainer loop: its own parameters (``learned``), λ untouched."""
     from dode.lit.end_to_end import EndToEndFit
-    from dode.lit.gradient import GradientFit
     from dode.lit.lstsq import LstsqFit
 
     m, data, _ = lstsq_fit
@@ -258,7 +266,9 @@ def test_each_fit_mode_delegates_to_its_own_class(lstsq_fit, tmp_path):
             g.fit_end_to_end([0, 1], [2, 3])
     e2e = _module(fit_mode="end-to-end", end_to_end={"steps": 1})
     assert isinstance(e2e.mode_fit, EndToEndFit) and e2e.mode_fit.options == {"steps": 1}
-    small = NoiseDataModule(FIT, VAL, batch_size=16, cache_dir=data.hparams.cache_dir)
+    small = NoiseDataModule(
+        fit_seeds=FIT, val_seeds=VAL, batch_size=16, cache_dir=data.hparams.cache_dir
+    )
     _fit(e2e, small)
     assert float(e2e.lambdas.detach().abs().sum()) == 0
     assert e2e.learned is not None and e2e.mode_fit.curve[-1][0] == 1

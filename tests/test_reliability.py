@@ -963,10 +963,11 @@ def test_fit_lambdas_bad_batch_size(den, noise):
 
 def test_digits_flow_config_runs_as_the_readme_shows():
     from dode.lit import DODEModule, NoiseDataModule
-    from dode.lit.api import _DATA_KEYS, _MODEL_KEYS, fit_kwargs
+    from dode.lit.api import fit_kwargs
+    from dode.lit.specs import DATA_SECTION, MODEL_SECTION
 
     kw = fit_kwargs(ROOT / "configs" / "digits-flow.yaml")
-    data = NoiseDataModule(**{k: v for k, v in kw.items() if k in _DATA_KEYS})
-    module = DODEModule(**{k: v for k, v in kw.items() if k in _MODEL_KEYS})
+    data = NoiseDataModule(**{k: v for k, v in kw.items() if k in DATA_SECTION})
+    module = DODEModule(**{k: v for k, v in kw.items() if k in MODEL_SECTION})
     module.use_conditioning(data.conditioning)  # before: "model 'digits-flow' is conditional"
     assert module.condition([0, 1, 12]).tolist() == [0, 1, 2]

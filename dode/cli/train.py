@@ -23,14 +23,13 @@ This module holds the implementation; ``dode/train.py`` only runs :func:`main`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -42,7 +41,9 @@ from ..lit import (
     SampleGridCallback,
     Specs,
 )
-from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths, trainer_extras
+from ..lit.api import TRAINER_DEFAULTS, FitStopped, run_fit, run_paths
+from ..lit.loggers import trainer_extras
+from ..lit.specs import RUN_TOP, RunSpec
 from ..tracking import wandb_mode
 from .common import command, lightning_parser, no_gpu_hint
 
@@ -153,6 +154,23 @@ def reset_stale_schedule_options(args: list[str], default_schedule: str) -> list
     return out
 
 
+def _add_run_arguments(parser) -> None:
+    """The top-level settings (``--run_dir``, ``--solver_file``, ``--ckpt_path``,
+    ``--wandb_mode``, ``--wandb_project``, ``--name``) as :class:`~dode.lit.RunSpec` declares
+    them: its types, defaults and docstring."""
+    import dataclasses
+    import typing
+
+    import docstring_parser
+
+    hints = typing.get_type_hints(RunSpec)
+    docs = {p.arg_name: p.description for p in docstring_parser.parse(RunSpec.__doc__).params}
+    for f in dataclasses.fields(RunSpec):
+        if f.name in RUN_TOP:
+            text = " ".join((docs.get(f.name) or "").split()).replace("``", "")
+            parser.add_argument(f"--{f.name}", type=hints[f.name], default=f.default, help=text)
+
+
 class DODECLI(LightningCLI):
     """LightningCLI for D-ODE fits: run folder, loggers, checkpoints and the solver file."""
 
@@ -179,41 +197,12 @@ class DODECLI(LightningCLI):
         dropped (:func:`reset_stale_schedule_options`)."""
         argv = sys.argv[1:] if args is None else args
         if isinstance(argv, list):
-            default = inspect.signature(DODEModule.__init__).parameters["schedule"].default
+            default = Specs.defaults()["schedule"]
             args = reset_stale_schedule_options([str(a) for a in argv], default)
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--run_dir",
-            type=str | None,
-            default=None,
-            help="Run folder (logs, checkpoints, W&B, images, solver file); default "
-            "runs/<model>-<solver>-nfe<N>-<fit_mode>.",
-        )
-        parser.add_argument(
-            "--solver_file",
-            type=str | None,
-            default=None,
-            help="Where to write the fitted-solver file; default <run_dir>/solver.safetensors.",
-        )
-        parser.add_argument(
-            "--ckpt_path",
-            type=str | None,
-            default=None,
-            help="Resume: 'last' (the run folder's last checkpoint) or a checkpoint path.",
-        )
-        parser.add_argument(
-            "--wandb_mode",
-            type=Literal["auto", "offline", "online", "disabled"],
-            default="auto",
-            help="W&B: 'auto' = online when WANDB_API_KEY is set (and WANDB_MODE is not "
-            "offline/disabled), offline otherwise.",
-        )
-        parser.add_argument("--wandb_project", type=str, default="dode", help="W&B project.")
-        parser.add_argument(
-            "--name", type=str | None, default=None, help="Run name (default: the folder name)."
-        )
+        _add_run_arguments(parser)
         parser.add_lightning_class_args(SampleGridCallback, "samples")
         parser.add_lightning_class_args(LambdaPlotCallback, "lambda_plot")
         parser.add_lightning_class_args(FrechetCallback, "fid")

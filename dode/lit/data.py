@@ -367,36 +367,23 @@ class NoiseDataModule(pl.LightningDataModule):
     ``trainer.fit(module, data)`` needs nothing more.
 
     Args:
-        fit_seeds: seeds of the samples λ are fitted on: ``"0-1023"``, ``"0-9,20"``, an int N
-            (= 0..N−1) or a list.
-        val_seeds: seeds of the validation samples (must not overlap ``fit_seeds``).
-        batch_size: samples per batch (per process).
-        cache_dir: where teacher states are cached; ``"auto"``: ``$DODE_CACHE/teacher`` or
-            ``~/.cache/dode/teacher``; ``null``: no cache (recomputed every run).
-        class_labels: class-conditional models: ``all`` (seed ``s`` → label ``s % num_classes``),
-            ``uniform`` (drawn from the seed) or a list (seed ``s`` → ``labels[s % n]``).
-        prompts: text models: a file with one prompt per line (seed ``s`` → line ``s % n``).
-        negative_prompt: text models: the unconditional prompt for every sample.
+        **settings: the fields of :class:`~dode.lit.specs.DataSpec` (seeds, batch size, teacher
+            cache, conditioning) as keywords, declared and defaulted there (and shown by
+            ``python -m dode.train --help`` as ``--data.*``). Any left out keeps its default.
+
+    Raises:
+        TypeError: a keyword that is no setting.
+        ValueError: a bad value (the spec's message).
     """
 
-    def __init__(
-        self,
-        fit_seeds: str | int | list[int] = "0-1023",
-        val_seeds: str | int | list[int] = "1000000-1000255",
-        batch_size: int = 128,
-        cache_dir: str | None = "auto",
-        class_labels: str | list[int] | None = None,
-        prompts: str | None = None,
-        negative_prompt: str | None = None,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        spec = DataSpec(**settings)
         #: the settings, checked (:class:`~dode.lit.specs.DataSpec`)
-        self.spec = DataSpec(
-            fit_seeds=fit_seeds, val_seeds=val_seeds, batch_size=batch_size,
-            cache_dir=cache_dir, class_labels=class_labels, prompts=prompts,
-            negative_prompt=negative_prompt,
-        )  # fmt: skip
+        self.spec = spec
+        self.save_hyperparameters(spec.kwargs())
+        class_labels, prompts, cache_dir = spec.class_labels, spec.prompts, spec.cache_dir
+        negative_prompt, batch_size = spec.negative_prompt, spec.batch_size
         self.conditioning: SeedConditioning | None = SeedConditioning.from_options(
             class_labels=class_labels, prompts_file=prompts, negative_prompt=negative_prompt
         )

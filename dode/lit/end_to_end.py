@@ -45,7 +45,7 @@ from ..noise import noise_from_seeds
 from .fit_modes import ModeFit
 
 if TYPE_CHECKING:
-    from .module import DODEModule
+    from .problem import FitHost, FitProblem
 
 __all__ = ["EndToEndFit", "check_end_to_end", "end_to_end_settings"]
 
@@ -126,12 +126,14 @@ class EndToEndFit(ModeFit):
     instead (no Trainer).
 
     Args:
+        problem: what is fitted (model, solver, NFE, conditioning).
         options: the ``end_to_end`` settings (:func:`check_end_to_end`).
     """
 
     owns_validation = True
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, problem: FitProblem, options: dict[str, Any]) -> None:
+        super().__init__(problem)
         self.options = dict(options)
         self.settings = end_to_end_settings(options)
         self._val_seeds: list[int] | None = None
@@ -153,7 +155,7 @@ class EndToEndFit(ModeFit):
         self._t0 = time.perf_counter()
 
     # ---- setup: references, warm start, parameters -------------------------------------------
-    def setup(self, module: DODEModule, stage: str) -> None:
+    def setup(self, module: FitHost, stage: str) -> None:
         if stage != "fit":
             return
         if self.settings["objective"] == "default" and module.trainer.world_size > 1:
@@ -200,26 +202,27 @@ class EndToEndFit(ModeFit):
             per_epoch=every * acc, select_batch_size=eval_batch,
         )  # fmt: skip
         t_ref = time.perf_counter() - t0
-        grid, label = module.sigmas, module.grid_record.get("schedule")
+        problem = self.problem
+        grid, label = problem.sigmas, problem.schedule
         if s["warm_start"] == "best_standard":
             grid, label = self._warm_start(module, sel_refs, eval_batch)
-        grid = warm_start_grid(module.solver, grid)
+        grid = warm_start_grid(problem.solver, grid)
         module.learned = LearnedSolver(
-            module.solver, grid, sigma_floor=sigma_floor(module.denoiser, grid),
+            problem.solver, grid, sigma_floor=sigma_floor(problem.denoiser, grid),
             learn_grid=s["learn_grid"], coefficients=s["coefficients"],
             time_shift=s["time_shift"], shift_floor=model_sigma_range(module.denoiser)[0],
             shift_fraction=s["shift_fraction"], recompute=s["recompute"],
         ).to(dev)  # fmt: skip
         self.warm.update(warm_start=s["warm_start"], warm_start_grid=label,
                          reference_nfe=s["reference_nfe"])  # fmt: skip
-        self.base_errors = self._errors(module, lambda d, z: sample(d, module.solver, z, grid))
+        self.base_errors = self._errors(module, lambda d, z: sample(d, problem.solver, z, grid))
         self.best_params = module.learned.snapshot()
         if not module.learned.fitted_names():
             trainer.fit_loop.max_epochs = 0
         module.timings.update(reference_s=t_ref, warm_start_s=time.perf_counter() - t0 - t_ref)
 
     def _warm_start(
-        self, module: DODEModule, refs: Tensor, batch_size: int | None
+        self, module: FitHost, refs: Tensor, batch_size: int | None
     ) -> tuple[Tensor, str]:
         """The best standard cell of the module's solver and NFE on the selection seeds
         (:func:`~dode.standard_grids.select_grid`'s choice: the lowest MSE to the reference;
@@ -227,14 +230,15 @@ class EndToEndFit(ModeFit):
         from ..metrics import per_seed_mse
         from ..standard_grids import select_grid, standard_grids
 
+        problem = self.problem
         trainer, dm = module.trainer, module.trainer.datamodule
         rank, world, n = trainer.global_rank, trainer.world_size, len(dm.val_seeds)
         pos = list(range(rank, n, world))
         seeds = [dm.val_seeds[i] for i in pos]
         dev = module.device
-        noise = noise_from_seeds(seeds, module.sample_shape, module.integration_dtype, dev)
+        noise = noise_from_seeds(seeds, problem.sample_shape, problem.dtype, dev)
         ref = refs[pos].to(dev, torch.float64)
-        grids = standard_grids(module.denoiser)
+        grids = standard_grids(problem.denoiser)
         labels = [g.label or f"grid{i}" for i, g in enumerate(grids)]
         got: list[Tensor] = []
 
@@ -244,7 +248,7 @@ class EndToEndFit(ModeFit):
 
         try:
             choice = select_grid(
-                module.bound(module.condition(seeds)), module.solver, module.num_calls, noise,
+                problem.bind(problem.condition(seeds)), problem.solver, problem.num_calls, noise,
                 grids=grids, score=score, batch_size=batch_size,
             )  # fmt: skip
             failed = set(choice.errors)
@@ -261,11 +265,11 @@ class EndToEndFit(ModeFit):
         best = int(torch.argmin(means))  # the first of equal minima
         if not math.isfinite(float(means[best])):
             raise ValueError(
-                f"no standard grid works for {module.solver.describe()} at NFE "
-                f"{module.num_calls} on the selection seeds; set end_to_end.warm_start config."
+                f"no standard grid works for {problem.solver.describe()} at NFE "
+                f"{problem.num_calls} on the selection seeds; set end_to_end.warm_start config."
             )
         self.warm["warm_start_scores"] = {k: float(v) for k, v in zip(labels, means)}
-        return grids[best].build(module.solver.steps_for_nfe(module.num_calls)), labels[best]
+        return grids[best].build(problem.solver.steps_for_nfe(problem.num_calls)), labels[best]
 
     def check_run(self, fit_seeds: list[int], val_seeds: list[int], world_size: int) -> None:
         """``ValueError`` unless every process gets seeds of every mini-batch and of the
@@ -279,7 +283,7 @@ class EndToEndFit(ModeFit):
                 f"{n_fit}) and in val_seeds ({n_sel}); use fewer devices or more seeds."
             )
 
-    def optimizers(self, module: DODEModule):
+    def optimizers(self, module: FitHost):
         s = self.settings
         groups = module.learned.param_groups(
             s["lr"], s["lr_coefficients"], s["lr_shift"], s["weight_decay"]
@@ -287,7 +291,7 @@ class EndToEndFit(ModeFit):
         return torch.optim.Adam(groups)
 
     # ---- the selection MSE, shared out over the ranks -----------------------------------------
-    def _errors(self, module: DODEModule, run, every_rank: bool = False) -> Tensor:
+    def _errors(self, module: FitHost, run, every_rank: bool = False) -> Tensor:
         """Per-seed selection MSE ``[N]`` of ``run(denoiser, noise)`` over the selection seeds
         (each rank its share, gathered; ``every_rank``: all seeds here). A batch whose
         sampling fails counts as ``inf``."""
@@ -303,11 +307,11 @@ class EndToEndFit(ModeFit):
             return out
         return dm.gather(torch.cat(err), torch.cat(pos).tolist(), n)
 
-    def _batch_errors(self, module: DODEModule, run, batch: dict) -> Tensor:
+    def _batch_errors(self, module: FitHost, run, batch: dict) -> Tensor:
         from ..learned_solver import selection_errors
 
         dev = module.device
-        den = module.bound(batch.get("cond"))
+        den = self.problem.bind(batch.get("cond"))
         z = batch["noise"].to(dev)
         try:
             return selection_errors(
@@ -316,7 +320,7 @@ class EndToEndFit(ModeFit):
         except ValueError:
             return torch.full((len(z),), math.inf, dtype=torch.float64)
 
-    def _select(self, module: DODEModule, value: float, step: int) -> None:
+    def _select(self, module: FitHost, value: float, step: int) -> None:
         """Record the selection MSE ``value`` of the iterate at ``step``: keep it if best,
         stop after ``patience`` evaluations without a better one."""
         self.curve.append((step, value))
@@ -333,16 +337,16 @@ class EndToEndFit(ModeFit):
         for lg in module.trainer.loggers:
             lg.log_metrics(metrics, step=step)
 
-    def _evaluate(self, module: DODEModule, step: int) -> None:
+    def _evaluate(self, module: FitHost, step: int) -> None:
         v = float(self._errors(module, lambda d, z: module.learned(d, z)).mean())
         self._select(module, v if math.isfinite(v) else math.inf, step)
 
     # ---- the training loop ----------------------------------------------------------------------
-    def on_train_start(self, module: DODEModule) -> None:
+    def on_train_start(self, module: FitHost) -> None:
         if not self.curve and module.trainer.global_step == 0:
             self._evaluate(module, 0)  # the start: the warm-start cell through the learned path
 
-    def training_step(self, module: DODEModule, batch: dict, batch_idx: int) -> Tensor | None:
+    def training_step(self, module: FitHost, batch: dict, batch_idx: int) -> Tensor | None:
         from ..learned_solver import fit_loss
 
         s, trainer = self.settings, module.trainer
@@ -353,7 +357,7 @@ class EndToEndFit(ModeFit):
         ref = batch["reference"].to(module.device, torch.float64)
         share = len(z) / int(batch["global_size"])
         try:
-            loss = fit_loss(module.learned(module.bound(batch.get("cond")), z), ref,
+            loss = fit_loss(module.learned(self.problem.bind(batch.get("cond")), z), ref,
                             s["objective"], s["clip"])  # fmt: skip
             failed = 0.0
         except ValueError:
@@ -383,7 +387,7 @@ class EndToEndFit(ModeFit):
             self.losses.append(sum(self._micro) / len(self._micro))
             self._micro = []
 
-    def on_before_optimizer_step(self, module: DODEModule, optimizer) -> None:
+    def on_before_optimizer_step(self, module: FitHost, optimizer) -> None:
         for p in module.learned.parameters():
             if p.grad is not None:
                 p.grad.nan_to_num_(0.0, 0.0, 0.0)
@@ -393,18 +397,18 @@ class EndToEndFit(ModeFit):
         module.log_dict({f"lr/{n}": g["lr"] for n, g in zip(present, optimizer.param_groups)})
 
     @staticmethod
-    def _groups(module: DODEModule) -> tuple[bool, bool, bool]:
+    def _groups(module: FitHost) -> tuple[bool, bool, bool]:
         ls = module.learned
         return (ls.logits is not None, ls.lambdas is not None or ls.coefficients is not None,
                 ls.shift is not None)  # fmt: skip
 
-    def validation_step(self, module: DODEModule, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, module: FitHost, batch: dict, batch_idx: int) -> None:
         if module.trainer.sanity_checking or self.stop != "steps":
             return
         err = self._batch_errors(module, lambda d, z: module.learned(d, z), batch)
         self._val.append((batch["positions"], err))
 
-    def on_validation_epoch_end(self, module: DODEModule) -> None:
+    def on_validation_epoch_end(self, module: FitHost) -> None:
         val, self._val = self._val, []
         trainer = module.trainer
         if trainer.sanity_checking or self.stop != "steps" or not val:
@@ -416,13 +420,13 @@ class EndToEndFit(ModeFit):
         self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step)
         module.log("val/select_mse", self.curve[-1][1], prog_bar=True, rank_zero_only=True)
 
-    def on_train_epoch_end(self, module: DODEModule) -> None:
+    def on_train_epoch_end(self, module: FitHost) -> None:
         # the last step when it does not end an epoch (steps not a multiple of eval_every)
         step = module.trainer.global_step
         if self.stop == "steps" and step >= self.settings["steps"] and self.curve[-1][0] != step:
             self._evaluate(module, step)
 
-    def on_train_end(self, module: DODEModule) -> None:
+    def on_train_end(self, module: FitHost) -> None:
         self._flush()
         self.result = self._conclude(module)
 
@@ -467,7 +471,7 @@ class EndToEndFit(ModeFit):
         self.losses = list(state["losses"])
 
     # ---- the end: acceptance and the file ----------------------------------------------------
-    def _conclude(self, module: DODEModule, every_rank: bool = False) -> FittedSolver:
+    def _conclude(self, module: FitHost, every_rank: bool = False) -> FittedSolver:
         from ..learned_solver import conclude
 
         s = self.settings
@@ -503,7 +507,7 @@ class EndToEndFit(ModeFit):
         fitted.metrics["end_to_end"]["seconds"] = time.perf_counter() - self._t0
         return fitted
 
-    def solver_file(self, module: DODEModule, metrics: dict | None = None) -> FittedSolver:
+    def solver_file(self, module: FitHost, metrics: dict | None = None) -> FittedSolver:
         """The fitted solver of the run (concluded at the end of training, or now, when the
         run had nothing left to train: a resumed finished run, ``steps: 0``)."""
         if self.result is None:
@@ -516,7 +520,7 @@ class EndToEndFit(ModeFit):
         module.timings["end_to_end_s"] = record["seconds"]
         out = {
             "fit_mode": module.fit_mode,
-            "nfe": module.num_calls,
+            "nfe": self.problem.num_calls,
             "end_to_end": record,
             "grid": module.grid_record,
             **{f"time/{k}": v for k, v in module.timings.items()},
@@ -525,9 +529,7 @@ class EndToEndFit(ModeFit):
         return replace(fitted, model=module.model_record(), metrics=out)
 
     # ---- without a Trainer -------------------------------------------------------------------
-    def fit(
-        self, module: DODEModule, fit_seeds: list[int], select_seeds: list[int]
-    ) -> FittedSolver:
+    def fit(self, module: FitHost, fit_seeds: list[int], select_seeds: list[int]) -> FittedSolver:
         """References of both seed sets (in batches of ``reference_batch_size``), the
         warm-start cell, then :func:`dode.learned_solver.fit_end_to_end`, in this process on the
         module's device; the fitted solver with the module's model record."""
@@ -537,25 +539,26 @@ class EndToEndFit(ModeFit):
         opts = {**OWN_SETTINGS, **self.options}
         warm, ref_nfe = opts.pop("warm_start"), opts.pop("reference_nfe")
         ref_batch = opts.pop("reference_batch_size")
+        problem = self.problem
         t0 = time.perf_counter()
         dev = module.device
         dens, noise, refs = [], [], []
         for seeds in (fit_seeds, select_seeds):
-            z = noise_from_seeds(seeds, module.sample_shape, module.integration_dtype, dev)
-            den = module.bound(module.condition(seeds))
+            z = noise_from_seeds(seeds, problem.sample_shape, problem.dtype, dev)
+            den = problem.bind(problem.condition(seeds))
             dens.append(den)
             noise.append(z)
             refs.append(reference_solution(den, z, nfe=ref_nfe, batch_size=ref_batch))
         t_ref = time.perf_counter() - t0
-        grid, label = module.sigmas, module.grid_record.get("schedule")
+        grid, label = problem.sigmas, problem.schedule
         if warm == "best_standard":
             choice = select_grid(
-                dens[1], module.solver, module.num_calls, noise[1],
-                grids=standard_grids(module.denoiser), reference=refs[1],
+                dens[1], problem.solver, problem.num_calls, noise[1],
+                grids=standard_grids(problem.denoiser), reference=refs[1],
             )  # fmt: skip
             grid, label = choice.sigmas, choice.spec.label
         fitted = fit_end_to_end(
-            dens[0], module.solver, grid, noise[0], refs[0], select_noise=noise[1],
+            dens[0], problem.solver, grid, noise[0], refs[0], select_noise=noise[1],
             select_reference=refs[1], select_denoiser=dens[1], **opts,
         )  # fmt: skip
         record = fitted.metrics["end_to_end"]
@@ -564,7 +567,7 @@ class EndToEndFit(ModeFit):
         module.timings.update(reference_s=t_ref, end_to_end_s=time.perf_counter() - t0)
         metrics = {
             "fit_mode": module.fit_mode,
-            "nfe": module.num_calls,
+            "nfe": problem.num_calls,
             "end_to_end": record,
             "grid": module.grid_record,
             **{f"time/{k}": v for k, v in module.timings.items()},

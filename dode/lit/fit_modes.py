@@ -11,7 +11,10 @@ does its own work in a small class the module delegates to:
 ``end-to-end``     :class:`dode.lit.end_to_end.EndToEndFit`     grid, coefficients, shift
 =================  ===========================================  ============================
 
-A mode's hooks take the module as their first argument (the mode keeps no reference to it).
+A mode is made with its problem (:class:`~dode.lit.problem.FitProblem`: the model call, the
+teacher lookup, the grid, the solver, the conditioning binder, the dtypes); its hooks take the
+Lightning module as their first argument, of which they use only what
+:class:`~dode.lit.problem.FitHost` lists (the mode keeps no reference to it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from .module import DODEModule
+    from .problem import FitHost, FitProblem
 
 __all__ = ["FitMode", "FIT_MODES", "FitStopped", "ModeFit"]
 
@@ -41,6 +44,9 @@ class FitStopped(RuntimeError):
 class ModeFit:
     """The hooks a fit mode answers; each does nothing here.
 
+    Args:
+        problem: what the mode fits (:class:`~dode.lit.problem.FitProblem`).
+
     Attributes:
         automatic_optimization: whether Lightning runs the optimizer on the returned loss.
     """
@@ -49,23 +55,26 @@ class ModeFit:
     #: the mode validates itself (its hooks below) instead of the MSE to the teacher per state
     owns_validation: bool = False
 
-    def setup(self, module: DODEModule, stage: str) -> None:
+    def __init__(self, problem: FitProblem) -> None:
+        self.problem = problem
+
+    def setup(self, module: FitHost, stage: str) -> None:
         """After the data module is attached (``module.trainer`` is set)."""
 
-    def optimizers(self, module: DODEModule):
+    def optimizers(self, module: FitHost):
         """The optimizer of this mode (``None``: Adam on λ with the module's ``lr``)."""
         return None
 
-    def on_train_start(self, module: DODEModule) -> None:
+    def on_train_start(self, module: FitHost) -> None:
         """Before the first training batch (after a checkpoint is restored)."""
 
-    def on_before_optimizer_step(self, module: DODEModule, optimizer) -> None:
+    def on_before_optimizer_step(self, module: FitHost, optimizer) -> None:
         """After the backward pass (gradients synced), before the optimizer's step."""
 
-    def validation_step(self, module: DODEModule, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, module: FitHost, batch: dict, batch_idx: int) -> None:
         """One validation batch (modes that set ``owns_validation``)."""
 
-    def on_validation_epoch_end(self, module: DODEModule) -> None:
+    def on_validation_epoch_end(self, module: FitHost) -> None:
         """After the validation batches (modes that set ``owns_validation``)."""
 
     def state_dict(self) -> dict | None:
@@ -79,19 +88,19 @@ class ModeFit:
         """``ValueError`` if :meth:`state_dict`'s entry ``state`` (a checkpoint's) cannot be
         resumed by this mode with these settings; checked before the run starts."""
 
-    def on_train_epoch_start(self, module: DODEModule) -> None:
+    def on_train_epoch_start(self, module: FitHost) -> None:
         """Before an epoch's first training batch."""
 
-    def training_step(self, module: DODEModule, batch: dict, batch_idx: int) -> Tensor | None:
+    def training_step(self, module: FitHost, batch: dict, batch_idx: int) -> Tensor | None:
         """One training batch: the loss to optimise, or ``None`` (manual optimisation)."""
         return None
 
-    def on_train_epoch_end(self, module: DODEModule) -> None:
+    def on_train_epoch_end(self, module: FitHost) -> None:
         """After an epoch's last training batch."""
 
-    def on_train_end(self, module: DODEModule) -> None:
+    def on_train_end(self, module: FitHost) -> None:
         """After the training loop (raise :class:`FitStopped` if it ended early)."""
 
-    def fitted(self, module: DODEModule) -> bool:
+    def fitted(self, module: FitHost) -> bool:
         """Whether every λ has its value (validation is skipped before)."""
         return True

@@ -26,20 +26,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
 from ..conditioning import SeedConditioning
-from ..correction import DODECorrection, model_fn
 from ..denoisers import check_guidance
 from ..denoisers.loading import load_denoiser, resolve_dtype
 from ..files.solver_file import FittedSolver, model_schedule
 from ..files.weights import weights_hash
 from ..grids.schedules import grid_for_model, refine_space
-from ..lambda_fit import FitInfo, at_sigma, teacher_states
+from ..lambda_fit import FitInfo, teacher_states
 from ..learned_grid import LEARNED_SCHEDULES, learned_schedule
 from ..noise import format_seeds
 from ..solvers import Solver
@@ -49,7 +48,8 @@ from .end_to_end import EndToEndFit
 from .fit_modes import FIT_MODES, FitMode, FitStopped, ModeFit
 from .gradient import GradientFit
 from .lstsq import LstsqFit
-from .specs import FitSpec, ModelSpec, SolverSpec
+from .problem import FitProblem
+from .specs import FitSpec, ModelSpec, ModuleSpec, SolverSpec
 from .validation import TeacherMSE
 
 __all__ = ["DODEModule", "FitMode", "FitStopped", "check_resume_seeds"]
@@ -71,18 +71,19 @@ def check_resume_seeds(meta: dict, seeds: list[int] | None, where: str) -> None:
 
 def make_fit_mode(
     fit_mode: str,
+    problem: FitProblem,
     *,
     cache_outputs: bool = True,
     activation_checkpointing: bool = True,
     end_to_end: dict[str, Any] | None = None,
 ) -> ModeFit:
-    """The object that does ``fit_mode``'s work for a :class:`DODEModule`."""
+    """The object that does ``fit_mode``'s work on ``problem`` for a :class:`DODEModule`."""
     if fit_mode == "lstsq":
-        return LstsqFit(cache_outputs)
+        return LstsqFit(problem, cache_outputs)
     if fit_mode in ("sgd-local", "sgd-global"):
-        return GradientFit(fit_mode[4:], activation_checkpointing)
+        return GradientFit(problem, fit_mode[4:], activation_checkpointing)
     if fit_mode == "end-to-end":
-        return EndToEndFit(end_to_end or {})
+        return EndToEndFit(problem, end_to_end or {})
     raise ValueError(f"unknown fit_mode {fit_mode!r}; use one of {', '.join(FIT_MODES)}.")
 
 
@@ -90,111 +91,40 @@ class DODEModule(pl.LightningModule):
     """Fit D-ODE λ for a frozen diffusion model.
 
     Args:
-        model: the frozen denoiser: a registered name (``digits``, ``gmm-digits``), a local
-            diffusers folder, a hub id (``org/name``) or ``package.module:function``.
-        solver: the base solver (``ddim``, ``euler``, ``heun``, ``ipndm``, ``dpm_solver``,
-            ``dpm_solver_pp``, ``deis``, ``unipc`` and aliases such as ``dpmpp_2m``).
-        solver_options: keyword options of the solver, e.g. ``{order: 3}``.
-        nfe: number of model calls (NFE) of the student; sets the number of grid steps.
-        schedule: σ grid: ``karras``, ``log_uniform``, ``time_uniform``, ``quadratic``,
-            ``explicit``, or a grid learned on ``schedule_options.seeds`` (default 0-99) before
-            the λ fit: ``learned_dp`` (dynamic programme over a fine teacher grid) or
-            ``learned_sgd`` (gradient fit of grid and λ; λ are then refitted on that grid by
-            ``fit_mode``); see :mod:`dode.learned_grid` for their options.
-        schedule_options: options of the schedule, e.g. ``{sigma_min: 0.002, sigma_max: 80,
-            rho: 7}`` for ``karras`` or ``{sigmas: [...]}`` for ``explicit``.
-        teacher_factor: C, the teacher's refinement of the student grid (the paper uses 10).
-        teacher_solver: the teacher's solver (default: the student's own).
-        teacher_solver_options: keyword options of the teacher's solver.
-        teacher_space: parameterisation in which the teacher grid is refined (``rho``, ``log``,
-            ``linear``; default: ``rho`` for ``karras`` grids, ``log`` otherwise).
-        fit_mode: ``lstsq`` (closed form, one epoch per model call), ``sgd-local`` or
-            ``sgd-global`` (Adam; set ``trainer.max_epochs``), or ``end-to-end``: the grid,
-            history coefficients and model-time shift fitted on the final sample by
-            :mod:`dode.learned_solver`'s pieces (the fit seeds fit, ``val_seeds`` select and
-            accept; see ``end_to_end``), as a Lightning training run: one step is one
-            mini-batch through the whole trajectory; DDP, resume, gradient accumulation and
-            precision as in any run; ``trainer.max_epochs`` is set from ``steps``.
-        lr: Adam learning rate for the sgd modes.
-        dtype: integration dtype (noise, states, teacher).
-        model_dtype: dtype of the network weights (default: ``dtype``).
-        sigma_to_t: σ → timestep for diffusers models: ``interp`` or ``snap``.
-        model_options: extra keyword options for the model loader.
-        cache_outputs: ``lstsq``: keep each batch's model outputs between epochs (K outputs per
-            sample in memory) instead of re-evaluating calls < k (K²/2 calls).
-        activation_checkpointing: ``sgd-global``: recompute network activations in backward.
-        check_finite: raise on non-finite model outputs.
-        guidance_scale: classifier-free guidance scale w of a conditional model (1: none).
-        guidance_rescale: φ in [0, 1] of diffusers' guidance rescale (0: off).
-        end_to_end: ``fit_mode: end-to-end`` settings: ``warm_start`` (``best_standard``,
-            default: the best of :func:`dode.standard_grids.standard_grids` for this solver on the
-            selection seeds; ``config``: the ``schedule`` above), ``reference_nfe`` (the
-            converged reference's model calls, default 100), ``reference_batch_size`` (seeds
-            per reference batch, default 64; references are cached with the teacher states)
-            and the keyword options of
-            :func:`dode.learned_solver.fit_end_to_end` (``steps``, ``coefficients``,
-            ``time_shift``, ``learn_grid``, ``lr``, ``lr_coefficients``, ...; ``model.lr``
-            is not used by this mode).
+        **settings: the fields of :class:`~dode.lit.specs.ModelSpec` (the model and how it is
+            evaluated), :class:`~dode.lit.specs.SolverSpec` (solver, NFE, σ grid, teacher) and
+            :class:`~dode.lit.specs.FitSpec` (how λ are fitted), as keywords: the settings of
+            :class:`~dode.lit.specs.ModuleSpec`, declared and defaulted there (and shown by
+            ``python -m dode.train --help`` as ``--model.*``). Any left out keeps its default.
+
+    Raises:
+        TypeError: a keyword that is no setting.
+        ValueError: a bad value (the spec's message).
     """
 
-    def __init__(
-        self,
-        model: str = "digits",
-        solver: str = "ddim",
-        solver_options: dict[str, Any] | None = None,
-        nfe: int = 5,
-        schedule: str = "karras",
-        schedule_options: dict[str, Any] | None = None,
-        teacher_factor: int = 10,
-        teacher_solver: str | None = None,
-        teacher_solver_options: dict[str, Any] | None = None,
-        teacher_space: Literal["rho", "log", "linear"] | None = None,
-        fit_mode: FitMode = "lstsq",
-        lr: float = 0.05,
-        dtype: Literal["float32", "float64"] = "float32",
-        model_dtype: Literal["float16", "bfloat16", "float32", "float64"] | None = None,
-        sigma_to_t: Literal["interp", "snap"] = "interp",
-        model_options: dict[str, Any] | None = None,
-        cache_outputs: bool = True,
-        activation_checkpointing: bool = True,
-        check_finite: bool = True,
-        guidance_scale: float = 1.0,
-        guidance_rescale: float = 0.0,
-        end_to_end: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
         super().__init__()
-        self.save_hyperparameters()
         # The settings, checked by their specs (dode.lit.specs: one place for every check).
-        self.fit_spec = FitSpec(
-            fit_mode=fit_mode, lr=lr, cache_outputs=cache_outputs,
-            activation_checkpointing=activation_checkpointing, check_finite=check_finite,
-            end_to_end=end_to_end,
-        )  # fmt: skip
-        self.solver_spec = SolverSpec(
-            solver=solver, nfe=nfe, solver_options=solver_options, schedule=schedule,
-            schedule_options=schedule_options, teacher_factor=teacher_factor,
-            teacher_solver=teacher_solver, teacher_solver_options=teacher_solver_options,
-            teacher_space=teacher_space,
-        )  # fmt: skip
-        self.model_spec = ModelSpec(
-            model=model, dtype=dtype, model_dtype=model_dtype, sigma_to_t=sigma_to_t,
-            model_options=model_options, guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-        )  # fmt: skip
-        self.end_to_end = dict(self.fit_spec.end_to_end or {})
-        self.fit_mode = fit_mode
-        self.lr = float(lr)
+        spec = ModuleSpec(**settings)
+        self.model_spec, self.solver_spec, self.fit_spec = spec.parts
+        self.save_hyperparameters(spec.kwargs())
+        m, sv, f = spec.parts
+        model, dtype, model_dtype = m.model, m.dtype, m.model_dtype
+        schedule, schedule_options = sv.schedule, sv.schedule_options
+        self.end_to_end = dict(f.end_to_end or {})
+        self.fit_mode = f.fit_mode
+        self.lr = float(f.lr)
         self.integration_dtype = resolve_dtype(dtype)
         self.solver: Solver = self.solver_spec.build()
-        self.num_steps = self.solver.steps_for_nfe(nfe)
+        self.num_steps = self.solver.steps_for_nfe(sv.nfe)
         self.teacher: Solver | None = self.solver_spec.build_teacher()
         t_load = time.perf_counter()
         self.denoiser = load_denoiser(
-            model, sigma_to_t=sigma_to_t, dtype=model_dtype or dtype, **(model_options or {})
+            model, sigma_to_t=m.sigma_to_t, dtype=model_dtype or dtype, **(m.model_options or {})
         )
         t_load = time.perf_counter() - t_load
         self.guidance_scale, self.guidance_rescale = check_guidance(
-            guidance_scale, guidance_rescale
+            m.guidance_scale, m.guidance_rescale
         )
         if self.guidance_scale != 1.0 and not getattr(self.denoiser, "has_unconditional", False):
             what = (
@@ -224,29 +154,41 @@ class DODEModule(pl.LightningModule):
         self.solver.check_grid(self.sigmas)
         self.s_list: list[float] = self.sigmas.tolist()
         self.num_calls = self.solver.nfe(self.num_steps)
-        self.teacher_space = teacher_space or refine_space(schedule)
+        self.teacher_space = sv.teacher_space or refine_space(schedule)
         self.teacher_rho = float((schedule_options or {}).get("rho", 7.0))
         stages = self.solver.stage_sigmas(self.sigmas).tolist()
         self.target_sigmas: list[float] = sorted(set(self.s_list[1:]) | set(stages), reverse=True)
-        self._sigma_index = {s: i for i, s in enumerate(self.target_sigmas)}
         self.weights_hash = weights_hash(self.denoiser)
         self.lambdas = nn.Parameter(torch.zeros(self.num_calls, dtype=torch.float64))
         self.register_buffer("num_fitted", torch.zeros((), dtype=torch.long))
         self.fit_info = FitInfo()
-        self.cache_outputs = cache_outputs
-        self.activation_checkpointing = activation_checkpointing
-        self.check_finite = check_finite
+        self.cache_outputs = f.cache_outputs
+        self.activation_checkpointing = f.activation_checkpointing
+        self.check_finite = f.check_finite
+        #: what the fit mode and the validation work on (:mod:`dode.lit.problem`)
+        self.fit_problem = FitProblem(
+            denoiser=self.denoiser,
+            solver=self.solver,
+            sigmas=self.sigmas,
+            target_sigmas=tuple(self.target_sigmas),
+            dtype=self.integration_dtype,
+            check_finite=f.check_finite,
+            bind=self.bound,
+            condition=self.condition,
+            schedule=schedule,
+        )
         #: the fit mode's work (:mod:`dode.lit.fit_modes`); this module delegates to it
         self.mode_fit: ModeFit = make_fit_mode(
-            fit_mode,
-            cache_outputs=cache_outputs,
-            activation_checkpointing=activation_checkpointing,
+            f.fit_mode,
+            self.fit_problem,
+            cache_outputs=f.cache_outputs,
+            activation_checkpointing=f.activation_checkpointing,
             end_to_end=self.end_to_end,
         )
         self.automatic_optimization = self.mode_fit.automatic_optimization
         self.timings: dict[str, float] = {"model_load_s": t_load}
         self.val_metrics: dict[str, float] = {}
-        self.validation = TeacherMSE()
+        self.validation = TeacherMSE(self.fit_problem)
         #: ``end-to-end``: the solver's parameters (:class:`dode.learned_solver.LearnedSolver`),
         #: made at setup from the warm-start cell
         self.learned: nn.Module | None = None
@@ -422,9 +364,6 @@ class DODEModule(pl.LightningModule):
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.denoiser.sample_shape)
 
-    def _fn(self, cond=None):
-        return model_fn(self.bound(cond), self.solver.consumes)
-
     @torch.no_grad()
     def compute_teacher(self, noise: Tensor, cond=None) -> Tensor:
         """Teacher states at every student σ (``target_sigmas`` order): ``[B, M, ...]``, CPU.
@@ -446,12 +385,6 @@ class DODEModule(pl.LightningModule):
         self.timings["teacher_s"] = self.timings.get("teacher_s", 0.0) + time.perf_counter() - t0
         return out
 
-    def _target_fn(self, teacher: Tensor):
-        def get(sigma: float) -> Tensor:
-            return teacher[:, at_sigma(self._sigma_index, sigma)]
-
-        return get
-
     # ---- sampling ----------------------------------------------------------------------------
     def trajectory(
         self, noise: Tensor, lambdas: Tensor | None, fn: Callable | None = None, cond=None
@@ -459,20 +392,7 @@ class DODEModule(pl.LightningModule):
         """The student's states after each call (the input of call k + 1; the sample last) and
         their σ. ``lambdas=None``: the base solver. ``fn``: the model callable (default: the
         denoiser, bound to ``cond``, its consumed output)."""
-        corr = DODECorrection(self._fn(cond) if fn is None else fn, lambdas, self.check_finite)
-        sig: list[float] = []
-        states: list[Tensor] = []
-
-        def record(x: Tensor, sigma: float) -> Tensor:
-            if corr.k > 0:
-                sig.append(float(sigma))
-                states.append(x)
-            return corr(x, sigma)
-
-        out = self.solver.solve(record, noise * self.s_list[0], self.s_list, None)
-        sig.append(float(self.s_list[-1]))
-        states.append(out)
-        return sig, states
+        return self.fit_problem.trajectory(noise, lambdas, fn, cond)
 
     @torch.no_grad()
     def sample_final(
@@ -578,14 +498,6 @@ class DODEModule(pl.LightningModule):
             every = self.all_gather(self.lambdas.detach())
             if not bool((every == every[0]).all()):
                 raise RuntimeError(f"λ differ across ranks: {every.tolist()}")
-
-    def _global_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
-        """The whole trajectory with the λ parameter (``sgd-global``'s states)."""
-        return GradientFit("global", self.activation_checkpointing).global_states(self, noise, cond)
-
-    def _local_states(self, noise: Tensor, cond=None) -> tuple[list[float], list[Tensor]]:
-        """Each call's state from the detached state before it (``sgd-local``'s states)."""
-        return GradientFit.local_states(self, noise, cond)
 
     # ---- validation: MSE to the teacher, per state and final --------------------------------
     def _fitted(self) -> bool:

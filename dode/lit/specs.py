@@ -15,10 +15,16 @@ is made (one ``ValueError`` naming the field and the fix):
 
 :class:`Specs` holds one of each. ``Specs.from_config("configs/tiny.yaml")`` reads a
 ``python -m dode.train`` config as it is (the ``model:`` section holds the fields of the first
-three specs, as :class:`~dode.lit.DODEModule`'s constructor takes them);
-``Specs.from_kwargs(**flat)`` reads :func:`dode.fit`'s flat keywords; :meth:`Specs.kwargs` gives
-them back. :meth:`dode.lit.DODEModule.from_specs` and :meth:`dode.lit.NoiseDataModule.from_spec`
-build the Lightning objects, whose constructors check their keywords through these specs.
+three specs, :class:`ModuleSpec`); ``Specs.from_kwargs(**flat)`` reads :func:`dode.fit`'s flat
+keywords; :meth:`Specs.kwargs` gives them back.
+
+Each setting is declared, defaulted and documented here only. :class:`~dode.lit.DODEModule`
+takes ``**settings`` and makes a :class:`ModuleSpec` of them, :class:`~dode.lit.NoiseDataModule`
+a :class:`DataSpec`, and :func:`dode.fit` gathers its flat keywords into the specs; LightningCLI
+follows those ``**settings`` into the spec (jsonargparse resolves the keywords a constructor
+passes on), so ``--model.*`` and ``--data.*`` are the specs' fields with their types, defaults
+and help. :meth:`dode.lit.DODEModule.from_specs` and
+:meth:`dode.lit.NoiseDataModule.from_spec` build the Lightning objects from specs.
 
 ::
 
@@ -50,6 +56,7 @@ __all__ = [
     "FitSpec",
     "DataSpec",
     "RunSpec",
+    "ModuleSpec",
     "Specs",
     "WandbMode",
     "fit_kwargs",
@@ -137,10 +144,13 @@ class SolverSpec(_Spec):
             ``dpm_solver_pp``, ``deis``, ``unipc`` and aliases such as ``dpmpp_2m``).
         nfe: number of model calls (NFE) of the student; sets the number of grid steps.
         solver_options: keyword options of the solver, e.g. ``{order: 3}``.
-        schedule: σ grid (``karras``, ``log_uniform``, ``time_uniform``, ``quadratic``,
-            ``explicit``, ``flow``, ``learned_dp``, ``learned_sgd``; see
-            :class:`~dode.lit.DODEModule`).
-        schedule_options: options of the schedule.
+        schedule: σ grid: ``karras``, ``log_uniform``, ``time_uniform``, ``quadratic``,
+            ``explicit``, ``flow``, or a grid learned on ``schedule_options.seeds`` (default
+            0-99) before the λ fit: ``learned_dp`` (dynamic programme over a fine teacher grid)
+            or ``learned_sgd`` (gradient fit of grid and λ; λ are then refitted on that grid by
+            ``fit_mode``); see :mod:`dode.learned_grid` for their options.
+        schedule_options: options of the schedule, e.g. ``{sigma_min: 0.002, sigma_max: 80,
+            rho: 7}`` for ``karras`` or ``{sigmas: [...]}`` for ``explicit``.
         teacher_factor: C, the teacher's refinement of the student grid (the paper uses 10).
         teacher_solver: the teacher's solver (default: the student's own).
         teacher_solver_options: keyword options of the teacher's solver.
@@ -201,14 +211,26 @@ class FitSpec(_Spec):
 
     Args:
         fit_mode: ``lstsq`` (closed form, one epoch per model call), ``sgd-local`` or
-            ``sgd-global`` (Adam; set ``trainer.max_epochs``), or ``end-to-end`` (grid,
-            history coefficients and model-time shift on the final sample; see
-            :class:`~dode.lit.DODEModule`).
+            ``sgd-global`` (Adam; set ``trainer.max_epochs``), or ``end-to-end``: the grid,
+            history coefficients and model-time shift fitted on the final sample by
+            :mod:`dode.learned_solver`'s pieces (the fit seeds fit, ``val_seeds`` select and
+            accept; see ``end_to_end``), as a Lightning training run: one step is one
+            mini-batch through the whole trajectory; DDP, resume, gradient accumulation and
+            precision as in any run; ``trainer.max_epochs`` is set from ``steps``.
         lr: Adam learning rate for the sgd modes.
-        cache_outputs: ``lstsq``: keep each batch's model outputs between epochs.
+        cache_outputs: ``lstsq``: keep each batch's model outputs between epochs (K outputs per
+            sample in memory) instead of re-evaluating calls < k (K²/2 calls).
         activation_checkpointing: ``sgd-global``: recompute network activations in backward.
         check_finite: raise on non-finite model outputs.
-        end_to_end: ``fit_mode: end-to-end`` settings (:func:`dode.lit.end_to_end.check_end_to_end`).
+        end_to_end: ``fit_mode: end-to-end`` settings: ``warm_start`` (``best_standard``,
+            default: the best of :func:`dode.standard_grids.standard_grids` for this solver on
+            the selection seeds; ``config``: the ``schedule``), ``reference_nfe`` (the
+            converged reference's model calls, default 100), ``reference_batch_size`` (seeds
+            per reference batch, default 64; references are cached with the teacher states)
+            and the keyword options of :func:`dode.learned_solver.fit_end_to_end` (``steps``,
+            ``coefficients``, ``time_shift``, ``learn_grid``, ``lr``, ``lr_coefficients``,
+            ...; ``lr`` above is not used by this mode); checked by
+            :func:`dode.lit.end_to_end.check_end_to_end`.
     """
 
     fit_mode: FitMode = "lstsq"
@@ -232,6 +254,39 @@ class FitSpec(_Spec):
         check_end_to_end(self.end_to_end)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}.")
+
+
+#: the specs whose fields :class:`ModuleSpec` holds, in its field order
+MODULE_SPECS: tuple[type[_Spec], ...] = (ModelSpec, SolverSpec, FitSpec)
+
+
+@dataclass(frozen=True)
+class ModuleSpec(FitSpec, SolverSpec, ModelSpec):
+    """The settings of :class:`~dode.lit.DODEModule` (its keywords, the ``model:`` section of a
+    ``python -m dode.train`` config): the fields of :class:`ModelSpec`, :class:`SolverSpec` and
+    :class:`FitSpec`, each checked by its own spec.
+
+    Attributes:
+        parts: the three specs of these fields.
+    """
+
+    parts: tuple[ModelSpec, SolverSpec, FitSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # checked in the order fit, solver, model (the first bad setting is the one named)
+        made = {
+            cls: cls(**{n: getattr(self, n) for n in cls.names()}) for cls in MODULE_SPECS[::-1]
+        }
+        parts = tuple(made[cls] for cls in MODULE_SPECS)
+        for part in parts:  # the checked (normalised) values
+            for name, value in part.kwargs().items():
+                self._set(name, value)
+        self._set("parts", parts)
+
+    @classmethod
+    def of(cls, model: ModelSpec, solver: SolverSpec, fit: FitSpec) -> ModuleSpec:
+        """The settings of these three specs."""
+        return cls(**model.kwargs(), **solver.kwargs(), **fit.kwargs())
 
 
 def check_seeds(spec: Any, what: str) -> list[int]:
@@ -262,10 +317,11 @@ class DataSpec(_Spec):
         val_seeds: seeds of the validation samples (must not overlap ``fit_seeds``).
         batch_size: samples per batch (per process).
         cache_dir: where teacher states are cached; ``"auto"``: ``$DODE_CACHE/teacher`` or
-            ``~/.cache/dode/teacher``; ``None``: no cache.
-        class_labels: class-conditional models: ``all``, ``uniform`` or a list of labels.
-        prompts: text models: a file with one prompt per line (read when the data module is
-            made, not here).
+            ``~/.cache/dode/teacher``; ``null``: no cache (recomputed every run).
+        class_labels: class-conditional models: ``all`` (seed ``s`` → label ``s % num_classes``),
+            ``uniform`` (drawn from the seed) or a list (seed ``s`` → ``labels[s % n]``).
+        prompts: text models: a file with one prompt per line (seed ``s`` → line ``s % n``;
+            read when the data module is made, not here).
         negative_prompt: text models: the unconditional prompt for every sample.
 
     Attributes:
@@ -350,10 +406,12 @@ class RunSpec(_Spec):
         samples: options of :class:`~dode.lit.SampleGridCallback`.
         lambda_plot: options of :class:`~dode.lit.LambdaPlotCallback`.
         fid: options of :class:`~dode.lit.FrechetCallback`.
-        run_dir: the run folder; default ``runs/<model>-<solver>-nfe<N>-<fit_mode>``.
-        solver_file: the fitted-solver file; default ``<run_dir>/solver.safetensors``.
-        ckpt_path: resume: ``"last"`` or a checkpoint path.
-        wandb_mode: ``auto``, ``offline``, ``online`` or ``disabled``.
+        run_dir: the run folder (logs, checkpoints, W&B, images, solver file); default
+            ``runs/<model>-<solver>-nfe<N>-<fit_mode>``.
+        solver_file: where the fitted-solver file goes; default ``<run_dir>/solver.safetensors``.
+        ckpt_path: resume: ``last`` (the run folder's last checkpoint) or a checkpoint path.
+        wandb_mode: ``auto`` (online when ``WANDB_API_KEY`` is set and ``WANDB_MODE`` is not
+            offline/disabled, offline otherwise), ``offline``, ``online`` or ``disabled``.
         wandb_project: the W&B project.
         name: the run name (default: the run folder's name).
         seed: passed to ``lightning.seed_everything`` (``seed_everything`` in a config).
@@ -396,13 +454,15 @@ class RunSpec(_Spec):
             )
 
 
-#: ``model:`` holds the fields of these specs (the constructor of DODEModule), ``data:`` those
-#: of DataSpec (the constructor of NoiseDataModule).
-MODULE_SPECS: tuple[type[_Spec], ...] = (ModelSpec, SolverSpec, FitSpec)
-MODEL_SECTION: tuple[str, ...] = tuple(n for s in MODULE_SPECS for n in s.names())
+#: ``model:`` holds the fields of :class:`ModuleSpec` (the keywords of DODEModule), ``data:``
+#: those of DataSpec (the keywords of NoiseDataModule).
+MODEL_SECTION: tuple[str, ...] = ModuleSpec.names()
 DATA_SECTION: tuple[str, ...] = DataSpec.names()
 _SECTIONS = ("trainer", "samples", "lambda_plot", "fid")
-_TOP = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project", "name")
+#: the top-level settings of a ``python -m dode.train`` config (:class:`RunSpec`'s fields outside
+#: its sections and ``seed_everything``)
+RUN_TOP: tuple[str, ...] = ("run_dir", "solver_file", "ckpt_path", "wandb_mode", "wandb_project",
+                            "name")  # fmt: skip
 
 
 def fit_kwargs(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -433,12 +493,12 @@ def fit_kwargs(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
             out[key] = dict(value or {})
         elif key == "seed_everything":
             out["seed"] = value
-        elif key in _TOP:
+        elif key in RUN_TOP:
             out[key] = value
         else:
             raise ValueError(
                 f"unknown setting {key!r} in the fit config; use the sections model, data, "
-                f"{', '.join(_SECTIONS)} or {', '.join(_TOP)}."
+                f"{', '.join(_SECTIONS)} or {', '.join(RUN_TOP)}."
             )
     return out
 

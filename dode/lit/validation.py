@@ -11,15 +11,20 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .module import DODEModule
+    from .problem import FitHost, FitProblem
 
 __all__ = ["TeacherMSE"]
 
 
 class TeacherMSE:
-    """Per-state MSE sums of D-ODE and the base solver, over one validation epoch."""
+    """Per-state MSE sums of D-ODE and the base solver, over one validation epoch.
 
-    def __init__(self) -> None:
+    Args:
+        problem: the fit's problem (trajectories and the teacher lookup).
+    """
+
+    def __init__(self, problem: FitProblem) -> None:
+        self.problem = problem
         self._acc: Tensor | None = None
         self._base: dict[int, tuple[tuple[int, ...], list[Tensor]]] = {}
 
@@ -28,36 +33,37 @@ class TeacherMSE:
         self._acc = None
 
     @torch.no_grad()
-    def add(self, module: DODEModule, batch: dict, batch_idx: int) -> None:
+    def add(self, module: FitHost, batch: dict, batch_idx: int) -> None:
         """Add a batch's squared errors (the base solver's once per batch of seeds)."""
         noise = batch["noise"]
-        target = module._target_fn(batch["teacher"])
+        problem = self.problem
+        target = problem.target(batch["teacher"])
         cond = batch.get("cond")
         seeds = tuple(batch["seeds"].tolist())
         base = self._base.get(batch_idx)
         if base is None or base[0] != seeds:
-            sig, states = module.trajectory(noise, None, cond=cond)
+            sig, states = problem.trajectory(noise, None, cond=cond)
             base = (seeds, [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)])
             self._base[batch_idx] = base
-        sig, states = module.trajectory(noise, module.lambdas.detach(), cond=cond)
+        sig, states = problem.trajectory(noise, module.lambdas.detach(), cond=cond)
         dode = [((x - target(s)) ** 2).sum().double() for s, x in zip(sig, states)]
         n = float(states[-1].numel())
         acc = torch.stack([torch.stack(dode), torch.stack(base[1]), torch.full_like(dode[0], n)
                            .expand(len(dode))])  # fmt: skip
         self._acc = acc if self._acc is None else self._acc + acc
 
-    def metrics(self, module: DODEModule) -> dict[str, float] | None:
+    def metrics(self, module: FitHost) -> dict[str, float] | None:
         """The epoch's ``val/...`` metrics (summed over ranks), or ``None`` if no sample was
         seen on any rank."""
-        acc = self._acc
+        acc, num_calls = self._acc, self.problem.num_calls
         if acc is None:
-            acc = torch.zeros(3, module.num_calls, dtype=torch.float64, device=module.device)
+            acc = torch.zeros(3, num_calls, dtype=torch.float64, device=module.device)
         acc = module.trainer.strategy.reduce(acc, reduce_op="sum").cpu()
         if float(acc[2].min()) <= 0:
             return None
         dode, base = (acc[0] / acc[2]).tolist(), (acc[1] / acc[2]).tolist()
         metrics = {}
-        for k in range(module.num_calls):
+        for k in range(num_calls):
             metrics[f"val/mse_{k}"] = dode[k]
             metrics[f"val/mse_base_{k}"] = base[k]
         metrics["val/mse_final"] = dode[-1]
