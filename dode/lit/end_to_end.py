@@ -169,7 +169,7 @@ class EndToEndFit(ModeFit):
         from ..sampling import sample
         from ..standard_grids import model_sigma_range
 
-        self.settings["clip"] = resolve_clip(self.settings["clip"], module.denoiser)
+        self.settings["clip"] = resolve_clip(self.settings["clip"], self.problem.denoiser)
 
         trainer = module.trainer
         dm = getattr(trainer, "datamodule", None)
@@ -210,7 +210,7 @@ class EndToEndFit(ModeFit):
         module.learned = LearnedSolver(
             problem.solver, grid, sigma_floor=sigma_floor(problem.denoiser, grid),
             learn_grid=s["learn_grid"], coefficients=s["coefficients"],
-            time_shift=s["time_shift"], shift_floor=model_sigma_range(module.denoiser)[0],
+            time_shift=s["time_shift"], shift_floor=model_sigma_range(problem.denoiser)[0],
             shift_fraction=s["shift_fraction"], recompute=s["recompute"],
         ).to(dev)  # fmt: skip
         self.warm.update(warm_start=s["warm_start"], warm_start_grid=label,
