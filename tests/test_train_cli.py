@@ -84,8 +84,13 @@ def fitted(tiny, tmp_path_factory):
 def _wandb_history_keys(run_dir: Path) -> set[str]:
     """Keys of the history records in an offline ``.wandb`` file (LevelDB-style log of
     protobuf records: 7-byte header, 32 KiB blocks, each chunk ``crc32, length, type``)."""
+    import wandb
     from wandb.proto import wandb_internal_pb2 as pb
 
+    # run.finish() returns before W&B's service has written out the offline file on a busy
+    # machine; wandb.teardown() (what a process runs at exit) waits for it. A run in a
+    # subprocess has been torn down already; one in this process (dode.fit) has not.
+    wandb.teardown()
     (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "*.wandb"))
     data = Path(path).read_bytes()
     assert data[:4] == b":W&B"
