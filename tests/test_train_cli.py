@@ -326,14 +326,14 @@ def test_default_config_restates_no_default(capsys):
     ],
 )  # fmt: skip
 def test_another_schedule_starts_from_its_own_options(tmp_path, args, reset):
-    from dode.cli.train import reset_stale_schedule_options
+    from dode.cli.train import reset_stale_options
 
     sched = tmp_path / "sched.yaml"
     sched.write_text("model:\n  schedule: time_uniform\n  schedule_options: {spacing: trailing}\n")
     karras = tmp_path / "karras.yaml"
     karras.write_text("model:\n  schedule: karras\n")
     args = [a.replace("{sched}", str(sched)).replace("{karras}", str(karras)) for a in args]
-    out = reset_stale_schedule_options(args, "karras")
+    out = reset_stale_options(args, "schedule", "schedule_options", "karras")
     assert [a for a in out if a != "--model.schedule_options=null"] == args
     assert out.count("--model.schedule_options=null") == int(reset)
     if reset:  # right after the source that chose the other schedule
@@ -369,3 +369,44 @@ def test_switching_the_schedule_on_the_command_line_fits_on_that_grid(tiny, tmp_
     assert not torch.equal(
         fs.sigmas, grid_for_model(den, "time_uniform", steps, {"spacing": "trailing"})
     )
+
+
+def test_another_fit_mode_or_model_starts_from_its_own_options(tmp_path):
+    """``fit_mode`` and ``end_to_end``, ``model`` and ``model_options`` follow the rule of the
+    schedule and its options: a config's options of the old choice are dropped when a later
+    source makes another choice; options given as flags stay."""
+    from dode.cli.train import CHOICE_OPTIONS, reset_stale_options
+
+    assert ("fit_mode", "end_to_end") in CHOICE_OPTIONS
+    assert ("model", "model_options") in CHOICE_OPTIONS
+    e2e = tmp_path / "e2e.yaml"
+    e2e.write_text("model:\n  fit_mode: end-to-end\n  end_to_end: {steps: 3}\n")
+    args = ["-c", str(e2e), "--model.fit_mode", "lstsq"]
+    assert reset_stale_options(args, "fit_mode", "end_to_end", "lstsq") == [
+        *args,
+        "--model.end_to_end=null",
+    ]
+    kept = ["--model.end_to_end", "{steps: 3}", "--model.fit_mode", "sgd-local"]
+    assert reset_stale_options(kept, "fit_mode", "end_to_end", "lstsq") == kept
+    same = ["-c", str(e2e), "--model.fit_mode", "end-to-end"]
+    assert reset_stale_options(same, "fit_mode", "end_to_end", "lstsq") == same
+    cond = tmp_path / "cond.yaml"
+    cond.write_text("model:\n  model: some/model\n  model_options: {num_classes: 10}\n")
+    args = ["-c", str(cond), "--model.model", "gmm-digits"]
+    assert reset_stale_options(args, "model", "model_options", "digits") == [
+        *args,
+        "--model.model_options=null",
+    ]
+
+
+def test_switching_the_fit_mode_on_the_command_line_parses(tmp_path):
+    """``-c configs/default.yaml -c configs/digits-end-to-end.yaml --model.fit_mode lstsq`` is a
+    closed-form fit (the overlay's end_to_end settings are dropped, not refused)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dode.train", "-c", str(ROOT / "configs" / "default.yaml"),
+         "-c", str(ROOT / "configs" / "digits-end-to-end.yaml"), "--model.fit_mode", "lstsq",
+         "--print_config"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=_env(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "fit_mode: lstsq" in proc.stdout and "end_to_end: null" in proc.stdout

@@ -47,7 +47,7 @@ from ..lit.specs import RUN_TOP, RunSpec
 from ..tracking import wandb_mode
 from .common import command, lightning_parser, no_gpu_hint
 
-__all__ = ["DODECLI", "main", "reset_stale_schedule_options"]
+__all__ = ["CHOICE_OPTIONS", "DODECLI", "main", "reset_stale_options"]
 
 _T0 = time.perf_counter()  # after the imports of this module (torch, lightning, dode)
 
@@ -102,25 +102,36 @@ def _flag_value(args: list[str], i: int, flag: str) -> tuple[bool, str | None, i
     return False, None, i + 1
 
 
-def reset_stale_schedule_options(args: list[str], default_schedule: str) -> list[str]:
-    """``args`` with ``--model.schedule_options=null`` after each source that chooses another
-    schedule than the one the current ``schedule_options`` belong to: each schedule starts from
-    its own options.
+#: each choice of the ``model`` section and the options that belong to what it chose: choosing
+#: another one starts from that choice's own options (as LightningCLI's ``class_path`` does)
+CHOICE_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("schedule", "schedule_options"),
+    ("fit_mode", "end_to_end"),
+    ("model", "model_options"),
+)
+
+
+def reset_stale_options(args: list[str], choice: str, options: str, default: str) -> list[str]:
+    """``args`` with ``--model.<options>=null`` after each source that chooses another
+    ``model.<choice>`` than the one the current ``model.<options>`` belong to: each choice
+    (a schedule, a fit mode, a model) starts from its own options.
 
     The sources are read in the order jsonargparse applies them: each ``-c``/``--config`` file
-    (its ``model.schedule`` and ``model.schedule_options``) and each ``--model.schedule`` /
-    ``--model.schedule_options`` flag. Options from a config file belong to the schedule that
-    was current when the file set them; a later source that chooses another schedule resets them
-    (``-c configs/sd15.yaml --model.schedule karras`` drops sd15's ``{spacing: trailing}``).
+    (its ``model.<choice>`` and ``model.<options>``) and each ``--model.<choice>`` /
+    ``--model.<options>`` flag. Options from a config file belong to the choice that was
+    current when the file set them; a later source that makes another choice resets them
+    (``-c configs/sd15.yaml --model.schedule karras`` drops sd15's ``{spacing: trailing}``;
+    ``-c configs/digits-end-to-end.yaml --model.fit_mode lstsq`` drops its ``end_to_end``).
     Options given on the command line are the user's own and are never dropped.
     """
     import yaml
 
+    reset = f"--model.{options}=null"
     out: list[str] = []
-    schedule, options_for, from_flag = default_schedule, None, False
+    current, options_for, from_flag = default, None, False
     i = 0
     while i < len(args):
-        chosen = None  # the schedule this source chooses, if any
+        chosen = None  # what this source chooses, if anything
         matched, value, after = False, None, i + 1
         for flag in ("-c", "--config"):
             matched, value, after = _flag_value(args, i, flag)
@@ -133,23 +144,23 @@ def reset_stale_schedule_options(args: list[str], default_schedule: str) -> list
             except (OSError, yaml.YAMLError, AttributeError):
                 section = {}  # the parser reports a config it cannot read
             if isinstance(section, dict):
-                chosen = section.get("schedule")
-                if "schedule_options" in section:
-                    options_for, from_flag = chosen or schedule, False
+                chosen = section.get(choice)
+                if options in section:
+                    options_for, from_flag = chosen or current, False
         else:
-            matched, value, after = _flag_value(args, i, "--model.schedule")
+            matched, value, after = _flag_value(args, i, f"--model.{choice}")
             if matched:
                 chosen = value
             else:
-                matched, _, after = _flag_value(args, i, "--model.schedule_options")
+                matched, _, after = _flag_value(args, i, f"--model.{options}")
                 if matched:
-                    options_for, from_flag = schedule, True
+                    options_for, from_flag = current, True
         out.extend(args[i:after])
         i = after
         if chosen is not None:
-            schedule = chosen
-            if options_for is not None and not from_flag and options_for != schedule:
-                out.append("--model.schedule_options=null")
+            current = chosen
+            if options_for is not None and not from_flag and options_for != current:
+                out.append(reset)
                 options_for = None
     return out
 
@@ -193,12 +204,14 @@ class DODECLI(LightningCLI):
         )
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, with the ``schedule_options`` of a schedule that a later source replaced
-        dropped (:func:`reset_stale_schedule_options`)."""
+        """Parse, with the options of a schedule, fit mode or model that a later source
+        replaced dropped (:func:`reset_stale_options`)."""
         argv = sys.argv[1:] if args is None else args
         if isinstance(argv, list):
-            default = Specs.defaults()["schedule"]
-            args = reset_stale_schedule_options([str(a) for a in argv], default)
+            args = [str(a) for a in argv]
+            defaults = Specs.defaults()
+            for choice, options in CHOICE_OPTIONS:
+                args = reset_stale_options(args, choice, options, defaults[choice])
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
