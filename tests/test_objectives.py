@@ -183,8 +183,9 @@ def test_the_lightning_run_keeps_l2_and_refuses_the_batch_objective_on_several_r
 
     from dode.lit.end_to_end import EndToEndFit
 
-    assert EndToEndFit({}).settings["objective"] == "l2"
-    fit = EndToEndFit({"objective": "default"})
+    problem = SimpleNamespace()  # the problem is not reached before the check
+    assert EndToEndFit(problem, {}).settings["objective"] == "l2"
+    fit = EndToEndFit(problem, {"objective": "default"})
     module = SimpleNamespace(trainer=SimpleNamespace(world_size=2))
     with pytest.raises(ValueError, match="run it in one process"):
         fit.setup(module, "fit")
