@@ -125,16 +125,15 @@ def _merge_npz(path: Path, old: dict | None, new: dict) -> dict:
 LOCK_NAME = ".sample.lock"
 
 
+#: what a write failure (a full disk) says after "<path> could not be written (<why>); "
+_WRITE_FIX = (
+    "nothing half-written is left (the files written before it are whole). Free some space, or "
+    "pass another --out, and run again."
+)
+
+
 def _write(path: Path, write) -> Path:
-    """:func:`atomic_write`, with a write failure (a full disk) as one ``ValueError``."""
-    try:
-        return atomic_write(path, write)
-    except OSError as e:
-        raise ValueError(
-            f"{str(path)!r} could not be written ({e.strerror or e}); nothing half-written is "
-            "left (the files written before it are whole). Free some space, or pass another "
-            "--out, and run again."
-        ) from None
+    return atomic_write(path, write, fix=_WRITE_FIX)
 
 
 def sample_to_folder(

@@ -102,13 +102,23 @@ def check_replaceable(path: str | os.PathLike, what: str = "output file") -> Pat
     )
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
+def atomic_write(path: str | os.PathLike, write, *, fix: str | None = None) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
 
     The file gets the mode a new file gets under the process umask (0644 under umask 022).
     A ``path`` that exists and is not a regular file (a device, a FIFO, a folder, a symbolic
     link) is refused with ``ValueError`` before anything is written (see
-    :func:`check_replaceable`)."""
+    :func:`check_replaceable`). With ``fix``, a write that fails (a full disk) is one
+    ``ValueError``: "<path> could not be written (<why>); <fix>" (else the ``OSError``)."""
+    try:
+        return _atomic_write(path, write)
+    except OSError as e:
+        if fix is None:
+            raise
+        raise ValueError(f"{str(path)!r} could not be written ({e.strerror or e}); {fix}") from None
+
+
+def _atomic_write(path: str | os.PathLike, write) -> Path:
     path = check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

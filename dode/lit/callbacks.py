@@ -54,13 +54,11 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
     from ..files.writes import atomic_write
 
-    try:
-        atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-    except OSError as e:
-        raise ValueError(
-            f"{str(path)!r} could not be written ({e.strerror or e}); nothing was written there. "
-            "Free some space and resume the run (--ckpt_path last)."
-        ) from None
+    atomic_write(
+        path,
+        lambda tmp: Image.fromarray(image).save(tmp, format="PNG"),
+        fix="nothing was written there. Free some space and resume the run (--ckpt_path last).",
+    )
 
 
 class SampleGridCallback(pl.Callback):
