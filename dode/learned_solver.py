@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,7 @@ __all__ = [
     "paired_improvement",
     "quality_limit",
     "resolve_clip",
+    "zero_nonfinite_grads",
     "selection_errors",
     "sigma_floor",
     "warm_start_grid",
@@ -285,6 +286,14 @@ def sigma_floor(denoiser: Denoiser, sigmas: Tensor) -> float:
     σ_min and the warm start's last nonzero σ."""
     lo = model_sigma_range(denoiser)[0]
     return max(0.5 * min(lo, float(sigmas[-2])), 1e-8)
+
+
+def zero_nonfinite_grads(params: Iterable[Tensor]) -> None:
+    """Set the non-finite entries of the parameters' gradients to 0 before an optimiser step (a
+    grid point at the edge of its range can give an infinite derivative on one seed)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.nan_to_num_(0.0, 0.0, 0.0)
 
 
 def resolve_clip(clip: tuple[float, float] | str | None, denoiser: Denoiser):
@@ -792,9 +801,7 @@ def fit_end_to_end(
                 stop = "non-finite loss"
                 break
             loss.backward()
-            for prm in learned.parameters():
-                if prm.grad is not None:
-                    prm.grad.nan_to_num_(0.0, 0.0, 0.0)
+            zero_nonfinite_grads(learned.parameters())
             opt.step()
             learned.project_()
     model = _model_record(denoiser)

@@ -43,6 +43,7 @@ from .denoisers import Denoiser
 from .files.solver_file import FittedSolver
 from .grids.schedules import explicit
 from .learned_grid import grid_from_logits, logits_from_grid
+from .learned_solver import zero_nonfinite_grads
 from .metrics import check_clip, clipped
 from .solvers import Solver, get_solver
 from .standard_grids import model_sigma_range
@@ -195,9 +196,7 @@ def fit_peer(
                 stop = "non-finite loss"
                 break
             loss.backward()
-            for prm in params.values():
-                if prm.grad is not None:
-                    prm.grad.nan_to_num_(0.0, 0.0, 0.0)
+            zero_nonfinite_grads(params.values())
             opt.step()
             ran += 1
             with torch.no_grad():  # the offsets' fraction u stays in [-1, 1], 0 without room

@@ -388,9 +388,9 @@ class EndToEndFit(ModeFit):
             self._micro = []
 
     def on_before_optimizer_step(self, module: FitHost, optimizer) -> None:
-        for p in module.learned.parameters():
-            if p.grad is not None:
-                p.grad.nan_to_num_(0.0, 0.0, 0.0)
+        from ..learned_solver import zero_nonfinite_grads
+
+        zero_nonfinite_grads(module.learned.parameters())
         self._flush()
         names = ("grid", "coefficients", "shift")
         present = [n for n, on in zip(names, self._groups(module)) if on]
