@@ -333,7 +333,7 @@ def test_another_schedule_starts_from_its_own_options(tmp_path, args, reset):
     karras = tmp_path / "karras.yaml"
     karras.write_text("model:\n  schedule: karras\n")
     args = [a.replace("{sched}", str(sched)).replace("{karras}", str(karras)) for a in args]
-    out = reset_stale_options(args, "schedule", "schedule_options", "karras")
+    out = reset_stale_options(args, {"schedule": "karras"}, (("schedule", "schedule_options"),))
     assert [a for a in out if a != "--model.schedule_options=null"] == args
     assert out.count("--model.schedule_options=null") == int(reset)
     if reset:  # right after the source that chose the other schedule
@@ -382,18 +382,18 @@ def test_another_fit_mode_or_model_starts_from_its_own_options(tmp_path):
     e2e = tmp_path / "e2e.yaml"
     e2e.write_text("model:\n  fit_mode: end-to-end\n  end_to_end: {steps: 3}\n")
     args = ["-c", str(e2e), "--model.fit_mode", "lstsq"]
-    assert reset_stale_options(args, "fit_mode", "end_to_end", "lstsq") == [
+    assert reset_stale_options(args, {"fit_mode": "lstsq"}, (("fit_mode", "end_to_end"),)) == [
         *args,
         "--model.end_to_end=null",
     ]
     kept = ["--model.end_to_end", "{steps: 3}", "--model.fit_mode", "sgd-local"]
-    assert reset_stale_options(kept, "fit_mode", "end_to_end", "lstsq") == kept
+    assert reset_stale_options(kept, {"fit_mode": "lstsq"}, (("fit_mode", "end_to_end"),)) == kept
     same = ["-c", str(e2e), "--model.fit_mode", "end-to-end"]
-    assert reset_stale_options(same, "fit_mode", "end_to_end", "lstsq") == same
+    assert reset_stale_options(same, {"fit_mode": "lstsq"}, (("fit_mode", "end_to_end"),)) == same
     cond = tmp_path / "cond.yaml"
     cond.write_text("model:\n  model: some/model\n  model_options: {num_classes: 10}\n")
     args = ["-c", str(cond), "--model.model", "gmm-digits"]
-    assert reset_stale_options(args, "model", "model_options", "digits") == [
+    assert reset_stale_options(args, {"model": "digits"}, (("model", "model_options"),)) == [
         *args,
         "--model.model_options=null",
     ]

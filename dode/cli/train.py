@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,18 @@ CHOICE_OPTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def reset_stale_options(args: list[str], choice: str, options: str, default: str) -> list[str]:
+def reset_stale_options(
+    args: list[str],
+    defaults: Mapping[str, str],
+    pairs: tuple[tuple[str, str], ...] = CHOICE_OPTIONS,
+) -> list[str]:
     """``args`` with ``--model.<options>=null`` after each source that chooses another
-    ``model.<choice>`` than the one the current ``model.<options>`` belong to: each choice
-    (a schedule, a fit mode, a model) starts from its own options.
+    ``model.<choice>`` than the one the current ``model.<options>`` belong to, for each
+    ``(choice, options)`` of ``pairs`` (``defaults``: each choice's default): each choice (a
+    schedule, a fit mode, a model) starts from its own options.
 
-    The sources are read in the order jsonargparse applies them: each ``-c``/``--config`` file
-    (its ``model.<choice>`` and ``model.<options>``) and each ``--model.<choice>`` /
+    The sources are read once, in the order jsonargparse applies them: each ``-c``/``--config``
+    file (its ``model.<choice>`` and ``model.<options>``) and each ``--model.<choice>`` /
     ``--model.<options>`` flag. Options from a config file belong to the choice that was
     current when the file set them; a later source that makes another choice resets them
     (``-c configs/sd15.yaml --model.schedule karras`` drops sd15's ``{spacing: trailing}``;
@@ -126,12 +132,12 @@ def reset_stale_options(args: list[str], choice: str, options: str, default: str
     """
     import yaml
 
-    reset = f"--model.{options}=null"
+    #: per choice: [the current choice, the choice its options belong to, options from a flag]
+    state = {choice: [defaults[choice], None, False] for choice, _ in pairs}
     out: list[str] = []
-    current, options_for, from_flag = default, None, False
     i = 0
     while i < len(args):
-        chosen = None  # what this source chooses, if anything
+        chosen: dict[str, str] = {}  # what this source chooses
         matched, value, after = False, None, i + 1
         for flag in ("-c", "--config"):
             matched, value, after = _flag_value(args, i, flag)
@@ -144,24 +150,32 @@ def reset_stale_options(args: list[str], choice: str, options: str, default: str
             except (OSError, yaml.YAMLError, AttributeError):
                 section = {}  # the parser reports a config it cannot read
             if isinstance(section, dict):
-                chosen = section.get(choice)
-                if options in section:
-                    options_for, from_flag = chosen or current, False
+                for choice, options in pairs:
+                    if section.get(choice) is not None:
+                        chosen[choice] = section[choice]
+                    if options in section:
+                        s = state[choice]
+                        s[1], s[2] = chosen.get(choice, s[0]), False
         else:
-            matched, value, after = _flag_value(args, i, f"--model.{choice}")
-            if matched:
-                chosen = value
-            else:
+            for choice, options in pairs:
+                matched, value, after = _flag_value(args, i, f"--model.{choice}")
+                if matched:
+                    chosen[choice] = value
+                    break
                 matched, _, after = _flag_value(args, i, f"--model.{options}")
                 if matched:
-                    options_for, from_flag = current, True
+                    s = state[choice]
+                    s[1], s[2] = s[0], True
+                    break
         out.extend(args[i:after])
         i = after
-        if chosen is not None:
-            current = chosen
-            if options_for is not None and not from_flag and options_for != current:
-                out.append(reset)
-                options_for = None
+        for choice, options in pairs:
+            if choice in chosen:
+                s = state[choice]
+                s[0] = chosen[choice]
+                if s[1] is not None and not s[2] and s[1] != s[0]:
+                    out.append(f"--model.{options}=null")
+                    s[1] = None
     return out
 
 
@@ -208,10 +222,7 @@ class DODECLI(LightningCLI):
         replaced dropped (:func:`reset_stale_options`)."""
         argv = sys.argv[1:] if args is None else args
         if isinstance(argv, list):
-            args = [str(a) for a in argv]
-            defaults = Specs.defaults()
-            for choice, options in CHOICE_OPTIONS:
-                args = reset_stale_options(args, choice, options, defaults[choice])
+            args = reset_stale_options([str(a) for a in argv], Specs.defaults())
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
