@@ -488,14 +488,9 @@ class NoiseDataModule(pl.LightningDataModule):
         show = todo > 0 and self._rank()[0] == 0 and len(groups) > 1
         batches = []
         for g in tqdm(groups, desc=f"teacher ({what})", disable=not show):
-            self._stop_if_terminated()
+            stop_if_terminated(self.trainer)  # between batches: every cache file is whole
             batches.append(self.states_for(g, teacher))
         return DataLoader(_Batches(batches), batch_size=None, shuffle=False)
-
-    def _stop_if_terminated(self) -> None:
-        """Between teacher batches: stop on SIGTERM (:func:`stop_if_terminated`). Every cache
-        file written so far is whole (atomic writes)."""
-        stop_if_terminated(self.trainer)
 
     # ---- end-to-end: references and mini-batches ------------------------------------------
     def attach_references(self, source: ReferenceSource) -> None:
@@ -536,7 +531,7 @@ class NoiseDataModule(pl.LightningDataModule):
         show = todo > 0 and rank == 0 and len(chunks) > 1
         rows: list[Tensor] = []
         for chunk in tqdm(chunks, desc=f"references ({what})", disable=not show):
-            self._stop_if_terminated()
+            stop_if_terminated(self.trainer)  # between batches: every cache file is whole
             part = [seeds[i] for i in chunk]
             have = cache.get(part)
             missing = [s for s in part if s not in have]
