@@ -72,7 +72,7 @@ from .grids.schedules import explicit
 from .learned_grid import grid_from_logits, logits_from_grid
 from .metrics import bootstrap_means, check_clip, clipped, per_seed_mse
 from .objectives import default_objective
-from .sampling import _check_batch, _check_denoiser, sample
+from .sampling import _check_batch, _check_denoiser, rows, sample
 from .solvers import Solver, get_solver
 from .standard_grids import model_sigma_range
 
@@ -154,12 +154,6 @@ def _check_pair(denoiser: Denoiser, noise: Tensor, ref: Tensor, what: str) -> No
         raise ValueError(f"the {what} reference holds non-finite values; recompute it.")
 
 
-def _rows(denoiser: Denoiser, index) -> Denoiser:
-    """The denoiser for those rows of the batch: a bound (conditional) denoiser sliced
-    (``bound[index]``), any other as it is."""
-    return denoiser[index] if callable(getattr(denoiser, "__getitem__", None)) else denoiser
-
-
 def _per_seed_mse(
     run, denoiser, noise: Tensor, ref: Tensor, batch_size: int | None, clip=None, keep=None
 ) -> Tensor:
@@ -170,7 +164,7 @@ def _per_seed_mse(
     out = []
     for i in range(0, noise.shape[0], step):
         j = min(i + step, noise.shape[0])
-        den = denoiser if (i, j) == (0, noise.shape[0]) else _rows(denoiser, slice(i, j))
+        den = denoiser if (i, j) == (0, noise.shape[0]) else rows(denoiser, slice(i, j))
         x = run(den, noise[i:j])
         if keep is not None:
             keep.append(x)
@@ -788,7 +782,7 @@ def fit_end_to_end(
             if idx is None:
                 d, z, r = denoiser, noise, ref
             else:
-                d, z, r = _rows(denoiser, idx), noise[idx], ref[idx]
+                d, z, r = rows(denoiser, idx), noise[idx], ref[idx]
             opt.zero_grad()
             try:
                 loss = fit_loss(learned(d, z), r, objective, clip)

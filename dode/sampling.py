@@ -17,7 +17,7 @@ from .correction import DODECorrection, call_sigmas, check_history, model_fn
 from .denoisers import Denoiser
 from .solvers import Solver, get_solver
 
-__all__ = ["sample", "sample_many"]
+__all__ = ["rows", "sample", "sample_many"]
 
 
 def _check_denoiser(denoiser) -> Denoiser:
@@ -200,7 +200,8 @@ def sample_many(
 
     Args:
         lambdas: the λ sets, one result per entry.
-        batch_size: samples per batch (default: all at once).
+        batch_size: samples per batch (default: all at once); a bound (conditional) denoiser
+            is sliced to each batch's rows (:func:`rows`).
 
     Returns:
         One ``[B, ...]`` tensor per λ set, in order.
@@ -211,11 +212,19 @@ def sample_many(
             "[None, fitted.lambdas]."
         )
     denoiser = _check_denoiser(denoiser)
-    shared = _SharedFirstCall(denoiser)
-    chunks = noise.split(batch_size) if batch_size else (noise,)
+    step = batch_size or noise.shape[0]
     outs: list[list[Tensor]] = [[] for _ in lambdas]
-    for chunk in chunks:
+    for i in range(0, noise.shape[0], step):
+        chunk = noise[i : i + step]
+        whole = len(chunk) == noise.shape[0]
+        shared = _SharedFirstCall(denoiser if whole else rows(denoiser, slice(i, i + step)))
         shared.arm()
         for out, lam in zip(outs, lambdas):
             out.append(sample(shared, solver, chunk, sigmas, lam, check_finite=check_finite))
     return [torch.cat(o) for o in outs]
+
+
+def rows(denoiser: Denoiser, index) -> Denoiser:
+    """The denoiser for those rows of the batch: a bound (conditional) denoiser sliced
+    (``bound[index]``: its conditioning has one row per sample), any other as it is."""
+    return denoiser[index] if callable(getattr(denoiser, "__getitem__", None)) else denoiser

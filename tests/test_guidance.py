@@ -188,7 +188,9 @@ def test_conditioning_follows_the_batch(unet, noise, labels):
         )
         one = dode.sample(bound[1], "ddim", noise[1:2], sigmas)
         broadcast = dode.sample(den.bind([2], guidance_scale=2.0), "ddim", noise, sigmas)
+        (batched,) = dode.sample_many(bound, "ddim", noise, sigmas, [None], batch_size=3)
     assert torch.allclose(parts, whole, atol=1e-5)
+    assert torch.allclose(batched, whole, atol=1e-5)  # sample_many slices the bound rows
     assert torch.allclose(one, whole[1:2], atol=1e-5)
     assert torch.allclose(broadcast[[1, 3]], whole[[1, 3]], atol=1e-5)  # label 2 both
     assert (broadcast[0] - whole[0]).abs().max() > 1e-3  # label 0 → 2 changes the sample
