@@ -207,10 +207,12 @@ class Objective:
 
 
 def default_objective(features: Callable[[Tensor], Tensor] | None = None) -> Objective:
-    """The end-to-end fit's default: L2 + :data:`DEFAULT_WEIGHTS`; ``features`` (a feature
-    network hook) is its quality (:meth:`Objective.quality`) and, where ``DEFAULT_WEIGHTS["fd"]``
-    is set, its Fréchet term."""
+    """The end-to-end fit's default, named ``default (<terms>)`` in records: L2 +
+    :data:`DEFAULT_WEIGHTS`; ``features`` (a feature network hook) gives its Fréchet term and its
+    quality (:meth:`Objective.quality`). Without one it is L2, its quality the spectrum and
+    moment distances."""
     w = dict(DEFAULT_WEIGHTS)
     if features is None:
         w["fd"] = 0.0
-    return Objective(features=features, **w)
+    terms = Objective(features=features, **w).__name__
+    return Objective(features=features, name=f"default ({terms})", **w)

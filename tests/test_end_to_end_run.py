@@ -149,7 +149,7 @@ def test_sigterm_then_ckpt_path_last_gives_the_uninterrupted_solver_file(tmp_pat
     core = fit_end_to_end(
         den, get_solver("dpm_solver_pp", order=2),
         _record(full)["init_sigmas"], z, ref, select_noise=zs, select_reference=rs, steps=9,
-        batch_size=8, select_batch_size=16, objective="l2",  # the run's default
+        batch_size=8, select_batch_size=16,
     )  # fmt: skip
     _close(core, full, 1e-9)
     assert core.metrics["end_to_end"]["losses"] == pytest.approx(_record(full)["losses"], rel=1e-9)
@@ -170,6 +170,8 @@ def test_a_bad_end_to_end_setting_is_refused_before_any_reference(tmp_path, caps
         ("coefficients", "foo", "unknown coefficients 'foo'"),
         ("reference_batch_size", "0", "reference_batch_size must be a positive integer"),
         ("patience", "-1", "patience must be an integer >= 0"),
+        ("features", "feature_hook", "end_to_end.features must be 'package.module:factory'"),
+        ("features", "no_such_pkg:f", "cannot import end_to_end.features factory 'no_such_pkg:f'"),
     ):
         with pytest.raises(SystemExit) as e:
             main(CONFIGS + SMALL + ["--data.cache_dir", str(cache), "--run_dir", str(run),

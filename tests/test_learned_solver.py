@@ -321,7 +321,6 @@ def test_fit_mode_end_to_end_from_dode_fit_and_dode_train(tmp_path):
     assert rec["warm_start_grid"] == warm.spec.label
     core = fit_end_to_end(
         den, solver, warm.sigmas, z, ref, select_noise=zs, select_reference=rs, steps=6,
-        objective="l2",  # the Lightning run's default (the spectrum term is a batch statistic)
     )  # fmt: skip
     assert rec["accepted"] == core.metrics["end_to_end"]["accepted"]
     torch.testing.assert_close(fitted.sigmas, core.sigmas, rtol=1e-6, atol=0)

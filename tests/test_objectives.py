@@ -85,9 +85,12 @@ def test_objective_weights_terms_and_hook():
     bad = Objective(fd=1.0, features=lambda t: t.flatten()[:3])
     with pytest.raises(ValueError, match=r"feature hook must return \[B, F\]"):
         bad(x.detach(), ref)
-    assert default_objective().weights["fd"] == 0
+    plain = default_objective()
+    assert plain.weights == {"l2": 1.0, "spectrum": 0.0, "moments": 0.0, "fd": 0.0}
+    assert plain.__name__ == "default (l2)"
     with_features = default_objective(feats)
-    assert with_features.features is feats and with_features.weights["spectrum"] > 0
+    assert with_features.features is feats and with_features.weights["fd"] > 0
+    assert with_features.__name__ == f"default (l2+{with_features.weights['fd']:g}*fd)"
     assert with_features.quality(x.detach(), ref) == pytest.approx(
         float(frechet_distance_torch(feats(x.detach()), feats(ref)))
     )
@@ -119,7 +122,7 @@ def test_the_default_fit_watches_quality_and_records_it():
         steps=10,
     )  # fmt: skip
     rec = fs.metrics["end_to_end"]
-    assert rec["objective"].startswith("l2+") and "spectrum" in rec["objective"]
+    assert rec["objective"] == "default (l2)"  # no feature network: L2, spectrum/moments watched
     assert rec["quality_level"] == 0.95
     assert rec["select_quality_limit"] >= rec["select_quality_base"] >= 0
     assert len(rec["quality_curve"]) == len(rec["select_curve"])
@@ -177,15 +180,16 @@ def test_the_peer_learns_a_bounded_grid_and_model_times_without_coefficients():
     assert torch.allclose(d, torch.zeros(5, dtype=torch.float64), atol=1e-12)
 
 
-def test_the_lightning_run_keeps_l2_and_refuses_the_batch_objective_on_several_ranks():
-    """The spectrum term is a statistic of the whole batch: each DDP rank would see its share."""
-    from types import SimpleNamespace
+def test_the_lightning_run_builds_the_default_objective_with_the_configured_features():
+    """The training run's objective is the plain fit's default; ``end_to_end.features`` names
+    the feature network's factory (checked at start-up)."""
+    from dode.lit.end_to_end import build_objective, end_to_end_settings
 
-    from dode.lit.end_to_end import EndToEndFit
-
-    problem = SimpleNamespace()  # the problem is not reached before the check
-    assert EndToEndFit(problem, {}).settings["objective"] == "l2"
-    fit = EndToEndFit(problem, {"objective": "default"})
-    module = SimpleNamespace(trainer=SimpleNamespace(world_size=2))
-    with pytest.raises(ValueError, match="run it in one process"):
-        fit.setup(module, "fit")
+    s = end_to_end_settings({})
+    assert s["objective"] == "default" and s["features"] is None and s["quality_level"] == 0.95
+    assert build_objective(s).__name__ == "default (l2)"
+    obj = build_objective(end_to_end_settings({"features": "dode.digits.classifier:feature_hook"}))
+    assert obj.weights["fd"] > 0 and obj.features.__name__ == "digits_features"
+    assert build_objective(end_to_end_settings({"objective": "l2"})) == "l2"
+    with pytest.raises(ValueError, match="features= is the default objective's"):
+        end_to_end_settings({"objective": "l2", "features": "dode.digits.classifier:feature_hook"})

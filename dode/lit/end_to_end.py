@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..files.solver_file import FittedSolver
+from ..metrics import clipped
 from ..noise import noise_from_seeds
 from .fit_modes import ModeFit
 
@@ -51,11 +52,8 @@ __all__ = ["EndToEndFit", "check_end_to_end", "end_to_end_settings"]
 
 #: ``end_to_end`` settings that are not keywords of :func:`dode.learned_solver.fit_end_to_end`.
 OWN_SETTINGS = {"warm_start": "best_standard", "reference_nfe": 100, "reference_batch_size": 64}
-#: keywords of :func:`~dode.learned_solver.fit_end_to_end` that are not settings (data; the
-#: feature network, a Python callable; the quality watch, which this run does not have yet: its
-#: selection samples would have to be gathered over the ranks).
-_DATA_KEYWORDS = {"select_noise", "select_reference", "select_denoiser", "features",
-                  "quality_level"}  # fmt: skip
+#: keywords of :func:`~dode.learned_solver.fit_end_to_end` that are not settings (data).
+_DATA_KEYWORDS = {"select_noise", "select_reference", "select_denoiser"}
 
 
 def _fit_defaults() -> dict[str, Any]:
@@ -100,6 +98,9 @@ def check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
             f"end_to_end.reference_batch_size must be a positive integer (seeds per reference "
             f"batch), got {rb!r}."
         )
+    features = opts.get("features")
+    if features is not None:
+        feature_factory(features)
     try:
         check_options({k: v for k, v in opts.items() if k not in OWN_SETTINGS})
     except ValueError as e:
@@ -107,15 +108,47 @@ def check_end_to_end(options: dict[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
+def feature_factory(spec: Any):
+    """The factory ``end_to_end.features`` names (``"package.module:factory"``, where
+    ``factory()`` returns the feature network ``fn(samples) -> [B, F]``, differentiable, e.g.
+    ``dode.digits.classifier:feature_hook``).
+
+    Raises:
+        ValueError: not such a string, or it does not import.
+    """
+    from ..denoisers.loading import import_factory
+
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(
+            f"end_to_end.features must be 'package.module:factory' (factory() returns the "
+            f"feature network samples -> [B, F], e.g. dode.digits.classifier:feature_hook), got "
+            f"{spec!r}."
+        )
+    return import_factory(
+        spec, "end_to_end.features factory",
+        usage="give 'package.module:factory' with the package importable (on PYTHONPATH)",
+        returns="a function returning the feature network fn(samples) -> [B, F]",
+    )  # fmt: skip
+
+
+def build_objective(settings: dict[str, Any]):
+    """The run's objective: ``"default"`` becomes :func:`dode.objectives.default_objective` with
+    the feature network of ``settings["features"]`` (none: L2, its quality watch on the spectrum
+    and moments); ``"l2"`` / ``"l1"`` stay names."""
+    from ..objectives import default_objective
+
+    if settings["objective"] != "default":
+        return settings["objective"]
+    spec = settings.get("features")
+    return default_objective(feature_factory(spec)() if spec is not None else None)
+
+
 def end_to_end_settings(options: dict[str, Any] | None) -> dict[str, Any]:
     """Every ``end_to_end`` setting: the defaults of :func:`fit_end_to_end` and
     :data:`OWN_SETTINGS` with ``options`` (checked) over them."""
     from ..learned_solver import check_options
 
-    # the run's default objective is L2: the default objective's spectrum term is a statistic of
-    # the whole batch, which each rank would compute on its share only (two processes would not
-    # give the result of one); ``objective: default`` runs it in one process
-    opts = {**_fit_defaults(), "objective": "l2", **OWN_SETTINGS, **check_end_to_end(options)}
+    opts = {**_fit_defaults(), **OWN_SETTINGS, **check_end_to_end(options)}
     opts["clip"] = check_options({"clip": opts["clip"]})["clip"]
     return opts
 
@@ -136,6 +169,8 @@ class EndToEndFit(ModeFit):
         super().__init__(problem)
         self.options = dict(options)
         self.settings = end_to_end_settings(options)
+        self.objective: Any = None  # built at setup (build_objective)
+        self.watch = None  # the objective's quality, where the run watches it
         self._val_seeds: list[int] | None = None
         self._reset()
 
@@ -151,25 +186,23 @@ class EndToEndFit(ModeFit):
         self.warm: dict[str, Any] = {}
         self.result: FittedSolver | None = None
         self._micro: list[float] = []
-        self._val: list[tuple[Tensor, Tensor]] = []
+        self._val: list[tuple[Tensor, Tensor, Tensor]] = []
         self._t0 = time.perf_counter()
+        self.quality_curve: list[tuple[int, float]] = []
+        self.quality_base, self.quality_max = 0.0, math.inf
 
     # ---- setup: references, warm start, parameters -------------------------------------------
     def setup(self, module: FitHost, stage: str) -> None:
         if stage != "fit":
             return
-        if self.settings["objective"] == "default" and module.trainer.world_size > 1:
-            raise ValueError(
-                "end_to_end.objective 'default' holds a statistic of the whole batch (its "
-                f"spectrum term), which each of the {module.trainer.world_size} processes would "
-                "compute on its share only; run it in one process (--trainer.devices 1), or use "
-                "objective: l2 (the run's default) with several."
-            )
         from ..learned_solver import LearnedSolver, resolve_clip, sigma_floor, warm_start_grid
         from ..sampling import sample
         from ..standard_grids import model_sigma_range
 
         self.settings["clip"] = resolve_clip(self.settings["clip"], self.problem.denoiser)
+        self.objective = build_objective(self.settings)
+        level = self.settings["quality_level"]
+        self.watch = getattr(self.objective, "quality", None) if level is not None else None
 
         trainer = module.trainer
         dm = getattr(trainer, "datamodule", None)
@@ -196,6 +229,7 @@ class EndToEndFit(ModeFit):
                                                      s["reference_batch_size"]))  # fmt: skip
         fit_refs = dm.references(dm.fit_seeds, "fit_seeds")
         sel_refs = dm.references(dm.val_seeds, "val_seeds")
+        self._sel_refs = clipped(sel_refs, self.settings["clip"])
         eval_batch = s["select_batch_size"] or s["batch_size"]
         dm.serve_end_to_end(
             fit_refs, sel_refs, batch_size=s["batch_size"], seed=s["seed"],
@@ -215,7 +249,15 @@ class EndToEndFit(ModeFit):
         ).to(dev)  # fmt: skip
         self.warm.update(warm_start=s["warm_start"], warm_start_grid=label,
                          reference_nfe=s["reference_nfe"])  # fmt: skip
-        self.base_errors = self._errors(module, lambda d, z: sample(d, problem.solver, z, grid))
+        self.base_errors, base_x = self._errors(
+            module, lambda d, z: sample(d, problem.solver, z, grid), samples=True
+        )
+        if self.watch is not None:
+            from ..learned_solver import quality_limit
+
+            self.quality_base, self.quality_max = quality_limit(
+                self.watch, base_x, self._sel_refs, s["quality_level"], s["seed"]
+            )  # fmt: skip
         self.best_params = module.learned.snapshot()
         if not module.learned.fitted_names():
             trainer.fit_loop.max_epochs = 0
@@ -291,40 +333,82 @@ class EndToEndFit(ModeFit):
         return torch.optim.Adam(groups)
 
     # ---- the selection MSE, shared out over the ranks -----------------------------------------
-    def _errors(self, module: FitHost, run, every_rank: bool = False) -> Tensor:
+    def _errors(self, module: FitHost, run, every_rank: bool = False, samples: bool = False):
         """Per-seed selection MSE ``[N]`` of ``run(denoiser, noise)`` over the selection seeds
         (each rank its share, gathered; ``every_rank``: all seeds here). A batch whose
-        sampling fails counts as ``inf``."""
+        sampling fails counts as ``inf``. ``samples``: also the samples ``[N, ...]`` (clamped
+        to the run's ``clip``, gathered; ``None`` without a quality watch or where a batch
+        failed), for the quality watch."""
         dm = module.trainer.datamodule
-        pos, err = [], []
+        pos, err, xs = [], [], []
         for b in dm.selection_batches(every_rank):
             pos.append(b["positions"])
-            err.append(self._batch_errors(module, run, b))
+            e, x = self._batch_errors(module, run, b)
+            err.append(e)
+            xs.append(x)
         n = len(dm.val_seeds)
+        where = torch.cat(pos)
         if every_rank:
             out = torch.empty(n, dtype=torch.float64)
-            out[torch.cat(pos)] = torch.cat(err)
+            out[where] = torch.cat(err)
+        else:
+            out = dm.gather(torch.cat(err), where.tolist(), n)
+        if not samples:
             return out
-        return dm.gather(torch.cat(err), torch.cat(pos).tolist(), n)
+        return out, self._gather_samples(dm, xs, where, every_rank)
 
-    def _batch_errors(self, module: FitHost, run, batch: dict) -> Tensor:
+    def _gather_samples(self, dm, xs: list, where: Tensor, every_rank: bool) -> Tensor | None:
+        """The selection samples of every rank in seed order (the quality watch's input);
+        ``None`` without a watch or where a batch failed (on any rank)."""
+        if self.watch is None:
+            return None
+        failed = torch.tensor(float(any(x is None for x in xs)), dtype=torch.float64)
+        trainer = dm.trainer
+        if not every_rank and trainer.world_size > 1:
+            failed = trainer.strategy.reduce(failed.to(trainer.strategy.root_device),
+                                             reduce_op="sum").cpu()  # fmt: skip
+        if float(failed):
+            return None
+        n = len(dm.val_seeds)
+        if every_rank:
+            out = torch.empty((n, *xs[0].shape[1:]), dtype=torch.float64)
+            out[where] = torch.cat(xs)
+            return out
+        return dm.gather(torch.cat(xs), where.tolist(), n)
+
+    def _batch_errors(self, module: FitHost, run, batch: dict) -> tuple[Tensor, Tensor | None]:
+        """This selection batch's per-seed MSE (``inf`` where sampling fails) and, with a
+        quality watch, its samples clamped to the run's ``clip`` (CPU, float64)."""
         from ..learned_solver import selection_errors
 
         dev = module.device
         den = self.problem.bind(batch.get("cond"))
         z = batch["noise"].to(dev)
+        keep: list[Tensor] | None = [] if self.watch is not None else None
         try:
-            return selection_errors(
-                run, den, z, batch["reference"].to(dev), None, self.settings["clip"]
+            err = selection_errors(
+                run, den, z, batch["reference"].to(dev), None, self.settings["clip"], keep
             ).cpu()
         except ValueError:
-            return torch.full((len(z),), math.inf, dtype=torch.float64)
+            return torch.full((len(z),), math.inf, dtype=torch.float64), None
+        x = clipped(torch.cat(keep), self.settings["clip"]).cpu() if keep is not None else None
+        return err, x
 
-    def _select(self, module: FitHost, value: float, step: int) -> None:
-        """Record the selection MSE ``value`` of the iterate at ``step``: keep it if best,
-        stop after ``patience`` evaluations without a better one."""
+    def _quality(self, x: Tensor | None) -> float:
+        """The watch's quality of the gathered selection samples ``x`` (``inf`` where they
+        failed; 0 without a watch)."""
+        if self.watch is None:
+            return 0.0
+        return math.inf if x is None else float(self.watch(x, self._sel_refs))
+
+    def _select(self, module: FitHost, value: float, step: int, quality: float = 0.0) -> None:
+        """Record the selection MSE ``value`` (and the watch's ``quality``) of the iterate at
+        ``step``: keep it if best and within the quality limit, stop after ``patience``
+        evaluations without a kept one."""
         self.curve.append((step, value))
-        if value < self.best_value:
+        if self.watch is not None:
+            self.quality_curve.append((step, quality))
+        if value < self.best_value and quality <= self.quality_max:
             self.best_value, self.best_step, self.since = value, step, 0
             self.best_params = module.learned.snapshot()
         else:
@@ -334,12 +418,15 @@ class EndToEndFit(ModeFit):
             self.stop = "patience"
             module.trainer.should_stop = True
         metrics = {"e2e/select_mse": value, "e2e/select_mse_best": self.best_value}
+        if self.watch is not None:
+            metrics["e2e/select_quality"] = quality
         for lg in module.trainer.loggers:
             lg.log_metrics(metrics, step=step)
 
     def _evaluate(self, module: FitHost, step: int) -> None:
-        v = float(self._errors(module, lambda d, z: module.learned(d, z)).mean())
-        self._select(module, v if math.isfinite(v) else math.inf, step)
+        err, x = self._errors(module, lambda d, z: module.learned(d, z), samples=True)
+        v = float(err.mean())
+        self._select(module, v if math.isfinite(v) else math.inf, step, self._quality(x))
 
     # ---- the training loop ----------------------------------------------------------------------
     def on_train_start(self, module: FitHost) -> None:
@@ -355,13 +442,28 @@ class EndToEndFit(ModeFit):
         module.learned.project_()  # the shift's u inside [-1, 1] after the last step
         z = batch["noise"].to(module.device)
         ref = batch["reference"].to(module.device, torch.float64)
+        world = trainer.world_size
+        # DDP averages the ranks' gradients. A per-seed mean (l2, l1): each rank's loss scaled
+        # by its share of the global mini-batch, so that the average is the gradient of the
+        # global mean. A batch statistic (a callable objective): every rank evaluates it on the
+        # whole global mini-batch with only its own rows live, so the ranks' gradients sum to
+        # the whole gradient; its value is counted once.
         share = len(z) / int(batch["global_size"])
+        scale = share * world
         try:
-            loss = fit_loss(module.learned(self.problem.bind(batch.get("cond")), z), ref,
-                            s["objective"], s["clip"])  # fmt: skip
+            x = module.learned(self.problem.bind(batch.get("cond")), z)
             failed = 0.0
         except ValueError:
-            loss, failed = None, 1.0
+            x, failed = None, 1.0
+        if callable(self.objective) and world > 1:
+            x, ref, failed = self._global_batch(trainer, batch, x, ref, failed)
+            share, scale = 1.0 / world, float(world)
+        loss = None
+        if not failed:
+            try:
+                loss = fit_loss(x, ref, self.objective, s["clip"])
+            except ValueError:
+                failed = 1.0
         part = loss.detach() * share if loss is not None else torch.zeros((), dtype=torch.float64)
         stats = torch.stack([part.to(torch.float64), torch.tensor(failed, dtype=torch.float64)])
         if trainer.world_size > 1:
@@ -378,9 +480,27 @@ class EndToEndFit(ModeFit):
             trainer.should_stop = True
             return None
         module.log("train/loss", total, prog_bar=True, batch_size=len(z))
-        # DDP averages the ranks' gradients: scaled by the share, their mean is the gradient of
-        # the global mini-batch's mean.
-        return loss * (share * trainer.world_size)
+        return loss * scale
+
+    @staticmethod
+    def _global_batch(trainer, batch: dict, x: Tensor | None, ref: Tensor, failed: float):
+        """The whole global mini-batch on this rank: every rank's samples and references in
+        the global order (rank ``r`` holds rows ``r, r + W, ...``), this rank's own rows live
+        (with gradients), the others' detached; ``failed`` summed over the ranks."""
+        dev, world, rank = ref.device, trainer.world_size, trainer.global_rank
+        total = int(batch["global_size"])
+        mine = torch.arange(rank, total, world)
+        bad = torch.tensor(failed, dtype=torch.float64, device=dev)
+        failed = float(trainer.strategy.reduce(bad, reduce_op="sum"))
+        if failed:
+            return None, ref, failed
+        rows = trainer.datamodule.gather(torch.cat([x.detach().to(torch.float64).flatten(1),
+                                               ref.flatten(1)], 1), mine.tolist(), total)  # fmt: skip
+        width = x[0].numel()
+        every_x = rows[:, :width].reshape(total, *x.shape[1:]).to(dev)
+        every_ref = rows[:, width:].reshape(total, *ref.shape[1:]).to(dev)
+        every_x = every_x.index_copy(0, mine.to(dev), x.to(torch.float64))
+        return every_x, every_ref, 0.0
 
     def _flush(self) -> None:
         if self._micro:
@@ -405,19 +525,21 @@ class EndToEndFit(ModeFit):
     def validation_step(self, module: FitHost, batch: dict, batch_idx: int) -> None:
         if module.trainer.sanity_checking or self.stop != "steps":
             return
-        err = self._batch_errors(module, lambda d, z: module.learned(d, z), batch)
-        self._val.append((batch["positions"], err))
+        err, x = self._batch_errors(module, lambda d, z: module.learned(d, z), batch)
+        self._val.append((batch["positions"], err, x))
 
     def on_validation_epoch_end(self, module: FitHost) -> None:
         val, self._val = self._val, []
         trainer = module.trainer
         if trainer.sanity_checking or self.stop != "steps" or not val:
             return
-        pos = torch.cat([p for p, _ in val]).tolist()
+        where = torch.cat([p for p, _, _ in val])
         dm = trainer.datamodule
-        err = dm.gather(torch.cat([e for _, e in val]), pos, len(dm.val_seeds))
+        err = dm.gather(torch.cat([e for _, e, _ in val]), where.tolist(), len(dm.val_seeds))
+        x = self._gather_samples(dm, [x for _, _, x in val], where, False)
         v = float(err.mean())
-        self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step)
+        self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step,
+                     self._quality(x))  # fmt: skip
         module.log("val/select_mse", self.curve[-1][1], prog_bar=True, rank_zero_only=True)
 
     def on_train_epoch_end(self, module: FitHost) -> None:
@@ -438,6 +560,7 @@ class EndToEndFit(ModeFit):
             "best_params": {k: v.cpu() for k, v in (self.best_params or {}).items()},
             "since": self.since,
             "curve": list(self.curve),
+            "quality_curve": list(self.quality_curve),
             "losses": list(self.losses),
             "stop": self.stop,
             "val_seeds": None if self._val_seeds is None else _digest(self._val_seeds),
@@ -468,6 +591,7 @@ class EndToEndFit(ModeFit):
         self.best_params = dict(state["best_params"])
         self.since, self.stop = state["since"], state["stop"]
         self.curve = [tuple(c) for c in state["curve"]]
+        self.quality_curve = [tuple(c) for c in state.get("quality_curve", [])]
         self.losses = list(state["losses"])
 
     # ---- the end: acceptance and the file ----------------------------------------------------
@@ -477,8 +601,9 @@ class EndToEndFit(ModeFit):
         s = self.settings
         model = module.model_record()
         candidate = module.learned.solver_file(self.best_params, model=model)
-        errs = self._errors(module, lambda d, z: candidate.sample(d, z), every_rank)
+        errs, x = self._errors(module, lambda d, z: candidate.sample(d, z), every_rank, True)
         fit_errors = errs if torch.isfinite(errs).all() else None
+        watched = self.watch is not None
         dm = module.trainer.datamodule
         record = {
             "clip": None if s["clip"] is None else list(s["clip"]),
@@ -495,6 +620,8 @@ class EndToEndFit(ModeFit):
             "num_select_seeds": len(dm.val_seeds),
             "losses": list(self.losses),
             "select_curve": [list(c) for c in self.curve],
+            "quality_level": s["quality_level"] if watched else None,
+            "quality_curve": [list(c) for c in self.quality_curve],
             "reference_batch_size": s["reference_batch_size"],
             "world_size": module.trainer.world_size,
             "accumulate_grad_batches": module.trainer.accumulate_grad_batches,
@@ -503,6 +630,7 @@ class EndToEndFit(ModeFit):
         fitted = conclude(
             module.learned, candidate, self.base_errors, fit_errors, best_step=self.best_step,
             accept_level=s["accept_level"], seed=s["seed"], record=record, model=model,
+            quality=(self.quality_base, self.quality_max, self._quality(x)) if watched else None,
         )  # fmt: skip
         fitted.metrics["end_to_end"]["seconds"] = time.perf_counter() - self._t0
         return fitted
@@ -539,6 +667,8 @@ class EndToEndFit(ModeFit):
         opts = {**OWN_SETTINGS, **self.options}
         warm, ref_nfe = opts.pop("warm_start"), opts.pop("reference_nfe")
         ref_batch = opts.pop("reference_batch_size")
+        if opts.get("features") is not None:
+            opts["features"] = feature_factory(opts["features"])()
         problem = self.problem
         t0 = time.perf_counter()
         dev = module.device
