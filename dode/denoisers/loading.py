@@ -213,9 +213,6 @@ def import_factory(
     return obj
 
 
-_import_factory = import_factory
-
-
 def _hub_kwargs(kwargs: dict) -> dict:
     keys = ("revision", "cache_dir", "token", "local_files_only")
     return {k: kwargs[k] for k in keys if k in kwargs}
