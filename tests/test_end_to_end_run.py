@@ -72,6 +72,12 @@ def test_two_processes_give_the_grid_coefficients_and_shift_of_one(tmp_path):
     assert r1["accepted"] and r2["accepted"] and r1["best_step"] == r2["best_step"]
     _close(one, two, 1e-5)
     assert r1["warm_start_grid"] == r2["warm_start_grid"]
+    # the config's objective: L2 + the digits classifier's feature Fréchet term, a statistic of
+    # the whole mini-batch, and its quality watch over the gathered selection samples
+    assert r1["objective"] == r2["objective"] == "default (l2+0.01*fd)"
+    assert r2["quality_level"] == 0.95 and len(r2["quality_curve"]) == len(r2["select_curve"])
+    torch.testing.assert_close(torch.tensor(r2["quality_curve"]),
+                               torch.tensor(r1["quality_curve"]), rtol=1e-5, atol=1e-9)  # fmt: skip
     torch.testing.assert_close(torch.tensor(r2["losses"]), torch.tensor(r1["losses"]), rtol=1e-6,
                                atol=0)  # fmt: skip
     # the second run read the references the first one cached

@@ -607,7 +607,7 @@ class EndToEndFit(ModeFit):
         dm = module.trainer.datamodule
         record = {
             "clip": None if s["clip"] is None else list(s["clip"]),
-            "objective": _name(s["objective"]),
+            "objective": _name(self.objective),
             "steps": s["steps"],
             "steps_run": len(self.losses),
             "stop": self.stop,
