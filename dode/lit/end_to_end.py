@@ -346,35 +346,29 @@ class EndToEndFit(ModeFit):
             e, x = self._batch_errors(module, run, b)
             err.append(e)
             xs.append(x)
-        n = len(dm.val_seeds)
-        where = torch.cat(pos)
-        if every_rank:
-            out = torch.empty(n, dtype=torch.float64)
-            out[where] = torch.cat(err)
-        else:
-            out = dm.gather(torch.cat(err), where.tolist(), n)
+        out = self._collect(dm, torch.cat(err), torch.cat(pos), every_rank)
         if not samples:
             return out
-        return out, self._gather_samples(dm, xs, where, every_rank)
+        return out, self._collect_samples(dm, xs, torch.cat(pos), every_rank)
 
-    def _gather_samples(self, dm, xs: list, where: Tensor, every_rank: bool) -> Tensor | None:
+    @staticmethod
+    def _collect(dm, rows: Tensor, where: Tensor, every_rank: bool) -> Tensor:
+        """``rows`` at positions ``where`` of the selection seeds, in seed order: gathered over
+        the ranks, or (``every_rank``: this rank holds every seed) placed here."""
+        from .data import gather_rows
+
+        n = len(dm.val_seeds)
+        return gather_rows(None if every_rank else dm.trainer, rows, where.tolist(), n)
+
+    def _collect_samples(self, dm, xs: list, where: Tensor, every_rank: bool) -> Tensor | None:
         """The selection samples of every rank in seed order (the quality watch's input);
         ``None`` without a watch or where a batch failed (on any rank)."""
         if self.watch is None:
             return None
-        failed = torch.tensor(float(any(x is None for x in xs)), dtype=torch.float64)
-        trainer = dm.trainer
-        if not every_rank and trainer.world_size > 1:
-            failed = trainer.strategy.reduce(failed.to(trainer.strategy.root_device),
-                                             reduce_op="sum").cpu()  # fmt: skip
-        if float(failed):
+        failed = float(any(x is None for x in xs))
+        if (failed if every_rank else _sum_over_ranks(dm.trainer, failed)) > 0:
             return None
-        n = len(dm.val_seeds)
-        if every_rank:
-            out = torch.empty((n, *xs[0].shape[1:]), dtype=torch.float64)
-            out[where] = torch.cat(xs)
-            return out
-        return dm.gather(torch.cat(xs), where.tolist(), n)
+        return self._collect(dm, torch.cat(xs), where, every_rank)
 
     def _batch_errors(self, module: FitHost, run, batch: dict) -> tuple[Tensor, Tensor | None]:
         """This selection batch's per-seed MSE (``inf`` where sampling fails) and, with a
@@ -490,8 +484,7 @@ class EndToEndFit(ModeFit):
         dev, world, rank = ref.device, trainer.world_size, trainer.global_rank
         total = int(batch["global_size"])
         mine = torch.arange(rank, total, world)
-        bad = torch.tensor(failed, dtype=torch.float64, device=dev)
-        failed = float(trainer.strategy.reduce(bad, reduce_op="sum"))
+        failed = _sum_over_ranks(trainer, failed)
         if failed:
             return None, ref, failed
         rows = trainer.datamodule.gather(torch.cat([x.detach().to(torch.float64).flatten(1),
@@ -535,8 +528,8 @@ class EndToEndFit(ModeFit):
             return
         where = torch.cat([p for p, _, _ in val])
         dm = trainer.datamodule
-        err = dm.gather(torch.cat([e for _, e, _ in val]), where.tolist(), len(dm.val_seeds))
-        x = self._gather_samples(dm, [x for _, _, x in val], where, False)
+        err = self._collect(dm, torch.cat([e for _, e, _ in val]), where, False)
+        x = self._collect_samples(dm, [x for _, _, x in val], where, False)
         v = float(err.mean())
         self._select(module, v if math.isfinite(v) else math.inf, trainer.global_step,
                      self._quality(x))  # fmt: skip
@@ -703,6 +696,14 @@ class EndToEndFit(ModeFit):
             **{f"time/{k}": v for k, v in module.timings.items()},
         }
         return replace(fitted, model=module.model_record(), metrics=metrics)
+
+
+def _sum_over_ranks(trainer, value: float) -> float:
+    """``value`` summed over the run's processes (itself in one)."""
+    if trainer.world_size == 1:
+        return value
+    t = torch.tensor(value, dtype=torch.float64, device=trainer.strategy.root_device)
+    return float(trainer.strategy.reduce(t, reduce_op="sum"))
 
 
 def _digest(seeds: list[int]) -> str:
