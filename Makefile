@@ -143,5 +143,5 @@ demo-frontier-guided:  ## the same on digits-cond at CFG 2 (labels seed mod 10);
 demo-frontier-flow:  ## the same on the digits-flow rectified flow; writes experiments/results/digits-flow/fidelity.csv, fidelity.png
 	$(PYTHON) experiments/digits_fidelity.py --model digits-flow $(FIDELITY_ARGS)
 
-demo-frontier-slow:  ## all three with the issue's seed counts (--slow: 5,000 held-out seeds, ablation at NFE 4/5, ingredients chosen at NFE 4); CPU, about 40 minutes with the three in parallel on 2 cores
+demo-frontier-slow:  ## all three with the issue's seed counts (--slow: 5,000 held-out seeds, ablation at NFE 4/5, ingredients chosen at NFE 4); CPU, about 50-60 minutes with the three in parallel on 2 cores
 	$(MAKE) demo-frontier demo-frontier-guided demo-frontier-flow FIDELITY_ARGS=--slow
