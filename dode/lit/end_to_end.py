@@ -355,10 +355,12 @@ class EndToEndFit(ModeFit):
     def _collect(dm, rows: Tensor, where: Tensor, every_rank: bool) -> Tensor:
         """``rows`` at positions ``where`` of the selection seeds, in seed order: gathered over
         the ranks, or (``every_rank``: this rank holds every seed) placed here."""
-        from .data import gather_rows
-
         n = len(dm.val_seeds)
-        return gather_rows(None if every_rank else dm.trainer, rows, where.tolist(), n)
+        if not every_rank:
+            return dm.gather(rows, where.tolist(), n)
+        out = torch.empty((n, *rows.shape[1:]), dtype=rows.dtype)
+        out[where] = rows.detach().cpu()
+        return out
 
     def _collect_samples(self, dm, xs: list, where: Tensor, every_rank: bool) -> Tensor | None:
         """The selection samples of every rank in seed order (the quality watch's input);
