@@ -158,7 +158,16 @@ def test_sigterm_then_ckpt_path_last_gives_the_uninterrupted_solver_file(tmp_pat
         batch_size=8, select_batch_size=16,
     )  # fmt: skip
     _close(core, full, 1e-9)
-    assert core.metrics["end_to_end"]["losses"] == pytest.approx(_record(full)["losses"], rel=1e-9)
+    rc, rf = core.metrics["end_to_end"], _record(full)
+    assert rc["losses"] == pytest.approx(rf["losses"], rel=1e-9)
+    # the run's quality watch sees what the plain loop's sees (the default objective's spectrum
+    # and moments without a feature network), at every evaluation and at the end
+    assert rf["objective"] == rc["objective"] == "default (l2)"
+    assert [q[0] for q in rf["quality_curve"]] == [q[0] for q in rc["quality_curve"]]
+    assert [q[1] for q in rf["quality_curve"]] == pytest.approx([q[1] for q in rc["quality_curve"]],
+                                                                rel=1e-9)  # fmt: skip
+    for key in ("select_quality_base", "select_quality_limit", "select_quality_fitted"):
+        assert rf[key] == pytest.approx(rc[key], rel=1e-9), key
 
     # a fresh run into the finished folder says it finished; --ckpt_path last redoes the end
     with pytest.raises(ValueError, match="already holds a run that finished"):
