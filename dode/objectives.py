@@ -216,5 +216,6 @@ def default_objective(features: Callable[[Tensor], Tensor] | None = None) -> Obj
     w = dict(DEFAULT_WEIGHTS)
     if features is None:
         w["fd"] = 0.0
-    terms = Objective(features=features, **w).__name__
-    return Objective(features=features, name=f"default ({terms})", **w)
+    objective = Objective(features=features, **w)
+    objective.__name__ = f"default ({objective.__name__})"
+    return objective
